@@ -1,0 +1,3 @@
+from hpc_mm.cli import main
+
+raise SystemExit(main())

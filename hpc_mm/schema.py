@@ -1,0 +1,150 @@
+"""Typed building of dataclasses from parsed YAML, collecting every problem.
+
+The job file's schema is plain dataclasses (see `spec.py`); this module turns a nested
+mapping into them, coercing where YAML is ambiguous (``lr: 1e-4`` is a string to PyYAML)
+and reporting unknown keys, wrong types and bad choices by their dotted field path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Literal, Union, get_args, get_origin
+
+from hpc_mm.errors import Problem, did_you_mean
+
+_MISSING = dataclasses.MISSING
+
+
+class Required:
+    """Marker default: the field must be given in the job file."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+REQUIRED: Any = Required()
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+def build(cls: type, data: Any, path: str, problems: list[Problem]) -> Any:
+    """Build dataclass `cls` from `data`; append problems instead of raising."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(Problem(path or "(top level)", f"expected a mapping of keys, got {_kind(data)}",
+                                "write `key: value` lines under this section"))
+        return None
+    hints = typing.get_type_hints(cls)
+    names = field_names(cls)
+    for key in data:
+        if key not in names:
+            problems.append(Problem(_join(path, str(key)), "unknown key", did_you_mean(key, names)))
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        where = _join(path, f.name)
+        if f.name in data:
+            kwargs[f.name] = coerce(hints[f.name], data[f.name], where, problems)
+        elif isinstance(f.default, Required):
+            problems.append(Problem(where, "is required", f.metadata.get("hint", "")))
+            kwargs[f.name] = None
+        elif f.default is _MISSING and f.default_factory is _MISSING:  # nested section
+            kwargs[f.name] = build(hints[f.name], {}, where, problems)
+    try:
+        return cls(**kwargs)
+    except TypeError:  # a nested section failed; problems already say why
+        return None
+
+
+def coerce(tp: Any, value: Any, where: str, problems: list[Problem]) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where, problems)
+    if tp is Any:
+        return value
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        scratch: list[Problem] = []
+        for option in options:
+            scratch.clear()
+            out = coerce(option, value, where, scratch)
+            if not scratch:
+                return out
+        problems.append(Problem(where, f"{value!r} is not {' or '.join(_describe(o) for o in options)}"))
+        return None
+    if origin is Literal:
+        if value in args:
+            return value
+        problems.append(Problem(where, f"{value!r} is not one of the allowed values",
+                                did_you_mean(value, [str(a) for a in args])))
+        return None
+    if origin is list:
+        if isinstance(value, (str, int, float)) and args[0] is str:
+            value = [value]  # a single line where a list is expected
+        if not isinstance(value, list):
+            problems.append(Problem(where, f"expected a list, got {_kind(value)}", "write `- item` lines"))
+            return []
+        return [coerce(args[0], v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(Problem(where, f"expected a mapping, got {_kind(value)}", "write `KEY: value` lines"))
+            return {}
+        return {str(k): coerce(args[1], v, _join(where, str(k)), problems) for k, v in value.items()}
+    return _scalar(tp, value, where, problems)
+
+
+def _scalar(tp: type, value: Any, where: str, problems: list[Problem]) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(Problem(where, f"{value!r} is not true or false"))
+        return None
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        problems.append(Problem(where, f"{value!r} is not an integer"))
+        return None
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads `1e-4` as a string (YAML 1.1)
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        problems.append(Problem(where, f"{value!r} is not a number"))
+        return None
+    if tp is str:
+        if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+            problems.append(Problem(where, f"expected text, got {_kind(value)}"))
+            return None
+        return str(value)
+    raise TypeError(f"schema type {tp!r} is not supported")  # a bug in the schema
+
+
+def _describe(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    return {int: "an integer", float: "a number", str: "text", bool: "true/false"}.get(tp, str(tp))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {list: "a list", dict: "a mapping", str: f"text {value!r}", bool: f"{value!r}"}.get(
+        type(value), f"{type(value).__name__} {value!r}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
