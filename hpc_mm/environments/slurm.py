@@ -1,0 +1,118 @@
+"""Processes started by Slurm: the batch step or tasks of an `srun` step.
+
+This is where SLURM variables become ranks. The step's variables (SLURM_STEP_*) win over
+the job's, since an `srun -N 2` inside a 4-node job runs on the step's nodes only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+import hostlist
+
+from hpc_mm.environments.base import ClusterEnvironment
+from hpc_mm.errors import UserError
+
+_TASKS = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
+
+
+def expand_tasks_per_node(text: str) -> list[int]:
+    """Slurm's compressed task counts: ``2(x3),1`` -> [2, 2, 2, 1]."""
+    counts: list[int] = []
+    for part in text.split(","):
+        match = _TASKS.match(part.strip())
+        if not match:
+            raise UserError.one("SLURM_TASKS_PER_NODE", f"{text!r} is not a Slurm task-count list",
+                                "expected a form like 2(x3),1")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
+
+
+def expand_nodelist(text: str) -> list[str]:
+    try:
+        return hostlist.expand_hostlist(text)
+    except hostlist.BadHostlist as exc:
+        raise UserError.one("SLURM_JOB_NODELIST", f"{text!r} is not a hostlist ({exc})",
+                            "expected a form like node[001-004]") from None
+
+
+class SlurmEnvironment(ClusterEnvironment):
+    name = "slurm"
+
+    # One table, so a new Slurm flavour is an edit here.
+    VARS = {
+        "world_size": ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"),
+        "global_rank": ("SLURM_PROCID",),
+        "local_rank": ("SLURM_LOCALID",),
+        "node_rank": ("SLURM_NODEID",),
+        "num_nodes": ("SLURM_STEP_NUM_NODES", "SLURM_JOB_NUM_NODES", "SLURM_NNODES"),
+        "nodelist": ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"),
+        "tasks_per_node": ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"),
+        "job_id": ("SLURM_JOB_ID", "SLURM_JOBID"),
+    }
+
+    @staticmethod
+    def detect(env: Mapping[str, str]) -> bool:
+        # Open MPI's mpirun inside an allocation leaves SLURM_PROCID of its own daemons:
+        # then the MPI variables, not Slurm's, describe the process.
+        return "SLURM_JOB_ID" in env and "SLURM_PROCID" in env and "OMPI_COMM_WORLD_RANK" not in env
+
+    def world_size(self) -> int:
+        if any(k in self.env for k in self.VARS["world_size"]):
+            return self._int(*self.VARS["world_size"])
+        return sum(self.tasks_per_node())  # the batch step without --ntasks
+
+    def global_rank(self) -> int:
+        return self._int(*self.VARS["global_rank"])
+
+    def local_rank(self) -> int:
+        return self._int(*self.VARS["local_rank"]) if "SLURM_LOCALID" in self.env else 0
+
+    def node_rank(self) -> int:
+        return self._int(*self.VARS["node_rank"]) if "SLURM_NODEID" in self.env else 0
+
+    def num_nodes(self) -> int:
+        return self._int(*self.VARS["num_nodes"])
+
+    def tasks_per_node(self) -> list[int]:
+        return expand_tasks_per_node(self._get(*self.VARS["tasks_per_node"]))
+
+    def local_world_size(self) -> int:
+        counts = self.tasks_per_node()
+        if self.node_rank() >= len(counts):
+            raise UserError.one("SLURM_TASKS_PER_NODE", f"has {len(counts)} nodes but SLURM_NODEID is {self.node_rank()}",
+                                "the variables disagree; were they copied from another job?")
+        return counts[self.node_rank()]
+
+    def hosts(self) -> list[str]:
+        return expand_nodelist(self._get(*self.VARS["nodelist"]))
+
+    def main_address(self) -> str:
+        # Tasks are placed block-wise from the step's first node, so rank 0 runs there.
+        return self.env.get("MASTER_ADDR") or self._configured_addr or self.hosts()[0]
+
+    def job_id(self) -> str | None:
+        return self._get(*self.VARS["job_id"])
+
+    def array(self) -> tuple[str, str] | None:
+        if "SLURM_ARRAY_JOB_ID" in self.env:
+            return self.env["SLURM_ARRAY_JOB_ID"], self.env.get("SLURM_ARRAY_TASK_ID", "")
+        return None
+
+    def restart_count(self) -> int:
+        return int(self.env.get("SLURM_RESTART_COUNT") or 0)
+
+    def devices_on_node(self) -> int | None:
+        value = self.env.get("SLURM_GPUS_ON_NODE")
+        return int(value) if value and value.isdigit() else None
+
+    def check(self) -> None:
+        hosts, counts, nodes = self.hosts(), self.tasks_per_node(), self.num_nodes()
+        if len(hosts) != nodes:
+            raise UserError.one("SLURM_STEP_NODELIST", f"lists {len(hosts)} hosts but the step has {nodes} nodes",
+                                "the variables disagree; were they copied from another job?")
+        if len(counts) != nodes or sum(counts) != self.world_size():
+            raise UserError.one("SLURM_TASKS_PER_NODE", f"{counts} does not add up to {self.world_size()} tasks on "
+                                f"{nodes} nodes", "the variables disagree; were they copied from another job?")
+        super().check()
