@@ -161,6 +161,10 @@ def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None) 
     print(f"hpc-mm launch: {plan.environment.name} {plan.mode} node {plan.node_rank}/{plan.nnodes} "
           f"world {plan.world_size} master {plan.master_addr}:{plan.master_port} backend {plan.backend}",
           file=sys.stderr, flush=True)
+    if plan.environment.name == "local" and plan.nnodes > 1 and leader:
+        print(f"hpc-mm launch: waiting for the other {plan.nnodes - 1} node(s): run the same command on each "
+              "with NODE_RANK=1.. and MASTER_ADDR set, or use `hpc-mm local` / `hpc-mm submit`",
+              file=sys.stderr, flush=True)
     rc, received = _run_forwarding_signals(cmd, workdir, child_env(plan))
     if received and leader:
         events.record(plan.run_dir, "signal", name=signal.Signals(received).name)

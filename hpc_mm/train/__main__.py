@@ -1,0 +1,3 @@
+from hpc_mm.train.loop import main
+
+raise SystemExit(main())

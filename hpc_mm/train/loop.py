@@ -1,0 +1,319 @@
+"""The training loop: Megatron's contract on a model small enough for a CPU.
+
+- process groups from megatron-core's parallel_state (DP only: TP/PP/CP > 1 are refused);
+- micro-batches accumulated up to the global batch across DP ranks (DDP, no_sync between);
+- AdamW with the seed's betas/eps/weight decay, gradient clipping, and megatron-core's
+  OptimizerParamScheduler stepped in samples, as Megatron does;
+- Megatron-format log lines, metrics.jsonl and events.jsonl in the run directory;
+- checkpoints every --save-interval, on the exit signal and at the end, holding everything
+  needed for an exact resume (model, optimizer, scheduler, data position, every RNG);
+- --exit-signal-handler: on SIGTERM every rank finishes the iteration, all agree, save, exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from hpc_mm import checkpoint, events
+from hpc_mm.errors import UserError
+from hpc_mm.train.data import PretrainingBatchSampler, SyntheticCaptionDataset
+from hpc_mm.train.model import TinyVLM
+
+
+def log(message: str) -> None:
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+    print(f"[rank {rank}] {message}", flush=True)
+
+
+class ExitSignal:
+    """Remembers that SIGTERM arrived; the loop checks it once per iteration, on all ranks."""
+
+    def __init__(self, enabled: bool):
+        self.received: int | None = None
+        if enabled:
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, _frame):
+        self.received = signum
+
+    def agreed(self) -> bool:
+        flag = torch.tensor([1 if self.received else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def _read_json(path: str, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError.one(what, f"cannot read {path}: {exc}") from None
+
+
+def _device(backend: str) -> tuple[torch.device, str]:
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if backend in ("nccl", "hccl"):
+        try:
+            import torch_npu  # noqa: F401  (Ascend: registers torch.npu)
+
+            if torch.npu.is_available():
+                torch.npu.set_device(local_rank)
+                return torch.device("npu", local_rank), "hccl"  # what MindSpeed does with "nccl"
+        except ImportError:
+            pass
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            return torch.device("cuda", local_rank), "nccl"
+        raise UserError.one("--distributed-backend", f"{backend} needs an NPU or a GPU and this node has neither",
+                            "use gloo on CPU (backend: auto in the job file)")
+    return torch.device("cpu"), backend
+
+
+def _param_groups(model: torch.nn.Module) -> list[dict]:
+    """Megatron's grouping: no weight decay on biases and norms (wd_mult 0)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "wd_mult": 1.0}, {"params": no_decay, "wd_mult": 0.0}]
+
+
+def build_scheduler(optimizer, args, global_batch_size: int):
+    """megatron-core's scheduler, counted in samples as Megatron's training loop counts it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+    decay_iters = args.lr_decay_iters or args.train_iters
+    wsd = args.lr_wsd_decay_iters * global_batch_size if args.lr_wsd_decay_iters else None
+    return OptimizerParamScheduler(
+        optimizer, init_lr=args.lr_warmup_init, max_lr=args.lr, min_lr=args.min_lr,
+        lr_warmup_steps=args.lr_warmup_iters * global_batch_size, lr_decay_steps=decay_iters * global_batch_size,
+        lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay, end_wd=args.weight_decay,
+        wd_incr_steps=args.train_iters * global_batch_size, wd_incr_style="constant",
+        wsd_decay_steps=wsd, lr_wsd_decay_style=args.lr_wsd_decay_style)
+
+
+def rng_state() -> dict:
+    state = {"random_rng_state": random.getstate(), "np_rng_state": np.random.get_state(),
+             "torch_rng_state": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng_state"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["random_rng_state"])
+    np.random.set_state(state["np_rng_state"])
+    torch.set_rng_state(state["torch_rng_state"])
+    if "cuda_rng_state" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng_state"])
+
+
+class Trainer:
+    def __init__(self, args):
+        self.args = args
+        if max(args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size) > 1:
+            raise UserError.one("gpt.tensor_model_parallel_size",
+                                "the built-in trainer's model is data-parallel only (TP, PP and CP must be 1)",
+                                "use a MindSpeed-MM entry (e.g. pretrain_vlm.py) for model parallelism")
+        self.model_config = _read_json(args.mm_model, "--mm-model")
+        self.data_config = _read_json(args.mm_data, "--mm-data")
+        if args.mm_tool and Path(args.mm_tool).exists():
+            _read_json(args.mm_tool, "--mm-tool")
+        self.run_dir = Path(args.run_dir) if args.run_dir else None
+        self.device, backend = _device(args.distributed_backend)
+        dist.init_process_group(backend=backend)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from megatron.core import parallel_state
+        parallel_state.initialize_model_parallel(1, 1)
+        self.dp_group = parallel_state.get_data_parallel_group()
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+        self.parallel_state = parallel_state
+        mbs, dp = args.micro_batch_size, self.dp_size
+        self.gbs = args.global_batch_size or mbs * dp
+        if self.gbs % (mbs * dp):
+            raise UserError.one("gpt.global_batch_size", f"{self.gbs} is not a multiple of micro_batch_size x DP "
+                                f"= {mbs} x {dp}", "fix the job file (hpc-mm validate checks this)")
+        self.grad_acc = self.gbs // (mbs * dp)
+        self.exit_signal = ExitSignal(args.exit_signal_handler)
+        self.saver = checkpoint.AsyncSaver() if args.async_save else None
+
+    # ------------------------------------------------------------------ setup
+    def build(self) -> None:
+        args = self.args
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        self.model = TinyVLM(self.model_config).to(self.device)
+        ddp_kwargs = {"device_ids": [self.device.index]} if self.device.type != "cpu" else {}
+        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, process_group=self.dp_group, **ddp_kwargs)
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
+                                           eps=args.adam_eps, weight_decay=args.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, args, self.gbs)
+        self.iteration, self.consumed = 0, 0
+        self._resume()
+        dp = self.data_config["dataset_param"]
+        vocab = self.model_config["text_decoder"]["vocab_size"]
+        in_channels = self.model_config["image_encoder"]["vision_encoder"].get("in_channels", 3)
+        self.dataset = SyntheticCaptionDataset(vocab_size=vocab, in_channels=in_channels, **dp)
+        loader = self.data_config.get("dataloader_param", {})
+        sampler = PretrainingBatchSampler(len(self.dataset), self.consumed, args.micro_batch_size, self.dp_rank,
+                                          self.dp_size, bool(loader.get("shuffle", True)), args.seed)
+        # An explicit generator keeps the loader from drawing on the global RNG, which is
+        # checkpointed: a resumed run must see the same global RNG stream as an unbroken one.
+        self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=args.num_workers,
+                                                  pin_memory=bool(loader.get("pin_memory", False)),
+                                                  generator=torch.Generator(),
+                                                  persistent_workers=args.num_workers > 0)
+
+    def _resume(self) -> None:
+        args = self.args
+        loaded = checkpoint.load_latest(args.load)
+        if loaded is None:
+            if self.rank == 0:
+                log(f"no checkpoint in {args.load}: starting from scratch" if args.load else "starting from scratch")
+            return
+        iteration, state = loaded
+        self.model.load_state_dict(state["model"])
+        if not args.no_load_optim:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["opt_param_scheduler"])
+        if not args.no_load_rng:
+            states = state["rng_state"]
+            set_rng_state(states[self.rank] if len(states) == self.world else states[0])
+        self.iteration, self.consumed = iteration, state["consumed_samples"]
+        if self.rank == 0:
+            log(f"resumed from {args.load} at iteration {iteration} (consumed samples {self.consumed})")
+            events.record(self.run_dir, "resumed", iteration=iteration)
+
+    # ------------------------------------------------------------------ checkpoint
+    def save(self, reason: str) -> None:
+        args = self.args
+        if not args.save:
+            return
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, rng_state())  # each rank resumes its own RNG streams
+        if self.rank == 0:
+            state = {"iteration": self.iteration, "consumed_samples": self.consumed, "checkpoint_version": 3.0,
+                     "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "opt_param_scheduler": self.scheduler.state_dict(), "rng_state": gathered,
+                     "args": {k: v for k, v in vars(args).items()}}
+            iteration = self.iteration
+
+            def done(it: int, seconds: float) -> None:
+                events.record(self.run_dir, "checkpoint", iteration=it, reason=reason, seconds=round(seconds, 3))
+                log(f"saved checkpoint from iteration {it:7d} to {args.save} [{reason}, {seconds:.2f} s]")
+
+            if self.saver and reason == "interval":
+                self.saver.save(args.save, iteration, state, args.keep_last, on_done=done)
+            else:
+                if self.saver:
+                    self.saver.wait()
+                done(iteration, checkpoint.save(args.save, iteration, state, args.keep_last))
+        dist.barrier()
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> int:
+        args = self.args
+        data = iter(self.loader)
+        metrics = open(self.run_dir / "metrics.jsonl", "a") if self.run_dir and self.rank == 0 else None
+        last_saved = self.iteration
+        tick = time.monotonic()
+        while self.iteration < args.train_iters:
+            loss, grad_norm = self._step(data)
+            self.iteration += 1
+            self.consumed += self.gbs
+            self.scheduler.step(increment=self.gbs)
+            lr = self.optimizer.param_groups[0]["lr"]
+            elapsed, tick = time.monotonic() - tick, time.monotonic()
+            if metrics:
+                metrics.write(json.dumps({"iteration": self.iteration, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                          "consumed_samples": self.consumed, "samples_per_second": self.gbs / elapsed,
+                                          "time": round(time.time(), 3)}) + "\n")
+                metrics.flush()
+            if self.rank == 0 and self.iteration % args.log_interval == 0:
+                log(f" iteration {self.iteration:8d}/{args.train_iters:8d} | consumed samples: {self.consumed:12d} | "
+                    f"elapsed time per iteration (ms): {elapsed * 1000:.1f} | learning rate: {lr:.6E} | "
+                    f"global batch size: {self.gbs:5d} | lm loss: {loss:.6E} | loss scale: 1.0 | "
+                    f"grad norm: {grad_norm:.3f} | number of skipped iterations:   0 | number of nan iterations:   0 |")
+            if args.save_interval and self.iteration % args.save_interval == 0:
+                self.save("interval")
+                last_saved = self.iteration
+            if args.exit_signal_handler and self.exit_signal.agreed():
+                if last_saved != self.iteration:
+                    self.save("signal")
+                elif self.saver:
+                    self.saver.wait()
+                if self.rank == 0:
+                    log(f"exiting on signal after iteration {self.iteration}")
+                return 0
+            if args.exit_interval and self.iteration % args.exit_interval == 0:
+                break
+        if last_saved != self.iteration:
+            self.save("final")
+        if self.saver:
+            self.saver.wait()
+        if metrics:
+            metrics.close()
+        return 0
+
+    def _step(self, data) -> tuple[float, float]:
+        args = self.args
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for micro in range(self.grad_acc):
+            images, captions = next(data)
+            images, captions = images.to(self.device), captions.to(self.device)
+            sync = micro == self.grad_acc - 1
+            with (nullcontext() if sync else self.ddp.no_sync()):
+                loss = self.ddp(images, captions) / self.grad_acc
+                loss.backward()
+            total += loss.detach()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if args.clip_grad > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        self.optimizer.step()
+        dist.all_reduce(total, group=self.dp_group)
+        return total.item() / self.dp_size, float(grad_norm)
+
+    def close(self) -> None:
+        if self.saver:
+            self.saver.wait()
+        self.parallel_state.destroy_model_parallel()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hpc_mm.train.arguments import parse_args
+
+    args = parse_args(argv)
+    trainer = None
+    try:
+        trainer = Trainer(args)
+        trainer.build()
+        return trainer.train()
+    except UserError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        if trainer is not None:
+            trainer.close()
+        elif dist.is_initialized():
+            dist.destroy_process_group()
