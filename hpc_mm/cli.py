@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     _job_options(p)
     p.add_argument("--mpirun", default="mpirun", help="the mpirun to use (default: mpirun on PATH)")
 
+    p = sub.add_parser("finish", help="(batch script) after the step: requeue on a stop signal, or end")
+    p.add_argument("target", help="run directory")
+    p.add_argument("--returncode", type=int, default=0, help="the training step's exit status")
+    p.add_argument("--signal", default="none", help="the stop signal the batch shell caught (USR1, TERM, none)")
+
     p = sub.add_parser("report", help="plot loss and learning rate of a run and summarise it")
     p.add_argument("target", help="run directory")
     return parser
@@ -181,11 +186,13 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from hpc_mm.rundir import prepare_run_dir
     from hpc_mm.render import render_script
-    from hpc_mm.spec import default_run_dir
 
     spec = _load(args)
-    text = render_script(spec, args.run_dir or default_run_dir(spec), args.template_dir)
+    run_dir = prepare_run_dir(spec, args.run_dir)  # the script runs `hpc-mm launch` on it
+    text = render_script(spec, run_dir, args.template_dir)
+    print(f"run directory: {run_dir}", file=sys.stderr)
     if args.output:
         args.output.write_text(text)
         print(f"wrote {args.output}", file=sys.stderr)
@@ -233,6 +240,12 @@ def cmd_local(args: argparse.Namespace) -> int:
     return run_local(spec, args.run_dir, mpirun=args.mpirun)
 
 
+def cmd_finish(args: argparse.Namespace) -> int:
+    from hpc_mm.requeue import finish
+
+    return finish(Path(args.target), args.returncode, None if args.signal == "none" else args.signal)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from hpc_mm.report import report
 
@@ -241,7 +254,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "validate": cmd_validate, "args": cmd_args, "env": cmd_env, "render": cmd_render, "submit": cmd_submit,
-    "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel, "launch": cmd_launch, "local": cmd_local,
+    "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel, "launch": cmd_launch, "local": cmd_local, "finish": cmd_finish,
     "report": cmd_report,
 }
 

@@ -24,9 +24,9 @@ from hpc_mm.devices import detect_device, mpi_available
 from hpc_mm.environments import ClusterEnvironment, MPIEnvironment, SlurmEnvironment, select_environment
 from hpc_mm.errors import UserError
 from hpc_mm.megatron import distributed_args, resolve_backend, training_argv
+from hpc_mm.rundir import JOB_FILE
 from hpc_mm.spec import JobSpec, load_job, validate
 
-JOB_FILE = "job.yaml"  # the resolved job file inside a run directory
 # Slurm's --signal and preemption send USR1/USR2 to us; Megatron's exit signal is SIGTERM.
 FORWARDED = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGINT, signal.SIGHUP: signal.SIGTERM,
              signal.SIGUSR1: signal.SIGTERM, signal.SIGUSR2: signal.SIGTERM}
@@ -166,14 +166,11 @@ def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None) 
               "with NODE_RANK=1.. and MASTER_ADDR set, or use `hpc-mm local` / `hpc-mm submit`",
               file=sys.stderr, flush=True)
     rc, received = _run_forwarding_signals(cmd, workdir, child_env(plan))
-    if received and leader:
-        events.record(plan.run_dir, "signal", name=signal.Signals(received).name)
     if leader:
-        if rc == 0 or received:
-            events.record(plan.run_dir, "completed" if rc == 0 and not received else "failed",
-                          returncode=rc, stopped_by=signal.Signals(received).name if received else None)
+        if received:  # the batch script's `hpc-mm finish` decides between requeued and failed
+            events.record(plan.run_dir, "signal", name=signal.Signals(received).name, returncode=rc)
         else:
-            events.record(plan.run_dir, "failed", returncode=rc)
+            events.record(plan.run_dir, "completed" if rc == 0 else "failed", returncode=rc)
     return rc
 
 

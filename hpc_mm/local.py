@@ -15,18 +15,9 @@ from pathlib import Path
 
 from hpc_mm import events
 from hpc_mm.errors import UserError
-from hpc_mm.spec import JobSpec, default_run_dir, dump_job, nproc_hint
+from hpc_mm.rundir import prepare_run_dir
+from hpc_mm.spec import JobSpec, nproc_hint
 
-JOB_FILE = "job.yaml"
-
-
-def prepare_run_dir(spec: JobSpec, run_dir: Path | None) -> Path:
-    """Create the run directory and write the resolved job file into it."""
-    run_dir = (run_dir or default_run_dir(spec)).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "logs").mkdir(exist_ok=True)
-    dump_job(spec, run_dir / JOB_FILE)
-    return run_dir
 
 
 def mpirun_command(spec: JobSpec, run_dir: Path, mpirun: str = "mpirun") -> list[str]:

@@ -1,0 +1,130 @@
+"""Jinja2 environment and the finished context for templates/.
+
+Every decision (which #SBATCH options, how many tasks per node, what is quoted) is made
+here in Python; templates only place the finished values. Values reach bash through
+`shlex.quote` or as #SBATCH option values (which sbatch parses, bash never runs), and
+anything that could end a #SBATCH line early (a newline) is refused.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from hpc_mm import __version__
+from hpc_mm.errors import UserError
+from hpc_mm.spec import JobSpec, gres_count
+
+TEMPLATE = "sbatch.sh.j2"
+_SBATCH_VALUE_UNSAFE = set("\n\r\"'\\`$;")
+
+
+@dataclass(frozen=True)
+class ScriptContext:
+    name: str
+    version: str
+    sbatch: list[str]  # finished "--key=value" options, one #SBATCH line each
+    run_dir: str  # shell-quoted
+    setup: list[str]  # the job's own shell lines, verbatim (they are shell by intent)
+    env: list[tuple[str, str]]  # (name, shell-quoted value)
+    hpc_mm: str  # shell-quoted command that runs hpc-mm on the nodes
+    srun: str  # shell-quoted srun options
+    log_pattern: str  # shell-quoted srun --output, with "$RESTART" expanded by bash
+
+
+def template_dirs(user_dir: Path | None) -> list[str]:
+    dirs = [str(user_dir)] if user_dir else []
+    checkout = Path(__file__).resolve().parent.parent / "templates"
+    if checkout.is_dir():
+        dirs.append(str(checkout))
+    dirs.append(str(resources.files("hpc_mm.templates")) if _installed_templates() else str(checkout))
+    return dirs
+
+
+def _installed_templates() -> bool:
+    try:
+        return resources.files("hpc_mm.templates").joinpath(TEMPLATE).is_file()
+    except (ModuleNotFoundError, TypeError):
+        return False
+
+
+def environment(user_dir: Path | None = None) -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(template_dirs(user_dir)),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              trim_blocks=True, lstrip_blocks=True, autoescape=False)
+
+
+def tasks_per_node(spec: JobSpec) -> int:
+    if spec.entry.launcher == "torchrun":
+        return 1  # one torchrun agent per node starts the ranks
+    n = spec.distributed.nproc_per_node
+    if n == "auto":
+        n = gres_count(spec.slurm.gres)
+        if n is None:
+            raise UserError.one("distributed.nproc_per_node", "auto needs slurm.gres (e.g. npu:8) with launcher srun",
+                                "set a number, or use launcher torchrun")
+    return n
+
+
+def _option_value(field: str, value: str) -> str:
+    if any(c in _SBATCH_VALUE_UNSAFE for c in value) or not value.isprintable():
+        raise UserError.one(field, f"{value!r} contains quotes, '$', '`', ';', a backslash or a line break",
+                            "sbatch options take plain values; rename the path or value")
+    return f'"{value}"' if " " in value else value  # sbatch splits #SBATCH lines on blanks, honours quotes
+
+
+def sbatch_options(spec: JobSpec, run_dir: Path) -> list[str]:
+    s = spec.slurm
+    logs = _option_value("--run-dir", str(run_dir / "logs"))
+    opts = [f"--job-name={spec.name}", f"--nodes={s.nodes}", f"--ntasks-per-node={tasks_per_node(spec)}"]
+    if s.cpus_per_task:
+        opts.append(f"--cpus-per-task={s.cpus_per_task}")
+    for key in ("gres", "partition", "account", "qos", "mem", "constraint"):
+        value = getattr(s, key)
+        if value is not None:
+            opts.append(f"--{key}={_option_value(f'slurm.{key}', str(value))}")
+    opts.append(f"--time={s.time}")
+    if s.exclusive:
+        opts.append("--exclusive")
+    # Slurm sends the signal to the batch shell (B:) grace_seconds before the time limit,
+    # and at preemption (preempt_send_user_signal); the script forwards it to every rank.
+    opts += [f"--signal=B:{spec.requeue.signal}@{spec.requeue.grace_seconds}", "--requeue",
+             "--open-mode=append", f"--output={logs}/%x-%j.batch.out"]
+    for key, value in s.extra_sbatch.items():
+        if value is True:
+            opts.append(f"--{key}")
+        elif value is not False:
+            opts.append(f"--{key}={_option_value(f'slurm.extra_sbatch.{key}', str(value))}")
+    return opts
+
+
+def context(spec: JobSpec, run_dir: Path, python: str | None = None) -> ScriptContext:
+    run_dir = Path(run_dir).resolve()
+    srun = ["--kill-on-bad-exit=1", "--wait=60", "--unbuffered", f"--ntasks-per-node={tasks_per_node(spec)}"]
+    if spec.slurm.cpus_per_task:
+        srun.append(f"--cpus-per-task={spec.slurm.cpus_per_task}")  # 22.05+: srun no longer inherits it
+    env = [(k, shlex.quote(v)) for k, v in spec.env.items()]
+    logs = shlex.quote(str(run_dir / "logs" / f"{spec.name}-%j-r")) + '"$RESTART"' + shlex.quote("-t%t.out")
+    return ScriptContext(
+        name=spec.name, version=__version__, sbatch=sbatch_options(spec, run_dir), run_dir=shlex.quote(str(run_dir)),
+        setup=list(spec.setup), env=env,
+        hpc_mm=" ".join(shlex.quote(a) for a in [python or sys.executable, "-m", "hpc_mm"]),
+        srun=" ".join(shlex.quote(a) for a in srun), log_pattern=logs)
+
+
+def render_script(spec: JobSpec, run_dir: Path, template_dir: Path | None = None, python: str | None = None) -> str:
+    try:
+        template = environment(template_dir).get_template(TEMPLATE)
+    except jinja2.TemplateNotFound:
+        raise UserError.one("--template-dir", f"no {TEMPLATE} in {template_dir}",
+                            "copy templates/sbatch.sh.j2 there and edit it") from None
+    try:
+        return template.render(ctx=context(spec, run_dir, python))
+    except jinja2.UndefinedError as exc:
+        raise UserError.one("--template-dir", f"the template uses an unknown value: {exc.message}",
+                            "templates get `ctx` with: " + ", ".join(ScriptContext.__dataclass_fields__)) from None
