@@ -1,0 +1,27 @@
+"""The login-node path (validate, args, render, submit --dry-run) never imports torch or megatron."""
+
+import subprocess
+import sys
+
+from conftest import JOBS
+
+PROBE = """
+import sys, io, contextlib
+from hpc_mm.cli import main
+for argv in {argvs!r}:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        rc = main(argv)
+    assert rc == 0, (argv, rc)
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'megatron', 'torch_npu', 'mindspeed', 'mpi4py'))
+print('HEAVY', heavy)
+"""
+
+
+def test_cli_login_path_stays_light(tmp_path):
+    tiny, qwen = str(JOBS / "tiny-vlm.yaml"), str(JOBS / "qwen2vl-7b.yaml")
+    argvs = [["validate", tiny, qwen], ["args", tiny], ["args", qwen],
+             ["render", qwen, "--run-dir", str(tmp_path / "r1")],
+             ["submit", tiny, "--dry-run", "--run-dir", str(tmp_path / "r2")]]
+    out = subprocess.run([sys.executable, "-c", PROBE.format(argvs=argvs)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout, out.stdout

@@ -1,0 +1,86 @@
+"""Rendered sbatch scripts: golden files, bash -n, and inert hostile values."""
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import JOBS, ROOT, run_cli
+from hpc_mm.errors import UserError
+from hpc_mm.render import render_script
+from hpc_mm.spec import load_job
+
+GOLDEN = ROOT / "tests" / "golden"
+GOLDEN_RUN_DIR = Path("/tmp/hpc-mm-golden/run")
+
+
+@pytest.mark.parametrize("job", ["tiny-vlm", "qwen2vl-7b"])
+def test_golden_scripts(job):
+    text = render_script(load_job(JOBS / f"{job}.yaml"), GOLDEN_RUN_DIR, python="python3")
+    golden = GOLDEN / f"{job}.sbatch"
+    if os.environ.get("HPC_MM_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), f"rendered script differs from {golden} (HPC_MM_UPDATE_GOLDEN=1 to accept)"
+
+
+@pytest.mark.parametrize("job", sorted(p.name for p in JOBS.glob("*.yaml")))
+def test_bash_n_on_every_rendered_script(tmp_path, job):
+    out = tmp_path / "job.sbatch"
+    run_cli("render", JOBS / job, "--run-dir", tmp_path / "run", "-o", out, check=True)
+    assert subprocess.run(["bash", "-n", str(out)]).returncode == 0
+
+
+def test_sbatch_options():
+    spec = load_job(JOBS / "qwen2vl-7b.yaml", ["slurm.extra_sbatch={mail-type: END, requeue: true}"])
+    text = render_script(spec, GOLDEN_RUN_DIR, python="python3")
+    for line in ("#SBATCH --gres=npu:8", "#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --exclusive",
+                 "#SBATCH --signal=B:USR1@300", "#SBATCH --mail-type=END", "#SBATCH --open-mode=append"):
+        assert line in text
+    srun = load_job(JOBS / "tiny-vlm.yaml", ["entry.launcher=srun"])
+    assert "#SBATCH --ntasks-per-node=2" in render_script(srun, GOLDEN_RUN_DIR, python="python3")
+
+
+def test_unsafe_sbatch_values_are_refused():
+    spec = load_job(JOBS / "tiny-vlm.yaml", ["slurm.extra_sbatch={comment: 'a\"; touch /tmp/x'}"])
+    with pytest.raises(UserError, match="slurm.extra_sbatch.comment"):
+        render_script(spec, GOLDEN_RUN_DIR)
+    with pytest.raises(UserError, match="--run-dir"):
+        render_script(load_job(JOBS / "tiny-vlm.yaml"), Path("/tmp/a$(touch x)"))
+
+
+HOSTILE = ["$(touch {canary})", "`touch {canary}`", "x; touch {canary}", "it's \"quoted\"",
+           "two words", "line\nbreak; touch {canary}", "$HOME ${{PATH}}"]
+
+
+def test_injection_canary_never_runs(hostile_tmp):
+    """Hostile env values and a hostile run dir path: run the script with a fake srun, no canary."""
+    canary = hostile_tmp / "canary"
+    job = yaml.safe_load((JOBS / "tiny-vlm.yaml").read_text())
+    job["mm"] = {k: str(JOBS / v) for k, v in job["mm"].items()}
+    job["env"] = {f"V{i}": v.format(canary=canary) for i, v in enumerate(HOSTILE)}
+    job_file = hostile_tmp / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job))
+    run_dir = hostile_tmp / "run & $dir"
+    with pytest.raises(UserError):  # '$' cannot go on an #SBATCH line: refused, not rendered
+        render_script(load_job(job_file), run_dir)
+    run_dir = hostile_tmp / "run (1) & co"
+    script = hostile_tmp / "job.sbatch"
+    script.write_text(render_script(load_job(job_file), run_dir, python="true"))
+    bin_dir = hostile_tmp / "bin"
+    bin_dir.mkdir()
+    fake_srun = bin_dir / "srun"
+    fake_srun.write_text("#!/bin/bash\nenv | grep '^V[0-9]=' > \"$HPC_MM_RUN_DIR/seen.env\"\nprintf '%s\\n' \"$@\" > \"$HPC_MM_RUN_DIR/srun.args\"\n")
+    fake_srun.chmod(fake_srun.stat().st_mode | stat.S_IEXEC)
+    run_dir.mkdir()
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "1"})
+    assert result.returncode == 0, result.stderr
+    assert not canary.exists()
+    seen = (run_dir / "seen.env").read_text()
+    for i, value in enumerate(HOSTILE):
+        if "\n" not in value:
+            assert f"V{i}={value.format(canary=canary)}\n" in seen
+    assert str(run_dir) in (run_dir / "srun.args").read_text()  # the path arrived whole
