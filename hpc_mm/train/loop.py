@@ -1,7 +1,9 @@
 """The training loop: Megatron's contract on a model small enough for a CPU.
 
 - process groups from megatron-core's parallel_state (DP only: TP/PP/CP > 1 are refused);
-- micro-batches accumulated up to the global batch across DP ranks (DDP, no_sync between);
+- micro-batches accumulated up to the global batch across DP ranks, gradients all-reduced
+  once per step through one contiguous buffer in parameter order (as Megatron's DDP does),
+  so the reduction order, and thus every bit of the result, never depends on timing;
 - AdamW with the seed's betas/eps/weight decay, gradient clipping, and megatron-core's
   OptimizerParamScheduler stepped in samples, as Megatron does;
 - Megatron-format log lines, metrics.jsonl and events.jsonl in the run directory;
@@ -19,7 +21,6 @@ import signal
 import sys
 import time
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,28 @@ def _device(backend: str) -> tuple[torch.device, str]:
         raise UserError.one("--distributed-backend", f"{backend} needs an NPU or a GPU and this node has neither",
                             "use gloo on CPU (backend: auto in the job file)")
     return torch.device("cpu"), backend
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave stopping to the main process, which saves first.
+
+    torchrun signals each worker's whole process group; a loader worker killed by SIGTERM
+    would abort the iteration the exit-signal handler is waiting to finish.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def allreduce_gradients(params: list[torch.Tensor], group, dp_size: int) -> None:
+    """Average gradients over the DP group through one flat buffer in a fixed order."""
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat, group=group)
+    flat.div_(dp_size)
+    for p, synced in zip(params, _unflatten_dense_tensors(flat, grads)):
+        p.grad = synced
 
 
 def _param_groups(model: torch.nn.Module) -> list[dict]:
@@ -158,8 +181,9 @@ class Trainer:
         random.seed(args.seed)
         np.random.seed(args.seed)
         self.model = TinyVLM(self.model_config).to(self.device)
-        ddp_kwargs = {"device_ids": [self.device.index]} if self.device.type != "cpu" else {}
-        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, process_group=self.dp_group, **ddp_kwargs)
+        self.params = list(self.model.parameters())
+        for p in self.params:  # every DP rank starts from rank 0's weights
+            dist.broadcast(p.data, src=dist.get_global_rank(self.dp_group, 0), group=self.dp_group)
         self.optimizer = torch.optim.AdamW(_param_groups(self.model), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
                                            eps=args.adam_eps, weight_decay=args.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, args, self.gbs)
@@ -177,6 +201,7 @@ class Trainer:
         self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=args.num_workers,
                                                   pin_memory=bool(loader.get("pin_memory", False)),
                                                   generator=torch.Generator(),
+                                                  worker_init_fn=_ignore_stop_signals,
                                                   persistent_workers=args.num_workers > 0)
 
     def _resume(self) -> None:
@@ -274,19 +299,16 @@ class Trainer:
         args = self.args
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
-        for micro in range(self.grad_acc):
+        for _ in range(self.grad_acc):
             images, captions = next(data)
-            images, captions = images.to(self.device), captions.to(self.device)
-            sync = micro == self.grad_acc - 1
-            with (nullcontext() if sync else self.ddp.no_sync()):
-                loss = self.ddp(images, captions) / self.grad_acc
-                loss.backward()
+            loss = self.model(images.to(self.device), captions.to(self.device)) / self.grad_acc
+            loss.backward()
             total += loss.detach()
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        allreduce_gradients(self.params, self.dp_group, self.dp_size)
         if args.clip_grad > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, args.clip_grad)
         else:
-            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params]))
         self.optimizer.step()
         dist.all_reduce(total, group=self.dp_group)
         return total.item() / self.dp_size, float(grad_norm)
