@@ -185,9 +185,19 @@ def _check_world(spec: JobSpec, plan: Plan) -> None:
         raise UserError(problems)
 
 
+def _ignore_user_signals() -> None:
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 def _run_forwarding_signals(cmd: list[str], cwd: Path, env: dict) -> tuple[int, int | None]:
-    """Run `cmd`; forward the signals that stop a job, translated for Megatron. Return (rc, signal)."""
-    child = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True)
+    """Run `cmd`; forward the signals that stop a job, translated for Megatron. Return (rc, signal).
+
+    Slurm delivers a step's signal to every process in it, not just to us. torchrun does not
+    handle USR1/USR2 (their default action kills it and the ranks mid-iteration), so the child
+    tree starts with them ignored and learns of the stop only as SIGTERM, from here.
+    """
+    child = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=_ignore_user_signals)
     received: list[int] = []
 
     def forward(signum, _frame):

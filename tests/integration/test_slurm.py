@@ -1,0 +1,118 @@
+"""The real Slurm test cluster (scripts/slurm-testbed): env, submit, plain sbatch, dry-run, preemption."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import HPC_MM, JOBS, run_cli
+from hpc_mm import events
+
+
+def sacct(job_id: str) -> tuple[str, int]:
+    out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State,NNodes"],
+                         capture_output=True, text=True).stdout.strip().splitlines()
+    state, nodes = out[-1].split("|") if out else ("UNKNOWN", "0")
+    return state.split()[0], int(nodes)
+
+
+def wait_for(job_id: str, timeout: float = 600) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state, _ = sacct(job_id)
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return state
+        time.sleep(2)
+    raise AssertionError(f"job {job_id} still {state} after {timeout} s")
+
+
+def test_srun_env_ranks(slurm_cluster):
+    result = subprocess.run(["srun", "-N", "4", "--ntasks-per-node", "2", *HPC_MM, "env", "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in rows) == list(range(8))
+    hosts = subprocess.run(["scontrol", "show", "hostnames", rows[0]["hosts"] and ",".join(rows[0]["hosts"])],
+                           capture_output=True, text=True).stdout.split()
+    assert all(r["hosts"] == hosts for r in rows) and len(hosts) == 4
+    for r in rows:
+        assert r["world_size"] == 8 and r["nnodes"] == 4 and r["launcher"] == "slurm"
+        assert r["node"] == hosts[r["node_rank"]]  # node ranks follow the step's host order
+        assert r["local_rank"] == r["rank"] % 2 and r["node_rank"] == r["rank"] // 2
+    rank0 = next(r for r in rows if r["rank"] == 0)
+    assert {r["master_addr"] for r in rows} == {rank0["node"]}
+    assert len({r["master_port"] for r in rows}) == 1
+
+
+def test_submit_wait_completes_on_two_nodes(slurm_cluster, tmp_path):
+    result = run_cli("submit", JOBS / "tiny-vlm.yaml", "--nodes", "2", "--wait", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    job_id = result.stdout.split("submitted job ")[1].split()[0]
+    assert sacct(job_id) == ("COMPLETED", 2)
+    status = json.loads(run_cli("status", "--json", cwd=tmp_path, check=True).stdout)
+    assert status["job_id"] == job_id and status["state"] == "COMPLETED"
+    assert status["last_iteration"] == 200 and status["last_checkpoint"] == 200 and status["nodes"] == 2
+    logs = run_cli("logs", job_id, "--rank", "0", cwd=tmp_path, check=True).stdout
+    assert "iteration      200/     200" in logs and all(line.startswith("[rank 0]") for line in logs.splitlines())
+
+
+def test_rendered_script_with_plain_sbatch(slurm_cluster, hostile_tmp):
+    run_dir = hostile_tmp / "run"
+    script = hostile_tmp / "job.sbatch"
+    run_cli("render", JOBS / "tiny-vlm.yaml", "--run-dir", run_dir, "-o", script,
+            "--set", "gpt.train_iters=60", "--set", "checkpoint.save_interval=30", check=True)
+    out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, cwd=hostile_tmp)
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip().split(";")[0]
+    assert wait_for(job_id) == "COMPLETED", (run_dir / "logs").iterdir()
+    assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "60"
+    assert any(p.name.endswith(".batch.out") for p in (run_dir / "logs").iterdir())
+    assert [e["event"] for e in events.read(run_dir)][-1] == "completed"
+
+
+def test_dry_run_reports_bad_partition_without_submitting(slurm_cluster, tmp_path):
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    result = run_cli("submit", JOBS / "tiny-vlm.yaml", "--dry-run", "--set", "slurm.partition=nosuch", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: slurm.partition: Slurm refused the job") and "partition" in result.stderr
+    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == before
+    assert not (tmp_path / "runs").exists()
+    ok = run_cli("submit", JOBS / "tiny-vlm.yaml", "--dry-run", cwd=tmp_path, check=True)
+    assert "sbatch --test-only: sbatch: Job" in ok.stdout and "#SBATCH --nodes=2" in ok.stdout
+
+
+def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, tmp_path):
+    """Real preemption: a `high` job needs the nodes; ours saves, requeues, resumes, finishes."""
+    result = run_cli("submit", JOBS / "tiny-vlm.yaml", "--run-dir", tmp_path / "run", "--json",
+                     "--set", "slurm.exclusive=true", "--set", "slurm.partition=low",
+                     "--set", "gpt.train_iters=300", "--set", "checkpoint.save_interval=1000", cwd=tmp_path, check=True)
+    job_id = json.loads(result.stdout)["job_id"]
+    run_dir = tmp_path / "run"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run_dir / "metrics.jsonl").exists():
+        time.sleep(1)
+    time.sleep(4)
+    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "--exclusive", "-N", "4", "-o", "/dev/null",
+                           "--wrap", "sleep 3"], capture_output=True, text=True, check=True).stdout.strip()
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(e["event"] == "requeued" for e in events.read(run_dir)):
+        time.sleep(1)
+    assert wait_for(high) == "COMPLETED"
+    # Slurm holds requeued jobs back a while (BeginTime); let it start now.
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+    assert wait_for(job_id, timeout=600) == "COMPLETED"
+    record = events.read(run_dir)
+    kinds = [e["event"] for e in record]
+    assert "signal" in kinds and "requeued" in kinds, kinds
+    saved = [e for e in record if e["event"] == "checkpoint" and e["reason"] == "signal"]
+    resumed = [e for e in record if e["event"] == "resumed"]
+    assert saved and resumed and resumed[0]["iteration"] == saved[0]["iteration"] and resumed[0]["restart"] == 1
+    assert kinds[-1] == "completed" and record[-1]["restart"] == 1
+    status = json.loads(run_cli("status", str(run_dir), "--json", check=True).stdout)
+    assert status["last_iteration"] == 300 and status["restarts"] == 1
+    assert run_cli("logs", str(run_dir), "--restart", "0", check=True).stdout.count("resumed from") == 0
+    assert "resumed from" in run_cli("logs", str(run_dir), "--restart", "1", check=True).stdout
