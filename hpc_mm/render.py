@@ -11,7 +11,6 @@ from __future__ import annotations
 import shlex
 import sys
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import jinja2
@@ -38,19 +37,10 @@ class ScriptContext:
 
 
 def template_dirs(user_dir: Path | None) -> list[str]:
-    dirs = [str(user_dir)] if user_dir else []
-    checkout = Path(__file__).resolve().parent.parent / "templates"
-    if checkout.is_dir():
-        dirs.append(str(checkout))
-    dirs.append(str(resources.files("hpc_mm.templates")) if _installed_templates() else str(checkout))
-    return dirs
-
-
-def _installed_templates() -> bool:
-    try:
-        return resources.files("hpc_mm.templates").joinpath(TEMPLATE).is_file()
-    except (ModuleNotFoundError, TypeError):
-        return False
+    """The user's folder first, then the checkout's templates/, then the installed copy."""
+    here = Path(__file__).resolve().parent
+    candidates = [user_dir, here.parent / "templates", here / "templates"]
+    return [str(d) for d in candidates if d is not None and Path(d).is_dir()]
 
 
 def environment(user_dir: Path | None = None) -> jinja2.Environment:
@@ -118,11 +108,13 @@ def context(spec: JobSpec, run_dir: Path, python: str | None = None) -> ScriptCo
 
 
 def render_script(spec: JobSpec, run_dir: Path, template_dir: Path | None = None, python: str | None = None) -> str:
+    if template_dir is not None and not (Path(template_dir) / TEMPLATE).is_file():
+        raise UserError.one("--template-dir", f"no {TEMPLATE} in {template_dir}",
+                            "copy templates/sbatch.sh.j2 there and edit it")
     try:
         template = environment(template_dir).get_template(TEMPLATE)
-    except jinja2.TemplateNotFound:
-        raise UserError.one("--template-dir", f"no {TEMPLATE} in {template_dir}",
-                            "copy templates/sbatch.sh.j2 there and edit it") from None
+    except jinja2.TemplateNotFound:  # an installation without its templates: a packaging bug
+        raise RuntimeError(f"{TEMPLATE} not found in {template_dirs(None)}") from None
     try:
         return template.render(ctx=context(spec, run_dir, python))
     except jinja2.UndefinedError as exc:

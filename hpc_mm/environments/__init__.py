@@ -21,15 +21,15 @@ PRIORITY: tuple[type[ClusterEnvironment], ...] = (
 )
 
 
-def select_environment(env: Mapping[str, str] | None = None, **kwargs) -> ClusterEnvironment:
+def select_environment(env: Mapping[str, str] | None = None, master_port: int | None = None,
+                       master_addr: str | None = None, nnodes: int = 1, node_rank: int = 0) -> ClusterEnvironment:
+    """The first environment in PRIORITY that detects itself; the job file's values fill gaps."""
     env = dict(os.environ if env is None else env)
     for cls in PRIORITY:
         if cls.detect(env):
             if cls is LocalEnvironment:
-                return cls(env, **kwargs)
-            kwargs.pop("nnodes", None)
-            kwargs.pop("node_rank", None)
-            return cls(env, **kwargs)
+                return cls(env, master_port, master_addr, nnodes=nnodes, node_rank=node_rank)
+            return cls(env, master_port, master_addr)
     raise AssertionError("LocalEnvironment always matches")
 
 

@@ -84,3 +84,14 @@ def test_injection_canary_never_runs(hostile_tmp):
         if "\n" not in value:
             assert f"V{i}={value.format(canary=canary)}\n" in seen
     assert str(run_dir) in (run_dir / "srun.args").read_text()  # the path arrived whole
+
+
+def test_user_template_dir(tmp_path):
+    spec = load_job(JOBS / "tiny-vlm.yaml")
+    with pytest.raises(UserError, match="no sbatch.sh.j2"):
+        render_script(spec, GOLDEN_RUN_DIR, template_dir=tmp_path)
+    (tmp_path / "sbatch.sh.j2").write_text("#!/bin/bash\n#SBATCH --job-name={{ ctx.name }}\n{{ ctx.nope }}\n")
+    with pytest.raises(UserError, match="unknown value"):
+        render_script(spec, GOLDEN_RUN_DIR, template_dir=tmp_path)
+    (tmp_path / "sbatch.sh.j2").write_text("#!/bin/bash\n# site header\n{% for o in ctx.sbatch %}#SBATCH {{ o }}\n{% endfor %}")
+    assert "# site header\n#SBATCH --job-name=tiny-vlm\n" in render_script(spec, GOLDEN_RUN_DIR, template_dir=tmp_path)
