@@ -126,10 +126,10 @@ def command(plan: Plan) -> list[str]:
     spec = plan.spec
     argv = training_argv(spec, plan.run_dir, plan.device)
     target = ["-m", spec.entry.script] if not spec.entry.script.endswith(".py") else [spec.entry.script]
+    python = spec.entry.python or sys.executable
     if plan.mode == "agent":
-        return [spec.entry.python, "-m", "torch.distributed.run", *plan.distributed_args(),
-                "--max-restarts", "0", *target, *argv]
-    return [spec.entry.python, "-u", *target, *argv]
+        return [python, "-m", "torch.distributed.run", *plan.distributed_args(), "--max-restarts", "0", *target, *argv]
+    return [python, "-u", *target, *argv]
 
 
 def child_env(plan: Plan) -> dict:

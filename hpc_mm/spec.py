@@ -40,7 +40,7 @@ class Entry:
     script: str = BUILTIN_TRAINER
     workdir: str = "."
     launcher: Launcher = "torchrun"
-    python: str = "python3"
+    python: Optional[str] = None  # default: the Python that runs `hpc-mm launch` on the node
     extra_args: list[str] = field(default_factory=list)
 
 
