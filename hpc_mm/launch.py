@@ -25,7 +25,8 @@ from hpc_mm.environments import ClusterEnvironment, MPIEnvironment, SlurmEnviron
 from hpc_mm.errors import UserError
 from hpc_mm.megatron import distributed_args, resolve_backend, training_argv
 from hpc_mm.rundir import JOB_FILE
-from hpc_mm.spec import JobSpec, load_job, validate
+from hpc_mm.checkpoint import latest_iteration
+from hpc_mm.spec import JobSpec, checkpoint_dir, load_job, validate
 
 # Slurm's --signal and preemption send USR1/USR2 to us; Megatron's exit signal is SIGTERM.
 FORWARDED = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGINT, signal.SIGHUP: signal.SIGTERM,
@@ -156,8 +157,12 @@ def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None) 
     leader = plan.node_rank == 0 and (plan.rank in (None, 0))
     cmd = command(plan)
     if leader:
+        from hpc_mm.requeue import note_requeue_by_slurm
+
+        note_requeue_by_slurm(spec, plan.run_dir, plan.restart_count)
         events.record(plan.run_dir, "started", nnodes=plan.nnodes, world_size=plan.world_size,
-                      master=f"{plan.master_addr}:{plan.master_port}", backend=plan.backend)
+                      master=f"{plan.master_addr}:{plan.master_port}", backend=plan.backend,
+                      checkpoint=latest_iteration(checkpoint_dir(spec, plan.run_dir)))
     print(f"hpc-mm launch: {plan.environment.name} {plan.mode} node {plan.node_rank}/{plan.nnodes} "
           f"world {plan.world_size} master {plan.master_addr}:{plan.master_port} backend {plan.backend}",
           file=sys.stderr, flush=True)

@@ -108,6 +108,9 @@ def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, tmp_path):
     record = events.read(run_dir)
     kinds = [e["event"] for e in record]
     assert "signal" in kinds and "requeued" in kinds, kinds
+    # hpc-mm finish requeues it (cause: preemption), unless Slurm's own preemption requeue
+    # ended the batch shell first; then the next start records it (cause: slurm).
+    assert next(e for e in record if e["event"] == "requeued")["cause"] in ("preemption", "slurm")
     saved = [e for e in record if e["event"] == "checkpoint" and e["reason"] == "signal"]
     resumed = [e for e in record if e["event"] == "resumed"]
     assert saved and resumed and resumed[0]["iteration"] == saved[0]["iteration"] and resumed[0]["restart"] == 1
@@ -116,3 +119,31 @@ def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, tmp_path):
     assert status["last_iteration"] == 300 and status["restarts"] == 1
     assert run_cli("logs", str(run_dir), "--restart", "0", check=True).stdout.count("resumed from") == 0
     assert "resumed from" in run_cli("logs", str(run_dir), "--restart", "1", check=True).stdout
+
+
+def test_time_limit_saves_requeues_and_finishes(slurm_cluster, tmp_path):
+    """A 2-minute time limit with the signal 45 s before it: the run crosses restarts and finishes."""
+    run_dir = tmp_path / "run"
+    result = run_cli("submit", JOBS / "tiny-vlm.yaml", "--run-dir", run_dir, "--json",
+                     "--set", "slurm.time=2", "--set", "requeue.grace_seconds=45", "--set", "requeue.max_restarts=5",
+                     "--set", "gpt.train_iters=900", "--set", "checkpoint.save_interval=1000", cwd=tmp_path, check=True)
+    job_id = json.loads(result.stdout)["job_id"]
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        state, _ = sacct(job_id)
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+            break
+        if state == "PENDING":  # Slurm holds requeued jobs back a while (BeginTime)
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+        time.sleep(2)
+    assert state == "COMPLETED", [e["event"] for e in events.read(run_dir)]
+    record = events.read(run_dir)
+    requeued = [e for e in record if e["event"] == "requeued"]
+    assert requeued and all(e["cause"] == "time-limit" for e in requeued)
+    resumed = [e for e in record if e["event"] == "resumed"]
+    assert [e["restart"] for e in resumed] == list(range(1, len(requeued) + 1))
+    signal_saves = [e["iteration"] for e in record if e["event"] == "checkpoint" and e["reason"] == "signal"]
+    assert [e["iteration"] for e in resumed] == signal_saves  # each restart resumed where the last one saved
+    assert [e["iteration"] for e in requeued] == signal_saves
+    assert record[-1]["event"] == "completed"
+    assert json.loads(run_cli("status", str(run_dir), "--json", check=True).stdout)["last_iteration"] == 900
