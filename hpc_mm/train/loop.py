@@ -180,7 +180,12 @@ class Trainer:
         torch.manual_seed(args.seed)
         random.seed(args.seed)
         np.random.seed(args.seed)
-        self.model = TinyVLM(self.model_config).to(self.device)
+        try:
+            self.model = TinyVLM(self.model_config).to(self.device)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError.one("mm.model", f"the built-in trainer cannot build its model from {args.mm_model}: "
+                                f"{exc.__class__.__name__}: {exc}",
+                                "see jobs/tiny-vlm/model.json for the keys it reads") from None
         self.params = list(self.model.parameters())
         for p in self.params:  # every DP rank starts from rank 0's weights
             dist.broadcast(p.data, src=dist.get_global_rank(self.dp_group, 0), group=self.dp_group)
@@ -192,7 +197,12 @@ class Trainer:
         dp = self.data_config["dataset_param"]
         vocab = self.model_config["text_decoder"]["vocab_size"]
         in_channels = self.model_config["image_encoder"]["vision_encoder"].get("in_channels", 3)
-        self.dataset = SyntheticCaptionDataset(vocab_size=vocab, in_channels=in_channels, **dp)
+        try:
+            self.dataset = SyntheticCaptionDataset(vocab_size=vocab, in_channels=in_channels, **dp)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError.one("mm.data", f"the built-in trainer cannot build its dataset from {args.mm_data}: "
+                                f"{exc.__class__.__name__}: {exc}",
+                                "see jobs/tiny-vlm/data.json for the dataset_param keys it reads") from None
         loader = self.data_config.get("dataloader_param", {})
         sampler = PretrainingBatchSampler(len(self.dataset), self.consumed, args.micro_batch_size, self.dp_rank,
                                           self.dp_size, bool(loader.get("shuffle", True)), args.seed)

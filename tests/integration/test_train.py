@@ -96,3 +96,15 @@ def test_async_save_and_built_in_limits(tmp_path):
                      "--set", "gpt.tensor_model_parallel_size=2", "--set", "gpt.global_batch_size=16")
     assert result.returncode != 0
     assert "error: gpt.tensor_model_parallel_size: the built-in trainer's model is data-parallel only" in result.stdout + result.stderr
+
+
+def test_model_json_it_cannot_build_is_one_line(tmp_path):
+    model = json.loads((JOBS / "tiny-vlm" / "model.json").read_text())
+    del model["image_encoder"]["vision_encoder"]["image_size"]
+    (tmp_path / "model.json").write_text(json.dumps(model))
+    result = run_cli("launch", JOBS / "tiny-vlm.yaml", "--run-dir", tmp_path / "run", *FOUR_PROCS,
+                     "--set", f"mm.model={tmp_path / 'model.json'}", "--set", "entry.launcher=srun",
+                     "--set", "distributed.nproc_per_node=1", "--set", "gpt.global_batch_size=4")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "error: mm.model: the built-in trainer cannot build its model from" in result.stderr
+    assert "Traceback" not in result.stderr
