@@ -170,7 +170,7 @@ def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None) 
         print(f"hpc-mm launch: waiting for the other {plan.nnodes - 1} node(s): run the same command on each "
               "with NODE_RANK=1.. and MASTER_ADDR set, or use `hpc-mm local` / `hpc-mm submit`",
               file=sys.stderr, flush=True)
-    rc, received = _run_forwarding_signals(cmd, workdir, child_env(plan))
+    rc, received = _run_forwarding_signals(cmd, workdir, child_env(plan), to_workers=plan.mode == "agent")
     if leader:
         if received:  # the batch script's `hpc-mm finish` decides between requeued and failed
             events.record(plan.run_dir, "signal", name=signal.Signals(received).name, returncode=rc)
@@ -195,22 +195,39 @@ def _ignore_user_signals() -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
-def _run_forwarding_signals(cmd: list[str], cwd: Path, env: dict) -> tuple[int, int | None]:
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid`, from /proc (no psutil on compute nodes)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _run_forwarding_signals(cmd: list[str], cwd: Path, env: dict, to_workers: bool = False) -> tuple[int, int | None]:
     """Run `cmd`; forward the signals that stop a job, translated for Megatron. Return (rc, signal).
 
     Slurm delivers a step's signal to every process in it, not just to us. torchrun does not
     handle USR1/USR2 (their default action kills it and the ranks mid-iteration), so the child
     tree starts with them ignored and learns of the stop only as SIGTERM, from here.
+    With `to_workers` (cmd is torchrun) SIGTERM goes to torchrun's workers: they save and exit 0,
+    and torchrun ends cleanly instead of tearing the job down as failed.
     """
     child = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=_ignore_user_signals)
     received: list[int] = []
 
     def forward(signum, _frame):
         received.append(signum)
-        try:
-            child.send_signal(FORWARDED[signum])
-        except ProcessLookupError:
-            pass
+        targets = (_children(child.pid) if to_workers else []) or [child.pid]
+        for pid in targets:
+            try:
+                os.kill(pid, FORWARDED[signum])
+            except ProcessLookupError:
+                pass
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:

@@ -63,6 +63,8 @@ def test_exact_resume_after_exit_signal(full_run, tmp_path):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGTERM)  # what srun does to `hpc-mm launch` when Slurm stops the job
     out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out  # a clean stop: workers saved and exited 0, so did torchrun
+    assert "SignalException" not in out
     stopped = checkpoint.latest_iteration(run_dir / "checkpoints")
     assert stopped is not None and 95 <= stopped < 200, out
     signal_saves = [e for e in events.read(run_dir) if e["event"] == "checkpoint" and e["reason"] == "signal"]
