@@ -1,6 +1,5 @@
 """Atomic checkpoints: kill -9 at any moment leaves the previous one loadable; corrupt ones fall back."""
 
-import os
 import random
 import signal
 import subprocess

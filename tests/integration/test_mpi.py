@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 
 from conftest import HPC_MM, JOBS, run_cli
 from hpc_mm import events

@@ -1,13 +1,9 @@
 """The real Slurm test cluster (scripts/slurm-testbed): env, submit, plain sbatch, dry-run, preemption."""
 
 import json
-import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-import pytest
 
 from conftest import HPC_MM, JOBS, run_cli
 from hpc_mm import events
