@@ -33,8 +33,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (hint: {self.prog} --help)\n")
 
 
-def _job_options(p: argparse.ArgumentParser, run_dir: bool = True) -> None:
-    p.add_argument("job", help="the job file (YAML)")
+def _job_options(p: argparse.ArgumentParser, run_dir: bool = True, many: bool = False) -> None:
+    if many:
+        p.add_argument("jobs", nargs="+", metavar="job", help="job files (YAML)")
+    else:
+        p.add_argument("job", help="the job file (YAML)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a job-file value, e.g. --set gpt.lr=1.0e-4 (repeatable; value is YAML)")
     p.add_argument("--nodes", type=_positive_int, help="number of nodes (sets slurm.nodes and distributed.nnodes)")
@@ -51,12 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("validate", help="check job files and print the derived figures")
-    p.add_argument("jobs", nargs="+", metavar="job", help="job files (YAML)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a job-file value (repeatable; value is YAML)")
-    p.add_argument("--nodes", type=_positive_int, help="number of nodes")
-    p.add_argument("--nproc-per-node", "--nproc_per_node", dest="nproc_per_node", type=_nproc,
-                   help="processes (devices) per node, or auto")
+    _job_options(p, run_dir=False, many=True)
     p.add_argument("--json", action="store_true", help="print the derived figures as JSON")
 
     p = sub.add_parser("args", help="print the training arguments the entry point receives (one shell line)")

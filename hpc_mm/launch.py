@@ -24,6 +24,7 @@ from hpc_mm.devices import detect_device, mpi_available
 from hpc_mm.environments import ClusterEnvironment, MPIEnvironment, SlurmEnvironment, select_environment
 from hpc_mm.errors import UserError
 from hpc_mm.megatron import distributed_args, resolve_backend, training_argv
+from hpc_mm.requeue import note_requeue_by_slurm
 from hpc_mm.rundir import JOB_FILE
 from hpc_mm.checkpoint import latest_iteration
 from hpc_mm.spec import JobSpec, checkpoint_dir, load_job, validate
@@ -157,8 +158,6 @@ def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None) 
     leader = plan.node_rank == 0 and (plan.rank in (None, 0))
     cmd = command(plan)
     if leader:
-        from hpc_mm.requeue import note_requeue_by_slurm
-
         note_requeue_by_slurm(spec, plan.run_dir, plan.restart_count)
         events.record(plan.run_dir, "started", nnodes=plan.nnodes, world_size=plan.world_size,
                       master=f"{plan.master_addr}:{plan.master_port}", backend=plan.backend,
