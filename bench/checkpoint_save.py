@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from hpc_mm import checkpoint
+from hpc_mm.train import checkpoint
 
 SIZES_MB = [16, 128, 512]
 REPEATS = 3

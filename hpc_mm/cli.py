@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from hpc_mm import __version__
-from hpc_mm.errors import UserError
+from hpc_mm.errors import UserError, print_problems
 
 DESCRIPTION = """\
 Run MindSpeed-MM / Megatron training jobs from one YAML job file: validate it,
@@ -33,18 +34,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (hint: {self.prog} --help)\n")
 
 
-def _job_options(p: argparse.ArgumentParser, run_dir: bool = True, many: bool = False) -> None:
+def _job_options(p: argparse.ArgumentParser, many: bool = False, optional: bool = False,
+                 what: str = "the job file (YAML)") -> None:
+    """What every command that takes a job file takes: the file, --set, --nodes, --nproc-per-node, --run-dir."""
     if many:
         p.add_argument("jobs", nargs="+", metavar="job", help="job files (YAML)")
     else:
-        p.add_argument("job", help="the job file (YAML)")
+        p.add_argument("job", nargs="?" if optional else None, help=what)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a job-file value, e.g. --set gpt.lr=1.0e-4 (repeatable; value is YAML)")
     p.add_argument("--nodes", type=_positive_int, help="number of nodes (sets slurm.nodes and distributed.nnodes)")
     p.add_argument("--nproc-per-node", "--nproc_per_node", dest="nproc_per_node", type=_nproc,
                    help="processes (devices) per node, or auto")
-    if run_dir:
-        p.add_argument("--run-dir", type=Path, help="run directory (default: runs/<name>-<time>)")
+    p.add_argument("--run-dir", type=Path, help="run directory (default: runs/<name>-<time>)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,14 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("validate", help="check job files and print the derived figures")
-    _job_options(p, run_dir=False, many=True)
+    _job_options(p, many=True)
     p.add_argument("--json", action="store_true", help="print the derived figures as JSON")
 
     p = sub.add_parser("args", help="print the training arguments the entry point receives (one shell line)")
     _job_options(p)
 
     p = sub.add_parser("env", help="print what this process resolved: ranks, master address/port, backend")
-    p.add_argument("job", nargs="?", help="job file or run directory (optional)")
+    _job_options(p, optional=True, what="job file or run directory (optional)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("render", help="write the sbatch script for a job (plain `sbatch` works on it)")
@@ -91,10 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="run directory or Slurm job id")
 
     p = sub.add_parser("launch", help="(inside an allocation) start training on this node or task")
-    p.add_argument("target", help="run directory (from submit/render) or a job file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a job-file value (when target is a job file)")
-    p.add_argument("--run-dir", type=Path, help="run directory when target is a job file")
+    _job_options(p, what="run directory (from submit/render) or a job file")
 
     p = sub.add_parser("local", help="emulate a multi-node job on this machine with mpirun")
     _job_options(p)
@@ -115,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 2
+        return print_problems(exc)
     except KeyboardInterrupt:
         return 130
 
@@ -125,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------- commands
 
 def _load(args: argparse.Namespace, job: str | None = None):
-    from hpc_mm.spec import load_job
+    from hpc_mm.job.jobfile import load_job
 
     return load_job(job or args.job, args.overrides, args.nodes, args.nproc_per_node)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from hpc_mm.spec import derive
+    from hpc_mm.job.spec import derive
 
     problems, results = [], {}
     for job in args.jobs:
@@ -162,90 +159,85 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_args(args: argparse.Namespace) -> int:
-    from hpc_mm.megatron import shell_line, training_argv
-    from hpc_mm.spec import default_run_dir
+    from hpc_mm.job.megatron import login_backend, shell_line, training_argv
+    from hpc_mm.job.spec import derive
+    from hpc_mm.run.layout import checkpoint_dir, default_run_dir
 
     spec = _load(args)
-    print(shell_line(training_argv(spec, args.run_dir or default_run_dir(spec))))
+    run_dir = Path(args.run_dir or default_run_dir(spec)).resolve()
+    print(shell_line(training_argv(spec, run_dir=run_dir, checkpoint_dir=checkpoint_dir(spec, run_dir),
+                                   backend=login_backend(spec), world_size=derive(spec).world_size)))
     return 0
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    from hpc_mm.launch import resolve_plan
+    from hpc_mm.launch.plan import resolve_plan
 
-    plan = resolve_plan(args.job)
+    plan = resolve_plan(args.job, args.overrides, args.run_dir, nodes=args.nodes, nproc_per_node=args.nproc_per_node)
     info = plan.describe()
+    # One write per process: under mpirun several processes share this stream.
     if args.json:
-        print(json.dumps(info, sort_keys=True))
+        text = json.dumps(info, sort_keys=True) + "\n"
     else:
-        for key, value in info.items():
-            print(f"{key:16} {value}")
+        text = "".join(f"{key:16} {value}\n" for key, value in info.items())
+    os.write(sys.stdout.fileno(), text.encode())
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from hpc_mm.rundir import prepare_run_dir
-    from hpc_mm.render import render_script
+    from hpc_mm.slurm.submit import render
 
-    spec = _load(args)
-    run_dir = prepare_run_dir(spec, args.run_dir)  # the script runs `hpc-mm launch` on it
-    text = render_script(spec, run_dir, args.template_dir)
-    print(f"run directory: {run_dir}", file=sys.stderr)
-    if args.output:
-        args.output.write_text(text)
-        print(f"wrote {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return render(_load(args), args.run_dir, args.template_dir, args.output)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from hpc_mm.submit import submit
+    from hpc_mm.slurm.submit import dry_run, submit
 
     spec = _load(args)
-    return submit(spec, args.run_dir, template_dir=args.template_dir, dry_run=args.dry_run,
-                  wait=args.wait, as_json=args.json)
+    if args.dry_run:
+        return dry_run(spec, args.run_dir, args.template_dir, as_json=args.json)
+    return submit(spec, args.run_dir, template_dir=args.template_dir, wait=args.wait, as_json=args.json)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpc_mm.status import print_status
+    from hpc_mm.slurm.status import print_status
 
     return print_status(args.target, as_json=args.json)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from hpc_mm.status import print_logs
+    from hpc_mm.slurm.status import print_logs
 
     return print_logs(args.target, rank=args.rank, restart=args.restart, follow=args.follow)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from hpc_mm.status import cancel
+    from hpc_mm.slurm.status import cancel
 
     return cancel(args.target)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from hpc_mm.launch import launch
+    from hpc_mm.launch.supervise import launch
 
-    return launch(args.target, overrides=args.overrides, run_dir=args.run_dir)
+    return launch(args.job, overrides=args.overrides, run_dir=args.run_dir, nodes=args.nodes,
+                  nproc_per_node=args.nproc_per_node)
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from hpc_mm.local import run_local
+    from hpc_mm.launch.local import run_local
 
-    spec = _load(args)
-    return run_local(spec, args.run_dir, mpirun=args.mpirun)
+    return run_local(_load(args), args.run_dir, mpirun=args.mpirun)
 
 
 def cmd_finish(args: argparse.Namespace) -> int:
-    from hpc_mm.requeue import finish
+    from hpc_mm.slurm.requeue import finish
 
     return finish(Path(args.target), args.returncode, None if args.signal == "none" else args.signal)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hpc_mm.report import report
+    from hpc_mm.run.report import report
 
     return report(Path(args.target))
 

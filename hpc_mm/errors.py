@@ -1,15 +1,19 @@
 """User errors: one line each, naming the field, the problem and a hint.
 
 A `UserError` is something the user can fix (a job file, a flag, the environment).
-The CLI prints each problem as ``error: <field>: <problem> (hint: ...)`` and exits 2.
+Every entry point (the CLI, the built-in trainer) prints each problem as
+``error: <field>: <problem> (hint: ...)`` through `print_problems` and exits 2.
 Anything else that raises is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import difflib
+import sys
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, TextIO
+
+USER_ERROR_EXIT = 2
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,27 @@ class UserError(Exception):
     @classmethod
     def one(cls, field: str, message: str, hint: str = "") -> "UserError":
         return cls(Problem(field, message, hint))
+
+
+def print_problems(error: UserError, stream: TextIO | None = None) -> int:
+    """Print each problem as one `error:` line; return the exit code for user errors."""
+    stream = stream or sys.stderr
+    for problem in error.problems:
+        stream.write(f"error: {_one_line(str(problem))}\n")
+    stream.flush()
+    return USER_ERROR_EXIT
+
+
+def warn(problem: Problem, stream: TextIO | None = None) -> None:
+    """Something the user should know that does not stop the job."""
+    stream = stream or sys.stderr
+    stream.write(f"warning: {_one_line(str(problem))}\n")
+    stream.flush()
+
+
+def _one_line(text: str) -> str:
+    # Values quoted into messages may hold line breaks; an error stays one line.
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def did_you_mean(value: object, choices: Iterable[str]) -> str:

@@ -27,9 +27,7 @@ def select_environment(env: Mapping[str, str] | None = None, master_port: int | 
     env = dict(os.environ if env is None else env)
     for cls in PRIORITY:
         if cls.detect(env):
-            if cls is LocalEnvironment:
-                return cls(env, master_port, master_addr, nnodes=nnodes, node_rank=node_rank)
-            return cls(env, master_port, master_addr)
+            return cls(env, master_port, master_addr, nnodes=nnodes, node_rank=node_rank)
     raise AssertionError("LocalEnvironment always matches")
 
 

@@ -30,15 +30,23 @@ def port_for_job(job_id: str) -> int:
 
 
 class ClusterEnvironment(ABC):
-    """What one process started by a launcher knows about itself and its peers."""
+    """What one process started by a launcher knows about itself and its peers.
+
+    Each subclass reads its launcher's variables through its `VARS` table (answer -> the
+    variables that hold it, first set one wins), so a new flavour is a table edit. The job
+    file's topology (`nnodes`, `node_rank`, master address and port) fills gaps only.
+    """
 
     name = "base"
+    VARS: dict[str, tuple[str, ...]] = {"master_addr": ("MASTER_ADDR",), "master_port": ("MASTER_PORT",)}
 
     def __init__(self, env: Mapping[str, str] | None = None, master_port: int | None = None,
-                 master_addr: str | None = None):
+                 master_addr: str | None = None, nnodes: int = 1, node_rank: int = 0):
         self.env = dict(os.environ if env is None else env)
         self._configured_port = master_port  # the job file's distributed.master_port, if an int
         self._configured_addr = master_addr
+        self._configured_nnodes = nnodes
+        self._configured_node_rank = node_rank
 
     @staticmethod
     @abstractmethod
@@ -77,36 +85,56 @@ class ClusterEnvironment(ABC):
     def main_address(self) -> str:
         """Where rank 0 runs: the address every process connects to."""
 
-    def job_id(self) -> str | None:
+    def prepare(self) -> None:
+        """Agree with the peers on what no variable says (MPI: the master); a no-op elsewhere.
+
+        The launcher calls it once, before asking for the master; detection never does."""
+
+    def devices_on_node(self) -> int | None:
+        """Accelerators the scheduler gave this node, when it says; None where unknown."""
         return None
 
+    def job_id(self) -> str | None:
+        return self._first("job_id")
+
     def restart_count(self) -> int:
-        return 0
+        return self._int("restart_count") if self._has("restart_count") else 0
 
     def main_port(self) -> int:
         """An existing MASTER_PORT wins, then the job file's port, then one derived from the job id."""
-        if "MASTER_PORT" in self.env:
-            return self._int("MASTER_PORT")
+        if self._has("master_port"):
+            return self._int("master_port")
         if self._configured_port:
             return self._configured_port
         job = self.job_id()
         return port_for_job(job) if job else 6000  # the seed's default outside any scheduler
 
-    # Helpers: a missing or malformed variable is a user error naming it, never a KeyError.
-    def _get(self, *names: str) -> str:
-        for name in names:
+    # Reading the table: a missing or malformed variable is a user error naming it, never a KeyError.
+    def _first(self, key: str) -> str | None:
+        """The first set variable of `VARS[key]`, or None (also for keys the table lacks)."""
+        for name in self.VARS.get(key, ()):
             value = self.env.get(name)
             if value not in (None, ""):
                 return value
-        raise UserError.one(" or ".join(names), f"is not set in this {self.name} environment",
-                            f"run inside the {self.name} launcher, or set it")
+        return None
 
-    def _int(self, *names: str) -> int:
-        text = self._get(*names)
+    def _has(self, key: str) -> bool:
+        return self._first(key) is not None
+
+    def _get(self, key: str) -> str:
+        value = self._first(key)
+        if value is None:
+            names = " or ".join(self.VARS.get(key, (key,)))
+            raise UserError.one(names, f"is not set in this {self.name} environment",
+                                f"run inside the {self.name} launcher, or set it")
+        return value
+
+    def _int(self, key: str) -> int:
+        text = self._get(key)
         try:
             return int(text)
         except ValueError:
-            raise UserError.one(names[0], f"{text!r} is not an integer",
+            raise UserError.one(self.VARS[key][0], f"{text!r} is not an integer",
                                 f"check how {self.name} was started") from None
 
     def check(self) -> None:

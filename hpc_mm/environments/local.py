@@ -13,22 +13,18 @@ from hpc_mm.environments.base import ClusterEnvironment
 
 class LocalEnvironment(ClusterEnvironment):
     name = "local"
-
-    def __init__(self, env: Mapping[str, str] | None = None, master_port: int | None = None,
-                 master_addr: str | None = None, nnodes: int = 1, node_rank: int = 0):
-        super().__init__(env, master_port, master_addr)
-        self._nnodes = int(self.env.get("NNODES") or nnodes)
-        self._node_rank = int(self.env.get("NODE_RANK") or node_rank)
+    VARS = {"num_nodes": ("NNODES",), "node_rank": ("NODE_RANK",), "master_addr": ("MASTER_ADDR",),
+            "master_port": ("MASTER_PORT",)}
 
     @staticmethod
     def detect(env: Mapping[str, str]) -> bool:
         return True
 
     def world_size(self) -> int:
-        return self._nnodes
+        return self.num_nodes()
 
     def global_rank(self) -> int:
-        return self._node_rank
+        return self.node_rank()
 
     def local_rank(self) -> int:
         return 0
@@ -37,13 +33,13 @@ class LocalEnvironment(ClusterEnvironment):
         return 1
 
     def node_rank(self) -> int:
-        return self._node_rank
+        return self._int("node_rank") if self._has("node_rank") else self._configured_node_rank
 
     def num_nodes(self) -> int:
-        return self._nnodes
+        return self._int("num_nodes") if self._has("num_nodes") else self._configured_nnodes
 
     def hosts(self) -> list[str]:
         return [self.main_address()]
 
     def main_address(self) -> str:
-        return self.env.get("MASTER_ADDR") or self._configured_addr or "localhost"
+        return self._first("master_addr") or self._configured_addr or "localhost"

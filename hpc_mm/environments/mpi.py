@@ -1,8 +1,8 @@
 """Processes started by an MPI launcher (Open MPI, MPICH / Intel MPI, PMIx) without a scheduler.
 
 Ranks come from the launcher's variables (a table per flavour). The master address and
-port are not in any variable: `agree()` asks mpi4py to broadcast rank 0's host and a free
-port. Only `agree()` initialises MPI; detection and the other answers never do.
+port are not in any variable: `prepare()` asks mpi4py to broadcast rank 0's host and a free
+port. Only `prepare()` initialises MPI; detection and the other answers never do.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ FLAVOURS = {
     "openmpi": {"rank": "OMPI_COMM_WORLD_RANK", "size": "OMPI_COMM_WORLD_SIZE",
                 "local_rank": "OMPI_COMM_WORLD_LOCAL_RANK", "local_size": "OMPI_COMM_WORLD_LOCAL_SIZE"},
     "mpich": {"rank": "PMI_RANK", "size": "PMI_SIZE", "local_rank": "MPI_LOCALRANKID", "local_size": "MPI_LOCALNRANKS"},
-    "pmix": {"rank": "PMIX_RANK"},  # PMIx exports no size: agree() asks MPI
+    "pmix": {"rank": "PMIX_RANK"},  # PMIx exports no size: prepare() asks MPI
 }
 
 
@@ -31,9 +31,12 @@ class MPIEnvironment(ClusterEnvironment):
     name = "mpi"
 
     def __init__(self, env: Mapping[str, str] | None = None, master_port: int | None = None,
-                 master_addr: str | None = None):
-        super().__init__(env, master_port, master_addr)
+                 master_addr: str | None = None, nnodes: int = 1, node_rank: int = 0):
+        super().__init__(env, master_port, master_addr, nnodes, node_rank)
         self.flavour = next(f for f, names in FLAVOURS.items() if names["rank"] in self.env)
+        self.VARS = {**{key: (name,) for key, name in FLAVOURS[self.flavour].items()},
+                     "master_addr": ("MASTER_ADDR",), "master_port": ("MASTER_PORT",),
+                     "job_id": ("OMPI_MCA_orte_jobfam", "PMIX_NAMESPACE")}
         self._agreed: dict | None = None
 
     @staticmethod
@@ -41,13 +44,12 @@ class MPIEnvironment(ClusterEnvironment):
         return any(names["rank"] in env for names in FLAVOURS.values())
 
     def _var(self, key: str) -> int:
-        name = FLAVOURS[self.flavour].get(key)
-        if name is None or name not in self.env:
+        if not self._has(key):
             if self._agreed and key in self._agreed:
                 return self._agreed[key]
             raise UserError.one(f"{self.flavour} {key}", "is not in the environment",
                                 "start with Open MPI's or MPICH's mpirun, which export it")
-        return self._int(name)
+        return self._int(key)
 
     def world_size(self) -> int:
         return self._var("size")
@@ -72,23 +74,20 @@ class MPIEnvironment(ClusterEnvironment):
         return list(self._agreed["hosts"]) if self._agreed else [self.main_address()]
 
     def main_address(self) -> str:
-        if "MASTER_ADDR" in self.env:
-            return self.env["MASTER_ADDR"]
-        if self._configured_addr:
-            return self._configured_addr
-        if self._agreed:
-            return self._agreed["addr"]
+        address = self._first("master_addr") or self._configured_addr or (self._agreed or {}).get("addr")
+        if address:
+            return address
         raise UserError.one("MASTER_ADDR", "is unknown under mpirun until the ranks agree on it",
-                            "this is a bug if you see it from hpc-mm launch; call agree() first")
+                            "this is a bug if you see it from hpc-mm launch: prepare() agrees on it")
 
     def main_port(self) -> int:
-        if "MASTER_PORT" in self.env or self._configured_port:
+        if self._has("master_port") or self._configured_port:
             return super().main_port()
         if self._agreed:
             return self._agreed["port"]
         raise UserError.one("MASTER_PORT", "is unknown under mpirun until the ranks agree on it")
 
-    def agree(self) -> None:
+    def prepare(self) -> None:
         """Broadcast rank 0's host name and a free port on it to every rank (uses mpi4py)."""
         try:
             from mpi4py import MPI
@@ -104,6 +103,3 @@ class MPIEnvironment(ClusterEnvironment):
         self._agreed = {**agreed, "hosts": list(dict.fromkeys(hosts)), "rank": comm.Get_rank(),
                         "size": comm.Get_size(), "local_rank": ranks_here.index(comm.Get_rank()),
                         "local_size": len(ranks_here)}
-
-    def job_id(self) -> str | None:
-        return self.env.get("OMPI_MCA_orte_jobfam") or self.env.get("PMIX_NAMESPACE")

@@ -40,7 +40,8 @@ def expand_nodelist(text: str) -> list[str]:
 class SlurmEnvironment(ClusterEnvironment):
     name = "slurm"
 
-    # One table, so a new Slurm flavour is an edit here.
+    # One table, so a new Slurm flavour is an edit here. Step variables come first: an
+    # `srun -N 2` inside a 4-node job runs on the step's nodes only.
     VARS = {
         "world_size": ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"),
         "global_rank": ("SLURM_PROCID",),
@@ -50,33 +51,41 @@ class SlurmEnvironment(ClusterEnvironment):
         "nodelist": ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"),
         "tasks_per_node": ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"),
         "job_id": ("SLURM_JOB_ID", "SLURM_JOBID"),
+        "restart_count": ("SLURM_RESTART_COUNT",),
+        "array_job_id": ("SLURM_ARRAY_JOB_ID",),
+        "array_task_id": ("SLURM_ARRAY_TASK_ID",),
+        "devices_on_node": ("SLURM_GPUS_ON_NODE",),
+        "master_addr": ("MASTER_ADDR",),
+        "master_port": ("MASTER_PORT",),
+        "mpi_rank": ("OMPI_COMM_WORLD_RANK",),
     }
 
-    @staticmethod
-    def detect(env: Mapping[str, str]) -> bool:
+    @classmethod
+    def detect(cls, env: Mapping[str, str]) -> bool:
         # Open MPI's mpirun inside an allocation leaves SLURM_PROCID of its own daemons:
         # then the MPI variables, not Slurm's, describe the process.
-        return "SLURM_JOB_ID" in env and "SLURM_PROCID" in env and "OMPI_COMM_WORLD_RANK" not in env
+        return (cls.VARS["job_id"][0] in env and cls.VARS["global_rank"][0] in env
+                and cls.VARS["mpi_rank"][0] not in env)
 
     def world_size(self) -> int:
-        if any(k in self.env for k in self.VARS["world_size"]):
-            return self._int(*self.VARS["world_size"])
+        if self._has("world_size"):
+            return self._int("world_size")
         return sum(self.tasks_per_node())  # the batch step without --ntasks
 
     def global_rank(self) -> int:
-        return self._int(*self.VARS["global_rank"])
+        return self._int("global_rank")
 
     def local_rank(self) -> int:
-        return self._int(*self.VARS["local_rank"]) if "SLURM_LOCALID" in self.env else 0
+        return self._int("local_rank") if self._has("local_rank") else 0
 
     def node_rank(self) -> int:
-        return self._int(*self.VARS["node_rank"]) if "SLURM_NODEID" in self.env else 0
+        return self._int("node_rank") if self._has("node_rank") else 0
 
     def num_nodes(self) -> int:
-        return self._int(*self.VARS["num_nodes"])
+        return self._int("num_nodes")
 
     def tasks_per_node(self) -> list[int]:
-        return expand_tasks_per_node(self._get(*self.VARS["tasks_per_node"]))
+        return expand_tasks_per_node(self._get("tasks_per_node"))
 
     def local_world_size(self) -> int:
         counts = self.tasks_per_node()
@@ -86,25 +95,22 @@ class SlurmEnvironment(ClusterEnvironment):
         return counts[self.node_rank()]
 
     def hosts(self) -> list[str]:
-        return expand_nodelist(self._get(*self.VARS["nodelist"]))
+        return expand_nodelist(self._get("nodelist"))
 
     def main_address(self) -> str:
         # Tasks are placed block-wise from the step's first node, so rank 0 runs there.
-        return self.env.get("MASTER_ADDR") or self._configured_addr or self.hosts()[0]
+        return self._first("master_addr") or self._configured_addr or self.hosts()[0]
 
     def job_id(self) -> str | None:
-        return self._get(*self.VARS["job_id"])
+        return self._get("job_id")
 
     def array(self) -> tuple[str, str] | None:
-        if "SLURM_ARRAY_JOB_ID" in self.env:
-            return self.env["SLURM_ARRAY_JOB_ID"], self.env.get("SLURM_ARRAY_TASK_ID", "")
+        if self._has("array_job_id"):
+            return self._get("array_job_id"), self._first("array_task_id") or ""
         return None
 
-    def restart_count(self) -> int:
-        return int(self.env.get("SLURM_RESTART_COUNT") or 0)
-
     def devices_on_node(self) -> int | None:
-        value = self.env.get("SLURM_GPUS_ON_NODE")
+        value = self._first("devices_on_node")
         return int(value) if value and value.isdigit() else None
 
     def check(self) -> None:

@@ -13,42 +13,44 @@ from hpc_mm.environments.base import ClusterEnvironment
 
 class TorchrunEnvironment(ClusterEnvironment):
     name = "torchrun"
+    VARS = {
+        "world_size": ("WORLD_SIZE",), "global_rank": ("RANK",), "local_rank": ("LOCAL_RANK",),
+        "local_world_size": ("LOCAL_WORLD_SIZE",), "node_rank": ("GROUP_RANK",), "num_nodes": ("GROUP_WORLD_SIZE",),
+        "master_addr": ("MASTER_ADDR",), "master_port": ("MASTER_PORT",),
+        "job_id": ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"),
+        "restart_count": ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT"),
+    }
+    _DETECT = ("world_size", "global_rank", "local_rank", "node_rank")
 
-    @staticmethod
-    def detect(env: Mapping[str, str]) -> bool:
-        return all(k in env for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK"))
+    @classmethod
+    def detect(cls, env: Mapping[str, str]) -> bool:
+        return all(cls.VARS[key][0] in env for key in cls._DETECT)
 
     def world_size(self) -> int:
-        return self._int("WORLD_SIZE")
+        return self._int("world_size")
 
     def global_rank(self) -> int:
-        return self._int("RANK")
+        return self._int("global_rank")
 
     def local_rank(self) -> int:
-        return self._int("LOCAL_RANK")
+        return self._int("local_rank")
 
     def local_world_size(self) -> int:
-        return self._int("LOCAL_WORLD_SIZE")
+        return self._int("local_world_size")
 
     def node_rank(self) -> int:
-        return self._int("GROUP_RANK")
+        return self._int("node_rank")
 
     def num_nodes(self) -> int:
-        if "GROUP_WORLD_SIZE" in self.env:
-            return self._int("GROUP_WORLD_SIZE")
+        if self._has("num_nodes"):
+            return self._int("num_nodes")
         return self.world_size() // self.local_world_size()
 
     def hosts(self) -> list[str]:
         return [self.main_address()]
 
     def main_address(self) -> str:
-        return self._get("MASTER_ADDR")
+        return self._get("master_addr")
 
     def main_port(self) -> int:
-        return self._int("MASTER_PORT")
-
-    def job_id(self) -> str | None:
-        return self.env.get("SLURM_JOB_ID") or self.env.get("TORCHELASTIC_RUN_ID")
-
-    def restart_count(self) -> int:
-        return int(self.env.get("SLURM_RESTART_COUNT") or self.env.get("TORCHELASTIC_RESTART_COUNT") or 0)
+        return self._int("master_port")

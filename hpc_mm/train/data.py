@@ -6,9 +6,13 @@ and a resumed run reads exactly the samples an uninterrupted run would.
 
 The relation to learn: each image is its class's prototype plus noise, and the caption is
 that class's token sequence. The first caption token needs the image; later ones follow.
+`read_latency_ms` makes each sample cost that long to "read", like a slow shared filesystem:
+tests and benchmarks use it to give a job a known, machine-independent upper speed.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -16,10 +20,14 @@ from torch.utils.data import Dataset, Sampler
 
 class SyntheticCaptionDataset(Dataset):
     def __init__(self, num_samples: int, num_classes: int, image_size: int, caption_length: int, vocab_size: int,
-                 in_channels: int = 3, noise: float = 0.5, seed: int = 1234, **_ignored):
+                 in_channels: int = 3, noise: float = 0.5, seed: int = 1234, read_latency_ms: float = 0.0,
+                 **_ignored):
         if vocab_size < 3:
             raise ValueError("vocab_size must be at least 3 (padding, BOS and one word)")
+        if read_latency_ms < 0:
+            raise ValueError("read_latency_ms must be 0 or more")
         self.num_samples, self.noise, self.seed = num_samples, noise, seed
+        self.read_latency = read_latency_ms / 1000.0
         g = torch.Generator().manual_seed(seed)
         self.prototypes = torch.randn(num_classes, in_channels, image_size, image_size, generator=g)
         self.captions = torch.randint(2, vocab_size, (num_classes, caption_length), generator=g)
@@ -28,6 +36,8 @@ class SyntheticCaptionDataset(Dataset):
         return self.num_samples
 
     def __getitem__(self, index: int):
+        if self.read_latency:
+            time.sleep(self.read_latency)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         label = int(torch.randint(len(self.prototypes), (1,), generator=g))
         image = self.prototypes[label] + self.noise * torch.randn(self.prototypes[label].shape, generator=g)

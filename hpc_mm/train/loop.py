@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,10 +25,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from hpc_mm import checkpoint, events
-from hpc_mm.errors import UserError
+from hpc_mm.errors import UserError, print_problems
+from hpc_mm.run import events
+from hpc_mm.run.layout import METRICS
+from hpc_mm.train import checkpoint
 from hpc_mm.train.data import PretrainingBatchSampler, SyntheticCaptionDataset
+from hpc_mm.train.optim import build_scheduler, param_groups
 from hpc_mm.train.model import TinyVLM
+from hpc_mm.train.runtime import (ExitSignal, allreduce_gradients, bind_device, ignore_stop_signals, rng_state,
+                                  set_rng_state)
 
 
 def log(message: str) -> None:
@@ -38,108 +41,11 @@ def log(message: str) -> None:
     print(f"[rank {rank}] {message}", flush=True)
 
 
-class ExitSignal:
-    """Remembers that SIGTERM arrived; the loop checks it once per iteration, on all ranks."""
-
-    def __init__(self, enabled: bool):
-        self.received: int | None = None
-        if enabled:
-            signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, _frame):
-        self.received = signum
-
-    def agreed(self) -> bool:
-        flag = torch.tensor([1 if self.received else 0], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-
 def _read_json(path: str, what: str) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError.one(what, f"cannot read {path}: {exc}") from None
-
-
-def _device(backend: str) -> tuple[torch.device, str]:
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if backend in ("nccl", "hccl"):
-        try:
-            import torch_npu  # noqa: F401  (Ascend: registers torch.npu)
-
-            if torch.npu.is_available():
-                torch.npu.set_device(local_rank)
-                return torch.device("npu", local_rank), "hccl"  # what MindSpeed does with "nccl"
-        except ImportError:
-            pass
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-            return torch.device("cuda", local_rank), "nccl"
-        raise UserError.one("--distributed-backend", f"{backend} needs an NPU or a GPU and this node has neither",
-                            "use gloo on CPU (backend: auto in the job file)")
-    return torch.device("cpu"), backend
-
-
-def _ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers leave stopping to the main process, which saves first.
-
-    torchrun signals each worker's whole process group; a loader worker killed by SIGTERM
-    would abort the iteration the exit-signal handler is waiting to finish.
-    """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def allreduce_gradients(params: list[torch.Tensor], group, dp_size: int) -> None:
-    """Average gradients over the DP group through one flat buffer in a fixed order."""
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat, group=group)
-    flat.div_(dp_size)
-    for p, synced in zip(params, _unflatten_dense_tensors(flat, grads)):
-        p.grad = synced
-
-
-def _param_groups(model: torch.nn.Module) -> list[dict]:
-    """Megatron's grouping: no weight decay on biases and norms (wd_mult 0)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "wd_mult": 1.0}, {"params": no_decay, "wd_mult": 0.0}]
-
-
-def build_scheduler(optimizer, args, global_batch_size: int):
-    """megatron-core's scheduler, counted in samples as Megatron's training loop counts it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-    decay_iters = args.lr_decay_iters or args.train_iters
-    wsd = args.lr_wsd_decay_iters * global_batch_size if args.lr_wsd_decay_iters else None
-    return OptimizerParamScheduler(
-        optimizer, init_lr=args.lr_warmup_init, max_lr=args.lr, min_lr=args.min_lr,
-        lr_warmup_steps=args.lr_warmup_iters * global_batch_size, lr_decay_steps=decay_iters * global_batch_size,
-        lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay, end_wd=args.weight_decay,
-        wd_incr_steps=args.train_iters * global_batch_size, wd_incr_style="constant",
-        wsd_decay_steps=wsd, lr_wsd_decay_style=args.lr_wsd_decay_style)
-
-
-def rng_state() -> dict:
-    state = {"random_rng_state": random.getstate(), "np_rng_state": np.random.get_state(),
-             "torch_rng_state": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda_rng_state"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["random_rng_state"])
-    np.random.set_state(state["np_rng_state"])
-    torch.set_rng_state(state["torch_rng_state"])
-    if "cuda_rng_state" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda_rng_state"])
 
 
 class Trainer:
@@ -154,7 +60,7 @@ class Trainer:
         if args.mm_tool and Path(args.mm_tool).exists():
             _read_json(args.mm_tool, "--mm-tool")
         self.run_dir = Path(args.run_dir) if args.run_dir else None
-        self.device, backend = _device(args.distributed_backend)
+        self.device, backend = bind_device(args.distributed_backend)
         dist.init_process_group(backend=backend)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         with warnings.catch_warnings():
@@ -189,7 +95,7 @@ class Trainer:
         self.params = list(self.model.parameters())
         for p in self.params:  # every DP rank starts from rank 0's weights
             dist.broadcast(p.data, src=dist.get_global_rank(self.dp_group, 0), group=self.dp_group)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
+        self.optimizer = torch.optim.AdamW(param_groups(self.model), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
                                            eps=args.adam_eps, weight_decay=args.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, args, self.gbs)
         self.iteration, self.consumed = 0, 0
@@ -211,7 +117,7 @@ class Trainer:
         self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=args.num_workers,
                                                   pin_memory=bool(loader.get("pin_memory", False)),
                                                   generator=torch.Generator(),
-                                                  worker_init_fn=_ignore_stop_signals,
+                                                  worker_init_fn=ignore_stop_signals,
                                                   persistent_workers=args.num_workers > 0)
 
     def _resume(self) -> None:
@@ -262,9 +168,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> int:
+        if self.run_dir and self.rank == 0:
+            with open(self.run_dir / METRICS, "a") as metrics:
+                return self._train(metrics)
+        return self._train(None)
+
+    def _train(self, metrics) -> int:
         args = self.args
         data = iter(self.loader)
-        metrics = open(self.run_dir / "metrics.jsonl", "a") if self.run_dir and self.rank == 0 else None
         last_saved = self.iteration
         tick = time.monotonic()
         while self.iteration < args.train_iters:
@@ -301,8 +212,6 @@ class Trainer:
             self.save("final")
         if self.saver:
             self.saver.wait()
-        if metrics:
-            metrics.close()
         return 0
 
     def _step(self, data) -> tuple[float, float]:
@@ -341,9 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.build()
         return trainer.train()
     except UserError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr, flush=True)
-        return 2
+        return print_problems(exc)
     finally:
         if trainer is not None:
             trainer.close()

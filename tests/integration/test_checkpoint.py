@@ -9,12 +9,12 @@ import time
 import pytest
 import torch
 
-from hpc_mm import checkpoint
+from hpc_mm.train import checkpoint
 from hpc_mm.errors import UserError
 
 WRITER = """
 import sys, torch
-from hpc_mm import checkpoint
+from hpc_mm.train import checkpoint
 save_dir = sys.argv[1]
 start = (checkpoint.latest_iteration(save_dir) or 0) + 1
 for it in range(start, start + 1000):

@@ -5,7 +5,7 @@ import os
 import subprocess
 
 from conftest import HPC_MM, JOBS, run_cli
-from hpc_mm import events
+from hpc_mm.run import events
 
 
 def mpirun(np_: int, *cmd):

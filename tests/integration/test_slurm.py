@@ -6,7 +6,7 @@ import time
 
 
 from conftest import HPC_MM, JOBS, run_cli
-from hpc_mm import events
+from hpc_mm.run import events
 
 
 def sacct(job_id: str) -> tuple[str, int]:
@@ -64,10 +64,34 @@ def test_rendered_script_with_plain_sbatch(slurm_cluster, hostile_tmp):
     out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, cwd=hostile_tmp)
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip().split(";")[0]
+    assert json.loads(run_cli("status", run_dir, "--json", check=True).stdout)["job_id"] == job_id
     assert wait_for(job_id) == "COMPLETED", (run_dir / "logs").iterdir()
     assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "60"
     assert any(p.name.endswith(".batch.out") for p in (run_dir / "logs").iterdir())
     assert [e["event"] for e in events.read(run_dir)][-1] == "completed"
+    # A plain-sbatch run is first-class: its script and job id are in the run directory.
+    assert (run_dir / "job.sbatch").read_text() == script.read_text()
+    assert json.loads((run_dir / "run.json").read_text())["job_id"] == job_id
+    status = json.loads(run_cli("status", run_dir, "--json", check=True).stdout)
+    assert (status["state"], status["last_iteration"]) == ("COMPLETED", 60)
+    assert "iteration       60/      60" in run_cli("logs", run_dir, "--rank", "0", check=True).stdout
+
+
+def test_cancel_a_queued_plain_sbatch_run_by_its_directory(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("render", JOBS / "tiny-vlm.yaml", "--run-dir", run_dir, "-o", tmp_path / "job.sbatch", check=True)
+    job_id = subprocess.run(["sbatch", "--parsable", "--hold", str(tmp_path / "job.sbatch")], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    assert json.loads(run_cli("status", run_dir, "--json", check=True).stdout)["job_id"] == job_id
+    result = run_cli("cancel", run_dir)
+    assert result.returncode == 0 and f"cancelled job {job_id}" in result.stdout, result.stderr
+    assert wait_for(job_id, timeout=60) == "CANCELLED"
+
+
+def test_refused_submission_leaves_no_run_directory(slurm_cluster, tmp_path):
+    result = run_cli("submit", JOBS / "tiny-vlm.yaml", "--set", "slurm.partition=nosuch", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error: slurm.partition: Slurm refused the job")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_dry_run_reports_bad_partition_without_submitting(slurm_cluster, tmp_path):
@@ -118,17 +142,30 @@ def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, tmp_path):
 
 
 def test_time_limit_saves_requeues_and_finishes(slurm_cluster, tmp_path):
-    """A 2-minute time limit with the signal 45 s before it: the run crosses restarts and finishes."""
+    """A 2-minute time limit with the signal 30 s before it: the job saves, requeues, resumes, finishes.
+
+    Slurm sends the time-limit signal up to 60 s early, so the first start trains 20-80 s. The
+    data reads cost 25 ms a sample (8 samples per rank and step: at most 5 iterations/s on any
+    machine), so 500 iterations never fit in the first start. Once the job is requeued, the test
+    gives it a longer limit so that it finishes in the next start."""
+    data = json.loads((JOBS / "tiny-vlm" / "data.json").read_text())
+    data["dataset_param"]["read_latency_ms"] = 25
+    (tmp_path / "data.json").write_text(json.dumps(data))
     run_dir = tmp_path / "run"
     result = run_cli("submit", JOBS / "tiny-vlm.yaml", "--run-dir", run_dir, "--json",
-                     "--set", "slurm.time=2", "--set", "requeue.grace_seconds=45", "--set", "requeue.max_restarts=5",
-                     "--set", "gpt.train_iters=900", "--set", "checkpoint.save_interval=1000", cwd=tmp_path, check=True)
+                     "--set", "slurm.time=2", "--set", "requeue.grace_seconds=30", "--set", "requeue.max_restarts=5",
+                     "--set", f"mm.data={tmp_path / 'data.json'}", "--set", "gpt.train_iters=500",
+                     "--set", "checkpoint.save_interval=1000", cwd=tmp_path, check=True)
     job_id = json.loads(result.stdout)["job_id"]
-    deadline = time.time() + 900
+    deadline = time.time() + 600
+    extended = False
     while time.time() < deadline:
         state, _ = sacct(job_id)
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
             break
+        if not extended and any(e["event"] == "requeued" for e in events.read(run_dir)):
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=20"], capture_output=True)
+            extended = True
         if state == "PENDING":  # Slurm holds requeued jobs back a while (BeginTime)
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
         time.sleep(2)
@@ -142,4 +179,4 @@ def test_time_limit_saves_requeues_and_finishes(slurm_cluster, tmp_path):
     assert [e["iteration"] for e in resumed] == signal_saves  # each restart resumed where the last one saved
     assert [e["iteration"] for e in requeued] == signal_saves
     assert record[-1]["event"] == "completed"
-    assert json.loads(run_cli("status", str(run_dir), "--json", check=True).stdout)["last_iteration"] == 900
+    assert json.loads(run_cli("status", str(run_dir), "--json", check=True).stdout)["last_iteration"] == 500

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from conftest import HPC_MM, JOBS, run_cli
-from hpc_mm import checkpoint, events
+from hpc_mm.run import events
+from hpc_mm.train import checkpoint
 
-FOUR_PROCS = ["--set", "slurm.nodes=1", "--set", "distributed.nproc_per_node=4"]
+FOUR_PROCS = ["--nodes", "1", "--nproc-per-node", "4"]
 LOG_LINE = "iteration      200/     200 | consumed samples:         6400 |"
 
 
@@ -103,9 +104,9 @@ def test_model_json_it_cannot_build_is_one_line(tmp_path):
     model = json.loads((JOBS / "tiny-vlm" / "model.json").read_text())
     del model["image_encoder"]["vision_encoder"]["image_size"]
     (tmp_path / "model.json").write_text(json.dumps(model))
-    result = run_cli("launch", JOBS / "tiny-vlm.yaml", "--run-dir", tmp_path / "run", *FOUR_PROCS,
-                     "--set", f"mm.model={tmp_path / 'model.json'}", "--set", "entry.launcher=srun",
-                     "--set", "distributed.nproc_per_node=1", "--set", "gpt.global_batch_size=4")
+    result = run_cli("launch", JOBS / "tiny-vlm.yaml", "--run-dir", tmp_path / "run", "--nodes", "1",
+                     "--nproc-per-node", "1", "--set", f"mm.model={tmp_path / 'model.json'}",
+                     "--set", "entry.launcher=srun", "--set", "gpt.global_batch_size=4")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "error: mm.model: the built-in trainer cannot build its model from" in result.stderr
     assert "Traceback" not in result.stderr

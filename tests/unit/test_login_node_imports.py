@@ -1,4 +1,4 @@
-"""The login-node path (validate, args, render, submit --dry-run) never imports torch or megatron."""
+"""The login-node path (validate, args, render, submit --dry-run, status) never imports torch or megatron."""
 
 import subprocess
 import sys
@@ -21,7 +21,8 @@ def test_cli_login_path_stays_light(tmp_path):
     tiny, qwen = str(JOBS / "tiny-vlm.yaml"), str(JOBS / "qwen2vl-7b.yaml")
     argvs = [["validate", tiny, qwen], ["args", tiny], ["args", qwen],
              ["render", qwen, "--run-dir", str(tmp_path / "r1")],
-             ["submit", tiny, "--dry-run", "--run-dir", str(tmp_path / "r2")]]
+             ["submit", tiny, "--dry-run", "--run-dir", str(tmp_path / "r2")],
+             ["status", str(tmp_path / "r1")], ["status", str(tmp_path / "r1"), "--json"]]
     out = subprocess.run([sys.executable, "-c", PROBE.format(argvs=argvs)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout, out.stdout

@@ -7,7 +7,7 @@ import shlex
 import pytest
 
 from conftest import JOBS, ROOT, run_cli
-from hpc_mm.megatron import command_line_backend, resolve_backend
+from hpc_mm.job.megatron import command_line_backend, resolve_backend
 from hpc_mm.errors import UserError
 
 OPTIONS = json.loads((ROOT / "tests/data/megatron_core_v0_12_options.json").read_text())["options"]

@@ -5,8 +5,8 @@ import re
 import typing
 
 from conftest import ROOT
-from hpc_mm.spec import JobSpec
-from hpc_mm.schema import field_names
+from hpc_mm.job.spec import JobSpec
+from hpc_mm.job.coerce import field_names
 
 README = (ROOT / "README.md").read_text()
 

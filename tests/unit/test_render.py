@@ -10,8 +10,8 @@ import yaml
 
 from conftest import JOBS, ROOT, run_cli
 from hpc_mm.errors import UserError
-from hpc_mm.render import render_script
-from hpc_mm.spec import load_job
+from hpc_mm.slurm.render import render_script
+from hpc_mm.job.jobfile import load_job
 
 GOLDEN = ROOT / "tests" / "golden"
 GOLDEN_RUN_DIR = Path("/tmp/hpc-mm-golden/run")
@@ -84,6 +84,20 @@ def test_injection_canary_never_runs(hostile_tmp):
         if "\n" not in value:
             assert f"V{i}={value.format(canary=canary)}\n" in seen
     assert str(run_dir) in (run_dir / "srun.args").read_text()  # the path arrived whole
+
+
+def test_failed_render_leaves_nothing(tmp_path):
+    result = run_cli("render", JOBS / "tiny-vlm.yaml", "--run-dir", tmp_path / "run", "--template-dir", tmp_path)
+    assert result.returncode == 2 and "no sbatch.sh.j2" in result.stderr
+    assert not (tmp_path / "run").exists()
+    result = run_cli("render", JOBS / "tiny-vlm.yaml", "--run-dir", tmp_path / "bad$dir")
+    assert result.returncode == 2 and not (tmp_path / "bad$dir").exists()
+
+
+def test_render_keeps_the_script_in_the_run_directory(tmp_path):
+    run_cli("render", JOBS / "tiny-vlm.yaml", "--run-dir", tmp_path / "run", "-o", tmp_path / "out.sbatch", check=True)
+    assert (tmp_path / "run" / "job.sbatch").read_text() == (tmp_path / "out.sbatch").read_text()
+    assert (tmp_path / "run" / "job.yaml").is_file() and (tmp_path / "run" / "logs").is_dir()
 
 
 def test_user_template_dir(tmp_path):

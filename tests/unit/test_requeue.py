@@ -5,9 +5,10 @@ import datetime as dt
 import pytest
 
 from conftest import JOBS
-from hpc_mm import checkpoint, events
-from hpc_mm.requeue import BY_SLURM, PREEMPTION, SIGNAL, TIME_LIMIT, classify, decide, note_requeue_by_slurm
-from hpc_mm.spec import load_job
+from hpc_mm.run import events
+from hpc_mm.train import checkpoint
+from hpc_mm.slurm.requeue import BY_SLURM, PREEMPTION, SIGNAL, TIME_LIMIT, classify, decide, note_requeue_by_slurm
+from hpc_mm.job.jobfile import load_job
 
 NOW = dt.datetime(2026, 11, 29, 12, 0, 0)
 
@@ -24,8 +25,7 @@ def test_classify(fields, cause):
 
 
 def run_with(tmp_path, committed: int | None, requeues: list[str] = (), started_at: tuple[int, int] | None = None):
-    spec = load_job(JOBS / "tiny-vlm.yaml", ["requeue.max_restarts=2"])
-    spec.checkpoint.dir = str(tmp_path / "ckpt")
+    spec = load_job(JOBS / "tiny-vlm.yaml", ["requeue.max_restarts=2", f"checkpoint.dir={tmp_path / 'ckpt'}"])
     if committed:
         checkpoint.save(spec.checkpoint.dir, committed, {"iteration": committed})
     for cause in requeues:

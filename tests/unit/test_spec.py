@@ -8,7 +8,8 @@ import yaml
 
 from conftest import JOBS, run_cli
 from hpc_mm.errors import UserError
-from hpc_mm.spec import derive, load_job
+from hpc_mm.job.jobfile import load_job
+from hpc_mm.job.spec import derive
 
 TINY = JOBS / "tiny-vlm"
 

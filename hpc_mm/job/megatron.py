@@ -18,7 +18,7 @@ import shlex
 from pathlib import Path
 
 from hpc_mm.errors import UserError
-from hpc_mm.spec import JobSpec, checkpoint_dir, derive
+from hpc_mm.job.spec import JobSpec, derive
 
 DEVICE_BACKEND = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 BACKEND_DEVICE = {"hccl": "npu", "nccl": "cuda", "gloo": "cpu"}
@@ -52,14 +52,21 @@ def command_line_backend(backend: str) -> str:
     return "nccl" if backend == "hccl" else backend
 
 
-def training_argv(spec: JobSpec, run_dir: Path, device: str | None = None) -> list[str]:
-    """The arguments the entry point receives: GPT_ARGS, MM_ARGS, OUTPUT_ARGS, backend."""
+def login_backend(spec: JobSpec) -> str:
+    """The backend as far as a login node can tell (the launcher resolves it on the node)."""
+    return resolve_backend(spec.distributed.backend, device_hint(spec))
+
+
+def training_argv(spec: JobSpec, *, run_dir: Path, checkpoint_dir: Path, backend: str,
+                  world_size: int | None = None) -> list[str]:
+    """The arguments the entry point receives: GPT_ARGS, MM_ARGS, OUTPUT_ARGS, backend.
+
+    `backend` is the one that will run (resolved once, by the launcher's plan or
+    `login_backend`); `world_size`, when known, fills in a derived global batch size.
+    """
     g = spec.gpt
-    d = derive(spec)
-    gbs = g.global_batch_size or d.global_batch_size
-    device = device or device_hint(spec)
-    backend = resolve_backend(spec.distributed.backend, device)
-    ckpt = str(checkpoint_dir(spec, run_dir))
+    gbs = g.global_batch_size or derive(spec, world_size).global_batch_size
+    ckpt = str(checkpoint_dir)
     argv: list[str] = []
     if g.use_mcore_models:
         argv.append("--use-mcore-models")

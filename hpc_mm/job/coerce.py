@@ -1,8 +1,8 @@
-"""Typed building of dataclasses from parsed YAML, collecting every problem.
+"""Coercion: build typed dataclasses from a parsed mapping, collecting every problem.
 
-The job file's schema is plain dataclasses (see `spec.py`); this module turns a nested
-mapping into them, coercing where YAML is ambiguous (``lr: 1e-4`` is a string to PyYAML)
-and reporting unknown keys, wrong types and bad choices by their dotted field path.
+The job's schema is plain dataclasses (`spec.py`); this module turns a nested mapping into
+them, coercing where YAML is ambiguous (``lr: 1e-4`` is a string to PyYAML) and reporting
+unknown keys, wrong types and bad choices by their dotted field path.
 """
 
 from __future__ import annotations

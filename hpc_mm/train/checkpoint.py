@@ -1,9 +1,5 @@
-"""Megatron-layout checkpoints, written atomically, with retention.
-
-Layout (Megatron's legacy ``torch`` format, what MindSpeed-MM reads and writes):
-
-    <dir>/latest_checkpointed_iteration.txt          the commit marker, written last
-    <dir>/iter_0000100/mp_rank_00/model_optim_rng.pt
+"""The built-in trainer's checkpoints: Megatron's layout (see `hpc_mm.run.checkpoints`),
+written atomically, with retention.
 
 A save writes into a hidden temporary folder, fsyncs the file and the folders, renames the
 folder into place, and only then replaces the tracker (temporary file + fsync + rename).
@@ -11,13 +7,12 @@ A crash or `kill -9` at any moment therefore leaves the tracker pointing at a co
 checkpoint. Loading falls back to the newest older checkpoint that loads, with a warning,
 if the latest one is corrupt.
 
-Reading the tracker needs no torch (status uses it on login nodes); saving and loading do.
+Reading the tracker needs no torch and lives in `hpc_mm.run.checkpoints`; this module saves and loads.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
 import threading
@@ -25,34 +20,8 @@ import time
 from pathlib import Path
 
 from hpc_mm.errors import UserError
-
-TRACKER = "latest_checkpointed_iteration.txt"
-FILENAME = "model_optim_rng.pt"
-_ITER_DIR = re.compile(r"^iter_(\d{7})$")
-
-
-def iter_dir(save_dir: Path, iteration: int) -> Path:
-    return Path(save_dir) / f"iter_{iteration:07d}"
-
-
-def checkpoint_file(save_dir: Path, iteration: int, mp_rank: int = 0) -> Path:
-    return iter_dir(save_dir, iteration) / f"mp_rank_{mp_rank:02d}" / FILENAME
-
-
-def latest_iteration(save_dir: str | os.PathLike) -> int | None:
-    """The committed iteration according to the tracker, or None."""
-    try:
-        text = (Path(save_dir) / TRACKER).read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def saved_iterations(save_dir: str | os.PathLike) -> list[int]:
-    path = Path(save_dir)
-    if not path.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in path.iterdir() if (m := _ITER_DIR.match(p.name)) and p.is_dir())
+from hpc_mm.run.checkpoints import (FILENAME, TRACKER, checkpoint_file, iter_dir, latest_iteration,
+                                    saved_iterations)
 
 
 def _fsync_dir(path: Path) -> None:

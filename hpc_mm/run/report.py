@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hpc_mm import events
 from hpc_mm.errors import UserError
+from hpc_mm.run import events
+from hpc_mm.run.layout import METRICS
 
 
 def summary(run_dir: Path) -> dict:
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     if not path.exists():
-        raise UserError.one("RUN_DIR", f"{run_dir} has no metrics.jsonl", "report works on runs of the built-in trainer")
+        raise UserError.one("RUN_DIR", f"{run_dir} has no {METRICS}", "report works on runs of the built-in trainer")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
     if not rows:
         raise UserError.one("RUN_DIR", f"{path} is empty", "wait for the first iteration")

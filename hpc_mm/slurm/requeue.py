@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpc_mm import checkpoint, events
-from hpc_mm.rundir import JOB_FILE
-from hpc_mm.spec import JobSpec, checkpoint_dir, load_job
+from hpc_mm.job.jobfile import load_job
+from hpc_mm.job.spec import JobSpec
+from hpc_mm.run import checkpoints, events
+from hpc_mm.run.layout import JOB_FILE, checkpoint_dir
+from hpc_mm.slurm import query
 
 PREEMPTION, TIME_LIMIT, SIGNAL, BY_SLURM = "preemption", "time-limit", "signal", "slurm"
 # Requeues that are not the job's doing: they never use up requeue.max_restarts.
@@ -40,7 +40,7 @@ class Decision:
 
 
 def classify(job_fields: dict, grace_seconds: int, now: dt.datetime | None = None) -> str:
-    """Why a signalled job stopped, from `scontrol show job` fields."""
+    """Why a signalled job stopped, from the job's fields as Slurm shows them."""
     if job_fields.get("PreemptTime") not in (None, "", "None", "Unknown"):
         return PREEMPTION
     end = job_fields.get("EndTime")
@@ -51,21 +51,13 @@ def classify(job_fields: dict, grace_seconds: int, now: dt.datetime | None = Non
     return TIME_LIMIT if left <= grace_seconds + 60 else SIGNAL
 
 
-def job_fields(job_id: str) -> dict:
-    try:
-        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    return dict(re.findall(r"(\w+)=(\S*)", out.stdout))
-
-
 def decide(spec: JobSpec, run_dir: Path, signal_name: str | None, restart: int, cause: str) -> Decision:
     if not signal_name:
         return Decision(False, "the step ended without a stop signal")
     if signal_name != spec.requeue.signal:  # SIGTERM: scancel, or the hard limit after the grace
         return Decision(False, f"stopped by SIG{signal_name} (scancel or the hard time limit), not by "
                                f"requeue.signal {spec.requeue.signal}")
-    latest = checkpoint.latest_iteration(checkpoint_dir(spec, run_dir)) or 0
+    latest = checkpoints.latest_iteration(checkpoint_dir(spec, run_dir)) or 0
     if latest >= spec.gpt.train_iters:
         return Decision(False, f"training finished (checkpoint at iteration {latest})")
     if cause == PREEMPTION:
@@ -88,16 +80,16 @@ def finish(run_dir: Path, returncode: int, signal_name: str | None) -> int:
     spec = load_job(run_dir / JOB_FILE)
     restart = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     job_id = os.environ.get("SLURM_JOB_ID")
-    cause = classify(job_fields(job_id), spec.requeue.grace_seconds) if job_id and signal_name else SIGNAL
+    cause = classify(query.show_job(job_id), spec.requeue.grace_seconds) if job_id and signal_name else SIGNAL
     decision = decide(spec, run_dir, signal_name, restart, cause)
     if decision.requeue and job_id:
-        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
-        if result.returncode == 0:
+        ok, err = query.requeue(job_id)
+        if ok:
             events.record(run_dir, "requeued", reason=decision.reason, cause=cause,
-                          iteration=checkpoint.latest_iteration(checkpoint_dir(spec, run_dir)))
+                          iteration=checkpoints.latest_iteration(checkpoint_dir(spec, run_dir)))
             print(f"hpc-mm: requeued job {job_id}: {decision.reason}", flush=True)
             return 0
-        print(f"hpc-mm: scontrol requeue failed: {result.stderr.strip()}", file=sys.stderr, flush=True)
+        print(f"hpc-mm: requeue of job {job_id} failed: {err}", file=sys.stderr, flush=True)
     if signal_name:
         events.record(run_dir, "failed", reason=decision.reason, cause=cause, returncode=returncode)
         print(f"hpc-mm: not requeued: {decision.reason}", flush=True)
@@ -114,4 +106,4 @@ def note_requeue_by_slurm(spec: JobSpec, run_dir: Path, restart: int) -> None:
         return
     events.record(run_dir, "requeued", restart=restart - 1, cause=BY_SLURM,
                   reason="requeued by Slurm (preemption with PreemptMode=REQUEUE, or an administrator)",
-                  iteration=checkpoint.latest_iteration(checkpoint_dir(spec, run_dir)))
+                  iteration=checkpoints.latest_iteration(checkpoint_dir(spec, run_dir)))

@@ -13,8 +13,9 @@ import os
 import time
 from pathlib import Path
 
+from hpc_mm.run.layout import EVENTS as FILENAME
+
 EVENTS = ("submitted", "started", "signal", "checkpoint", "requeued", "resumed", "completed", "failed")
-FILENAME = "events.jsonl"
 
 
 def record(run_dir: str | os.PathLike | None, event: str, **fields) -> dict | None:

@@ -17,7 +17,9 @@ import jinja2
 
 from hpc_mm import __version__
 from hpc_mm.errors import UserError
-from hpc_mm.spec import JobSpec, gres_count
+from hpc_mm.job.signals import STOP_SIGNALS
+from hpc_mm.job.spec import JobSpec, gres_count
+from hpc_mm.run.layout import BATCH_LOG, LOGS, task_log_parts
 
 TEMPLATE = "sbatch.sh.j2"
 _SBATCH_VALUE_UNSAFE = set("\n\r\"'\\`$;")
@@ -34,12 +36,13 @@ class ScriptContext:
     hpc_mm: str  # shell-quoted command that runs hpc-mm on the nodes
     srun: str  # shell-quoted srun options
     log_pattern: str  # shell-quoted srun --output, with "$RESTART" expanded by bash
+    traps: tuple[str, ...]  # the stop signals the batch shell forwards to the step
 
 
 def template_dirs(user_dir: Path | None) -> list[str]:
     """The user's folder first, then the checkout's templates/, then the installed copy."""
-    here = Path(__file__).resolve().parent
-    candidates = [user_dir, here.parent / "templates", here / "templates"]
+    package = Path(__file__).resolve().parent.parent
+    candidates = [user_dir, package.parent / "templates", package / "templates"]
     return [str(d) for d in candidates if d is not None and Path(d).is_dir()]
 
 
@@ -70,7 +73,7 @@ def _option_value(field: str, value: str) -> str:
 
 def sbatch_options(spec: JobSpec, run_dir: Path) -> list[str]:
     s = spec.slurm
-    logs = _option_value("--run-dir", str(run_dir / "logs"))
+    logs = _option_value("--run-dir", str(run_dir / LOGS))
     opts = [f"--job-name={spec.name}", f"--nodes={s.nodes}", f"--ntasks-per-node={tasks_per_node(spec)}"]
     if s.cpus_per_task:
         opts.append(f"--cpus-per-task={s.cpus_per_task}")
@@ -84,7 +87,7 @@ def sbatch_options(spec: JobSpec, run_dir: Path) -> list[str]:
     # Slurm sends the signal to the batch shell (B:) grace_seconds before the time limit,
     # and at preemption (preempt_send_user_signal); the script forwards it to every rank.
     opts += [f"--signal=B:{spec.requeue.signal}@{spec.requeue.grace_seconds}", "--requeue",
-             "--open-mode=append", f"--output={logs}/%x-%j.batch.out"]
+             "--open-mode=append", f"--output={logs}/{BATCH_LOG}"]
     for key, value in s.extra_sbatch.items():
         if value is True:
             opts.append(f"--{key}")
@@ -99,12 +102,13 @@ def context(spec: JobSpec, run_dir: Path, python: str | None = None) -> ScriptCo
     if spec.slurm.cpus_per_task:
         srun.append(f"--cpus-per-task={spec.slurm.cpus_per_task}")  # 22.05+: srun no longer inherits it
     env = [(k, shlex.quote(v)) for k, v in spec.env.items()]
-    logs = shlex.quote(str(run_dir / "logs" / f"{spec.name}-%j-r")) + '"$RESTART"' + shlex.quote("-t%t.out")
+    head, tail = task_log_parts(spec.name)
+    logs = shlex.quote(str(run_dir / LOGS / head)) + '"$RESTART"' + shlex.quote(tail)
     return ScriptContext(
         name=spec.name, version=__version__, sbatch=sbatch_options(spec, run_dir), run_dir=shlex.quote(str(run_dir)),
         setup=list(spec.setup), env=env,
         hpc_mm=" ".join(shlex.quote(a) for a in [python or sys.executable, "-m", "hpc_mm"]),
-        srun=" ".join(shlex.quote(a) for a in srun), log_pattern=logs)
+        srun=" ".join(shlex.quote(a) for a in srun), log_pattern=logs, traps=STOP_SIGNALS)
 
 
 def render_script(spec: JobSpec, run_dir: Path, template_dir: Path | None = None, python: str | None = None) -> str:

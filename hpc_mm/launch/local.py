@@ -13,11 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hpc_mm import events
 from hpc_mm.errors import UserError
-from hpc_mm.rundir import prepare_run_dir
-from hpc_mm.spec import JobSpec, nproc_hint
-
+from hpc_mm.job.spec import JobSpec, nproc_hint
+from hpc_mm.run import events, layout
 
 
 def mpirun_command(spec: JobSpec, run_dir: Path, mpirun: str = "mpirun") -> list[str]:
@@ -25,8 +23,7 @@ def mpirun_command(spec: JobSpec, run_dir: Path, mpirun: str = "mpirun") -> list
         processes = spec.nnodes  # one agent per emulated node; torchrun starts the ranks
     else:
         processes = spec.nnodes * (nproc_hint(spec) or 1)
-    cmd = [mpirun, "-np", str(processes), "--oversubscribe", "--bind-to", "none",
-           "-x", "PATH", "-x", "PYTHONPATH", "-x", "HPC_MM_LOCAL=1"]
+    cmd = [mpirun, "-np", str(processes), "--oversubscribe", "--bind-to", "none", "-x", "PATH", "-x", "PYTHONPATH"]
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")  # Open MPI refuses root without it
     return cmd + [sys.executable, "-m", "hpc_mm", "launch", str(run_dir)]
@@ -36,11 +33,11 @@ def run_local(spec: JobSpec, run_dir: Path | None, mpirun: str = "mpirun") -> in
     if shutil.which(mpirun) is None:
         raise UserError.one("--mpirun", f"{mpirun!r} is not on PATH",
                             "install Open MPI (apt-get install openmpi-bin) or pass --mpirun /path/to/mpirun")
-    run_dir = prepare_run_dir(spec, run_dir)
+    run_dir = layout.create(layout.plan_run(spec, run_dir)).run_dir
     cmd = mpirun_command(spec, run_dir, mpirun)
     print(f"run directory: {run_dir}", flush=True)
     print("$ " + " ".join(cmd), flush=True)
     events.record(run_dir, "submitted", mode="local", nnodes=spec.nnodes)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
-                                                                    os.environ.get("PYTHONPATH")])))
+    package_root = str(Path(__file__).resolve().parent.parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     return subprocess.call(cmd, env=env)

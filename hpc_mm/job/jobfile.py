@@ -1,0 +1,114 @@
+"""The job file: YAML in, `--set` overrides and command-line shortcuts applied, paths made
+absolute, the typed job built and checked; and the resolved job written back out.
+
+`load_job()` returns a `JobSpec` only when the whole file is valid; otherwise it raises a
+`UserError` listing every problem found, each naming its field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import yaml
+
+from hpc_mm.errors import Problem, UserError
+from hpc_mm.job.coerce import build
+from hpc_mm.job.rules import validate
+from hpc_mm.job.spec import SEED_TOOLS_JSON, JobSpec
+
+
+def load_job(path: str | os.PathLike, overrides: list[str] = (), nodes: int | None = None,
+             nproc_per_node: int | str | None = None) -> JobSpec:
+    """Read, override, build and validate a job file; raise UserError listing every problem."""
+    raw = read_yaml(Path(path))
+    apply_overrides(raw, overrides)
+    if nodes is not None:
+        raw.setdefault("slurm", {})["nodes"] = nodes
+        raw.setdefault("distributed", {})["nnodes"] = nodes
+    if nproc_per_node is not None:
+        raw.setdefault("distributed", {})["nproc_per_node"] = nproc_per_node
+    problems: list[Problem] = []
+    spec = build(JobSpec, raw, "", problems)
+    if problems or spec is None:
+        raise UserError(problems)
+    source = Path(path).resolve()
+    spec = _resolve_paths(dataclasses.replace(spec, source=str(source)), source.parent)
+    problems = validate(spec)
+    if problems:
+        raise UserError(problems)
+    return _with_implied_env(spec)
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError.one(str(path), "job file not found", "check the path") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise UserError.one(str(path), f"cannot read the job file ({exc.__class__.__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError.one(str(path), f"YAML syntax error at {where}{problem}",
+                            "check indentation and quoting on that line") from None
+    if data is None:
+        raise UserError.one(str(path), "the job file is empty", "start from one of the files in jobs/")
+    if not isinstance(data, dict):
+        raise UserError.one(str(path), f"the job file must be a mapping of sections, got a {type(data).__name__}",
+                            "top-level keys are name, entry, slurm, distributed, mm, gpt, ...")
+    return data
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> None:
+    """Apply ``--set dotted.key=value`` (value parsed as YAML) to the raw mapping."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError.one("--set", f"{item!r} is not KEY=VALUE", "e.g. --set gpt.lr=1.0e-4")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError.one(f"--set {key}", f"{part!r} is not a section", "set a leaf key instead")
+            node = child
+        node[parts[-1]] = value
+
+
+def _absolute(base: Path, value: str) -> str:
+    return str((base / os.path.expanduser(value)).resolve())
+
+
+def _resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
+    """Relative paths are relative to the job file's folder (the seed's tools.json to workdir)."""
+    workdir = _absolute(base, spec.entry.workdir)
+    mm = {name: _absolute(base, getattr(spec.mm, name)) for name in ("data", "model", "tool")
+          if getattr(spec.mm, name)}
+    mm.setdefault("tool", str(Path(workdir) / SEED_TOOLS_JSON))
+    ckpt = spec.checkpoint.dir and _absolute(base, spec.checkpoint.dir)
+    return dataclasses.replace(spec, entry=dataclasses.replace(spec.entry, workdir=workdir),
+                               mm=dataclasses.replace(spec.mm, **mm),
+                               checkpoint=dataclasses.replace(spec.checkpoint, dir=ckpt))
+
+
+def _with_implied_env(spec: JobSpec) -> JobSpec:
+    gpt = spec.gpt
+    if gpt.tensor_model_parallel_size > 1 or gpt.context_parallel_size > 1:
+        # Megatron asserts on it with TP or CP > 1.
+        return dataclasses.replace(spec, env={**spec.env, "CUDA_DEVICE_MAX_CONNECTIONS":
+                                              spec.env.get("CUDA_DEVICE_MAX_CONNECTIONS", "1")})
+    return spec
+
+
+def job_text(spec: JobSpec) -> str:
+    """The resolved job (absolute paths, every default filled), as written into the run directory."""
+    return yaml.safe_dump(spec.to_dict(), sort_keys=False)

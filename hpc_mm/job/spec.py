@@ -1,0 +1,191 @@
+"""The typed job: one frozen dataclass per job-file section, and the figures derived from it.
+
+Keys are the seed's argument names (MindSpeed-MM's training-argument table) with dashes
+written as underscores. Defaults are the seed's, not Megatron's (they differ for weight
+decay and num-workers), and every value is passed explicitly on the command line.
+A `JobSpec` is built once by `jobfile.load_job` and never changed afterwards; code that
+needs a variant (the launcher, with the world size the allocation really has) makes a
+copy with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+from hpc_mm.job.coerce import REQUIRED
+from hpc_mm.job.signals import DEFAULT_STOP_SIGNAL, STOP_SIGNALS
+
+Launcher = Literal["torchrun", "srun"]
+Backend = Literal["auto", "hccl", "nccl", "gloo", "mpi"]
+DecayStyle = Literal["constant", "linear", "cosine", "inverse-square-root", "WSD"]
+# core_v0.12 (the Megatron MindSpeed-MM pins) knows these three; newer ones add minus_sqrt.
+WsdDecayStyle = Literal["exponential", "linear", "cosine"]
+Signal = Literal[STOP_SIGNALS]
+
+BUILTIN_TRAINER = "hpc_mm.train"
+SEED_TOOLS_JSON = "./mindspeed_mm/tools/tools.json"
+
+
+@dataclass(frozen=True)
+class Entry:
+    script: str = BUILTIN_TRAINER
+    workdir: str = "."
+    launcher: Launcher = "torchrun"
+    python: Optional[str] = None  # default: the Python that runs `hpc-mm launch` on the node
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Slurm:
+    nodes: int = 1
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time: str = "01:00:00"
+    gres: Optional[str] = None
+    cpus_per_task: Optional[int] = None
+    mem: Optional[str] = None
+    exclusive: bool = False
+    constraint: Optional[str] = None
+    extra_sbatch: dict[str, Union[str, int, bool]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    nproc_per_node: Union[int, Literal["auto"]] = 1
+    nnodes: Optional[int] = None  # defaults to slurm.nodes
+    node_rank: int = 0
+    master_addr: str = "localhost"
+    master_port: Union[int, Literal["auto"]] = "auto"
+    backend: Backend = "auto"
+
+
+@dataclass(frozen=True)
+class MM:
+    data: str = field(default=REQUIRED, metadata={"hint": "path of the mm-data JSON (dataset_param, dataloader_param)"})
+    model: str = field(default=REQUIRED, metadata={"hint": "path of the mm-model JSON"})
+    tool: Optional[str] = None  # seed default: ./mindspeed_mm/tools/tools.json in entry.workdir
+
+
+@dataclass(frozen=True)
+class GPT:
+    use_mcore_models: bool = True
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    context_parallel_size: int = 1
+    micro_batch_size: int = 1
+    global_batch_size: Optional[int] = None  # seed: MBS * GRAD_ACC_STEP * DP
+    gradient_accumulation_steps: int = 1  # hpc-mm only: used to derive global_batch_size
+    num_workers: int = 1
+    lr: float = field(default=REQUIRED, metadata={"hint": "the maximum learning rate, e.g. `lr: 1.0e-5`"})
+    min_lr: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    lr_decay_style: DecayStyle = "linear"
+    lr_decay_iters: Optional[int] = None  # Megatron: defaults to train_iters
+    weight_decay: float = 0.1
+    lr_warmup_init: float = 0.0
+    lr_warmup_iters: int = 0
+    lr_wsd_decay_style: WsdDecayStyle = "exponential"
+    lr_wsd_decay_iters: Optional[int] = None
+    clip_grad: float = 1.0
+    train_iters: int = field(default=REQUIRED, metadata={"hint": "number of training iterations"})
+    seed: int = 1234
+    log_interval: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    dir: Optional[str] = None  # default: <run dir>/checkpoints
+    save_interval: int = 100
+    keep_last: Optional[int] = 2
+    async_save: bool = False
+
+
+@dataclass(frozen=True)
+class Requeue:
+    signal: Signal = DEFAULT_STOP_SIGNAL
+    grace_seconds: int = 120
+    max_restarts: int = 3
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str = field(default=REQUIRED, metadata={"hint": "a short job name such as `qwen2vl-7b`"})
+    entry: Entry = field(default_factory=Entry)
+    slurm: Slurm = field(default_factory=Slurm)
+    distributed: Distributed = field(default_factory=Distributed)
+    mm: MM = field(default_factory=MM)
+    gpt: GPT = field(default_factory=GPT)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    requeue: Requeue = field(default_factory=Requeue)
+    env: dict[str, str] = field(default_factory=dict)
+    setup: list[str] = field(default_factory=list)
+    source: str = field(default="", metadata={"internal": True})
+
+    @property
+    def nnodes(self) -> int:
+        return self.distributed.nnodes or self.slurm.nodes
+
+    @property
+    def builtin(self) -> bool:
+        return self.entry.script == BUILTIN_TRAINER
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+
+def with_world(spec: JobSpec, nnodes: int, nproc_per_node: int) -> JobSpec:
+    """A copy of the job with the topology an allocation really has (for checks at launch)."""
+    return dataclasses.replace(
+        spec, slurm=dataclasses.replace(spec.slurm, nodes=nnodes),
+        distributed=dataclasses.replace(spec.distributed, nnodes=nnodes, nproc_per_node=nproc_per_node))
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Figures that follow from the job: the arithmetic users used to do by hand."""
+
+    world_size: Optional[int]
+    data_parallel_size: Optional[int]
+    global_batch_size: Optional[int]
+    gradient_accumulation_steps: Optional[int]  # micro-batches per step on each DP rank
+    micro_batches_per_step: Optional[int]  # across all DP ranks
+
+
+def gres_count(gres: str | None) -> int | None:
+    """Devices per node from a gres such as ``npu:8`` or ``gpu:a100:4``."""
+    if not gres:
+        return None
+    last = gres.split(",")[0].split(":")[-1]
+    return int(last) if last.isdigit() else None
+
+
+def nproc_hint(spec: JobSpec) -> int | None:
+    n = spec.distributed.nproc_per_node
+    return n if isinstance(n, int) else gres_count(spec.slurm.gres)
+
+
+def model_parallel_size(gpt: GPT) -> int:
+    return gpt.tensor_model_parallel_size * gpt.pipeline_model_parallel_size * gpt.context_parallel_size
+
+
+def derive(spec: JobSpec, world_size: int | None = None) -> Derived:
+    gpt = spec.gpt
+    if world_size is None:
+        nproc = nproc_hint(spec)
+        world_size = spec.nnodes * nproc if nproc else None
+    model_parallel = model_parallel_size(gpt)
+    if not world_size or world_size % model_parallel:
+        return Derived(world_size, None, gpt.global_batch_size, None, None)
+    dp = world_size // model_parallel
+    gbs = gpt.global_batch_size or gpt.micro_batch_size * gpt.gradient_accumulation_steps * dp
+    per_step = gbs // gpt.micro_batch_size if gbs % gpt.micro_batch_size == 0 else None
+    grad_acc = gbs // (gpt.micro_batch_size * dp) if gbs % (gpt.micro_batch_size * dp) == 0 else None
+    return Derived(world_size, dp, gbs, grad_acc, per_step)

@@ -1,0 +1,112 @@
+"""Inside the allocation: run the planned entry, forward stop signals, record the run's life.
+
+`launch` is what `hpc-mm launch` runs on every node (or task): it resolves the plan, starts
+torchrun or the entry, turns every stop signal into Megatron's exit signal for the ranks,
+and, on the leader, writes `started` and the step's outcome to events.jsonl.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from hpc_mm.errors import UserError
+from hpc_mm.job.signals import EXIT_SIGNAL, FORWARDED, IGNORED_BY_ENTRY
+from hpc_mm.launch.plan import Plan, child_env, command, resolve_plan
+from hpc_mm.run import checkpoints, events, layout
+from hpc_mm.slurm.requeue import note_requeue_by_slurm
+
+
+def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None, nodes: int | None = None,
+           nproc_per_node: int | str | None = None) -> int:
+    plan = resolve_plan(target, overrides, run_dir, nodes=nodes, nproc_per_node=nproc_per_node)
+    spec = plan.spec
+    workdir = Path(spec.entry.workdir)
+    if not workdir.is_dir():
+        raise UserError.one("entry.workdir", f"{workdir} does not exist on {socket.gethostname()}",
+                            "point it at your MindSpeed-MM checkout on the compute nodes")
+    if plan.leader:
+        _start_record(plan)
+    cmd = command(plan)
+    print(f"hpc-mm launch: {plan.environment.name} {plan.mode} node {plan.node_rank}/{plan.nnodes} "
+          f"world {plan.world_size} master {plan.master_addr}:{plan.master_port} backend {plan.backend}",
+          file=sys.stderr, flush=True)
+    if plan.environment.name == "local" and plan.nnodes > 1 and plan.leader:
+        print(f"hpc-mm launch: waiting for the other {plan.nnodes - 1} node(s): run the same command on each "
+              "with NODE_RANK=1.. and MASTER_ADDR set, or use `hpc-mm local` / `hpc-mm submit`",
+              file=sys.stderr, flush=True)
+    rc, received = run_forwarding_signals(cmd, workdir, child_env(plan), to_workers=plan.mode == "agent")
+    if plan.leader:
+        if received:  # the batch script's `hpc-mm finish` decides between requeued and failed
+            events.record(plan.run_dir, "signal", name=signal.Signals(received).name, returncode=rc)
+        else:
+            events.record(plan.run_dir, "completed" if rc == 0 else "failed", returncode=rc)
+    return rc
+
+
+def _start_record(plan: Plan) -> None:
+    """The leader's start: the run directory, the job id (plain sbatch too), and `started`."""
+    (plan.run_dir / layout.LOGS).mkdir(parents=True, exist_ok=True)
+    if plan.job_id and plan.environment.name == "slurm":
+        layout.record_job_id(plan.run_dir, plan.job_id)
+    note_requeue_by_slurm(plan.spec, plan.run_dir, plan.restart_count)
+    events.record(plan.run_dir, "started", nnodes=plan.nnodes, world_size=plan.world_size,
+                  master=f"{plan.master_addr}:{plan.master_port}", backend=plan.backend,
+                  checkpoint=checkpoints.latest_iteration(plan.checkpoint_dir))
+
+
+def _ignore_user_signals() -> None:
+    for signum in IGNORED_BY_ENTRY:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid`, from /proc (no psutil on compute nodes)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def run_forwarding_signals(cmd: list[str], cwd: Path, env: dict, to_workers: bool = False) -> tuple[int, int | None]:
+    """Run `cmd`; forward the signals that stop a job as Megatron's exit signal. Return (rc, signal).
+
+    Slurm delivers a step's signal to every process in it, not just to us. torchrun does not
+    handle USR1/USR2 (their default action kills it and the ranks mid-iteration), so the child
+    tree starts with them ignored and learns of the stop only as SIGTERM, from here.
+    With `to_workers` (cmd is torchrun) SIGTERM goes to torchrun's workers: they save and exit 0,
+    and torchrun ends cleanly instead of tearing the job down as failed.
+    """
+    child = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=_ignore_user_signals)
+    received: list[int] = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        targets = (_children(child.pid) if to_workers else []) or [child.pid]
+        for pid in targets:
+            try:
+                os.kill(pid, EXIT_SIGNAL)
+            except ProcessLookupError:
+                pass
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    try:
+        while True:
+            try:
+                rc = child.wait()
+                break
+            except InterruptedError:
+                continue
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return rc, (received[0] if received else None)

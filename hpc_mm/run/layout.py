@@ -1,0 +1,144 @@
+"""The run directory: one per run, the place every part of a run writes to. Every name in it
+is defined here and nowhere else.
+
+    runs/<name>-<time>/
+      job.yaml          the resolved job (absolute paths, every default filled)
+      job.sbatch        the script that was submitted or rendered (plain `sbatch` works on it)
+      run.json          the Slurm job id (recorded at submit, or at start for plain sbatch)
+      logs/             batch log, and one log per task and restart
+      checkpoints/      Megatron layout (unless checkpoint.dir says elsewhere)
+      events.jsonl      the record of the run's life (events.py)
+      metrics.jsonl     one line per training iteration
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpc_mm.errors import UserError
+from hpc_mm.job.jobfile import job_text
+from hpc_mm.job.spec import JobSpec
+
+JOB_FILE = "job.yaml"
+SCRIPT_FILE = "job.sbatch"
+RUN_FILE = "run.json"
+LOGS = "logs"
+EVENTS = "events.jsonl"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+RUNS = Path("runs")  # where new runs go, relative to the working directory
+
+# Slurm fills %x (job name), %j (job id), %t (task); the batch script fills the restart.
+BATCH_LOG = "%x-%j.batch.out"
+_TASK_LOG = re.compile(r"-r(\d+)-t(\d+)\.out$")
+
+
+def task_log_parts(name: str) -> tuple[str, str]:
+    """One log per task and restart, ``<name>-%j-r<restart>-t%t.out``: the text before and
+    after the restart number, which the batch shell fills in."""
+    return f"{name}-%j-r", "-t%t.out"
+
+
+def parse_task_log(filename: str) -> tuple[int, int] | None:
+    """(restart, task) of a task log's file name, or None for any other file."""
+    match = _TASK_LOG.search(filename)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def default_run_dir(spec: JobSpec) -> Path:
+    return RUNS / f"{spec.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def checkpoint_dir(spec: JobSpec, run_dir: Path) -> Path:
+    """Where the run's checkpoints go: `--save` and `--load` of the entry."""
+    return Path(spec.checkpoint.dir) if spec.checkpoint.dir else Path(run_dir).resolve() / CHECKPOINTS
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What a run directory will hold, built in memory before anything is written."""
+
+    run_dir: Path
+    files: dict[str, str] = field(default_factory=dict)  # name in the run directory -> text
+
+
+def plan_run(spec: JobSpec, run_dir: Path | None) -> RunFiles:
+    run_dir = Path(run_dir or default_run_dir(spec)).resolve()
+    return RunFiles(run_dir, {JOB_FILE: job_text(spec)})
+
+
+@dataclass
+class Created:
+    """A run directory just written; `undo()` takes it back (a refused submission leaves nothing)."""
+
+    run_dir: Path
+    new: bool
+    previous: dict[str, str | None]
+
+    def undo(self) -> None:
+        if self.new:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            return
+        for name, text in self.previous.items():
+            path = self.run_dir / name
+            if text is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_text(text)
+
+
+def create(run: RunFiles) -> Created:
+    """Write the run directory (and its logs/ folder) with the files planned for it."""
+    new = not run.run_dir.exists()
+    previous = {name: (run.run_dir / name).read_text() if (run.run_dir / name).is_file() else None
+                for name in run.files}
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / LOGS).mkdir(exist_ok=True)
+    for name, text in run.files.items():
+        (run.run_dir / name).write_text(text)
+    return Created(run.run_dir, new, previous)
+
+
+def read_run_file(run_dir: Path) -> dict:
+    path = Path(run_dir) / RUN_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record_job_id(run_dir: Path, job_id: str, **fields) -> None:
+    """Remember which Slurm job runs this directory (submit, or the first start under plain sbatch)."""
+    info = read_run_file(run_dir)
+    if str(info.get("job_id")) == str(job_id) and not fields:
+        return
+    info.update(fields, job_id=str(job_id))
+    tmp = Path(run_dir) / f".{RUN_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, Path(run_dir) / RUN_FILE)
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / JOB_FILE).is_file()
+
+
+def newest_run(runs: Path = RUNS) -> Path:
+    found = sorted((p for p in runs.glob("*") if is_run_dir(p)), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError.one("RUN_DIR", f"no runs under ./{runs}", "pass a run directory or a job id")
+    return found[-1].resolve()
+
+
+def find_local_run(target: str, runs: Path = RUNS) -> Path | None:
+    """A run directory from a path, or from a job id recorded under ./runs."""
+    path = Path(target)
+    if is_run_dir(path):
+        return path.resolve()
+    if target.isdigit():
+        for candidate in runs.glob(f"*/{RUN_FILE}"):
+            if str(read_run_file(candidate.parent).get("job_id")) == target:
+                return candidate.parent.resolve()
+    return None

@@ -1,0 +1,176 @@
+"""One path from a job to Slurm: prepare the run (in memory) -> render the script -> then
+print it (`render`), check it with `sbatch --test-only` (`submit --dry-run`), or submit it.
+
+A dry run writes nothing; `render` and `submit` write the run directory, and a submission
+Slurm refuses takes it back. Submission goes through submitit's SlurmExecutor with its script
+replaced by ours (the private hook `_make_submission_file_text`; submitit is pinned for that
+reason), so the job handle, sacct polling and state names are submitit's. The script never
+depends on submitit: it is the same text `hpc-mm render` writes for plain `sbatch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hpc_mm.errors import UserError
+from hpc_mm.job.spec import JobSpec
+from hpc_mm.run import events, layout
+from hpc_mm.slurm import query
+from hpc_mm.slurm.render import render_script
+
+# sbatch's refusals, mapped to the job-file field that causes them.
+_SBATCH_ERRORS = [
+    (r"invalid partition", "slurm.partition", "list partitions with `sinfo -s`"),
+    (r"invalid account|account.*(not|invalid)", "slurm.account", "list yours with `sacctmgr show assoc user=$USER`"),
+    (r"invalid qos", "slurm.qos", "list them with `sacctmgr show qos`"),
+    (r"gres|generic resource", "slurm.gres", "check `sinfo -o '%N %G'` for the node's gres"),
+    (r"time limit", "slurm.time", "the partition's MaxTime is in `sinfo -s`"),
+    (r"node count|node configuration|nodes? .*not available|more processors", "slurm.nodes",
+     "ask for fewer nodes/cpus/memory or another partition (`sinfo -N -l`)"),
+    (r"memory", "slurm.mem", "ask for less memory"),
+]
+
+
+def sbatch_error(stderr: str) -> UserError:
+    text = stderr.strip().splitlines()[-1] if stderr.strip() else "sbatch failed"
+    text = re.sub(r"^sbatch: error: (Batch job submission failed: )?", "", text)
+    for pattern, field, hint in _SBATCH_ERRORS:
+        if re.search(pattern, text, re.I):
+            return UserError.one(field, f"Slurm refused the job: {text}", hint)
+    return UserError.one("sbatch", text, "run `hpc-mm submit --dry-run` to see the script")
+
+
+def test_only(script: str) -> str:
+    """`sbatch --test-only`: Slurm checks partition, account, gres and size without queueing."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sbatch", delete=False) as f:
+        f.write(script)
+    try:
+        result = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=60)
+    finally:
+        Path(f.name).unlink()
+    if result.returncode != 0:
+        raise sbatch_error(result.stderr)
+    return (result.stderr or result.stdout).strip()
+
+
+def prepare(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None) -> layout.RunFiles:
+    """Everything the run directory will hold, the script included; nothing is written."""
+    run = layout.plan_run(spec, run_dir)
+    script = render_script(spec, run.run_dir, template_dir)
+    return dataclasses.replace(run, files={**run.files, layout.SCRIPT_FILE: script})
+
+
+def render(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None,
+           output: Path | None = None) -> int:
+    """Write the run directory (the script runs `hpc-mm launch` on it) and print the script."""
+    run = prepare(spec, run_dir, template_dir)
+    layout.create(run)
+    script = run.files[layout.SCRIPT_FILE]
+    print(f"run directory: {run.run_dir}", file=sys.stderr)
+    if output:
+        output.write_text(script)
+        print(f"wrote {output}", file=sys.stderr)
+    else:
+        sys.stdout.write(script)
+    return 0
+
+
+def _executor(folder: Path, script: str):
+    import submitit
+
+    class ScriptExecutor(submitit.SlurmExecutor):
+        """submitit's executor, submitting hpc-mm's script instead of its pickle runner."""
+
+        def _make_submission_file_text(self, command: str, uid: str) -> str:
+            return script
+
+    return ScriptExecutor(folder=folder)
+
+
+def dry_run(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None, as_json: bool = False) -> int:
+    run = prepare(spec, run_dir, template_dir)
+    script = run.files[layout.SCRIPT_FILE]
+    check = test_only(script) if query.available() else "Slurm not reachable from here: sbatch --test-only skipped"
+    if as_json:
+        print(json.dumps({"run_dir": str(run.run_dir), "script": script, "test_only": check}))
+    else:
+        print(script, end="")
+        print(f"# run directory (not created): {run.run_dir}\n# sbatch --test-only: {check}")
+    return 0
+
+
+def submit(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None, wait: bool = False,
+           as_json: bool = False) -> int:
+    if shutil.which("sbatch") is None:
+        raise UserError.one("sbatch", "is not on PATH: this machine cannot submit to Slurm",
+                            "run on a login node, or use `hpc-mm render` and copy the script there")
+    run = prepare(spec, run_dir, template_dir)
+    created = layout.create(run)
+    try:
+        job = _submit(run)
+    except BaseException:
+        created.undo()
+        raise
+    layout.record_job_id(run.run_dir, job.job_id, submitted=time.time(), nodes=spec.slurm.nodes, name=spec.name)
+    events.record(run.run_dir, "submitted", job_id=job.job_id, restart=0, nodes=spec.slurm.nodes)
+    if as_json and not wait:
+        print(json.dumps({"job_id": job.job_id, "run_dir": str(run.run_dir)}))
+    elif not as_json:
+        print(f"submitted job {job.job_id}\nrun directory: {run.run_dir}", flush=True)
+    if not wait:
+        return 0
+    state = watch(job, quiet=as_json)
+    if as_json:
+        print(json.dumps({"job_id": job.job_id, "run_dir": str(run.run_dir), "state": state}))
+    return 0 if state in query.FINAL_OK else 1
+
+
+def _submit(run: layout.RunFiles):
+    from submitit.core.utils import FailedJobError
+
+    folder = run.run_dir / "submitit"
+    folder.mkdir(exist_ok=True)
+    with tempfile.TemporaryFile("w+") as stderr:
+        try:
+            with _stderr_to(stderr):  # sbatch's own complaints: we turn them into one line
+                return _executor(folder, run.files[layout.SCRIPT_FILE])._submit_command("hpc-mm launch")
+        except FailedJobError as exc:  # submitit's wrapper around sbatch's refusal
+            raise sbatch_error(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _stderr_to(file):
+    """Point file descriptor 2 (inherited by sbatch) at `file` for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(file.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def watch(job, quiet: bool = False, poll: float = 3.0) -> str:
+    """Follow a submitit job until it ends; print each state change; return the final state."""
+    last = None
+    while True:
+        # "force": submitit's watcher otherwise refreshes at most once a minute.
+        raw = job.watcher.get_state(job.job_id, mode="force")
+        state = raw.split()[0].rstrip("+")  # "CANCELLED by 0" -> "CANCELLED"
+        if state != last and not quiet:
+            print(f"{time.strftime('%H:%M:%S')} job {job.job_id}: {state}", file=sys.stderr, flush=True)
+        last = state
+        if state not in query.UNFINISHED:
+            return state
+        time.sleep(poll)

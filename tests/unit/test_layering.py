@@ -1,0 +1,92 @@
+"""The package's shape: folders in the order a job flows, imports pointing down only, no loops,
+small files, one owner for Slurm queries, no environment type tests outside environments/."""
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "hpc_mm"
+# Top to bottom: a module may import its own layer or a lower one, never a higher one.
+LAYERS = ["cli", "launch", "slurm", "train", "run", "job", "environments", "errors"]
+
+
+def layer(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "hpc_mm" or len(parts) < 2:
+        return None
+    return parts[1] if parts[1] in LAYERS else None
+
+
+def is_module(name: str) -> bool:
+    path = ROOT.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def imports(path: Path) -> list[tuple[str, int]]:
+    """Every hpc_mm module `path` imports (module level and inside functions), with its line."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hpc_mm"):
+            for alias in node.names:  # `from hpc_mm.run import events` imports hpc_mm.run.events
+                name = f"{node.module}.{alias.name}"
+                found.append((name if is_module(name) else node.module, node.lineno))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names if a.name.startswith("hpc_mm")]
+    return found
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    return ".".join(p for p in rel.parts if p != "__init__")
+
+
+def modules():
+    return [p for p in PACKAGE.rglob("*.py")]
+
+
+def test_imports_point_down_the_layers():
+    wrong = []
+    for path in modules():
+        here = layer(module_name(path))
+        for target, line in imports(path):
+            there = layer(target)
+            if here and there and LAYERS.index(there) < LAYERS.index(here):
+                wrong.append(f"{path.relative_to(ROOT)}:{line} ({here}) imports {target} ({there})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_loops():
+    graph = {module_name(p): {t for t, _ in imports(p)} for p in modules()}
+    graph = {m: {t for t in deps if t in graph and t != m} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(m, stack):
+        state[m] = 1
+        for t in graph[m]:
+            if state.get(t) == 1:
+                raise AssertionError("import loop: " + " -> ".join(stack + [m, t]))
+            if t not in state:
+                visit(t, stack + [m])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+
+
+def test_files_stay_small():
+    big = [f"{p.relative_to(ROOT)}: {n}" for p in modules() if (n := len(p.read_text().splitlines())) > 300]
+    assert not big, big
+
+
+def test_one_module_speaks_to_slurms_controller():
+    users = sorted(str(p.relative_to(ROOT)) for p in modules() if "scontrol" in p.read_text())
+    assert users == ["hpc_mm/slurm/query.py"], users
+
+
+def test_no_environment_type_tests_outside_environments():
+    offenders = [str(p.relative_to(ROOT)) for p in modules()
+                 if "environments" not in p.parts and "isinstance(" in p.read_text()
+                 and "Environment)" in p.read_text()]
+    assert not offenders, offenders

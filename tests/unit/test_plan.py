@@ -1,0 +1,58 @@
+"""resolve_plan: a table of environments and job settings -> this process's part in the job."""
+
+import pytest
+
+from conftest import JOBS
+from hpc_mm.errors import UserError
+from hpc_mm.launch.plan import command, resolve_plan
+
+TINY = str(JOBS / "tiny-vlm.yaml")
+
+
+def slurm(procid=0, nodes=2, tasks_per_node=1, **extra):
+    env = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(procid % tasks_per_node),
+           "SLURM_NODEID": str(procid // tasks_per_node), "SLURM_NTASKS": str(nodes * tasks_per_node),
+           "SLURM_NNODES": str(nodes), "SLURM_JOB_NODELIST": f"n[1-{nodes}]",
+           "SLURM_TASKS_PER_NODE": f"{tasks_per_node}(x{nodes})"}
+    return {**env, **{k: str(v) for k, v in extra.items()}}
+
+
+TORCHRUN_IN_SLURM = {**slurm(procid=1), "RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "GROUP_RANK": "1",
+                     "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "n1", "MASTER_PORT": "29500"}
+
+# (id, env, --set overrides, expected (mode, environment, nnodes, node_rank, nproc, world, rank, master))
+CASES = [
+    ("torchrun-agent-node0", slurm(0), [], ("agent", "slurm", 2, 0, 2, 4, None, "n1")),
+    ("torchrun-agent-node1", slurm(1), [], ("agent", "slurm", 2, 1, 2, 4, None, "n1")),
+    ("srun-worker-rank3", slurm(3, tasks_per_node=2), ["entry.launcher=srun"], ("worker", "slurm", 2, 1, 2, 4, 3, "n1")),
+    ("auto-from-slurm-gpus", slurm(0, SLURM_GPUS_ON_NODE=4), ["distributed.nproc_per_node=auto", "gpt.global_batch_size=null"],
+     ("agent", "slurm", 2, 0, 4, 8, None, "n1")),
+    ("auto-without-slurm-devices", slurm(0), ["distributed.nproc_per_node=auto", "gpt.global_batch_size=null"],
+     ("agent", "slurm", 2, 0, 1, 2, None, "n1")),
+    ("torchrun-inside-slurm", TORCHRUN_IN_SLURM, [], ("worker", "torchrun", 2, 1, 2, 4, 3, "n1")),
+    ("hand-started-one-node", {}, ["slurm.nodes=1"], ("agent", "local", 1, 0, 2, 2, None, "localhost")),
+]
+
+
+@pytest.mark.parametrize("env,overrides,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_resolve_plan(tmp_path, env, overrides, expected):
+    plan = resolve_plan(TINY, overrides, tmp_path / "run", env=env)
+    assert (plan.mode, plan.environment.name, plan.nnodes, plan.node_rank, plan.nproc_per_node, plan.world_size,
+            plan.rank, plan.master_addr) == expected
+    assert plan.backend == "gloo" and plan.device == "cpu"
+    assert plan.spec.nnodes == plan.nnodes  # the plan's copy of the job has the real topology
+
+
+def test_plan_copies_the_job_and_command_carries_the_world(tmp_path):
+    plan = resolve_plan(TINY, ["distributed.nproc_per_node=auto", "gpt.global_batch_size=null"], tmp_path / "run",
+                        env=slurm(0, SLURM_GPUS_ON_NODE=4))
+    cmd = command(plan)
+    assert cmd[cmd.index("--nproc_per_node") + 1] == "4" and cmd[cmd.index("--nnodes") + 1] == "2"
+    assert cmd[cmd.index("--global-batch-size") + 1] == "32"  # MBS 4 x DP 8, derived from the real world
+    assert cmd[cmd.index("--save") + 1] == str(tmp_path / "run" / "checkpoints")
+
+
+def test_plan_rechecks_the_arithmetic_with_the_real_world(tmp_path):
+    # GBS 32 is a multiple of MBS 4 x DP 4 (the job's 2 x 2), not of MBS 4 x DP 6 (3 nodes x 2).
+    with pytest.raises(UserError, match="global_batch_size"):
+        resolve_plan(TINY, [], tmp_path / "run", env=slurm(0, nodes=3))
