@@ -122,18 +122,38 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------- commands
 
 def _load(args: argparse.Namespace, job: str | None = None):
+    """The job file, with --set and the shortcuts applied, validated; warnings printed."""
+    from hpc_mm.errors import warn
     from hpc_mm.job.jobfile import load_job
+    from hpc_mm.job.rules import advice
 
-    return load_job(job or args.job, args.overrides, args.nodes, args.nproc_per_node)
+    spec = load_job(job or args.job, args.overrides, args.nodes, args.nproc_per_node)
+    for problem in advice(spec):
+        warn(problem)
+    return spec
+
+
+def _login_argv(spec, run_dir: Path | None) -> list[str]:
+    """The entry's argv as a login node can know it (the launcher's plan fills in the rest)."""
+    from hpc_mm.job.megatron import login_backend, training_argv
+    from hpc_mm.job.spec import derive
+    from hpc_mm.run.layout import checkpoint_dir, default_run_dir
+
+    run_dir = Path(run_dir or default_run_dir(spec)).resolve()
+    return training_argv(spec, run_dir=run_dir, checkpoint_dir=checkpoint_dir(spec, run_dir),
+                         backend=login_backend(spec), world_size=derive(spec).world_size)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from hpc_mm.job.spec import derive
+    from hpc_mm.slurm.submit import prepare
 
     problems, results = [], {}
     for job in args.jobs:
         try:
             spec = _load(args, job)
+            _login_argv(spec, args.run_dir)  # what `args` and `render` would do, written nowhere
+            prepare(spec, args.run_dir)
         except UserError as exc:
             problems += exc.problems
             continue
@@ -159,14 +179,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_args(args: argparse.Namespace) -> int:
-    from hpc_mm.job.megatron import login_backend, shell_line, training_argv
-    from hpc_mm.job.spec import derive
-    from hpc_mm.run.layout import checkpoint_dir, default_run_dir
+    from hpc_mm.job.megatron import shell_line
 
-    spec = _load(args)
-    run_dir = Path(args.run_dir or default_run_dir(spec)).resolve()
-    print(shell_line(training_argv(spec, run_dir=run_dir, checkpoint_dir=checkpoint_dir(spec, run_dir),
-                                   backend=login_backend(spec), world_size=derive(spec).world_size)))
+    print(shell_line(_login_argv(_load(args), args.run_dir)))
     return 0
 
 

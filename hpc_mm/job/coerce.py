@@ -8,12 +8,15 @@ unknown keys, wrong types and bad choices by their dotted field path.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
 from hpc_mm.errors import Problem, did_you_mean
+from hpc_mm.job.yamlfile import AmbiguousNumber
 
 _MISSING = dataclasses.MISSING
+INT64 = 2**63
 
 
 class Required:
@@ -67,6 +70,9 @@ def coerce(tp: Any, value: Any, where: str, problems: list[Problem]) -> Any:
         return build(tp, value, where, problems)
     if tp is Any:
         return value
+    if isinstance(value, AmbiguousNumber):  # `time: 1:00:00` is 3600 to YAML 1.1, `010` is 8
+        problems.append(ambiguous(where, value))
+        return None
     if origin is Union:
         if value is None and type(None) in args:
             return None
@@ -107,30 +113,57 @@ def _scalar(tp: type, value: Any, where: str, problems: list[Problem]) -> Any:
         problems.append(Problem(where, f"{value!r} is not true or false"))
         return None
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-        problems.append(Problem(where, f"{value!r} is not an integer"))
-        return None
+        number = _integer(value)
+        if number is None:
+            problems.append(Problem(where, f"{value!r} is not an integer"))
+        elif abs(number) >= INT64:
+            problems.append(Problem(where, f"{number} is outside the 64-bit integer range"))
+            return None
+        return number
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads `1e-4` as a string (YAML 1.1)
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        problems.append(Problem(where, f"{value!r} is not a number"))
-        return None
+        number = _number(value)
+        if number is None:
+            problems.append(Problem(where, f"{value!r} is not a number"))
+        elif not math.isfinite(number):
+            problems.append(Problem(where, f"{value!r} is not a finite number",
+                                    "write a finite value such as 1.0e-5 (nan, inf and overflowing exponents are refused)"))
+            return None
+        return number
     if tp is str:
         if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
             problems.append(Problem(where, f"expected text, got {_kind(value)}"))
             return None
         return str(value)
     raise TypeError(f"schema type {tp!r} is not supported")  # a bug in the schema
+
+
+def _integer(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # an integer too large for a float
+            return math.inf
+    if isinstance(value, str):  # PyYAML reads `1e-4` as a string (YAML 1.1)
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def ambiguous(where: str, value: AmbiguousNumber) -> Problem:
+    return Problem(where, value.explain(),
+                   f'quote it ("{value}") if you mean the text; write plain decimal digits if you mean a number')
 
 
 def _describe(tp: Any) -> str:

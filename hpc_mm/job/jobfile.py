@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from hpc_mm.errors import Problem, UserError
+from hpc_mm.job import yamlfile
 from hpc_mm.job.coerce import build
 from hpc_mm.job.rules import validate
 from hpc_mm.job.spec import SEED_TOOLS_JSON, JobSpec
@@ -42,24 +43,12 @@ def load_job(path: str | os.PathLike, overrides: list[str] = (), nodes: int | No
 
 
 def read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError.one(str(path), "job file not found", "check the path") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise UserError.one(str(path), f"cannot read the job file ({exc.__class__.__name__})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError.one(str(path), f"YAML syntax error at {where}{problem}",
-                            "check indentation and quoting on that line") from None
+    field = str(path)
+    data = yamlfile.load(yamlfile.read_capped(path, yamlfile.MAX_JOB_BYTES, field), field)
     if data is None:
-        raise UserError.one(str(path), "the job file is empty", "start from one of the files in jobs/")
+        raise UserError.one(field, "the job file is empty", "start from one of the files in jobs/")
     if not isinstance(data, dict):
-        raise UserError.one(str(path), f"the job file must be a mapping of sections, got a {type(data).__name__}",
+        raise UserError.one(field, f"the job file must be a mapping of sections, got a {type(data).__name__}",
                             "top-level keys are name, entry, slurm, distributed, mm, gpt, ...")
     return data
 
@@ -70,10 +59,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> None:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise UserError.one("--set", f"{item!r} is not KEY=VALUE", "e.g. --set gpt.lr=1.0e-4")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
+        value = yamlfile.load_value(text, f"--set {key.strip()}")
         node = raw
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -18,20 +18,72 @@ import shlex
 from pathlib import Path
 
 from hpc_mm.errors import UserError
+from hpc_mm.job.options import normal, table
 from hpc_mm.job.spec import JobSpec, derive
+
+# Every flag hpc-mm writes itself, and the job-file key that sets it. No other route into the
+# argv (gpt.extra, entry.extra_args) may carry one of these: it would come after ours and win.
+OWNED = {
+    "--use-mcore-models": "gpt.use_mcore_models",
+    "--tensor-model-parallel-size": "gpt.tensor_model_parallel_size",
+    "--pipeline-model-parallel-size": "gpt.pipeline_model_parallel_size",
+    "--context-parallel-size": "gpt.context_parallel_size",
+    "--micro-batch-size": "gpt.micro_batch_size",
+    "--global-batch-size": "gpt.global_batch_size",
+    "--num-workers": "gpt.num_workers",
+    "--lr": "gpt.lr",
+    "--min-lr": "gpt.min_lr",
+    "--adam-beta1": "gpt.adam_beta1",
+    "--adam-beta2": "gpt.adam_beta2",
+    "--adam-eps": "gpt.adam_eps",
+    "--lr-decay-style": "gpt.lr_decay_style",
+    "--weight-decay": "gpt.weight_decay",
+    "--lr-warmup-init": "gpt.lr_warmup_init",
+    "--lr-warmup-iters": "gpt.lr_warmup_iters",
+    "--clip-grad": "gpt.clip_grad",
+    "--train-iters": "gpt.train_iters",
+    "--seed": "gpt.seed",
+    "--log-interval": "gpt.log_interval",
+    "--lr-decay-iters": "gpt.lr_decay_iters",
+    "--lr-wsd-decay-style": "gpt.lr_wsd_decay_style",
+    "--lr-wsd-decay-iters": "gpt.lr_wsd_decay_iters",
+    "--mm-data": "mm.data",
+    "--mm-model": "mm.model",
+    "--mm-tool": "mm.tool",
+    "--save": "checkpoint.dir",
+    "--load": "checkpoint.dir",
+    "--save-interval": "checkpoint.save_interval",
+    "--exit-signal-handler": "requeue.signal (hpc-mm always passes it: the stop signal needs it)",
+    "--distributed-backend": "distributed.backend",
+}
+
+
+def owner(flag_or_key: str) -> str | None:
+    """The job-file key that owns this flag (any spelling or alias of it), or None."""
+    option = table().find(flag_or_key)
+    flags = option.flags if option else (normal(flag_or_key),)
+    owned = {normal(f): key for f, key in OWNED.items()}
+    return next((owned[normal(f)] for f in flags if normal(f) in owned), None)
+
 
 DEVICE_BACKEND = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 BACKEND_DEVICE = {"hccl": "npu", "nccl": "cuda", "gloo": "cpu"}
 
 
+GRES_DEVICE = {"npu": "npu", "gpu": "cuda"}
+
+
+def declared_device(spec: JobSpec) -> str | None:
+    """The device the job declares: distributed.device, else what slurm.gres asks for; None when
+    only the node can tell (device auto, no accelerator requested)."""
+    if spec.distributed.device != "auto":
+        return spec.distributed.device
+    return GRES_DEVICE.get((spec.slurm.gres or "").split(":")[0])
+
+
 def device_hint(spec: JobSpec) -> str:
-    """The device a job will run on, as far as a login node can tell from the job file."""
-    gres = (spec.slurm.gres or "").split(":")[0]
-    if gres == "npu":
-        return "npu"
-    if gres == "gpu":
-        return "cuda"
-    return BACKEND_DEVICE.get(spec.distributed.backend, "cpu")
+    """The device as far as a login node can tell: declared, else the one the backend implies."""
+    return declared_device(spec) or BACKEND_DEVICE.get(spec.distributed.backend, "cpu")
 
 
 def resolve_backend(requested: str, device: str, mpi_available: bool | None = None) -> str:
@@ -43,7 +95,7 @@ def resolve_backend(requested: str, device: str, mpi_available: bool | None = No
                             "use auto (gloo on CPU) or a PyTorch built from source with MPI")
     if requested in BACKEND_DEVICE and BACKEND_DEVICE[requested] != device and requested != "gloo":
         raise UserError.one("distributed.backend", f"{requested} needs a {BACKEND_DEVICE[requested]} device, "
-                            f"but this node has {device}", "use auto")
+                            f"but the job runs on {device}", "use auto")
     return requested
 
 
@@ -124,18 +176,25 @@ def shell_line(argv: list[str]) -> str:
 
 
 def _extra_flags(extra: dict) -> list[str]:
+    """gpt.extra as flags, spelled as Megatron spells them (`override_opt_param_scheduler` is
+    `--override-opt_param-scheduler`); `false` and `null` add nothing."""
     out: list[str] = []
     for key, value in extra.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            out.append(flag)
-        elif value is False or value is None:
+        option = table().find(key)
+        flag = option.flag if option else normal(key)
+        if value is False or value is None:
             continue
-        elif isinstance(value, list):
-            out += [flag, *(str(v) for v in value)]
+        if option is not None and option.type == "bool":  # argparse's bool(): any text is True
+            out += [flag, "True"]
+        elif value is True:
+            out.append(flag)
         else:
-            out += [flag, _num(value) if isinstance(value, float) else str(value)]
+            out += [flag, *(_word(v) for v in (value if isinstance(value, list) else [value]))]
     return out
+
+
+def _word(value) -> str:
+    return _num(value) if isinstance(value, float) else str(value)
 
 
 def _num(value: float) -> str:

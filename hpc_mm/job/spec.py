@@ -19,6 +19,7 @@ from hpc_mm.job.signals import DEFAULT_STOP_SIGNAL, STOP_SIGNALS
 
 Launcher = Literal["torchrun", "srun"]
 Backend = Literal["auto", "hccl", "nccl", "gloo", "mpi"]
+Device = Literal["auto", "npu", "cuda", "cpu"]
 DecayStyle = Literal["constant", "linear", "cosine", "inverse-square-root", "WSD"]
 # core_v0.12 (the Megatron MindSpeed-MM pins) knows these three; newer ones add minus_sqrt.
 WsdDecayStyle = Literal["exponential", "linear", "cosine"]
@@ -39,7 +40,7 @@ class Entry:
 
 @dataclass(frozen=True)
 class Slurm:
-    nodes: int = 1
+    nodes: Optional[int] = None  # with distributed.nnodes: one number of nodes (default 1)
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
@@ -55,11 +56,12 @@ class Slurm:
 @dataclass(frozen=True)
 class Distributed:
     nproc_per_node: Union[int, Literal["auto"]] = 1
-    nnodes: Optional[int] = None  # defaults to slurm.nodes
+    nnodes: Optional[int] = None  # with slurm.nodes: one number of nodes (default 1)
     node_rank: int = 0
     master_addr: str = "localhost"
     master_port: Union[int, Literal["auto"]] = "auto"
     backend: Backend = "auto"
+    device: Device = "auto"  # auto: from slurm.gres (npu:N -> npu, gpu:N -> cuda), else what the node has
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,8 @@ class JobSpec:
 
     @property
     def nnodes(self) -> int:
-        return self.distributed.nnodes or self.slurm.nodes
+        """The number of nodes: slurm.nodes or distributed.nnodes, whichever is given (they must agree)."""
+        return self.distributed.nnodes or self.slurm.nodes or 1
 
     @property
     def builtin(self) -> bool:
@@ -177,12 +180,15 @@ def model_parallel_size(gpt: GPT) -> int:
 
 
 def derive(spec: JobSpec, world_size: int | None = None) -> Derived:
+    """The derived figures; None where they cannot be known yet, or where an input is invalid
+    (the rules report that input; nothing here divides by it)."""
     gpt = spec.gpt
     if world_size is None:
         nproc = nproc_hint(spec)
         world_size = spec.nnodes * nproc if nproc else None
     model_parallel = model_parallel_size(gpt)
-    if not world_size or world_size % model_parallel:
+    if (not world_size or world_size < 1 or model_parallel < 1 or gpt.micro_batch_size < 1
+            or gpt.gradient_accumulation_steps < 1 or world_size % model_parallel):
         return Derived(world_size, None, gpt.global_batch_size, None, None)
     dp = world_size // model_parallel
     gbs = gpt.global_batch_size or gpt.micro_batch_size * gpt.gradient_accumulation_steps * dp

@@ -17,12 +17,12 @@ import jinja2
 
 from hpc_mm import __version__
 from hpc_mm.errors import UserError
+from hpc_mm.job.rules.fields import sbatch_value_problem
 from hpc_mm.job.signals import STOP_SIGNALS
 from hpc_mm.job.spec import JobSpec, gres_count
 from hpc_mm.run.layout import BATCH_LOG, LOGS, task_log_parts
 
 TEMPLATE = "sbatch.sh.j2"
-_SBATCH_VALUE_UNSAFE = set("\n\r\"'\\`$;")
 
 
 @dataclass(frozen=True)
@@ -65,16 +65,18 @@ def tasks_per_node(spec: JobSpec) -> int:
 
 
 def _option_value(field: str, value: str) -> str:
-    if any(c in _SBATCH_VALUE_UNSAFE for c in value) or not value.isprintable():
-        raise UserError.one(field, f"{value!r} contains quotes, '$', '`', ';', a backslash or a line break",
-                            "sbatch options take plain values; rename the path or value")
+    """A value for an #SBATCH line (the job's values were checked by the rules; the run
+    directory's path is checked here)."""
+    problem = sbatch_value_problem(value)
+    if problem:
+        raise UserError.one(field, problem, "sbatch options take plain values; rename the path or value")
     return f'"{value}"' if " " in value else value  # sbatch splits #SBATCH lines on blanks, honours quotes
 
 
 def sbatch_options(spec: JobSpec, run_dir: Path) -> list[str]:
     s = spec.slurm
     logs = _option_value("--run-dir", str(run_dir / LOGS))
-    opts = [f"--job-name={spec.name}", f"--nodes={s.nodes}", f"--ntasks-per-node={tasks_per_node(spec)}"]
+    opts = [f"--job-name={spec.name}", f"--nodes={spec.nnodes}", f"--ntasks-per-node={tasks_per_node(spec)}"]
     if s.cpus_per_task:
         opts.append(f"--cpus-per-task={s.cpus_per_task}")
     for key in ("gres", "partition", "account", "qos", "mem", "constraint"):

@@ -121,8 +121,8 @@ def submit(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None
     except BaseException:
         created.undo()
         raise
-    layout.record_job_id(run.run_dir, job.job_id, submitted=time.time(), nodes=spec.slurm.nodes, name=spec.name)
-    events.record(run.run_dir, "submitted", job_id=job.job_id, restart=0, nodes=spec.slurm.nodes)
+    layout.record_job_id(run.run_dir, job.job_id, submitted=time.time(), nodes=spec.nnodes, name=spec.name)
+    events.record(run.run_dir, "submitted", job_id=job.job_id, restart=0, nodes=spec.nnodes)
     if as_json and not wait:
         print(json.dumps({"job_id": job.job_id, "run_dir": str(run.run_dir)}))
     elif not as_json:

@@ -13,6 +13,7 @@ def test_non_editable_install_renders(tmp_path):
                              "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert (target / "hpc_mm" / "templates" / "sbatch.sh.j2").is_file()
+    assert (target / "hpc_mm" / "job" / "megatron_options.json").is_file()  # validate reads it
     out = subprocess.run([sys.executable, "-m", "hpc_mm", "render", str(JOBS / "tiny-vlm.yaml"),
                           "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(target)})

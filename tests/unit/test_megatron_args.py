@@ -1,30 +1,15 @@
-"""`hpc-mm args` against Megatron's own parser (core_v0.12 option table) and the seed's table."""
+"""`hpc-mm args` against Megatron's own parser (the shipped core_v0.12.1 option table) and the seed's table."""
 
 import argparse
-import json
 import shlex
 
 import pytest
 
-from conftest import JOBS, ROOT, run_cli
-from hpc_mm.job.megatron import command_line_backend, resolve_backend
+from conftest import JOBS, run_cli
 from hpc_mm.errors import UserError
-
-OPTIONS = json.loads((ROOT / "tests/data/megatron_core_v0_12_options.json").read_text())["options"]
-TYPES = {"int": int, "float": float, "str": str}
-
-
-def megatron_parser() -> argparse.ArgumentParser:
-    """Megatron's parse_args(): allow_abbrev=False, unknown options are errors."""
-    parser = argparse.ArgumentParser(allow_abbrev=False, exit_on_error=False)
-    for opt in OPTIONS:
-        kwargs = {k: opt[k] for k in ("default", "choices") if k in opt}
-        if opt.get("action"):
-            kwargs["action"] = opt["action"]
-        else:
-            kwargs["type"] = TYPES[opt.get("type", "str")]
-        parser.add_argument(*opt["flags"], **kwargs)
-    return parser
+from hpc_mm.job.megatron import command_line_backend, resolve_backend
+from hpc_mm.job.options import parser as megatron_parser
+from hpc_mm.job.options import table
 
 
 def megatron_validate(args, world_size: int) -> None:
@@ -63,7 +48,7 @@ def test_parser_rejects_what_megatron_rejects():
 
 def test_qwen_args_carry_every_seed_flag_with_file_values():
     args = megatron_parser().parse_args(argv_of(JOBS / "qwen2vl-7b.yaml"))
-    assert args.use_mcore_models
+    assert args.deprecated_use_mcore_models  # Megatron stores --use-mcore-models under this name
     assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (1, 4)
     assert (args.micro_batch_size, args.global_batch_size, args.num_workers) == (1, 64, 8)
     assert (args.lr, args.min_lr, args.adam_beta1, args.adam_beta2, args.adam_eps) == (1e-5, 1e-6, 0.9, 0.999, 1e-8)
@@ -100,3 +85,14 @@ def test_backend_refusals():
         resolve_backend("mpi", "cpu", mpi_available=False)
     with pytest.raises(UserError, match="needs a npu device"):
         resolve_backend("hccl", "cpu")
+
+
+def test_the_table_is_honest_about_where_options_come_from():
+    assert table().versions["megatron"] == "core_v0.12.1"
+    sources = {flag: table().find(flag).source for flag in
+               ("--lr", "--variable-seq-lengths", "--use-fused-rmsnorm", "--mm-data", "--exit-signal-handler")}
+    assert sources == {"--lr": "megatron", "--variable-seq-lengths": "mindspeed", "--use-fused-rmsnorm": "mindspeed",
+                       "--mm-data": "mindspeed_mm", "--exit-signal-handler": "megatron"}
+    assert table().find("--use-mcore-models").dest == "deprecated_use_mcore_models"
+    assert table().find("persistent_save_interval").dest == "save_interval"  # an alias
+    assert table().find("override_opt_param_scheduler").flag == "--override-opt_param-scheduler"

@@ -44,15 +44,14 @@ def test_sbatch_options():
 
 
 def test_unsafe_sbatch_values_are_refused():
-    spec = load_job(JOBS / "tiny-vlm.yaml", ["slurm.extra_sbatch={comment: 'a\"; touch /tmp/x'}"])
-    with pytest.raises(UserError, match="slurm.extra_sbatch.comment"):
-        render_script(spec, GOLDEN_RUN_DIR)
+    with pytest.raises(UserError, match="slurm.extra_sbatch.comment"):  # refused when the job is read
+        load_job(JOBS / "tiny-vlm.yaml", ["slurm.extra_sbatch={comment: 'a\"; touch /tmp/x'}"])
     with pytest.raises(UserError, match="--run-dir"):
         render_script(load_job(JOBS / "tiny-vlm.yaml"), Path("/tmp/a$(touch x)"))
 
 
 HOSTILE = ["$(touch {canary})", "`touch {canary}`", "x; touch {canary}", "it's \"quoted\"",
-           "two words", "line\nbreak; touch {canary}", "$HOME ${{PATH}}"]
+           "two words", "$HOME ${{PATH}}", "tab\there"]
 
 
 def test_injection_canary_never_runs(hostile_tmp):
@@ -81,8 +80,7 @@ def test_injection_canary_never_runs(hostile_tmp):
     assert not canary.exists()
     seen = (run_dir / "seen.env").read_text()
     for i, value in enumerate(HOSTILE):
-        if "\n" not in value:
-            assert f"V{i}={value.format(canary=canary)}\n" in seen
+        assert f"V{i}={value.format(canary=canary)}\n" in seen
     assert str(run_dir) in (run_dir / "srun.args").read_text()  # the path arrived whole
 
 
