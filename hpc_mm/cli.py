@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         return print_problems(exc)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `hpc-mm logs ... | head`: the reader left; end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 # ---------------------------------------------------------------- commands

@@ -8,6 +8,7 @@ has no side effects; nothing here writes os.environ or initialises MPI.
 from __future__ import annotations
 
 import os
+import socket
 import zlib
 from abc import ABC, abstractmethod
 from typing import Mapping
@@ -20,6 +21,13 @@ from hpc_mm.errors import UserError
 # client socket's source port.
 PORT_BASE = 15000
 PORT_SPAN = 15000
+
+
+def free_port() -> int:
+    """A port no one listens on now (the kernel picks it)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 def port_for_job(job_id: str) -> int:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from hpc_mm.environments.base import ClusterEnvironment
+from hpc_mm.environments.base import ClusterEnvironment, free_port
 
 
 class LocalEnvironment(ClusterEnvironment):
     name = "local"
+    _port: int | None = None
     VARS = {"num_nodes": ("NNODES",), "node_rank": ("NODE_RANK",), "master_addr": ("MASTER_ADDR",),
             "master_port": ("MASTER_PORT",)}
 
@@ -43,3 +44,13 @@ class LocalEnvironment(ClusterEnvironment):
 
     def main_address(self) -> str:
         return self._first("master_addr") or self._configured_addr or "localhost"
+
+    def main_port(self) -> int:
+        """MASTER_PORT or the job file's port; else, alone on this node, a free port (a fixed
+        one would collide with the next run started by hand), and for several nodes started
+        by hand the seed's 6000, which they all know."""
+        if self._has("master_port") or self._configured_port or self.num_nodes() > 1:
+            return super().main_port()
+        if self._port is None:
+            self._port = free_port()
+        return self._port

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from typing import Mapping
 
-from hpc_mm.environments.base import ClusterEnvironment
+from hpc_mm.environments.base import ClusterEnvironment, free_port
 from hpc_mm.errors import UserError
 
 FLAVOURS = {
@@ -19,12 +19,6 @@ FLAVOURS = {
     "mpich": {"rank": "PMI_RANK", "size": "PMI_SIZE", "local_rank": "MPI_LOCALRANKID", "local_size": "MPI_LOCALNRANKS"},
     "pmix": {"rank": "PMIX_RANK"},  # PMIx exports no size: prepare() asks MPI
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 class MPIEnvironment(ClusterEnvironment):

@@ -16,9 +16,9 @@ FORMATS = "MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (e.g. \"04:00:00\" o
 
 def seconds(text: str) -> int | None:
     """The limit in seconds (None for UNLIMITED); ValueError says what is wrong."""
-    if text.strip().upper() in UNLIMITED:
+    if text.upper() in UNLIMITED:
         return None
-    match = _FORMAT.fullmatch(text.strip())
+    match = _FORMAT.fullmatch(text)
     if not match:
         raise ValueError(f"{text!r} is not a Slurm time limit")
     parts = [int(p) for p in match.group("fields").split(":")]

@@ -8,29 +8,35 @@ and, on the leader, writes `started` and the step's outcome to events.jsonl.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from hpc_mm.errors import UserError
 from hpc_mm.job.signals import EXIT_SIGNAL, FORWARDED, IGNORED_BY_ENTRY
+from hpc_mm.launch import preflight
 from hpc_mm.launch.plan import Plan, child_env, command, resolve_plan
-from hpc_mm.run import checkpoints, events, layout
+from hpc_mm.run import checkpoints, events, layout, lock
 from hpc_mm.slurm.requeue import note_requeue_by_slurm
 
 
 def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None, nodes: int | None = None,
            nproc_per_node: int | str | None = None) -> int:
     plan = resolve_plan(target, overrides, run_dir, nodes=nodes, nproc_per_node=nproc_per_node)
-    spec = plan.spec
-    workdir = Path(spec.entry.workdir)
-    if not workdir.is_dir():
-        raise UserError.one("entry.workdir", f"{workdir} does not exist on {socket.gethostname()}",
-                            "point it at your MindSpeed-MM checkout on the compute nodes")
-    if plan.leader:
-        _start_record(plan)
+    preflight.workdir(Path(plan.spec.entry.workdir))
+    held = lock.acquire(plan.run_dir, plan.job_id) if plan.leader else None
+    try:
+        if plan.leader:
+            _start_record(plan)
+        return _run(plan)
+    finally:
+        if held:
+            held.release()
+
+
+def _run(plan: Plan) -> int:
     cmd = command(plan)
     print(f"hpc-mm launch: {plan.environment.name} {plan.mode} node {plan.node_rank}/{plan.nnodes} "
           f"world {plan.world_size} master {plan.master_addr}:{plan.master_port} backend {plan.backend}",
@@ -39,7 +45,14 @@ def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None, 
         print(f"hpc-mm launch: waiting for the other {plan.nnodes - 1} node(s): run the same command on each "
               "with NODE_RANK=1.. and MASTER_ADDR set, or use `hpc-mm local` / `hpc-mm submit`",
               file=sys.stderr, flush=True)
-    rc, received = run_forwarding_signals(cmd, workdir, child_env(plan), to_workers=plan.mode == "agent")
+    # torchrun and the entry keep their temporary files (torchelastic_*) in a folder of ours,
+    # removed when the step ends, however it ends.
+    scratch = tempfile.mkdtemp(prefix="hpc-mm-launch-")
+    try:
+        rc, received = run_forwarding_signals(cmd, Path(plan.spec.entry.workdir), {**child_env(plan), "TMPDIR": scratch},
+                                              to_workers=plan.mode == "agent")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if plan.leader:
         if received:  # the batch script's `hpc-mm finish` decides between requeued and failed
             events.record(plan.run_dir, "signal", name=signal.Signals(received).name, returncode=rc)
@@ -49,8 +62,11 @@ def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None, 
 
 
 def _start_record(plan: Plan) -> None:
-    """The leader's start: the run directory, the job id (plain sbatch too), and `started`."""
-    (plan.run_dir / layout.LOGS).mkdir(parents=True, exist_ok=True)
+    """The leader's start: the run directory (made here for a job file launched by hand), its
+    storage checked, the job id (plain sbatch too), and `started`."""
+    if not layout.is_run_dir(plan.run_dir):
+        layout.create(layout.plan_run(plan.spec, plan.run_dir))
+    preflight.storage(plan.run_dir, plan.checkpoint_dir)
     if plan.job_id and plan.environment.name == "slurm":
         layout.record_job_id(plan.run_dir, plan.job_id)
     note_requeue_by_slurm(plan.spec, plan.run_dir, plan.restart_count)

@@ -1,20 +1,28 @@
-"""The checkpoint folder as a reader sees it, without torch: Megatron's layout and its tracker.
+"""The checkpoint folder as a reader sees it, without torch: Megatron's layout, its tracker,
+and a manifest that says cheaply whether a checkpoint is whole.
 
     <dir>/latest_checkpointed_iteration.txt          the commit marker, written last
     <dir>/iter_0000100/mp_rank_00/model_optim_rng.pt
+    <dir>/iter_0000100/manifest.json                 size and sha256 of every file (hpc-mm's writer)
 
 `status`, `finish` (the requeue decision) and the launcher read it on nodes and login nodes
 where torch may be absent; the built-in trainer's writer is `hpc_mm.train.checkpoint`.
+Checkpoints written by Megatron itself have no manifest: they count as whole when every
+model file is there and not empty.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 TRACKER = "latest_checkpointed_iteration.txt"
 FILENAME = "model_optim_rng.pt"
+MANIFEST = "manifest.json"
 _ITER_DIR = re.compile(r"^iter_(\d{7})$")
 
 
@@ -27,16 +35,101 @@ def checkpoint_file(save_dir: str | os.PathLike, iteration: int, mp_rank: int = 
 
 
 def latest_iteration(save_dir: str | os.PathLike) -> int | None:
-    """The committed iteration according to the tracker, or None."""
+    """The committed iteration according to the tracker, or None (absent or unreadable)."""
     try:
-        text = (Path(save_dir) / TRACKER).read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
+        text = (Path(save_dir) / TRACKER).read_text(errors="replace").strip()
+    except OSError:
         return None
     return int(text) if text.isdigit() else None
 
 
 def saved_iterations(save_dir: str | os.PathLike) -> list[int]:
     path = Path(save_dir)
-    if not path.is_dir():
+    try:
+        return sorted(int(m.group(1)) for p in path.iterdir() if (m := _ITER_DIR.match(p.name)) and p.is_dir())
+    except OSError:
         return []
-    return sorted(int(m.group(1)) for p in path.iterdir() if (m := _ITER_DIR.match(p.name)) and p.is_dir())
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_tracker(save_dir: Path, iteration: int) -> None:
+    """Commit `iteration`: a temporary file, fsync, rename over the tracker, fsync the folder."""
+    tmp = Path(save_dir) / f".{TRACKER}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(iteration))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, Path(save_dir) / TRACKER)
+    fsync_dir(Path(save_dir))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Size and sha256 of every file of a checkpoint folder, written (and fsynced) into it."""
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    with open(folder / MANIFEST, "w") as f:
+        json.dump({"files": files}, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    detail: str = ""
+
+
+def verify(save_dir: str | os.PathLike, iteration: int, deep: bool = False) -> Verdict:
+    """Is checkpoint `iteration` whole? Sizes against the manifest (cheap), and with `deep` the
+    hashes too; without a manifest (Megatron's own writer), every model file present and not empty."""
+    folder = iter_dir(save_dir, iteration)
+    if not folder.is_dir():
+        return Verdict(False, f"{folder} is missing")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+        if not isinstance(files, dict) or not files:
+            raise ValueError("no files")
+    except FileNotFoundError:
+        models = list(folder.glob("mp_rank_*/*.pt")) + list(folder.glob("*.distcp"))
+        if not models or any(p.stat().st_size == 0 for p in models):
+            return Verdict(False, f"{folder} has no model file, or an empty one")
+        return Verdict(True, "no manifest (written by the entry itself)")
+    except (OSError, ValueError, KeyError, TypeError):
+        return Verdict(False, f"{folder / MANIFEST} is unreadable")
+    for name, info in files.items():
+        path = folder / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return Verdict(False, f"{path} is missing")
+        if not isinstance(info, dict) or size != info.get("size"):
+            return Verdict(False, f"{path} has {size} bytes, the manifest says {info.get('size')}")
+        if deep and sha256(path) != info.get("sha256"):
+            return Verdict(False, f"{path} does not match its sha256 in the manifest")
+    return Verdict(True)
+
+
+def latest_whole(save_dir: str | os.PathLike) -> int | None:
+    """The newest checkpoint that is whole (sizes checked): the tracker's, else an older one.
+
+    This is where a resume starts, and what requeue measures progress from."""
+    tracked = latest_iteration(save_dir)
+    candidates = ([tracked] if tracked is not None else []) + [
+        i for i in reversed(saved_iterations(save_dir)) if tracked is None or i < tracked]
+    return next((i for i in candidates if verify(save_dir, i).ok), None)

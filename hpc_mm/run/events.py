@@ -1,8 +1,10 @@
-"""events.jsonl: the one record of a run's life, appended by the launcher and the trainer.
+"""events.jsonl: the one record of a run's life, appended by the launchers, the trainer and
+`finish`; and the JSON-lines reading every reader of the run directory shares.
 
 One JSON object a line: ``event``, ``time``, ``job_id``, ``restart``, and ``iteration``
 where known; checkpoints add ``reason`` and ``seconds``, signals the signal's ``name``.
-status, report and the tests read it.
+Readers skip what a crash or a concurrent writer can leave behind (a cut line, bytes that are
+not UTF-8, a value that is not an object, a folder where the file should be).
 """
 
 from __future__ import annotations
@@ -15,7 +17,47 @@ from pathlib import Path
 
 from hpc_mm.run.layout import EVENTS as FILENAME
 
-EVENTS = ("submitted", "started", "signal", "checkpoint", "requeued", "resumed", "completed", "failed")
+EVENTS = ("submitted", "started", "signal", "checkpoint", "requeued", "resumed", "completed", "failed", "stopped",
+          "cancelled")
+# The events a run can end with (the last one of a run that is not running or queued).
+TERMINAL = ("completed", "failed", "stopped", "requeued", "cancelled")
+
+
+def _restart() -> int:
+    value = os.environ.get("SLURM_RESTART_COUNT", "")
+    return int(value) if value.isdigit() else 0
+
+
+def append(path: Path, entry: dict) -> None:
+    """Append one JSON line; several nodes append, so under a lock, and after a line a crash cut
+    short a newline first, so the new line stays whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            end = f.seek(0, os.SEEK_END)
+            cut = end > 0 and os.pread(f.fileno(), 1, end - 1) != b"\n"
+            f.write((b"\n" if cut else b"") + json.dumps(entry).encode() + b"\n")
+            f.flush()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_objects(path: Path) -> list[dict]:
+    """Every line of a JSON-lines file that is a JSON object; anything else is skipped."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:  # absent, a folder, unreadable
+        return []
+    out = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
 
 
 def record(run_dir: str | os.PathLike | None, event: str, **fields) -> dict | None:
@@ -25,25 +67,12 @@ def record(run_dir: str | os.PathLike | None, event: str, **fields) -> dict | No
         return None
     entry = {"event": event, "time": round(time.time(), 3),
              "job_id": fields.pop("job_id", os.environ.get("SLURM_JOB_ID")),
-             "restart": fields.pop("restart", int(os.environ.get("SLURM_RESTART_COUNT") or 0)), **fields}
-    path = Path(run_dir) / FILENAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:  # several nodes append: lock so lines never interleave
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.write(json.dumps(entry) + "\n")
-        f.flush()
-        fcntl.flock(f, fcntl.LOCK_UN)
+             "restart": fields.pop("restart", _restart()), **fields}
+    append(Path(run_dir) / FILENAME, entry)
     return entry
 
 
 def read(run_dir: str | os.PathLike) -> list[dict]:
-    path = Path(run_dir) / FILENAME
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a node's crash: skip it, keep the rest
-    return out
+    """The run's events, oldest first; lines without a known event are skipped."""
+    return [e for e in read_objects(Path(run_dir) / FILENAME)
+            if e.get("event") in EVENTS and isinstance(e.get("restart", 0), int)]

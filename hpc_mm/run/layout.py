@@ -4,7 +4,9 @@ is defined here and nowhere else.
     runs/<name>-<time>/
       job.yaml          the resolved job (absolute paths, every default filled)
       job.sbatch        the script that was submitted or rendered (plain `sbatch` works on it)
-      run.json          the Slurm job id (recorded at submit, or at start for plain sbatch)
+      run.json          marks the folder as a run directory; the Slurm job id (recorded at submit,
+                        or at start for plain sbatch)
+      run.lock          held by the run's leader while it runs (lock.py)
       logs/             batch log, and one log per task and restart
       checkpoints/      Megatron layout (unless checkpoint.dir says elsewhere)
       events.jsonl      the record of the run's life (events.py)
@@ -18,9 +20,11 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpc_mm import __version__
 from hpc_mm.errors import UserError
 from hpc_mm.job.jobfile import job_text
 from hpc_mm.job.spec import JobSpec
@@ -28,6 +32,7 @@ from hpc_mm.job.spec import JobSpec
 JOB_FILE = "job.yaml"
 SCRIPT_FILE = "job.sbatch"
 RUN_FILE = "run.json"
+LOCK_FILE = "run.lock"
 LOGS = "logs"
 EVENTS = "events.jsonl"
 METRICS = "metrics.jsonl"
@@ -78,36 +83,79 @@ class Created:
     """A run directory just written; `undo()` takes it back (a refused submission leaves nothing)."""
 
     run_dir: Path
-    new: bool
+    new: bool  # the folder did not exist, or was empty
     previous: dict[str, str | None]
+    existed: bool = True
 
     def undo(self) -> None:
         if self.new:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self.existed:  # it was an empty folder of the user's: leave it empty
+                for child in self.run_dir.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            else:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
             return
         for name, text in self.previous.items():
             path = self.run_dir / name
             if text is None:
                 path.unlink(missing_ok=True)
             else:
-                path.write_text(text)
+                write_private(path, text)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner and group can read: the job's files hold its environment."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o640)  # whatever the umask
+    os.replace(tmp, path)
 
 
 def create(run: RunFiles) -> Created:
     """Write the run directory (and its logs/ folder) with the files planned for it."""
-    new = not run.run_dir.exists()
-    previous = {name: (run.run_dir / name).read_text() if (run.run_dir / name).is_file() else None
-                for name in run.files}
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    (run.run_dir / LOGS).mkdir(exist_ok=True)
+    run_dir = run.run_dir
+    refuse_foreign(run_dir)
+    existed = run_dir.exists()
+    new = not existed or not any(p.name != LOCK_FILE for p in run_dir.iterdir())
+    previous = {name: (run_dir / name).read_text() if (run_dir / name).is_file() else None for name in run.files}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / LOGS).mkdir(exist_ok=True)
+    if new:  # not readable by others: the job file and the script hold the job's environment
+        os.chmod(run_dir, 0o750)
+        os.chmod(run_dir / LOGS, 0o750)
     for name, text in run.files.items():
-        (run.run_dir / name).write_text(text)
-    return Created(run.run_dir, new, previous)
+        write_private(run_dir / name, text)
+    if RUN_FILE not in run.files:
+        update_run_file(run_dir, hpc_mm=__version__, created=read_run_file(run_dir).get("created") or
+                        round(time.time(), 3))
+    return Created(run_dir, new, previous, existed)
+
+
+def refuse_foreign(run_dir: Path) -> None:
+    """A folder that holds files but is not a run directory is someone's work: a `--run-dir`
+    pointing at the folder of the job file itself must not write over it."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError.one("--run-dir", f"{run_dir} is a file, not a folder", "pass a new or a run directory")
+    if run_dir.is_dir() and not is_run_dir(run_dir) and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        raise UserError.one("--run-dir", f"{run_dir} holds files and is not a run directory (no {RUN_FILE})",
+                            "pass a new folder, or the run directory of an earlier run to continue it")
 
 
 def read_run_file(run_dir: Path) -> dict:
-    path = Path(run_dir) / RUN_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    """run.json; {} when it is absent or unreadable (a crash can leave it so)."""
+    try:
+        info = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def update_run_file(run_dir: Path, **fields) -> dict:
+    info = {**read_run_file(run_dir), **fields}
+    write_private(Path(run_dir) / RUN_FILE, json.dumps(info))
+    return info
 
 
 def record_job_id(run_dir: Path, job_id: str, **fields) -> None:
@@ -115,14 +163,12 @@ def record_job_id(run_dir: Path, job_id: str, **fields) -> None:
     info = read_run_file(run_dir)
     if str(info.get("job_id")) == str(job_id) and not fields:
         return
-    info.update(fields, job_id=str(job_id))
-    tmp = Path(run_dir) / f".{RUN_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, Path(run_dir) / RUN_FILE)
+    jobs = [j for j in info.get("job_ids", []) if j != str(job_id)] + [str(job_id)]
+    update_run_file(run_dir, **fields, job_id=str(job_id), job_ids=jobs)
 
 
 def is_run_dir(path: Path) -> bool:
-    return (Path(path) / JOB_FILE).is_file()
+    return (Path(path) / JOB_FILE).is_file() and (Path(path) / RUN_FILE).is_file()
 
 
 def newest_run(runs: Path = RUNS) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from hpc_mm.errors import UserError
 from hpc_mm.job.spec import JobSpec
-from hpc_mm.run import events, layout
+from hpc_mm.run import events, layout, lock
 from hpc_mm.slurm import query
 from hpc_mm.slurm.render import render_script
 
@@ -63,9 +63,23 @@ def test_only(script: str) -> str:
     return (result.stderr or result.stdout).strip()
 
 
+def refuse_if_active(run_dir: Path) -> None:
+    """A run directory whose run is still running or queued is not written over."""
+    held = lock.holder(run_dir)
+    if held is not None:
+        raise UserError.one("--run-dir", f"{run_dir} is in use by a running run ({lock.describe(held)})",
+                            "wait for it to end, stop it (hpc-mm cancel), or use another --run-dir")
+    job_id = layout.read_run_file(run_dir).get("job_id") if layout.is_run_dir(run_dir) else None
+    if job_id and query.job_state(str(job_id))["state"] in query.UNFINISHED - {"UNKNOWN"}:
+        raise UserError.one("--run-dir", f"{run_dir} belongs to job {job_id}, which is still "
+                            f"{query.job_state(str(job_id))['state'].lower()}",
+                            f"wait for it, cancel it (hpc-mm cancel {job_id}), or use another --run-dir")
+
+
 def prepare(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None) -> layout.RunFiles:
     """Everything the run directory will hold, the script included; nothing is written."""
     run = layout.plan_run(spec, run_dir)
+    refuse_if_active(run.run_dir)
     script = render_script(spec, run.run_dir, template_dir)
     return dataclasses.replace(run, files={**run.files, layout.SCRIPT_FILE: script})
 

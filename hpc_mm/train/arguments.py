@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--save-interval", type=int, default=None)
     o.add_argument("--no-load-optim", action="store_true")
     o.add_argument("--no-load-rng", action="store_true")
+    o.add_argument("--override-opt_param-scheduler", dest="override_opt_param_scheduler", action="store_true",
+                   help="on resume, a changed schedule takes the job's values")
+    o.add_argument("--use-checkpoint-opt_param-scheduler", dest="use_checkpoint_opt_param_scheduler",
+                   action="store_true", help="on resume, a changed schedule keeps the checkpoint's values")
     o.add_argument("--exit-signal-handler", action="store_true",
                    help="on SIGTERM: finish the iteration, save a checkpoint on every rank's agreement, exit 0")
     o.add_argument("--exit-interval", type=int, default=None, help="save and exit after this many iterations")

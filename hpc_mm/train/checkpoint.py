@@ -1,45 +1,34 @@
 """The built-in trainer's checkpoints: Megatron's layout (see `hpc_mm.run.checkpoints`),
-written atomically, with retention.
+written atomically, verified, and loaded without ever running code.
 
-A save writes into a hidden temporary folder, fsyncs the file and the folders, renames the
-folder into place, and only then replaces the tracker (temporary file + fsync + rename).
-A crash or `kill -9` at any moment therefore leaves the tracker pointing at a complete
-checkpoint. Loading falls back to the newest older checkpoint that loads, with a warning,
-if the latest one is corrupt.
-
-Reading the tracker needs no torch and lives in `hpc_mm.run.checkpoints`; this module saves and loads.
+A save writes into a hidden temporary folder (model file, then a manifest of sizes and
+hashes), fsyncs, renames the folder into place, and only then replaces the tracker. A crash
+or `kill -9` at any moment leaves the tracker pointing at a whole checkpoint; a save that
+fails (a full disk) removes its temporary folder and leaves the previous checkpoint the
+resume point. Loading checks the manifest, unpickles with `weights_only=True` (only tensors,
+containers and the numpy types of the RNG state; anything else is refused, never run), and
+falls back to an older checkpoint when the latest is corrupt, repairing the tracker.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
+import re
 import shutil
+import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
 from hpc_mm.errors import UserError
-from hpc_mm.run.checkpoints import (FILENAME, TRACKER, checkpoint_file, iter_dir, latest_iteration,
-                                    saved_iterations)
+from hpc_mm.run.checkpoints import (FILENAME, TRACKER, checkpoint_file, fsync_dir, iter_dir, latest_iteration,
+                                    saved_iterations, verify, write_manifest, write_tracker)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_tracker(save_dir: Path, iteration: int) -> None:
-    tmp = save_dir / f".{TRACKER}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(str(iteration))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, save_dir / TRACKER)
-    _fsync_dir(save_dir)
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_TMP = re.compile(r"^\.tmp\.iter_\d{7}\.(?P<host>.+)\.(?P<pid>\d+)$")
 
 
 def save(save_dir: str | os.PathLike, iteration: int, state: dict, keep_last: int | None = None) -> float:
@@ -48,39 +37,69 @@ def save(save_dir: str | os.PathLike, iteration: int, state: dict, keep_last: in
 
     start = time.monotonic()
     save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    if latest_iteration(save_dir) == iteration and checkpoint_file(save_dir, iteration).exists():
-        return 0.0  # already committed (a resumed run stopped again at once): nothing new to write
+    if latest_iteration(save_dir) == iteration and verify(save_dir, iteration).ok:
+        return 0.0  # already committed and whole (a resumed run stopped again at once)
     final = iter_dir(save_dir, iteration)
-    tmp = save_dir / f".tmp.{final.name}.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "mp_rank_00").mkdir(parents=True)
-    with open(tmp / "mp_rank_00" / FILENAME, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(tmp / "mp_rank_00")
-    _fsync_dir(tmp)
-    if final.exists():  # complete but never committed (a crash before the tracker): replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(save_dir)
-    _write_tracker(save_dir, iteration)
+    tmp = save_dir / f".tmp.{final.name}.{socket.gethostname()}.{os.getpid()}"
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        remove_dead_temporaries(save_dir)  # a failed save's leftovers must not fill the disk
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "mp_rank_00").mkdir(parents=True)
+        with open(tmp / "mp_rank_00" / FILENAME, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        write_manifest(tmp)
+        fsync_dir(tmp / "mp_rank_00")
+        fsync_dir(tmp)
+        if final.exists():  # never committed (a crash before the tracker) or corrupt: replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        fsync_dir(save_dir)
+        write_tracker(save_dir, iteration)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer reports a full disk as RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise save_error(save_dir, iteration, exc) from None
     prune(save_dir, keep_last)
     return time.monotonic() - start
 
 
+def save_error(save_dir: Path, iteration: int, exc: BaseException) -> UserError:
+    """One line: what failed, where, and for a full disk how much room there is."""
+    try:
+        free = shutil.disk_usage(save_dir if save_dir.exists() else save_dir.parent).free
+    except OSError:
+        free = None
+    full = getattr(exc, "errno", None) in _FULL or (free is not None and free < 64 * 2**20)
+    previous = latest_iteration(save_dir)
+    kept = f"checkpoint {previous} stays the resume point" if previous is not None else "no checkpoint yet"
+    if full:
+        return UserError.one("checkpoint.dir", f"no space left to save iteration {iteration} in {save_dir} "
+                             f"({(free or 0) / 2**20:.0f} MiB free); {kept}",
+                             "free space there, or point checkpoint.dir at a larger filesystem")
+    reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+    return UserError.one("checkpoint.dir", f"cannot save iteration {iteration} in {save_dir} ({reason}); {kept}",
+                         "check that the folder is writable from every node")
+
+
+def remove_dead_temporaries(save_dir: Path) -> None:
+    """Temporary folders of writers that died on this host (another host's are left alone)."""
+    host = socket.gethostname()
+    for tmp in Path(save_dir).glob(".tmp.iter_*"):
+        match = _TMP.match(tmp.name)
+        if match and match.group("host") == host and not _alive(int(match.group("pid"))):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def prune(save_dir: Path, keep_last: int | None) -> None:
-    """Keep the newest `keep_last` checkpoints (never the committed one); drop dead temporaries."""
+    """Keep the newest `keep_last` checkpoints (never the committed one)."""
     committed = latest_iteration(save_dir)
     if keep_last:
         for iteration in saved_iterations(save_dir)[:-keep_last]:
             if iteration != committed:
                 shutil.rmtree(iter_dir(save_dir, iteration), ignore_errors=True)
-    for tmp in Path(save_dir).glob(".tmp.iter_*"):
-        pid = tmp.name.rsplit(".", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
+    remove_dead_temporaries(save_dir)
 
 
 def _alive(pid: int) -> bool:
@@ -95,14 +114,40 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def load_latest(load_dir: str | os.PathLike | None, map_location: str = "cpu") -> tuple[int, dict] | None:
-    """The newest loadable checkpoint as (iteration, state); None for an empty or absent folder.
+def _safe_globals() -> list:
+    """What a checkpoint may hold besides tensors and containers: numpy's RNG state."""
+    import numpy as np
 
-    A corrupt latest checkpoint falls back to an older one with a warning; a folder that has
-    checkpoints of which none loads is a user error, never a silent fresh start.
-    """
+    core = getattr(np, "_core", None) or np.core
+    return [np.ndarray, np.dtype, core.multiarray._reconstruct, type(np.dtype(np.uint32))]
+
+
+def safe_load(path: Path, map_location: str = "cpu") -> dict:
+    """torch.load with weights_only=True; a checkpoint that asks for any other global is refused."""
     import torch
 
+    with torch.serialization.safe_globals(_safe_globals()):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if "Weights only load failed" not in str(exc):
+                raise
+            match = re.search(r"GLOBAL (\S+)", str(exc))
+            what = match.group(1) if match else "a Python object"
+            raise UserError.one("--load", f"{path} asks to run {what} when loaded; refusing it (a checkpoint "
+                                "holds only tensors and plain values)",
+                                "it was not written by a trainer: remove it, and check who can write there") from None
+
+
+def load_latest(load_dir: str | os.PathLike | None, map_location: str = "cpu",
+                repair: bool = False) -> tuple[int, dict] | None:
+    """The newest whole, loadable checkpoint as (iteration, state); None for an empty or absent folder.
+
+    A corrupt latest checkpoint falls back to an older one with a warning (and, with `repair`,
+    the tracker is set to the one loaded, so that the next save of that iteration writes it
+    afresh and requeue measures progress from the truth); a folder that has checkpoints of
+    which none loads is a user error, never a silent fresh start.
+    """
     if not load_dir:
         return None
     load_dir = Path(load_dir)
@@ -119,18 +164,28 @@ def load_latest(load_dir: str | os.PathLike | None, map_location: str = "cpu") -
                                                                if tracked is None or i < tracked]
     for iteration in candidates:
         path = checkpoint_file(load_dir, iteration)
+        verdict = verify(load_dir, iteration, deep=True)
+        if not verdict.ok:
+            _warn(f"checkpoint {iteration} is not whole ({verdict.detail}); trying the previous one")
+            continue
         try:
-            state = torch.load(path, map_location=map_location, weights_only=False)
+            state = safe_load(path, map_location)
+        except UserError:
+            raise  # a planted pickle is refused outright, never stepped over
         except Exception as exc:  # truncated or garbled file: try the one before
-            print(f"WARNING: checkpoint {path} cannot be loaded ({exc.__class__.__name__}: {exc}); "
-                  "trying the previous one", file=sys.stderr, flush=True)
+            _warn(f"checkpoint {path} cannot be loaded ({exc.__class__.__name__}: {exc}); trying the previous one")
             continue
         if iteration != tracked:
-            print(f"WARNING: resuming from iteration {iteration}, not the tracker's {tracked}",
-                  file=sys.stderr, flush=True)
+            _warn(f"resuming from iteration {iteration}, not the tracker's {tracked}")
+            if repair:
+                write_tracker(load_dir, iteration)
         return iteration, state
     raise UserError.one("--load", f"no loadable checkpoint in {load_dir} (tried iterations {candidates})",
                         "the checkpoints are corrupt or missing; point --load elsewhere or move them away")
+
+
+def _warn(message: str) -> None:
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
 class AsyncSaver:

@@ -1,11 +1,11 @@
 """The training loop: Megatron's contract on a model small enough for a CPU.
 
-- process groups from megatron-core's parallel_state (DP only: TP/PP/CP > 1 are refused);
+- data parallel over every rank (TP/PP/CP > 1 are refused);
 - micro-batches accumulated up to the global batch across DP ranks, gradients all-reduced
   once per step through one contiguous buffer in parameter order (as Megatron's DDP does),
   so the reduction order, and thus every bit of the result, never depends on timing;
-- AdamW with the seed's betas/eps/weight decay, gradient clipping, and megatron-core's
-  OptimizerParamScheduler stepped in samples, as Megatron does;
+- AdamW with the seed's betas/eps/weight decay, gradient clipping, and Megatron's
+  learning-rate scheduler (optim.py) stepped in samples, as Megatron does;
 - Megatron-format log lines, metrics.jsonl and events.jsonl in the run directory;
 - checkpoints every --save-interval, on the exit signal and at the end, holding everything
   needed for an exact resume (model, optimizer, scheduler, data position, every RNG);
@@ -18,7 +18,6 @@ import json
 import os
 import random
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +62,9 @@ class Trainer:
         self.device, backend = bind_device(args.distributed_backend)
         dist.init_process_group(backend=backend)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from megatron.core import parallel_state
-        parallel_state.initialize_model_parallel(1, 1)
-        self.dp_group = parallel_state.get_data_parallel_group()
-        self.dp_rank = parallel_state.get_data_parallel_rank()
-        self.dp_size = parallel_state.get_data_parallel_world_size()
-        self.parallel_state = parallel_state
+        # Data parallel only (TP, PP and CP are 1): the data-parallel group is every rank.
+        self.dp_group = dist.group.WORLD
+        self.dp_rank, self.dp_size = self.rank, self.world
         mbs, dp = args.micro_batch_size, self.dp_size
         self.gbs = args.global_batch_size or mbs * dp
         if self.gbs % (mbs * dp):
@@ -122,49 +116,90 @@ class Trainer:
 
     def _resume(self) -> None:
         args = self.args
-        loaded = checkpoint.load_latest(args.load)
+        loaded = checkpoint.load_latest(args.load, repair=self.rank == 0)
         if loaded is None:
             if self.rank == 0:
                 log(f"no checkpoint in {args.load}: starting from scratch" if args.load else "starting from scratch")
             return
         iteration, state = loaded
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:  # a shape or a name that changed
+            detail = " ".join(str(exc).split())[:300]
+            raise UserError.one("mm.model", f"the checkpoint at iteration {iteration} in {args.load} was saved for "
+                                f"another model: {detail}", "resume with the model file it was saved with, or "
+                                "start a new run directory") from None
+        if state.get("model_config") not in (None, self.model_config) and self.rank == 0:
+            log(f"WARNING: {args.mm_model} changed since the checkpoint (the weights still fit); the job file wins")
         if not args.no_load_optim:
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["opt_param_scheduler"])
+            decided = self.scheduler.load_state_dict(state["opt_param_scheduler"])
+            if decided and self.rank == 0:
+                log(f"schedule changed since the checkpoint; {decided}")
         if not args.no_load_rng:
             states = state["rng_state"]
             set_rng_state(states[self.rank] if len(states) == self.world else states[0])
+        saved_dp = state.get("data_parallel_size", self.dp_size)
+        if saved_dp != self.dp_size and self.rank == 0:
+            log(f"WARNING: data-parallel size changed from {saved_dp} to {self.dp_size}: training resumes at "
+                f"consumed samples {state['consumed_samples']}, not bit for bit as an unbroken run would")
         self.iteration, self.consumed = iteration, state["consumed_samples"]
         if self.rank == 0:
             log(f"resumed from {args.load} at iteration {iteration} (consumed samples {self.consumed})")
             events.record(self.run_dir, "resumed", iteration=iteration)
+            if iteration >= args.train_iters:
+                log(f"nothing left to train: the checkpoint is at iteration {iteration} of train_iters "
+                    f"{args.train_iters}")
 
     # ------------------------------------------------------------------ checkpoint
-    def save(self, reason: str) -> None:
+    def save(self, reason: str) -> bool:
+        """Save on rank 0; every rank learns whether it worked. A failed interval save is a warning
+        (training goes on, the previous checkpoint stays the resume point, the next save tries
+        again); a failed save on the exit signal or at the end is an error."""
         args = self.args
         if not args.save:
-            return
+            return True
         gathered: list = [None] * self.world
         dist.all_gather_object(gathered, rng_state())  # each rank resumes its own RNG streams
+        error: UserError | None = None
         if self.rank == 0:
-            state = {"iteration": self.iteration, "consumed_samples": self.consumed, "checkpoint_version": 3.0,
-                     "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "opt_param_scheduler": self.scheduler.state_dict(), "rng_state": gathered,
-                     "args": {k: v for k, v in vars(args).items()}}
-            iteration = self.iteration
+            try:
+                self._write(reason, gathered)
+            except UserError as exc:
+                error = exc
+        failed = torch.tensor([1 if error else 0], dtype=torch.int32)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        if not failed.item():
+            return True
+        if reason == "interval" and self.rank == 0:
+            log(f"WARNING: {error}; training goes on and the next save tries again")
+            return False
+        if reason == "interval":
+            return False
+        raise error or UserError.one("checkpoint.dir", f"rank 0 could not save iteration {self.iteration}")
 
-            def done(it: int, seconds: float) -> None:
-                events.record(self.run_dir, "checkpoint", iteration=it, reason=reason, seconds=round(seconds, 3))
-                log(f"saved checkpoint from iteration {it:7d} to {args.save} [{reason}, {seconds:.2f} s]")
+    def _write(self, reason: str, gathered: list) -> None:
+        args = self.args
+        state = {"iteration": self.iteration, "consumed_samples": self.consumed, "checkpoint_version": 3.0,
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "opt_param_scheduler": self.scheduler.state_dict(), "rng_state": gathered,
+                 "model_config": self.model_config, "data_parallel_size": self.dp_size,
+                 "args": {k: v for k, v in vars(args).items()}}
+        iteration = self.iteration
 
-            if self.saver and reason == "interval":
-                self.saver.save(args.save, iteration, state, args.keep_last, on_done=done)
-            else:
-                if self.saver:
-                    self.saver.wait()
-                done(iteration, checkpoint.save(args.save, iteration, state, args.keep_last))
-        dist.barrier()
+        def done(it: int, seconds: float) -> None:
+            events.record(self.run_dir, "checkpoint", iteration=it, reason=reason, seconds=round(seconds, 3))
+            log(f"saved checkpoint from iteration {it:7d} to {args.save} [{reason}, {seconds:.2f} s]")
+
+        if self.saver:
+            try:
+                self.saver.wait()  # a failed background save: this one may still succeed
+            except UserError as exc:
+                log(f"WARNING: {exc}")
+        if self.saver and reason == "interval":
+            self.saver.save(args.save, iteration, state, args.keep_last, on_done=done)
+        else:
+            done(iteration, checkpoint.save(args.save, iteration, state, args.keep_last))
 
     # ------------------------------------------------------------------ loop
     def train(self) -> int:
@@ -196,8 +231,8 @@ class Trainer:
                     f"global batch size: {self.gbs:5d} | lm loss: {loss:.6E} | loss scale: 1.0 | "
                     f"grad norm: {grad_norm:.3f} | number of skipped iterations:   0 | number of nan iterations:   0 |")
             if args.save_interval and self.iteration % args.save_interval == 0:
-                self.save("interval")
-                last_saved = self.iteration
+                if self.save("interval"):
+                    last_saved = self.iteration
             if args.exit_signal_handler and self.exit_signal.agreed():
                 if last_saved != self.iteration:
                     self.save("signal")
@@ -235,7 +270,6 @@ class Trainer:
     def close(self) -> None:
         if self.saver:
             self.saver.wait()
-        self.parallel_state.destroy_model_parallel()
         if dist.is_initialized():
             dist.destroy_process_group()
 

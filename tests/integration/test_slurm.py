@@ -53,7 +53,9 @@ def test_submit_wait_completes_on_two_nodes(slurm_cluster, tmp_path):
     assert status["job_id"] == job_id and status["state"] == "COMPLETED"
     assert status["last_iteration"] == 200 and status["last_checkpoint"] == 200 and status["nodes"] == 2
     logs = run_cli("logs", job_id, "--rank", "0", cwd=tmp_path, check=True).stdout
-    assert "iteration      200/     200" in logs and all(line.startswith("[rank 0]") for line in logs.splitlines())
+    assert "iteration      200/     200" in logs
+    # rank 0's own lines and its task's unprefixed ones (the launcher's, a traceback), no other rank's
+    assert all(line.startswith("[rank 0]") or not line.startswith("[rank") for line in logs.splitlines())
 
 
 def test_rendered_script_with_plain_sbatch(slurm_cluster, hostile_tmp):
@@ -180,3 +182,8 @@ def test_time_limit_saves_requeues_and_finishes(slurm_cluster, tmp_path):
     assert [e["iteration"] for e in requeued] == signal_saves
     assert record[-1]["event"] == "completed"
     assert json.loads(run_cli("status", str(run_dir), "--json", check=True).stdout)["last_iteration"] == 500
+
+
+def test_cancel_of_a_job_that_does_not_exist_is_an_error(slurm_cluster):
+    result = run_cli("cancel", "999999")
+    assert result.returncode == 2 and result.stderr.startswith("error: JOB_ID: Slurm knows no job 999999")

@@ -107,3 +107,38 @@ def test_user_template_dir(tmp_path):
         render_script(spec, GOLDEN_RUN_DIR, template_dir=tmp_path)
     (tmp_path / "sbatch.sh.j2").write_text("#!/bin/bash\n# site header\n{% for o in ctx.sbatch %}#SBATCH {{ o }}\n{% endfor %}")
     assert "# site header\n#SBATCH --job-name=tiny-vlm\n" in render_script(spec, GOLDEN_RUN_DIR, template_dir=tmp_path)
+
+
+def _newline_cases(canary):
+    touch = f"touch {canary}"
+    return [
+        ("name", "name", f"tiny\n"), ("slurm.partition", "slurm.partition", "low\n"),
+        ("slurm.time", "slurm.time", "01:00:00\n"), ("slurm.gres", "slurm.gres", "npu:8\n"),
+        ("extra-key", "slurm.extra_sbatch", {"comment\n": "x"}),
+        ("extra-value", "slurm.extra_sbatch", {"comment": f"x\n#SBATCH --wrap={touch}"}),
+        ("extra-hash", "slurm.extra_sbatch", {"comment": "a # the rest is a comment to sbatch"}),
+        ("env-key", "env", {"X\n": "1"}), ("env-value", "env", {"X": f"a\n{touch}"}),
+        ("master-addr", "distributed.master_addr", "n1\n"), ("entry-script", "entry.script", "pretrain_vlm.py\n"),
+        ("setup-carriage-return", "setup", [f"echo ok\r{touch}"]), ("checkpoint-dir", "checkpoint.dir", "/tmp/x\n"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(13))
+def test_trailing_newline_canaries_never_run(tmp_path, case):
+    canary = tmp_path / "canary"
+    cid, field, value = _newline_cases(canary)[case]
+    job = yaml.safe_load((JOBS / "tiny-vlm.yaml").read_text())
+    job["mm"] = {k: str(JOBS / v) for k, v in job["mm"].items()}
+    section, _, key = field.partition(".")
+    if key:
+        job.setdefault(section, {})[key] = value
+    else:
+        job[section] = value
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    for command in (["validate"], ["render", "--run-dir", tmp_path / "run"], ["submit", "--dry-run"]):
+        result = run_cli(command[0], path, *command[1:])
+        assert result.returncode == 2 and result.stderr.startswith("error: ") and field.split(".")[0] in result.stderr, \
+            (cid, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not canary.exists() and not (tmp_path / "run").exists()

@@ -20,7 +20,7 @@ _SLURM_WORD = re.compile(r"[A-Za-z0-9_.,:|&()\[\]*!-]+")
 _HOST = re.compile(r"[A-Za-z0-9_.:-]+")
 # Names that look like secrets never go into a script or a record: *_KEY, *_TOKEN, *_PAT,
 # *_PASS*, *_SECRET*, and the usual spellings of API keys, passwords and credentials.
-_SECRET = re.compile(r"(^|_)(KEY|TOKEN|PAT|CREDENTIALS?)$|(^|_)(PASS|SECRET)|(^|_)(TOKEN|PASSWORD|PASSWD|"
+_SECRET = re.compile(r"_(KEY|TOKEN|PAT|CREDENTIALS?)$|_(PASS|SECRET)|(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|"
                      r"API_?KEY|ACCESS_?KEY|PRIVATE_?KEY)(_|$)", re.I)
 # What may not appear in a value sbatch reads from an #SBATCH line: quotes and shell
 # characters (the line must mean the same to sbatch and to a reader), '#' (sbatch reads the

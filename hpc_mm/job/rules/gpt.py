@@ -56,7 +56,7 @@ def _extra(where: str, key: str, value: Any) -> list[Problem]:
     if option is None:
         close = table().close(key)
         if close:
-            return [Problem(where, f"is not an option of Megatron, MindSpeed or MindSpeed-MM",
+            return [Problem(where, "is not an option of Megatron, MindSpeed or MindSpeed-MM",
                             f"did you mean {close[2:].replace('-', '_')!r} ({close})?")]
         return []  # unknown and not close to a known one: a warning (advice), passed as written
     problem = value_problem(option, value)

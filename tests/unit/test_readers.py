@@ -1,0 +1,145 @@
+"""Readers of the run directory (status, report, logs) survive what a crash or a concurrent writer
+leaves behind, and behave like Unix tools."""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import HPC_MM, JOBS
+from hpc_mm.cli import main
+from hpc_mm.environments.local import LocalEnvironment
+from hpc_mm.job.rules.fields import is_secret_name
+
+
+def cli(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as exc:
+            rc = exc.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    """A run directory as a finished 2 x 2 run leaves it (written here, without training)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    assert cli("render", JOBS / "tiny-vlm.yaml", "--run-dir", run_dir, "-o", os.devnull)[0] == 0
+    events = [{"event": "started", "time": 1.0, "job_id": None, "restart": 0, "nnodes": 2, "world_size": 4},
+              {"event": "checkpoint", "time": 2.0, "job_id": None, "restart": 0, "iteration": 10, "reason": "final"},
+              {"event": "completed", "time": 3.0, "job_id": None, "restart": 0, "returncode": 0}]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"iteration": i, "loss": 3.0 / i, "lr": 1e-3, "samples_per_second": 100.0, "time": i}) + "\n"
+        for i in range(1, 11)))
+    ckpt = run_dir / "checkpoints" / "iter_0000010" / "mp_rank_00"
+    ckpt.mkdir(parents=True)
+    (ckpt / "model_optim_rng.pt").write_bytes(b"x" * 100)
+    (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("10")
+    (run_dir / "logs" / "tiny-vlm-1-r0-t0.out").write_text(
+        "hpc-mm launch: torchrun agent node 0/2\n[rank 0] iteration 10/10\n[rank 1] a warning\n"
+        "Traceback (most recent call last):\nValueError: boom\n")
+    (run_dir / "logs" / "tiny-vlm-1-r0-t1.out").write_text("[rank 2] hello\nunprefixed on node 1\n")
+    return run_dir
+
+
+def _write(path, data):
+    if path.is_dir():
+        shutil.rmtree(path)
+    path.write_bytes(data) if isinstance(data, bytes) else path.write_text(data)
+
+
+def _folder(path):
+    if path.exists():
+        path.unlink() if path.is_file() else shutil.rmtree(path)
+    path.mkdir()
+
+
+CORRUPTIONS = [
+    ("events-cut-mid-line", "events.jsonl", '{"event": "started", "time": 1.0, "restart": 0}\n{"event": "checkp'),
+    ("events-invalid-utf8", "events.jsonl", b'{"event": "started", "restart": 0}\n\xff\xfe\x80garbage\n'),
+    ("events-not-objects", "events.jsonl", '[1, 2]\n42\n"started"\nnull\n{"event": "completed", "restart": 0}\n'),
+    ("events-a-folder", "events.jsonl", _folder),
+    ("events-wrong-types", "events.jsonl", '{"event": 5}\n{"restart": "two", "event": "started"}\n{"no": "event"}\n'),
+    ("events-blank-lines", "events.jsonl", "\n\n\n"),
+    ("metrics-cut", "metrics.jsonl", '{"iteration": 1, "loss": 3.0}\n{"iteration": 2, "lo'),
+    ("metrics-invalid-utf8", "metrics.jsonl", b'\x80\x81{"iteration": 1}\n'),
+    ("metrics-wrong-types", "metrics.jsonl", '{"iteration": "1", "loss": "x"}\n{"iteration": null, "loss": 1}\n[]\n'),
+    ("metrics-a-folder", "metrics.jsonl", _folder),
+    ("tracker-garbage", "checkpoints/latest_checkpointed_iteration.txt", "latest\n"),
+    ("tracker-a-folder", "checkpoints/latest_checkpointed_iteration.txt", _folder),
+    ("tracker-binary", "checkpoints/latest_checkpointed_iteration.txt", b"\x00\xff\x10"),
+    ("checkpoints-a-file", "checkpoints", "not a folder"),
+    ("manifest-garbage", "checkpoints/iter_0000010/manifest.json", "{not json"),
+    ("run-json-garbage", "run.json", "{{{"),
+    ("run-json-a-list", "run.json", "[1, 2, 3]"),
+    ("run-json-a-folder", "run.json", _folder),
+    ("logs-a-file", "logs", "not a folder"),
+    ("a-log-that-is-a-folder", "logs/tiny-vlm-1-r0-t0.out", _folder),
+    ("a-log-invalid-utf8", "logs/tiny-vlm-1-r0-t0.out", b"\xff\xfe[rank 0] x\n\x80\n"),
+    ("job-file-garbage", "job.yaml", "name: [unclosed\n"),
+    ("job-file-empty", "job.yaml", ""),
+]
+
+
+@pytest.mark.parametrize("name,data", [c[1:] for c in CORRUPTIONS], ids=[c[0] for c in CORRUPTIONS])
+def test_corrupt_run_directory_files(good_run, tmp_path, name, data):
+    run_dir = tmp_path / "run"
+    shutil.copytree(good_run, run_dir)
+    path = run_dir / name
+    if callable(data):
+        data(path)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(path, data)
+    for argv in (["status", run_dir], ["status", run_dir, "--json"], ["logs", run_dir], ["logs", run_dir, "--rank", "1"],
+                 ["report", run_dir]):
+        rc, out, err = cli(*argv)
+        assert rc in (0, 2), (argv, rc, err)
+        assert "Traceback" not in err and "Traceback" not in out.replace("Traceback (most recent call last):\nValueError", "")
+        if rc == 2:
+            assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_logs_of_one_rank_keep_that_tasks_unprefixed_lines(good_run):
+    rc, out, _ = cli("logs", good_run, "--rank", "0")
+    assert rc == 0 and "[rank 0] iteration 10/10" in out and "Traceback (most recent call last):" in out
+    assert "[rank 1]" not in out and "unprefixed on node 1" not in out
+    rc, out, _ = cli("logs", good_run, "--rank", "2")
+    assert "[rank 2] hello" in out and "unprefixed on node 1" in out and "ValueError" not in out
+    rc, _, err = cli("logs", good_run, "--rank", "4")
+    assert rc == 2 and err.startswith("error: --rank: 4 is not a rank of this run (ranks 0..3)")
+
+
+def test_logs_into_head_end_quietly(good_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(good_run, run_dir)
+    (run_dir / "logs" / "tiny-vlm-1-r0-t0.out").write_text("[rank 0] line\n" * 200_000)
+    result = subprocess.run(f"{' '.join(HPC_MM)} logs '{run_dir}' | head -1", shell=True, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.stdout == "[rank 0] line\n" and result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize("name,secret", [
+    ("HF_TOKEN", True), ("WANDB_API_KEY", True), ("AWS_SECRET_ACCESS_KEY", True), ("GITHUB_PAT", True),
+    ("DB_PASSWORD", True), ("SMTP_PASS", True), ("MY_SECRET_FILE", True), ("SSH_KEY", True), ("OPENAI_APIKEY", True),
+    ("TOKENIZERS_PARALLELISM", False), ("HCCL_CONNECT_TIMEOUT", False), ("CUDA_DEVICE_MAX_CONNECTIONS", False),
+    ("PATH", False), ("PYTORCH_NPU_ALLOC_CONF", False), ("KEYBOARD_LAYOUT", False), ("PASSAGE_COUNT", False),
+])
+def test_secret_names(name, secret):
+    assert is_secret_name(name) is secret
+
+
+def test_a_launch_started_by_hand_picks_a_free_port():
+    first, second = LocalEnvironment({}), LocalEnvironment({})
+    assert first.main_port() == first.main_port() and first.main_port() != 6000
+    assert 1024 <= first.main_port() <= 65535 and first.main_port() != second.main_port()
+    assert LocalEnvironment({}, nnodes=2).main_port() == 6000  # several nodes by hand: a port they all know
+    assert LocalEnvironment({"MASTER_PORT": "7001"}).main_port() == 7001
