@@ -6,7 +6,6 @@ import contextlib
 import copy
 import io
 import os
-import resource
 import subprocess
 import sys
 import threading

@@ -112,7 +112,7 @@ def test_user_template_dir(tmp_path):
 def _newline_cases(canary):
     touch = f"touch {canary}"
     return [
-        ("name", "name", f"tiny\n"), ("slurm.partition", "slurm.partition", "low\n"),
+        ("name", "name", "tiny\n"), ("slurm.partition", "slurm.partition", "low\n"),
         ("slurm.time", "slurm.time", "01:00:00\n"), ("slurm.gres", "slurm.gres", "npu:8\n"),
         ("extra-key", "slurm.extra_sbatch", {"comment\n": "x"}),
         ("extra-value", "slurm.extra_sbatch", {"comment": f"x\n#SBATCH --wrap={touch}"}),
