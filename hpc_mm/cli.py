@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="run directory")
     p.add_argument("--returncode", type=int, default=0, help="the training step's exit status")
     p.add_argument("--signal", default="none", help="the stop signal the batch shell caught (USR1, TERM, none)")
+    p.add_argument("--failed", metavar="REASON", help="the batch script failed before the step: record REASON")
 
     p = sub.add_parser("report", help="plot loss and learning rate of a run and summarise it")
     p.add_argument("target", help="run directory")
@@ -251,7 +252,7 @@ def cmd_local(args: argparse.Namespace) -> int:
 def cmd_finish(args: argparse.Namespace) -> int:
     from hpc_mm.slurm.requeue import finish
 
-    return finish(Path(args.target), args.returncode, None if args.signal == "none" else args.signal)
+    return finish(Path(args.target), args.returncode, None if args.signal == "none" else args.signal, args.failed)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -81,9 +81,10 @@ def _resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
           if getattr(spec.mm, name)}
     mm.setdefault("tool", str(Path(workdir) / SEED_TOOLS_JSON))
     ckpt = spec.checkpoint.dir and _absolute(base, spec.checkpoint.dir)
+    pretrained = spec.checkpoint.pretrained and _absolute(base, spec.checkpoint.pretrained)
     return dataclasses.replace(spec, entry=dataclasses.replace(spec.entry, workdir=workdir),
                                mm=dataclasses.replace(spec.mm, **mm),
-                               checkpoint=dataclasses.replace(spec.checkpoint, dir=ckpt))
+                               checkpoint=dataclasses.replace(spec.checkpoint, dir=ckpt, pretrained=pretrained))
 
 
 def _with_implied_env(spec: JobSpec) -> JobSpec:

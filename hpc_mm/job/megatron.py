@@ -55,7 +55,11 @@ OWNED = {
     "--save-interval": "checkpoint.save_interval",
     "--exit-signal-handler": "requeue.signal (hpc-mm always passes it: the stop signal needs it)",
     "--distributed-backend": "distributed.backend",
+    "--pretrained-checkpoint": "checkpoint.pretrained",
 }
+# Flags that make a resumed run differ from an unbroken one: refused while requeue is on
+# (MindSpeed-MM's fine-tuning scripts pass them; checkpoint.pretrained is what they are for).
+BREAK_EXACT_RESUME = ("--no-save-optim", "--no-save-rng", "--no-load-optim", "--no-load-rng", "--finetune")
 
 
 def owner(flag_or_key: str) -> str | None:
@@ -74,10 +78,12 @@ GRES_DEVICE = {"npu": "npu", "gpu": "cuda"}
 
 
 def declared_device(spec: JobSpec) -> str | None:
-    """The device the job declares: distributed.device, else what slurm.gres asks for; None when
-    only the node can tell (device auto, no accelerator requested)."""
+    """The device the job declares: distributed.device, else what slurm.gres or
+    slurm.gpus_per_node asks for; None when only the node can tell (auto, nothing requested)."""
     if spec.distributed.device != "auto":
         return spec.distributed.device
+    if spec.slurm.gpus_per_node:
+        return "cuda"
     return GRES_DEVICE.get((spec.slurm.gres or "").split(":")[0])
 
 
@@ -154,6 +160,8 @@ def training_argv(spec: JobSpec, *, run_dir: Path, checkpoint_dir: Path, backend
     argv += ["--mm-data", spec.mm.data, "--mm-model", spec.mm.model, "--mm-tool", spec.mm.tool]
     argv += ["--save", ckpt, "--load", ckpt, "--save-interval", str(spec.checkpoint.save_interval),
              "--exit-signal-handler"]
+    if spec.checkpoint.pretrained:  # used only while --load holds no checkpoint (core_v0.12)
+        argv += ["--pretrained-checkpoint", spec.checkpoint.pretrained]
     argv += ["--distributed-backend", command_line_backend(backend)]
     if spec.builtin:  # options of the built-in trainer only; Megatron would refuse them
         argv += ["--run-dir", str(Path(run_dir).resolve())]

@@ -36,6 +36,7 @@ class Entry:
     launcher: Launcher = "torchrun"
     python: Optional[str] = None  # default: the Python that runs `hpc-mm launch` on the node
     extra_args: list[str] = field(default_factory=list)
+    wrapper: list[str] = field(default_factory=list)  # command prefix: apptainer exec IMAGE, ...
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,14 @@ class Slurm:
     qos: Optional[str] = None
     time: str = "01:00:00"
     gres: Optional[str] = None
+    gpus_per_node: Optional[str] = None  # --gpus-per-node: N or TYPE:N
     cpus_per_task: Optional[int] = None
     mem: Optional[str] = None
     exclusive: bool = False
     constraint: Optional[str] = None
     extra_sbatch: dict[str, Union[str, int, bool]] = field(default_factory=dict)
+    srun_args: list[str] = field(default_factory=list)  # added to the training step's srun (pyxis, ...)
+    python: Optional[str] = None  # runs `hpc-mm launch`/`finish` on the nodes; default: the one that rendered
 
 
 @dataclass(frozen=True)
@@ -106,10 +110,12 @@ class Checkpoint:
     save_interval: int = 100
     keep_last: Optional[int] = 2
     async_save: bool = False
+    pretrained: Optional[str] = None  # weights to start from while dir holds no checkpoint (--pretrained-checkpoint)
 
 
 @dataclass(frozen=True)
 class Requeue:
+    enabled: bool = True
     signal: Signal = DEFAULT_STOP_SIGNAL
     grace_seconds: int = 120
     max_restarts: int = 3
@@ -163,16 +169,22 @@ class Derived:
 
 
 def gres_count(gres: str | None) -> int | None:
-    """Devices per node from a gres such as ``npu:8`` or ``gpu:a100:4``."""
+    """Devices per node from a gres such as ``npu:8`` or ``gpu:a100:4``, or a --gpus-per-node
+    value such as ``8`` or ``a100:4``."""
     if not gres:
         return None
     last = gres.split(",")[0].split(":")[-1]
     return int(last) if last.isdigit() else None
 
 
+def devices_requested(spec: JobSpec) -> int | None:
+    """Accelerators per node the job asks Slurm for (slurm.gres or slurm.gpus_per_node)."""
+    return gres_count(spec.slurm.gres) or gres_count(spec.slurm.gpus_per_node)
+
+
 def nproc_hint(spec: JobSpec) -> int | None:
     n = spec.distributed.nproc_per_node
-    return n if isinstance(n, int) else gres_count(spec.slurm.gres)
+    return n if isinstance(n, int) else devices_requested(spec)
 
 
 def model_parallel_size(gpt: GPT) -> int:

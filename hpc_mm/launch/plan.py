@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_mm.environments import ClusterEnvironment, select_environment
-from hpc_mm.environments.devices import detect_device, mpi_available
+from hpc_mm.environments.devices import check_device, mpi_available
 from hpc_mm.errors import UserError
 from hpc_mm.job.jobfile import load_job
-from hpc_mm.job.megatron import distributed_args, resolve_backend, training_argv
+from hpc_mm.job.megatron import declared_device, distributed_args, resolve_backend, training_argv
 from hpc_mm.job.rules import validate
 from hpc_mm.job.spec import JobSpec, with_world
 from hpc_mm.run import layout
@@ -96,7 +96,7 @@ def resolve_plan(target: str | None = None, overrides: list[str] = (), run_dir: 
         nnodes=spec.nnodes if spec else 1, node_rank=d.node_rank if d else 0)
     environment.prepare()
     environment.check()
-    device = detect_device(env)
+    device = check_device(declared_device(spec) if spec else None, env)
     requested = d.backend if d else "auto"
     backend = resolve_backend(requested, device.kind, mpi_available() if requested == "mpi" else None)
     common = dict(environment=environment, master_addr=environment.main_address(),
@@ -116,6 +116,8 @@ def resolve_plan(target: str | None = None, overrides: list[str] = (), run_dir: 
 
 
 def _nproc_per_node(spec: JobSpec, environment: ClusterEnvironment, visible: int) -> int:
+    """nproc_per_node: auto is the devices this node gives the job (checked and counted from
+    the node, see environments/devices.py); what the scheduler says it gave comes first."""
     n = spec.distributed.nproc_per_node
     if n != "auto":
         return n
@@ -131,15 +133,22 @@ def _checked(spec: JobSpec, nnodes: int, nproc_per_node: int) -> JobSpec:
     return real
 
 
+def interpreter(plan: Plan) -> list[str]:
+    """The entry's interpreter, behind its wrapper (apptainer exec IMAGE, ...)."""
+    return [*plan.spec.entry.wrapper, plan.spec.entry.python or sys.executable]
+
+
 def command(plan: Plan) -> list[str]:
     spec = plan.spec
     argv = training_argv(spec, run_dir=plan.run_dir, checkpoint_dir=plan.checkpoint_dir, backend=plan.backend,
                          world_size=plan.world_size)
     target = ["-m", spec.entry.script] if not spec.entry.script.endswith(".py") else [spec.entry.script]
-    python = spec.entry.python or sys.executable
     if plan.mode == "agent":
-        return [python, "-m", "torch.distributed.run", *plan.distributed_args(), "--max-restarts", "0", *target, *argv]
-    return [python, "-u", *target, *argv]
+        # An entry other than ours prints no rank: torchrun prefixes each line with its local rank.
+        tee = [] if spec.builtin else ["--tee", "3"]
+        return [*interpreter(plan), "-m", "torch.distributed.run", *plan.distributed_args(), "--max-restarts", "0",
+                *tee, *target, *argv]
+    return [*interpreter(plan), "-u", *target, *argv]
 
 
 def child_env(plan: Plan) -> dict:

@@ -13,11 +13,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+from typing import Callable
 from pathlib import Path
 
 from hpc_mm.job.signals import EXIT_SIGNAL, FORWARDED, IGNORED_BY_ENTRY
 from hpc_mm.launch import preflight
-from hpc_mm.launch.plan import Plan, child_env, command, resolve_plan
+from hpc_mm.launch.plan import Plan, child_env, command, interpreter, resolve_plan
+from hpc_mm.launch.progress import Progress
 from hpc_mm.run import checkpoints, events, layout, lock
 from hpc_mm.slurm.requeue import note_requeue_by_slurm
 
@@ -25,7 +28,9 @@ from hpc_mm.slurm.requeue import note_requeue_by_slurm
 def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None, nodes: int | None = None,
            nproc_per_node: int | str | None = None) -> int:
     plan = resolve_plan(target, overrides, run_dir, nodes=nodes, nproc_per_node=nproc_per_node)
-    preflight.workdir(Path(plan.spec.entry.workdir))
+    workdir = Path(plan.spec.entry.workdir)
+    preflight.workdir(workdir)
+    preflight.interpreter(interpreter(plan), workdir, preflight.needed_modules(plan.device, workdir, plan.spec.builtin))
     held = lock.acquire(plan.run_dir, plan.job_id) if plan.leader else None
     try:
         if plan.leader:
@@ -48,9 +53,12 @@ def _run(plan: Plan) -> int:
     # torchrun and the entry keep their temporary files (torchelastic_*) in a folder of ours,
     # removed when the step ends, however it ends.
     scratch = tempfile.mkdtemp(prefix="hpc-mm-launch-")
+    stops: list[int] = []
+    watch = Progress(plan.run_dir, plan.checkpoint_dir, plan.spec.checkpoint.pretrained, record=not plan.spec.builtin,
+                     stop_requested=lambda: bool(stops))
     try:
         rc, received = run_forwarding_signals(cmd, Path(plan.spec.entry.workdir), {**child_env(plan), "TMPDIR": scratch},
-                                              to_workers=plan.mode == "agent")
+                                              to_workers=plan.mode == "agent", on_line=watch.feed, received=stops)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if plan.leader:
@@ -71,8 +79,23 @@ def _start_record(plan: Plan) -> None:
         layout.record_job_id(plan.run_dir, plan.job_id)
     note_requeue_by_slurm(plan.spec, plan.run_dir, plan.restart_count)
     events.record(plan.run_dir, "started", nnodes=plan.nnodes, world_size=plan.world_size,
-                  master=f"{plan.master_addr}:{plan.master_port}", backend=plan.backend,
-                  checkpoint=checkpoints.latest_iteration(plan.checkpoint_dir))
+                  master=f"{plan.master_addr}:{plan.master_port}", backend=plan.backend, device=plan.device,
+                  checkpoint=checkpoints.latest_whole(plan.checkpoint_dir), **workdir_commit(Path(plan.spec.entry.workdir)))
+
+
+def workdir_commit(workdir: Path) -> dict:
+    """The entry's source as it ran: the commit of its checkout, and whether it had local changes."""
+    def git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(["git", "-C", str(workdir), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {}
+    return {"workdir_commit": commit, "workdir_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def _ignore_user_signals() -> None:
@@ -93,7 +116,9 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def run_forwarding_signals(cmd: list[str], cwd: Path, env: dict, to_workers: bool = False) -> tuple[int, int | None]:
+def run_forwarding_signals(cmd: list[str], cwd: Path, env: dict, to_workers: bool = False,
+                           on_line: Callable[[str], None] | None = None,
+                           received: list[int] | None = None) -> tuple[int, int | None]:
     """Run `cmd`; forward the signals that stop a job as Megatron's exit signal. Return (rc, signal).
 
     Slurm delivers a step's signal to every process in it, not just to us. torchrun does not
@@ -101,9 +126,17 @@ def run_forwarding_signals(cmd: list[str], cwd: Path, env: dict, to_workers: boo
     tree starts with them ignored and learns of the stop only as SIGTERM, from here.
     With `to_workers` (cmd is torchrun) SIGTERM goes to torchrun's workers: they save and exit 0,
     and torchrun ends cleanly instead of tearing the job down as failed.
+    The child's output passes through here unchanged, line by line (stdout to ours, stderr to
+    ours), and `on_line` sees each line of both.
     """
-    child = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=_ignore_user_signals)
-    received: list[int] = []
+    child = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=_ignore_user_signals,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    received = [] if received is None else received
+    lock = threading.Lock()  # one line at a time reaches the watcher
+    pumps = [threading.Thread(target=_pump, args=(source, sink, on_line, lock), name=f"entry-{name}", daemon=True)
+             for name, source, sink in (("stdout", child.stdout, sys.stdout), ("stderr", child.stderr, sys.stderr))]
+    for pump in pumps:
+        pump.start()
 
     def forward(signum, _frame):
         received.append(signum)
@@ -125,4 +158,22 @@ def run_forwarding_signals(cmd: list[str], cwd: Path, env: dict, to_workers: boo
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    for pump in pumps:  # the rest of the output (grandchildren may hold a pipe a moment longer)
+        pump.join(timeout=10)
     return rc, (received[0] if received else None)
+
+
+def _pump(stream, sink, on_line: Callable[[str], None] | None, lock: threading.Lock) -> None:
+    """Copy one of the entry's streams to ours (the task's log) as it comes; show each line to `on_line`."""
+    out = sink.buffer
+    for raw in iter(stream.readline, b""):
+        out.write(raw)
+        out.flush()
+        if on_line is not None:
+            try:
+                with lock:
+                    on_line(raw.decode("utf-8", errors="replace"))
+            except Exception as exc:  # a watcher's bug must never cost the training its output
+                sys.stderr.write(f"hpc-mm launch: progress watcher: {exc.__class__.__name__}: {exc}\n")
+                on_line = None
+    stream.close()

@@ -4,6 +4,7 @@ is defined here and nowhere else.
     runs/<name>-<time>/
       job.yaml          the resolved job (absolute paths, every default filled)
       job.sbatch        the script that was submitted or rendered (plain `sbatch` works on it)
+      mm/               copies of the mm JSON files (data, model, tool) the job file points at
       run.json          marks the folder as a run directory; the Slurm job id (recorded at submit,
                         or at start for plain sbatch)
       run.lock          held by the run's leader while it runs (lock.py)
@@ -15,6 +16,7 @@ is defined here and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -37,6 +39,7 @@ LOGS = "logs"
 EVENTS = "events.jsonl"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+MM_COPIES = "mm"
 RUNS = Path("runs")  # where new runs go, relative to the working directory
 
 # Slurm fills %x (job name), %j (job id), %t (task); the batch script fills the restart.
@@ -74,8 +77,18 @@ class RunFiles:
 
 
 def plan_run(spec: JobSpec, run_dir: Path | None) -> RunFiles:
+    """The resolved job file, and copies of the mm JSON files it uses, which the run's job file
+    points at: every restart of the run reads the same configuration, whatever happens to the
+    originals. (Paths inside them stay relative to entry.workdir, as MindSpeed-MM reads them.)"""
     run_dir = Path(run_dir or default_run_dir(spec)).resolve()
-    return RunFiles(run_dir, {JOB_FILE: job_text(spec)})
+    copies, paths = {}, {}
+    for name in ("data", "model", "tool"):
+        original = getattr(spec.mm, name)
+        if original and Path(original).is_file():
+            copies[f"{MM_COPIES}/{name}.json"] = Path(original).read_text()
+            paths[name] = str(run_dir / MM_COPIES / f"{name}.json")
+    recorded = dataclasses.replace(spec, mm=dataclasses.replace(spec.mm, **paths))
+    return RunFiles(run_dir, {JOB_FILE: job_text(recorded), **copies})
 
 
 @dataclass
@@ -105,6 +118,7 @@ class Created:
 
 def write_private(path: Path, text: str) -> None:
     """Write a file only its owner and group can read: the job's files hold its environment."""
+    path.parent.mkdir(exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     with os.fdopen(fd, "w") as f:

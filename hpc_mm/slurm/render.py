@@ -19,7 +19,7 @@ from hpc_mm import __version__
 from hpc_mm.errors import UserError
 from hpc_mm.job.rules.fields import sbatch_value_problem
 from hpc_mm.job.signals import STOP_SIGNALS
-from hpc_mm.job.spec import JobSpec, gres_count
+from hpc_mm.job.spec import JobSpec, devices_requested
 from hpc_mm.run.layout import BATCH_LOG, LOGS, task_log_parts
 
 TEMPLATE = "sbatch.sh.j2"
@@ -57,7 +57,7 @@ def tasks_per_node(spec: JobSpec) -> int:
         return 1  # one torchrun agent per node starts the ranks
     n = spec.distributed.nproc_per_node
     if n == "auto":
-        n = gres_count(spec.slurm.gres)
+        n = devices_requested(spec)
         if n is None:
             raise UserError.one("distributed.nproc_per_node", "auto needs slurm.gres (e.g. npu:8) with launcher srun",
                                 "set a number, or use launcher torchrun")
@@ -79,17 +79,18 @@ def sbatch_options(spec: JobSpec, run_dir: Path) -> list[str]:
     opts = [f"--job-name={spec.name}", f"--nodes={spec.nnodes}", f"--ntasks-per-node={tasks_per_node(spec)}"]
     if s.cpus_per_task:
         opts.append(f"--cpus-per-task={s.cpus_per_task}")
-    for key in ("gres", "partition", "account", "qos", "mem", "constraint"):
+    for key in ("gres", "gpus_per_node", "partition", "account", "qos", "mem", "constraint"):
         value = getattr(s, key)
         if value is not None:
-            opts.append(f"--{key}={_option_value(f'slurm.{key}', str(value))}")
+            opts.append(f"--{key.replace('_', '-')}={_option_value(f'slurm.{key}', str(value))}")
     opts.append(f"--time={s.time}")
     if s.exclusive:
         opts.append("--exclusive")
     # Slurm sends the signal to the batch shell (B:) grace_seconds before the time limit,
     # and at preemption (preempt_send_user_signal); the script forwards it to every rank.
-    opts += [f"--signal=B:{spec.requeue.signal}@{spec.requeue.grace_seconds}", "--requeue",
-             "--open-mode=append", f"--output={logs}/{BATCH_LOG}"]
+    opts += [f"--signal=B:{spec.requeue.signal}@{spec.requeue.grace_seconds}",
+             "--requeue" if spec.requeue.enabled else "--no-requeue", "--open-mode=append",
+             f"--output={logs}/{BATCH_LOG}"]
     for key, value in s.extra_sbatch.items():
         if value is True:
             opts.append(f"--{key}")
@@ -103,13 +104,14 @@ def context(spec: JobSpec, run_dir: Path, python: str | None = None) -> ScriptCo
     srun = ["--kill-on-bad-exit=1", "--wait=60", "--unbuffered", f"--ntasks-per-node={tasks_per_node(spec)}"]
     if spec.slurm.cpus_per_task:
         srun.append(f"--cpus-per-task={spec.slurm.cpus_per_task}")  # 22.05+: srun no longer inherits it
+    srun += spec.slurm.srun_args
     env = [(k, shlex.quote(v)) for k, v in spec.env.items()]
     head, tail = task_log_parts(spec.name)
     logs = shlex.quote(str(run_dir / LOGS / head)) + '"$RESTART"' + shlex.quote(tail)
     return ScriptContext(
         name=spec.name, version=__version__, sbatch=sbatch_options(spec, run_dir), run_dir=shlex.quote(str(run_dir)),
         setup=list(spec.setup), env=env,
-        hpc_mm=" ".join(shlex.quote(a) for a in [python or sys.executable, "-m", "hpc_mm"]),
+        hpc_mm=" ".join(shlex.quote(a) for a in [python or spec.slurm.python or sys.executable, "-m", "hpc_mm"]),
         srun=" ".join(shlex.quote(a) for a in srun), log_pattern=logs, traps=STOP_SIGNALS)
 
 

@@ -2,7 +2,8 @@
 
 Runs in the batch shell (`hpc-mm finish`) once the step has ended, and first tells apart
 why the job was stopped:
-  - preemption (Slurm set the job's PreemptTime): not the job's fault, so it is requeued
+  - preemption (Slurm set the job's PreemptTime, whatever the signal: sites without
+    preempt_send_user_signal send only SIGTERM): not the job's fault, so it is requeued
     whenever training is unfinished, and it does not count against requeue.max_restarts;
   - time limit (the signal came within the grace window before EndTime) or a manual
     signal: requeued only with restarts left (counted from earlier such requeues) and when
@@ -54,10 +55,14 @@ def classify(job_fields: dict, grace_seconds: int, now: dt.datetime | None = Non
 def decide(spec: JobSpec, run_dir: Path, signal_name: str | None, restart: int, cause: str) -> Decision:
     if not signal_name:
         return Decision(False, "the step ended without a stop signal")
-    if signal_name != spec.requeue.signal:  # SIGTERM: scancel, or the hard limit after the grace
+    if not spec.requeue.enabled:
+        return Decision(False, f"stopped by SIG{signal_name}; requeue.enabled is false")
+    # A preemption is one whatever the signal: sites without preempt_send_user_signal send
+    # only SIGTERM. Otherwise SIGTERM is scancel's, or the hard limit's after the grace.
+    if cause != PREEMPTION and signal_name != spec.requeue.signal:
         return Decision(False, f"stopped by SIG{signal_name} (scancel or the hard time limit), not by "
                                f"requeue.signal {spec.requeue.signal}")
-    latest = checkpoints.latest_iteration(checkpoint_dir(spec, run_dir)) or 0
+    latest = checkpoints.latest_whole(checkpoint_dir(spec, run_dir)) or 0
     if latest >= spec.gpt.train_iters:
         return Decision(False, f"training finished (checkpoint at iteration {latest})")
     if cause == PREEMPTION:
@@ -75,8 +80,11 @@ def decide(spec: JobSpec, run_dir: Path, signal_name: str | None, restart: int, 
     return Decision(True, f"stopped by {cause} (SIG{signal_name}) at checkpoint {latest}")
 
 
-def finish(run_dir: Path, returncode: int, signal_name: str | None) -> int:
+def finish(run_dir: Path, returncode: int, signal_name: str | None, failed: str | None = None) -> int:
     run_dir = Path(run_dir)
+    if failed:  # the batch shell ended before the step (a setup line, an exit): nothing to requeue
+        events.record(run_dir, "failed", reason=failed, cause="batch-script", returncode=returncode)
+        return returncode or 1
     spec = load_job(run_dir / JOB_FILE)
     restart = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     job_id = os.environ.get("SLURM_JOB_ID")

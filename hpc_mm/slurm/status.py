@@ -15,7 +15,9 @@ from hpc_mm.run import checkpoints, events, layout, metrics
 from hpc_mm.slurm import query
 
 
-_RANK_PREFIX = re.compile(r"\[rank \d+\] ")
+# A line's rank: `[rank 3] ` (the built-in trainer: global rank), `[default1]:` (torchrun's
+# --tee for other entries: local rank on the task's node).
+_RANK_PREFIX = re.compile(r"\[rank (?P<rank>\d+)\] |\[default(?P<local>\d+)\]:")
 
 
 def find_run_dir(target: str | None) -> Path:
@@ -107,14 +109,18 @@ def _rank_filter(run_dir: Path, spec, rank: int, restart: int | None):
     if not 0 <= rank < world:
         raise UserError.one("--rank", f"{rank} is not a rank of this run (ranks 0..{world - 1})")
     per_task = 1 if spec.entry.launcher == "srun" else max(1, world // spec.nnodes)
-    task = rank // per_task
-    own = f"[rank {rank}] "
+    task, local = divmod(rank, per_task)
 
     def keep(path: Path, line: str) -> bool:
         parsed = layout.parse_task_log(path.name)
         if parsed and parsed[1] != task:
             return False
-        return line.startswith(own) or not _RANK_PREFIX.match(line)
+        prefix = _RANK_PREFIX.match(line)
+        if prefix is None:
+            return True
+        if prefix["rank"] is not None:
+            return int(prefix["rank"]) == rank
+        return int(prefix["local"]) == local
 
     return keep
 

@@ -1,7 +1,9 @@
 """`hpc-mm args` against Megatron's own parser (the shipped core_v0.12.1 option table) and the seed's table."""
 
 import argparse
+import json
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -50,15 +52,50 @@ def test_qwen_args_carry_every_seed_flag_with_file_values():
     args = megatron_parser().parse_args(argv_of(JOBS / "qwen2vl-7b.yaml"))
     assert args.deprecated_use_mcore_models  # Megatron stores --use-mcore-models under this name
     assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (1, 4)
-    assert (args.micro_batch_size, args.global_batch_size, args.num_workers) == (1, 64, 8)
-    assert (args.lr, args.min_lr, args.adam_beta1, args.adam_beta2, args.adam_eps) == (1e-5, 1e-6, 0.9, 0.999, 1e-8)
-    assert (args.lr_decay_style, args.weight_decay, args.lr_warmup_init, args.lr_warmup_iters) == ("cosine", 0.0, 0.0, 100)
+    assert (args.micro_batch_size, args.global_batch_size, args.num_workers) == (1, 768, 8)
+    assert (args.lr, args.min_lr, args.adam_beta1, args.adam_beta2, args.adam_eps) == (1e-5, 0.0, 0.9, 0.999, 1e-8)
+    assert (args.lr_decay_style, args.weight_decay, args.lr_warmup_init, args.lr_warmup_iters) == ("cosine", 0.0, 0.0, 0)
     assert (args.clip_grad, args.train_iters, args.seed) == (0.0, 10000, 42)
     assert args.mm_data.endswith("jobs/qwen2vl-7b/data.json") and args.mm_model.endswith("qwen2vl-7b/model.json")
     assert args.mm_tool.endswith("qwen2vl-7b/tools.json")
     assert args.save == args.load == "/tmp/hpc-mm-run/checkpoints" and args.save_interval == 500
+    assert args.pretrained_checkpoint.endswith("MindSpeed-MM/ckpt/mm_path/Qwen2-VL-7B-Instruct")
     assert args.distributed_backend == "nccl"  # NPU: MindSpeed maps nccl to hccl
     assert args.bf16 and args.use_distributed_optimizer and args.exit_signal_handler
+
+
+def test_qwen_args_are_mindspeed_mms_finetune_script(tmp_path):
+    """Every argument of MindSpeed-MM 2.2.0's finetune_qwen2vl_7b.sh (GPT_ARGS, MM_ARGS, OUTPUT_ARGS)
+    is on the line with the script's value, but the four that break exact resume (and --load,
+    which is checkpoint.pretrained here)."""
+    args = megatron_parser().parse_args(argv_of(JOBS / "qwen2vl-7b.yaml"))
+    script = {"context_parallel_algo": "ulysses_cp_algo", "tokenizer_type": "NullTokenizer", "vocab_size": 152064,
+              "seq_length": 1024, "make_vocab_size_divisible_by": 1, "normalization": "RMSNorm",
+              "use_fused_rmsnorm": True, "swiglu": True, "use_fused_swiglu": True, "masked_softmax_fusion": False,
+              "lr_warmup_fraction": 0.1, "gradient_accumulation_fusion": False, "variable_seq_lengths": True,
+              "use_flash_attn": True, "eval_interval": 10000, "eval_iters": 5000, "ckpt_format": "torch",
+              "log_interval": 1}
+    assert {k: getattr(args, k) for k in script} == script
+    assert not (args.no_save_optim or args.no_save_rng or args.no_load_optim or args.no_load_rng or args.finetune)
+
+
+def test_qwen_args_pass_megatron_and_mindspeed_checks():
+    """The checks of Megatron core_v0.12.1's validate_args and MindSpeed 2.2.0's that these options
+    meet, after MindSpeed-MM fills the model's sizes from text_decoder of --mm-model."""
+    args = megatron_parser().parse_args(argv_of(JOBS / "qwen2vl-7b.yaml"))
+    decoder = json.loads(Path(args.mm_model).read_text())["text_decoder"]
+    for name in ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings"):
+        setattr(args, name, decoder[name])
+    megatron_validate(args, world_size=32)
+    assert args.max_position_embeddings >= args.seq_length  # Megatron
+    assert args.lr_warmup_iters == 0 if args.lr_warmup_fraction is not None else True  # Megatron
+    assert args.normalization == "RMSNorm" if args.use_fused_rmsnorm else True  # MindSpeed
+    assert args.swiglu if args.use_fused_swiglu else True  # MindSpeed
+    assert args.vocab_size is not None if args.tokenizer_type == "NullTokenizer" else True  # Megatron
+    assert not (args.bf16 and args.fp16)  # Megatron
+    assert len(decoder["pipeline_num_layers"]) == args.pipeline_model_parallel_size  # MindSpeed-MM
+    vision = json.loads(Path(args.mm_model).read_text())["image_encoder"]["vision_encoder"]
+    assert sum(vision["pipeline_num_layers"]) == vision["num_layers"]  # MindSpeed-MM
 
 
 def test_seed_defaults_are_passed_explicitly(tmp_path):

@@ -39,7 +39,8 @@ def test_resolve_plan(tmp_path, env, overrides, expected):
     plan = resolve_plan(TINY, overrides, tmp_path / "run", env=env)
     assert (plan.mode, plan.environment.name, plan.nnodes, plan.node_rank, plan.nproc_per_node, plan.world_size,
             plan.rank, plan.master_addr) == expected
-    assert plan.backend == "gloo" and plan.device == "cpu"
+    gpus = "SLURM_GPUS_ON_NODE" in env  # Slurm gave GPUs: the node has CUDA devices
+    assert (plan.backend, plan.device) == (("nccl", "cuda") if gpus else ("gloo", "cpu"))
     assert plan.spec.nnodes == plan.nnodes  # the plan's copy of the job has the real topology
 
 

@@ -1,5 +1,6 @@
 """Rendered sbatch scripts: golden files, bash -n, and inert hostile values."""
 
+import json
 import os
 import stat
 import subprocess
@@ -17,10 +18,19 @@ GOLDEN = ROOT / "tests" / "golden"
 GOLDEN_RUN_DIR = Path("/tmp/hpc-mm-golden/run")
 
 
-@pytest.mark.parametrize("job", ["tiny-vlm", "qwen2vl-7b"])
-def test_golden_scripts(job):
-    text = render_script(load_job(JOBS / f"{job}.yaml"), GOLDEN_RUN_DIR, python="python3")
-    golden = GOLDEN / f"{job}.sbatch"
+# A site's Ascend cluster: aarch64 compute nodes with their own Python, containers through pyxis.
+SITE = ["slurm.python=/opt/conda/envs/mm/bin/python", "slurm.srun_args=[--mpi=pmix, --container-image=/images/mm.sqsh]",
+        "entry.wrapper=[apptainer, exec, /images/mm.sif]", "setup=[source /usr/local/Ascend/ascend-toolkit/set_env.sh, "
+        "conda activate mm]"]
+GOLDEN_JOBS = {"tiny-vlm": ("tiny-vlm", []), "qwen2vl-7b": ("qwen2vl-7b", []), "qwen2vl-7b-site": ("qwen2vl-7b", SITE)}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_JOBS))
+def test_golden_scripts(name):
+    job, overrides = GOLDEN_JOBS[name]
+    spec = load_job(JOBS / f"{job}.yaml", overrides)
+    text = render_script(spec, GOLDEN_RUN_DIR, python=None if spec.slurm.python else "python3")
+    golden = GOLDEN / f"{name}.sbatch"
     if os.environ.get("HPC_MM_UPDATE_GOLDEN"):
         golden.write_text(text)
     assert text == golden.read_text(), f"rendered script differs from {golden} (HPC_MM_UPDATE_GOLDEN=1 to accept)"
@@ -96,6 +106,18 @@ def test_render_keeps_the_script_in_the_run_directory(tmp_path):
     run_cli("render", JOBS / "tiny-vlm.yaml", "--run-dir", tmp_path / "run", "-o", tmp_path / "out.sbatch", check=True)
     assert (tmp_path / "run" / "job.sbatch").read_text() == (tmp_path / "out.sbatch").read_text()
     assert (tmp_path / "run" / "job.yaml").is_file() and (tmp_path / "run" / "logs").is_dir()
+    # The run reads copies of the mm files: a restart reads what the first start read.
+    recorded = yaml.safe_load((tmp_path / "run" / "job.yaml").read_text())["mm"]
+    for name in ("data", "model", "tool"):
+        assert recorded[name] == str(tmp_path / "run" / "mm" / f"{name}.json")
+        assert (tmp_path / "run" / "mm" / f"{name}.json").read_text() == \
+            (JOBS / "tiny-vlm" / f"{'tools' if name == 'tool' else name}.json").read_text()
+
+
+def test_requeue_can_be_turned_off():
+    spec = load_job(JOBS / "tiny-vlm.yaml", ["requeue.enabled=false"])
+    text = render_script(spec, GOLDEN_RUN_DIR, python="python3")
+    assert "#SBATCH --no-requeue" in text and "#SBATCH --requeue" not in text
 
 
 def test_user_template_dir(tmp_path):
@@ -142,3 +164,37 @@ def test_trailing_newline_canaries_never_run(tmp_path, case):
             (cid, result.stderr)
         assert "Traceback" not in result.stderr
     assert not canary.exists() and not (tmp_path / "run").exists()
+
+
+def run_script(tmp_path, setup: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
+    """Render the tiny job with these setup lines and run it with bash and a fake srun."""
+    run_dir = tmp_path / "run"
+    assert run_cli("render", JOBS / "tiny-vlm.yaml", "--run-dir", run_dir, "-o", tmp_path / "job.sbatch",
+                   "--set", f"setup={json.dumps(setup)}").returncode == 0
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/bash\necho srun ran > \"$HPC_MM_RUN_DIR/srun.ran\"\n")
+    (bin_dir / "srun").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    result = subprocess.run(["bash", str(tmp_path / "job.sbatch")], capture_output=True, text=True, timeout=120,
+                            env={**env, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "5"})
+    return result, run_dir
+
+
+def test_setup_lines_run_in_a_tolerant_shell(tmp_path):
+    result, run_dir = run_script(tmp_path, ['echo "unset reads are fine: ${HPC_MM_SURELY_UNSET_X}"',
+                                            'test -z "$HPC_MM_SURELY_UNSET_Y" || false'])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (run_dir / "srun.ran").exists() and "unset reads are fine" in result.stdout
+
+
+@pytest.mark.parametrize("setup,code,words", [
+    (["true", "false"], 1, "setup line 2 failed with exit code 1"),
+    (["(exit 7)"], 7, "setup line 1 failed with exit code 7"),
+    (["exit 3"], 3, "the batch script ended before the training step (exit code 3)"),
+])
+def test_a_failing_setup_line_is_a_recorded_failure(tmp_path, setup, code, words):
+    result, run_dir = run_script(tmp_path, setup)
+    assert result.returncode == code and not (run_dir / "srun.ran").exists()
+    last = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
+    assert last["event"] == "failed" and last["reason"] == words and last["returncode"] == code

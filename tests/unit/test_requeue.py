@@ -45,7 +45,8 @@ def run_with(tmp_path, committed: int | None, requeues: list[str] = (), started_
     (None, "USR1", 0, TIME_LIMIT, [], None, False, "no progress"),
     (None, "USR1", 0, PREEMPTION, [], None, True, "preempted"),
     (120, "TERM", 0, SIGNAL, [], None, False, "scancel or the hard time limit"),
-    (120, "TERM", 0, PREEMPTION, [], None, False, "scancel or the hard time limit"),
+    (120, "TERM", 0, PREEMPTION, [], None, True, "preempted"),  # SIGTERM-only preemption is still one
+    (120, "TERM", 0, TIME_LIMIT, [], None, False, "scancel or the hard time limit"),
     (100, "USR1", 5, PREEMPTION, [PREEMPTION] * 5, (5, 100), True, "preempted"),
     (120, "USR1", 3, TIME_LIMIT, [BY_SLURM, BY_SLURM, TIME_LIMIT], (3, 100), True, "stopped by time-limit"),
 ])
@@ -65,3 +66,9 @@ def test_requeue_by_slurm_is_recorded_once(tmp_path):
     assert requeued[0]["iteration"] == 50
     note_requeue_by_slurm(spec, tmp_path, 0)  # a first start records nothing
     assert len([e for e in events.read(tmp_path) if e["event"] == "requeued"]) == 1
+
+
+def test_nothing_is_requeued_with_requeue_off(tmp_path):
+    spec = load_job(JOBS / "tiny-vlm.yaml", ["requeue.enabled=false", f"checkpoint.dir={tmp_path / 'ckpt'}"])
+    decision = decide(spec, tmp_path, "USR1", 0, PREEMPTION)
+    assert not decision.requeue and "requeue.enabled is false" in decision.reason

@@ -33,7 +33,7 @@ def write(tmp_path, job, name="job.yaml"):
 def test_example_jobs_validate():
     result = run_cli("validate", *sorted(JOBS.glob("*.yaml")), check=True)
     assert "ok" in result.stdout and "qwen2vl-7b" in result.stdout
-    assert "world size 32 = 4 nodes x 8, DP 8, global batch 64, gradient accumulation 8" in result.stdout
+    assert "world size 32 = 4 nodes x 8, DP 8, global batch 768, gradient accumulation 96" in result.stdout
 
 
 def test_seed_defaults(tmp_path):

@@ -4,16 +4,22 @@ checkpoint and requeue policy, the environment and setup lines."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from hpc_mm.errors import Problem, UserError
 from hpc_mm.job import slurmtime
-from hpc_mm.job.megatron import declared_device, owner, resolve_backend
+from hpc_mm.job.megatron import BREAK_EXACT_RESUME, declared_device, owner, resolve_backend
 from hpc_mm.job.rules.common import at_least_zero, control_characters, positive, shown
-from hpc_mm.job.spec import BUILTIN_TRAINER, JobSpec, gres_count
+from hpc_mm.job.options import normal
+from hpc_mm.job.spec import BUILTIN_TRAINER, JobSpec, devices_requested
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MODULE = re.compile(r"[A-Za-z_][\w.]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_GPUS = re.compile(r"([A-Za-z0-9_.-]+:)?\d+")
+# srun options hpc-mm sets for the training step itself (slurm.srun_args may add any other).
+_SRUN_OWNED = ("--ntasks", "--ntasks-per-node", "--nodes", "--output", "--error", "--kill-on-bad-exit", "-N", "-n",
+               "-o", "-e", "--cpus-per-task", "-c")
 _GRES = re.compile(r"[a-z][a-z0-9_]*(:[A-Za-z0-9_.-]+)?:\d+(,[a-z][a-z0-9_]*(:[A-Za-z0-9_.-]+)?:\d+)*")
 _SBATCH_KEY = re.compile(r"[a-z][a-z0-9-]*")
 _SLURM_WORD = re.compile(r"[A-Za-z0-9_.,:|&()\[\]*!-]+")
@@ -46,7 +52,19 @@ def check(spec: JobSpec) -> list[Problem]:
 
 
 def advice(spec: JobSpec) -> list[Problem]:
-    return []
+    """Paths that do not exist here: they may on the compute nodes, but usually this is a typo."""
+    out = []
+    workdir = Path(spec.entry.workdir)
+    if not workdir.is_dir():
+        out.append(Problem("entry.workdir", f"{workdir} does not exist on this machine",
+                           "fine if it exists on the compute nodes; otherwise point it at your MindSpeed-MM checkout"))
+    elif spec.entry.script.endswith(".py") and not (workdir / spec.entry.script).is_file():
+        out.append(Problem("entry.script", f"{workdir / spec.entry.script} does not exist on this machine",
+                           "fine if it exists on the compute nodes"))
+    if spec.checkpoint.pretrained and not Path(spec.checkpoint.pretrained).exists():
+        out.append(Problem("checkpoint.pretrained", f"{spec.checkpoint.pretrained} does not exist on this machine",
+                           "fine if it exists on the compute nodes"))
+    return out
 
 
 def _name(spec: JobSpec) -> list[Problem]:
@@ -64,6 +82,8 @@ def _entry(spec: JobSpec) -> list[Problem]:
     elif not e.script.endswith(".py") and not _MODULE.fullmatch(e.script):
         out.append(Problem("entry.script", f"{e.script!r} is neither a .py file nor a Python module name",
                            f"e.g. pretrain_vlm.py or {BUILTIN_TRAINER}"))
+    for i, word in enumerate(e.wrapper):
+        out += control_characters(f"entry.wrapper[{i}]", word)
     if spec.builtin and e.extra_args:
         out.append(Problem("entry.extra_args", "the built-in trainer takes no extra arguments",
                            "use gpt.* keys; extra_args are for MindSpeed-MM entry points"))
@@ -88,6 +108,17 @@ def _slurm(spec: JobSpec) -> list[Problem]:
         out.append(Problem("slurm.time", str(exc), f"use {slurmtime.FORMATS}"))
     if s.gres is not None and not _GRES.fullmatch(s.gres):
         out.append(Problem("slurm.gres", f"{s.gres!r} is not a gres request", "e.g. npu:8 or gpu:a100:4"))
+    if s.gpus_per_node is not None and not _GPUS.fullmatch(s.gpus_per_node):
+        out.append(Problem("slurm.gpus_per_node", f"{s.gpus_per_node!r} is not a GPU count", "e.g. 8 or a100:8"))
+    elif s.gpus_per_node and s.gres and s.gres.split(":")[0] in ("gpu", "npu"):
+        out.append(Problem("slurm.gpus_per_node", f"and slurm.gres = {s.gres!r} both ask for accelerators",
+                           "give one of them"))
+    out += control_characters("slurm.python", s.python)
+    for i, arg in enumerate(s.srun_args):
+        out += control_characters(f"slurm.srun_args[{i}]", arg)
+        if arg.split("=", 1)[0] in _SRUN_OWNED:
+            out.append(Problem(f"slurm.srun_args[{i}]", f"{arg} is set by hpc-mm for the training step",
+                               "use slurm.nodes, distributed.nproc_per_node or slurm.cpus_per_task"))
     for key in ("partition", "account", "qos", "constraint", "mem"):
         value = getattr(s, key)
         if value is not None and not _SLURM_WORD.fullmatch(value):
@@ -107,9 +138,9 @@ def _distributed(spec: JobSpec) -> list[Problem]:
     out = positive("distributed.nnodes", d.nnodes)
     if isinstance(d.nproc_per_node, int):
         out += positive("distributed.nproc_per_node", d.nproc_per_node)
-    elif spec.entry.launcher == "srun" and gres_count(spec.slurm.gres) is None:
-        out.append(Problem("distributed.nproc_per_node", "auto needs slurm.gres (e.g. npu:8) with launcher srun",
-                           "set a number, or use launcher torchrun"))
+    elif spec.entry.launcher == "srun" and devices_requested(spec) is None:
+        out.append(Problem("distributed.nproc_per_node", "auto needs slurm.gres (e.g. npu:8) or slurm.gpus_per_node "
+                           "with launcher srun", "set a number, or use launcher torchrun"))
     if spec.nnodes >= 1 and not 0 <= d.node_rank < spec.nnodes:
         out.append(Problem("distributed.node_rank", f"{d.node_rank} is outside 0..{spec.nnodes - 1}",
                            f"the job has {spec.nnodes} node(s)"))
@@ -131,9 +162,26 @@ def _distributed(spec: JobSpec) -> list[Problem]:
 
 def _checkpoint(spec: JobSpec) -> list[Problem]:
     c = spec.checkpoint
-    return (positive("checkpoint.save_interval", c.save_interval)
-            + positive("checkpoint.keep_last", c.keep_last, "leave it unset (null) to keep every checkpoint")
-            + control_characters("checkpoint.dir", c.dir))
+    out = (positive("checkpoint.save_interval", c.save_interval)
+           + positive("checkpoint.keep_last", c.keep_last, "leave it unset (null) to keep every checkpoint")
+           + control_characters("checkpoint.dir", c.dir) + control_characters("checkpoint.pretrained", c.pretrained))
+    if spec.requeue.enabled:
+        out += _exact_resume(spec)
+    return out
+
+
+def _exact_resume(spec: JobSpec) -> list[Problem]:
+    """While requeue is on, every restart must resume what the last one saved, whole."""
+    hint = ("to start from pretrained weights set checkpoint.pretrained (loaded only while the run has no "
+            "checkpoint of its own); or set requeue.enabled: false")
+    out = []
+    for key, value in spec.gpt.extra.items():
+        if value is True and normal(key) in BREAK_EXACT_RESUME:
+            out.append(Problem(f"gpt.extra.{key}", "breaks the exact resume that requeue relies on", hint))
+    for i, arg in enumerate(spec.entry.extra_args):
+        if arg.startswith("--") and normal(arg.split("=", 1)[0]) in BREAK_EXACT_RESUME:
+            out.append(Problem(f"entry.extra_args[{i}]", f"{arg} breaks the exact resume that requeue relies on", hint))
+    return out
 
 
 def _requeue(spec: JobSpec) -> list[Problem]:

@@ -1,0 +1,116 @@
+"""The entry's output, read as it goes by: every line still reaches the task's log unchanged,
+and Megatron's own log lines tell hpc-mm how training goes, for any Megatron-style entry
+(MindSpeed-MM's pretrain_vlm.py as well as the built-in trainer):
+
+    iteration      100/   10000 | consumed samples: ... | elapsed time per iteration (ms): ... |
+        learning rate: ... | global batch size: ... | lm loss: ... | grad norm: ... |
+    saving checkpoint at iteration     100 to DIR in torch format
+    successfully saved checkpoint from iteration     100 to DIR [ t 1/1, p 1/1 ]
+    successfully loaded checkpoint from DIR [ t 1/1, p 1/1 ] at iteration 100
+    [exiting program after receiving SIGTERM.] datetime: ...
+
+They become metrics.jsonl rows and `checkpoint` / `resumed` events (the built-in trainer writes
+its own, exact to the bit, so for it they only keep the watch). Lines may carry torchrun's
+`[default3]:` or the built-in trainer's `[rank 3] ` prefix.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from hpc_mm.run import events, metrics
+
+PREFIX = re.compile(r"^(?:\[default\d+\]:|\[rank \d+\] ?)")
+ITERATION = re.compile(r"\biteration\s+(?P<it>\d+)\s*/\s*(?P<total>\d+)\s*\|(?P<rest>.*)")
+SAVING = re.compile(r"saving checkpoint at iteration\s+(?P<it>\d+) to (?P<dir>\S+)")
+SAVED = re.compile(r"saved checkpoint from iteration\s+(?P<it>\d+) to (?P<dir>\S+)")
+LOADED = re.compile(r"successfully loaded checkpoint from (?P<dir>\S+).*\bat iteration (?P<it>\d+)")
+EXITING = re.compile(r"exiting program after receiving SIGTERM")
+_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
+
+
+def fields(rest: str) -> dict[str, float]:
+    """`key: value |` pairs of an iteration line, numbers only."""
+    out = {}
+    for part in rest.split("|"):
+        key, sep, value = part.partition(":")
+        value = value.strip()
+        if sep and _NUMBER.match(value):
+            out[key.strip()] = float(value)
+    return out
+
+
+def _loss(values: dict[str, float]) -> float | None:
+    """The training loss: Megatron's `lm loss`, else the first `... loss` that is not the loss scale."""
+    if "lm loss" in values:
+        return values["lm loss"]
+    return next((v for k, v in values.items() if k.endswith("loss") and k != "loss scale"), None)
+
+
+@dataclass
+class Progress:
+    """What the watcher has seen; `feed` one line at a time."""
+
+    run_dir: Path | None
+    checkpoint_dir: Path | None = None
+    pretrained: str | None = None
+    record: bool = True  # write metrics and events (not for the built-in trainer: it writes its own)
+    stop_requested: Callable[[], bool] = lambda: False
+    clock: Callable[[], float] = time.time
+    iteration: int | None = None  # the last iteration logged
+    train_iters: int | None = None
+    last_progress: float = field(default_factory=time.time)  # when training last moved
+    saving: dict[int, float] = field(default_factory=dict)  # checkpoint saves under way
+    exited_on_signal: bool = False
+
+    def feed(self, text: str) -> None:
+        line = PREFIX.sub("", text, count=1)
+        now = self.clock()
+        if (m := ITERATION.search(line)) is not None:
+            self._iteration(int(m["it"]), int(m["total"]), fields(m["rest"]), now)
+        elif (m := SAVING.search(line)) is not None:
+            self.saving[int(m["it"])] = now
+            self.last_progress = now
+        elif (m := SAVED.search(line)) is not None:
+            self._saved(int(m["it"]), now)
+        elif (m := LOADED.search(line)) is not None:
+            self._loaded(int(m["it"]), m["dir"], now)
+        elif EXITING.search(line):
+            self.exited_on_signal = True
+
+    def _iteration(self, iteration: int, total: int, values: dict, now: float) -> None:
+        self.iteration, self.train_iters, self.last_progress = iteration, total, now
+        loss = _loss(values)
+        if not self.record or self.run_dir is None or loss is None:
+            return
+        row = {"iteration": iteration, "train_iters": total, "loss": loss, "lr": values.get("learning rate"),
+               "grad_norm": values.get("grad norm"), "time": round(now, 3)}
+        if "consumed samples" in values:
+            row["consumed_samples"] = int(values["consumed samples"])
+        step_ms, batch = values.get("elapsed time per iteration (ms)"), values.get("global batch size")
+        if batch:
+            row["global_batch_size"] = int(batch)
+        if step_ms:
+            row["step_ms"] = step_ms
+            if batch:
+                row["samples_per_second"] = batch * 1000.0 / step_ms
+        metrics.write(self.run_dir, row)
+
+    def _saved(self, iteration: int, now: float) -> None:
+        started = self.saving.pop(iteration, now)
+        self.last_progress = now
+        if self.record and self.run_dir is not None:
+            reason = ("signal" if self.stop_requested() else
+                      "final" if self.train_iters and iteration >= self.train_iters else "interval")
+            events.record(self.run_dir, "checkpoint", iteration=iteration, reason=reason,
+                          seconds=round(now - started, 3))
+
+    def _loaded(self, iteration: int, folder: str, now: float) -> None:
+        self.last_progress = now
+        if self.record and self.run_dir is not None:
+            source = "pretrained" if self.pretrained and Path(folder) == Path(self.pretrained) else "run"
+            events.record(self.run_dir, "resumed", iteration=iteration, source=source, path=folder)
