@@ -12,7 +12,7 @@ import torch
 
 from conftest import JOBS, ROOT, run_cli
 from hpc_mm.run import events
-from test_slurm import sacct, wait_for
+from test_slurm import wait_for
 
 STANDIN = ROOT / "tests" / "fixtures" / "standin.yaml"
 
