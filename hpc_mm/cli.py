@@ -99,11 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     _job_options(p)
     p.add_argument("--mpirun", default="mpirun", help="the mpirun to use (default: mpirun on PATH)")
 
+    p = sub.add_parser("preflight", help="(batch script) check this node before training: interpreter, devices, "
+                                         "folders, the master's port")
+    p.add_argument("target", help="run directory")
+
     p = sub.add_parser("finish", help="(batch script) after the step: requeue on a stop signal, or end")
     p.add_argument("target", help="run directory")
     p.add_argument("--returncode", type=int, default=0, help="the training step's exit status")
     p.add_argument("--signal", default="none", help="the stop signal the batch shell caught (USR1, TERM, none)")
     p.add_argument("--failed", metavar="REASON", help="the batch script failed before the step: record REASON")
+    p.add_argument("--preflight-failed", action="store_true", help="the preflight step failed on some node")
 
     p = sub.add_parser("report", help="plot loss and learning rate of a run and summarise it")
     p.add_argument("target", help="run directory")
@@ -249,10 +254,17 @@ def cmd_local(args: argparse.Namespace) -> int:
     return run_local(_load(args), args.run_dir, mpirun=args.mpirun)
 
 
-def cmd_finish(args: argparse.Namespace) -> int:
-    from hpc_mm.slurm.requeue import finish
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from hpc_mm.launch.preflight import run_checks
 
-    return finish(Path(args.target), args.returncode, None if args.signal == "none" else args.signal, args.failed)
+    return run_checks(Path(args.target))
+
+
+def cmd_finish(args: argparse.Namespace) -> int:
+    from hpc_mm.slurm.finish import finish
+
+    return finish(Path(args.target), args.returncode, None if args.signal == "none" else args.signal, args.failed,
+                  args.preflight_failed)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -263,7 +275,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "validate": cmd_validate, "args": cmd_args, "env": cmd_env, "render": cmd_render, "submit": cmd_submit,
-    "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel, "launch": cmd_launch, "local": cmd_local, "finish": cmd_finish,
+    "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel, "launch": cmd_launch, "local": cmd_local, "preflight": cmd_preflight, "finish": cmd_finish,
     "report": cmd_report,
 }
 

@@ -21,6 +21,14 @@ from hpc_mm.errors import UserError
 # client socket's source port.
 PORT_BASE = 15000
 PORT_SPAN = 15000
+# Which start of a run this is: hpc-mm's own count first (a chained job is a new Slurm job, whose
+# SLURM_RESTART_COUNT starts at 0 again), then Slurm's.
+RESTART_VARIABLES = ("HPC_MM_RESTART", "SLURM_RESTART_COUNT")
+
+
+def restart_from(env: Mapping[str, str]) -> int:
+    value = next((env[v] for v in RESTART_VARIABLES if env.get(v, "").isdigit()), "0")
+    return int(value)
 
 
 def free_port() -> int:
@@ -106,7 +114,7 @@ class ClusterEnvironment(ABC):
         return self._first("job_id")
 
     def restart_count(self) -> int:
-        return self._int("restart_count") if self._has("restart_count") else 0
+        return self._int("restart_count") if self._has("restart_count") else restart_from(self.env)
 
     def main_port(self) -> int:
         """An existing MASTER_PORT wins, then the job file's port, then one derived from the job id."""

@@ -12,7 +12,8 @@ it, from what the node shows and what Slurm says, by this table:
     auto    npu if its devices exist, else cuda, else cpu
 
 A mismatch (a job for NPUs on a node without them) is one error naming the node. Tests point
-HPC_MM_DEVICE_ROOT at a folder holding a fake dev/ to play any node.
+HPC_MM_DEVICE_ROOT at a folder holding a fake dev/ to play any node (`{node}` in it stands for
+the node's name, so that nodes sharing one machine can differ).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def node_name(env: Mapping[str, str]) -> str:
 
 
 def _dev(env: Mapping[str, str]) -> Path:
-    return Path(env.get(ROOT_VARIABLE, "/")) / "dev"
+    """The node's /dev; a test points HPC_MM_DEVICE_ROOT elsewhere (`{node}` in it: one per node)."""
+    return Path(env.get(ROOT_VARIABLE, "/").replace("{node}", node_name(env))) / "dev"
 
 
 def _numbered(env: Mapping[str, str], prefix: str) -> list[int]:

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import hostlist
 
-from hpc_mm.environments.base import ClusterEnvironment
+from hpc_mm.environments.base import RESTART_VARIABLES, ClusterEnvironment
 from hpc_mm.errors import UserError
 
 _TASKS = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
@@ -51,7 +51,7 @@ class SlurmEnvironment(ClusterEnvironment):
         "nodelist": ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"),
         "tasks_per_node": ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"),
         "job_id": ("SLURM_JOB_ID", "SLURM_JOBID"),
-        "restart_count": ("SLURM_RESTART_COUNT",),
+        "restart_count": RESTART_VARIABLES,
         "array_job_id": ("SLURM_ARRAY_JOB_ID",),
         "array_task_id": ("SLURM_ARRAY_TASK_ID",),
         "devices_on_node": ("SLURM_GPUS_ON_NODE",),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from hpc_mm.environments.base import ClusterEnvironment
+from hpc_mm.environments.base import RESTART_VARIABLES, ClusterEnvironment
 
 
 class TorchrunEnvironment(ClusterEnvironment):
@@ -18,7 +18,7 @@ class TorchrunEnvironment(ClusterEnvironment):
         "local_world_size": ("LOCAL_WORLD_SIZE",), "node_rank": ("GROUP_RANK",), "num_nodes": ("GROUP_WORLD_SIZE",),
         "master_addr": ("MASTER_ADDR",), "master_port": ("MASTER_PORT",),
         "job_id": ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"),
-        "restart_count": ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT"),
+        "restart_count": (*RESTART_VARIABLES, "TORCHELASTIC_RESTART_COUNT"),
     }
     _DETECT = ("world_size", "global_rank", "local_rank", "node_rank")
 

@@ -56,6 +56,7 @@ OWNED = {
     "--exit-signal-handler": "requeue.signal (hpc-mm always passes it: the stop signal needs it)",
     "--distributed-backend": "distributed.backend",
     "--pretrained-checkpoint": "checkpoint.pretrained",
+    "--distributed-timeout-minutes": "fault.hang_floor_* (hpc-mm sets it above the hang budget)",
 }
 # Flags that make a resumed run differ from an unbroken one: refused while requeue is on
 # (MindSpeed-MM's fine-tuning scripts pass them; checkpoint.pretrained is what they are for).
@@ -116,7 +117,7 @@ def login_backend(spec: JobSpec) -> str:
 
 
 def training_argv(spec: JobSpec, *, run_dir: Path, checkpoint_dir: Path, backend: str,
-                  world_size: int | None = None) -> list[str]:
+                  world_size: int | None = None, collective_timeout_minutes: int | None = None) -> list[str]:
     """The arguments the entry point receives: GPT_ARGS, MM_ARGS, OUTPUT_ARGS, backend.
 
     `backend` is the one that will run (resolved once, by the launcher's plan or
@@ -163,6 +164,8 @@ def training_argv(spec: JobSpec, *, run_dir: Path, checkpoint_dir: Path, backend
     if spec.checkpoint.pretrained:  # used only while --load holds no checkpoint (core_v0.12)
         argv += ["--pretrained-checkpoint", spec.checkpoint.pretrained]
     argv += ["--distributed-backend", command_line_backend(backend)]
+    if collective_timeout_minutes:  # the hang watchdog, not the backend's timeout, ends a hung step
+        argv += ["--distributed-timeout-minutes", str(collective_timeout_minutes)]
     if spec.builtin:  # options of the built-in trainer only; Megatron would refuse them
         argv += ["--run-dir", str(Path(run_dir).resolve())]
         if spec.checkpoint.keep_last:

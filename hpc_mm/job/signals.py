@@ -20,3 +20,6 @@ FORWARDED = tuple(getattr(signal, f"SIG{name}") for name in (*STOP_SIGNALS, "INT
 # Signals Slurm sends to every process of a step that torchrun does not handle: the
 # entry's process tree starts with them ignored and learns of a stop only from us.
 IGNORED_BY_ENTRY = (signal.SIGUSR1, signal.SIGUSR2)
+# On a hang the launcher's watchdog asks the ranks for their Python stacks with it (the built-in
+# trainer answers through faulthandler; other entries through py-spy).
+STACK_SIGNAL = signal.SIGUSR2

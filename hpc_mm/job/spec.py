@@ -116,9 +116,25 @@ class Checkpoint:
 @dataclass(frozen=True)
 class Requeue:
     enabled: bool = True
+    mode: Literal["requeue", "chain"] = "requeue"  # chain: a new job (--dependency=singleton) where requeue is forbidden
     signal: Signal = DEFAULT_STOP_SIGNAL
     grace_seconds: int = 120
-    max_restarts: int = 3
+    max_restarts: int = 3  # requeues after a time limit, a hang or a manual stop signal
+    on_failure: int = 0  # requeues after a crash (a non-zero exit without a stop signal)
+    max_restarts_without_progress: int = 3  # starts in a row that move no checkpoint: then the job stops
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Hangs, sick nodes and the checks before training (see launch/watchdog.py, launch/preflight.py)."""
+
+    preflight: bool = True  # a short step on every node before training starts
+    quarantine: bool = True  # exclude a node blamed for a hang, a node failure or a failed preflight
+    hang_detection: bool = True
+    hang_factor: float = 10.0  # a phase may take this many times its observed p99 ...
+    hang_floor_startup: int = 900  # ... and never less than these seconds: start-up to the first iteration,
+    hang_floor_step: int = 180  # one logged iteration to the next,
+    hang_floor_checkpoint: int = 600  # a checkpoint save
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,7 @@ class JobSpec:
     gpt: GPT = field(default_factory=GPT)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     requeue: Requeue = field(default_factory=Requeue)
+    fault: Fault = field(default_factory=Fault)
     env: dict[str, str] = field(default_factory=dict)
     setup: list[str] = field(default_factory=list)
     source: str = field(default="", metadata={"internal": True})

@@ -11,6 +11,7 @@ backend (once; everything downstream takes them from the plan):
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -138,10 +139,10 @@ def interpreter(plan: Plan) -> list[str]:
     return [*plan.spec.entry.wrapper, plan.spec.entry.python or sys.executable]
 
 
-def command(plan: Plan) -> list[str]:
+def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[str]:
     spec = plan.spec
     argv = training_argv(spec, run_dir=plan.run_dir, checkpoint_dir=plan.checkpoint_dir, backend=plan.backend,
-                         world_size=plan.world_size)
+                         world_size=plan.world_size, collective_timeout_minutes=collective_timeout_minutes)
     target = ["-m", spec.entry.script] if not spec.entry.script.endswith(".py") else [spec.entry.script]
     if plan.mode == "agent":
         # An entry other than ours prints no rank: torchrun prefixes each line with its local rank.
@@ -151,8 +152,22 @@ def command(plan: Plan) -> list[str]:
     return [*interpreter(plan), "-u", *target, *argv]
 
 
-def child_env(plan: Plan) -> dict:
+def collective_timeouts(device: str, budget_seconds: float) -> dict:
+    """The backends' own timeouts, set above the hang budget (so the watchdog ends a hung step),
+    where the job does not set them: HCCL's execution timeout (whole steps of 68 s, at most 17340 s)
+    and its connect timeout on NPUs; error handling that makes NCCL's timeout abort on GPUs."""
+    if device == "npu":
+        execution = min(17340, 68 * math.ceil(2 * budget_seconds / 68))
+        return {"HCCL_EXEC_TIMEOUT": str(execution), "HCCL_CONNECT_TIMEOUT": str(min(7200, max(120, execution)))}
+    if device == "cuda":
+        return {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+    return {}
+
+
+def child_env(plan: Plan, budget_seconds: float | None = None) -> dict:
     env = dict(plan.environment.env)
+    if budget_seconds and plan.spec.fault.hang_detection:
+        env.update({k: v for k, v in collective_timeouts(plan.device, budget_seconds).items() if k not in plan.spec.env})
     env.update(plan.spec.env)
     env["PYTHONUNBUFFERED"] = "1"
     env["HPC_MM_RUN_DIR"] = str(plan.run_dir)

@@ -4,11 +4,14 @@ directory and the checkpoint folder writable, and room for checkpoints."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 from hpc_mm.environments.devices import MODULES
@@ -18,6 +21,10 @@ from hpc_mm.run import checkpoints
 MIN_FREE = 256 * 2**20  # with no checkpoint yet to size one by
 
 
+def _node() -> str:
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
 def writable(where: str, folder: Path) -> list[Problem]:
     """Can this process create a file in `folder` (making it if needed)?"""
     try:
@@ -25,7 +32,7 @@ def writable(where: str, folder: Path) -> list[Problem]:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".hpc-mm-probe-"):
             pass
     except OSError as exc:
-        return [Problem(where, f"{folder} is not writable on {socket.gethostname()} ({exc.strerror})",
+        return [Problem(where, f"{folder} is not writable on {_node()} ({exc.strerror})",
                         "fix its permissions, or point it at a writable folder")]
     return []
 
@@ -37,7 +44,7 @@ def room_for_checkpoints(folder: Path, count: int = 2) -> list[Problem]:
     need = max(count * size, MIN_FREE)
     free = shutil.disk_usage(folder).free
     if free < need:
-        return [Problem("checkpoint.dir", f"{folder} has {free / 2**20:.0f} MiB free on {socket.gethostname()}, "
+        return [Problem("checkpoint.dir", f"{folder} has {free / 2**20:.0f} MiB free on {_node()}, "
                         f"less than the {need / 2**20:.0f} MiB {count} checkpoints need",
                         "free space there, or point checkpoint.dir at a larger filesystem")]
     return []
@@ -54,10 +61,10 @@ def storage(run_dir: Path, checkpoint_dir: Path) -> None:
 
 def workdir(path: Path) -> None:
     if not path.is_dir():
-        raise UserError.one("entry.workdir", f"{path} does not exist on {socket.gethostname()}",
+        raise UserError.one("entry.workdir", f"{path} does not exist on {_node()}",
                             "point it at your MindSpeed-MM checkout on the compute nodes")
     if not os.access(path, os.R_OK | os.X_OK):
-        raise UserError.one("entry.workdir", f"{path} is not readable on {socket.gethostname()}")
+        raise UserError.one("entry.workdir", f"{path} is not readable on {_node()}")
 
 
 _FIND = "import importlib.util as u, sys; print(' '.join(m for m in sys.argv[1:] if u.find_spec(m) is None))"
@@ -74,7 +81,7 @@ def needed_modules(device: str, workdir: Path, builtin: bool) -> tuple[str, ...]
 
 def interpreter(command: list[str], workdir: Path, modules: tuple[str, ...], field: str = "entry.python") -> None:
     """Run the entry's interpreter (through its wrapper) once, in its workdir, and ask it for `modules`."""
-    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    node = _node()
     shown = " ".join(command)
     try:
         result = subprocess.run([*command, "-c", _FIND, *modules], cwd=workdir, capture_output=True, text=True,
@@ -91,3 +98,96 @@ def interpreter(command: list[str], workdir: Path, modules: tuple[str, ...], fie
         raise UserError.one(field, f"{shown} on {node} cannot import {', '.join(missing)}, which this job needs",
                             "install it into that environment, or point entry.python at one that has it "
                             "(torch_npu comes with CANN's Ascend Extension for PyTorch)")
+
+
+REACH_SECONDS = 8.0  # how long the nodes try to reach the master's port
+
+
+def reach_master(environment, node: str) -> list[Problem]:
+    """Node 0 listens on the master's port; every other node connects to it: the address and port
+    training will use work from every node (a wrong interface, a firewall, a port in use)."""
+    addr, port, nodes = environment.main_address(), environment.main_port(), environment.num_nodes()
+    if nodes < 2:
+        return []
+    if environment.node_rank() == 0:
+        try:
+            server = socket.create_server(("", port), reuse_port=False, backlog=nodes)
+        except OSError as exc:
+            return [Problem("distributed.master_port", f"port {port} on {node} (the master) is not free ({exc.strerror})",
+                            "set distributed.master_port to a free port, or leave it `auto`")]
+        with server:
+            server.settimeout(0.5)
+            deadline, seen = time.monotonic() + REACH_SECONDS, 0
+            while seen < nodes - 1 and time.monotonic() < deadline:
+                try:
+                    server.accept()[0].close()
+                    seen += 1
+                except socket.timeout:
+                    continue
+        return []
+    deadline, error = time.monotonic() + REACH_SECONDS, None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((addr, port), timeout=2):
+                return []
+        except OSError as exc:
+            error = exc
+            time.sleep(0.2)
+    return [Problem("distributed.master_addr", f"{node} cannot reach the master {addr}:{port} "
+                    f"({getattr(error, 'strerror', None) or error})",
+                    "check the network between the nodes (HCCL_SOCKET_IFNAME / NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME)")]
+
+
+def run_checks(run_dir: Path) -> int:
+    """`hpc-mm preflight RUN_DIR`: one task per node, before training, on every start. Each node
+    checks itself, writes its result into the run directory and prints one line per problem;
+    `hpc-mm finish --preflight-failed` decides what follows (a node's own problem: requeue without
+    it; the same everywhere: the job is wrong)."""
+    from hpc_mm.environments import select_environment
+    from hpc_mm.environments.base import restart_from
+    from hpc_mm.environments.devices import check_device, node_name
+    from hpc_mm.job.jobfile import load_job
+    from hpc_mm.job.megatron import declared_device
+    from hpc_mm.run.layout import JOB_FILE, PREFLIGHT, checkpoint_dir
+
+    started = time.monotonic()
+    spec = load_job(Path(run_dir) / JOB_FILE)
+    env, node = dict(os.environ), node_name(os.environ)
+    d = spec.distributed
+    environment = select_environment(env, master_port=d.master_port if isinstance(d.master_port, int) else None,
+                                     master_addr=d.master_addr if d.master_addr != "localhost" else None,
+                                     nnodes=spec.nnodes)
+    problems: list[Problem] = []
+    workdir_ = Path(spec.entry.workdir)
+    checks = [lambda: workdir(workdir_), lambda: script(workdir_, spec.entry.script)]
+    device = None
+    try:
+        device = check_device(declared_device(spec), env)
+    except UserError as exc:
+        problems += exc.problems
+    if device is not None:
+        checks.append(lambda: interpreter([*spec.entry.wrapper, spec.entry.python or sys.executable], workdir_,
+                                          needed_modules(device.kind, workdir_, spec.builtin)))
+    checks.append(lambda: storage(Path(run_dir), checkpoint_dir(spec, Path(run_dir))))
+    for check in checks:
+        try:
+            check()
+        except UserError as exc:
+            problems += exc.problems
+    problems += reach_master(environment, node)
+    lines = [f"{node}: {p}" for p in problems]
+    result = {"node": node, "problems": lines, "seconds": round(time.monotonic() - started, 2)}
+    target = Path(run_dir) / PREFLIGHT / f"r{restart_from(env)}-{node}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result))
+    for line in lines:
+        print(f"hpc-mm preflight: error: {line}", file=sys.stderr, flush=True)
+    if not lines:
+        print(f"hpc-mm preflight: {node}: ok ({result['seconds']:.1f} s)", flush=True)
+    return 1 if lines else 0
+
+
+def script(folder: Path, entry: str) -> None:
+    if entry.endswith(".py") and not (folder / entry).is_file():
+        raise UserError.one("entry.script", f"{folder / entry} does not exist on {_node()}",
+                            "check entry.script and entry.workdir")

@@ -18,7 +18,7 @@ from typing import Callable
 from pathlib import Path
 
 from hpc_mm.job.signals import EXIT_SIGNAL, FORWARDED, IGNORED_BY_ENTRY
-from hpc_mm.launch import preflight
+from hpc_mm.launch import preflight, watchdog
 from hpc_mm.launch.plan import Plan, child_env, command, interpreter, resolve_plan
 from hpc_mm.launch.progress import Progress
 from hpc_mm.run import checkpoints, events, layout, lock
@@ -42,7 +42,9 @@ def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None, 
 
 
 def _run(plan: Plan) -> int:
-    cmd = command(plan)
+    limits = watchdog.budgets(plan.spec.fault, plan.run_dir)
+    timeout = limits.collective_timeout_minutes() if plan.spec.fault.hang_detection else None
+    cmd = command(plan, timeout)
     print(f"hpc-mm launch: {plan.environment.name} {plan.mode} node {plan.node_rank}/{plan.nnodes} "
           f"world {plan.world_size} master {plan.master_addr}:{plan.master_port} backend {plan.backend}",
           file=sys.stderr, flush=True)
@@ -54,16 +56,32 @@ def _run(plan: Plan) -> int:
     # removed when the step ends, however it ends.
     scratch = tempfile.mkdtemp(prefix="hpc-mm-launch-")
     stops: list[int] = []
-    watch = Progress(plan.run_dir, plan.checkpoint_dir, plan.spec.checkpoint.pretrained, record=not plan.spec.builtin,
-                     stop_requested=lambda: bool(stops))
+    progress = Progress(plan.run_dir, plan.checkpoint_dir, plan.spec.checkpoint.pretrained,
+                        record=not plan.spec.builtin, stop_requested=lambda: bool(stops))
+    dogs: list[watchdog.Watchdog] = []
+
+    def watch(child) -> None:
+        dog = watchdog.Watchdog(plan.run_dir, plan.restart_count, plan.node_rank, progress, child,
+                                decides=plan.leader, budgets=limits, builtin=plan.spec.builtin,
+                                enabled=plan.spec.fault.hang_detection)
+        dog.start()
+        dogs.append(dog)
+
+    env = {**child_env(plan, max(limits.step, limits.checkpoint)), "TMPDIR": scratch}
     try:
-        rc, received = run_forwarding_signals(cmd, Path(plan.spec.entry.workdir), {**child_env(plan), "TMPDIR": scratch},
-                                              to_workers=plan.mode == "agent", on_line=watch.feed, received=stops)
+        rc, received = run_forwarding_signals(cmd, Path(plan.spec.entry.workdir), env, to_workers=plan.mode == "agent",
+                                              on_line=progress.feed, received=stops, on_start=watch)
     finally:
+        for dog in dogs:
+            dog.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     if plan.leader:
+        hung = dogs and dogs[0].hung
         if received:  # the batch script's `hpc-mm finish` decides between requeued and failed
             events.record(plan.run_dir, "signal", name=signal.Signals(received).name, returncode=rc)
+        elif hung:
+            events.record(plan.run_dir, "failed", returncode=rc, cause="hang",
+                          reason=f"no progress for {hung['stalled_seconds']:.0f} s in {hung['phase']}")
         else:
             events.record(plan.run_dir, "completed" if rc == 0 else "failed", returncode=rc)
     return rc
@@ -80,6 +98,7 @@ def _start_record(plan: Plan) -> None:
     note_requeue_by_slurm(plan.spec, plan.run_dir, plan.restart_count)
     events.record(plan.run_dir, "started", nnodes=plan.nnodes, world_size=plan.world_size,
                   master=f"{plan.master_addr}:{plan.master_port}", backend=plan.backend, device=plan.device,
+                  hosts=plan.hosts,
                   checkpoint=checkpoints.latest_whole(plan.checkpoint_dir), **workdir_commit(Path(plan.spec.entry.workdir)))
 
 
@@ -118,7 +137,8 @@ def _children(pid: int) -> list[int]:
 
 def run_forwarding_signals(cmd: list[str], cwd: Path, env: dict, to_workers: bool = False,
                            on_line: Callable[[str], None] | None = None,
-                           received: list[int] | None = None) -> tuple[int, int | None]:
+                           received: list[int] | None = None,
+                           on_start: Callable[[subprocess.Popen], None] | None = None) -> tuple[int, int | None]:
     """Run `cmd`; forward the signals that stop a job as Megatron's exit signal. Return (rc, signal).
 
     Slurm delivers a step's signal to every process in it, not just to us. torchrun does not
@@ -137,6 +157,8 @@ def run_forwarding_signals(cmd: list[str], cwd: Path, env: dict, to_workers: boo
              for name, source, sink in (("stdout", child.stdout, sys.stdout), ("stderr", child.stderr, sys.stderr))]
     for pump in pumps:
         pump.start()
+    if on_start is not None:
+        on_start(child)
 
     def forward(signum, _frame):
         received.append(signum)

@@ -15,17 +15,17 @@ import os
 import time
 from pathlib import Path
 
+from hpc_mm.environments.base import restart_from
 from hpc_mm.run.layout import EVENTS as FILENAME
 
 EVENTS = ("submitted", "started", "signal", "checkpoint", "requeued", "resumed", "completed", "failed", "stopped",
-          "cancelled")
-# The events a run can end with (the last one of a run that is not running or queued).
-TERMINAL = ("completed", "failed", "stopped", "requeued", "cancelled")
+          "cancelled", "hang", "preflight", "quarantined", "gave_up")
+# The events a start can end with (the last one of a run that is not running or queued).
+TERMINAL = ("completed", "failed", "stopped", "requeued", "cancelled", "gave_up")
 
 
 def _restart() -> int:
-    value = os.environ.get("SLURM_RESTART_COUNT", "")
-    return int(value) if value.isdigit() else 0
+    return restart_from(os.environ)
 
 
 def append(path: Path, entry: dict) -> None:

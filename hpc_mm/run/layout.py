@@ -40,6 +40,8 @@ EVENTS = "events.jsonl"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 MM_COPIES = "mm"
+HEARTBEATS = "heartbeats"  # one small file per node and start, while the step runs (launch/watchdog.py)
+PREFLIGHT = "preflight"  # one result per node and start (launch/preflight.py)
 RUNS = Path("runs")  # where new runs go, relative to the working directory
 
 # Slurm fills %x (job name), %j (job id), %t (task); the batch script fills the restart.

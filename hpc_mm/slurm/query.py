@@ -97,6 +97,52 @@ def queued_jobs_writing_to(folder: str) -> list[str]:
     return found
 
 
+def node_states(nodes: list[str]) -> dict[str, str]:
+    """Slurm's state of each node (e.g. IDLE, ALLOCATED+NOT_RESPONDING, DOWN); {} if Slurm cannot say."""
+    out = _stdout(["scontrol", "show", "node", "-o", ",".join(nodes)]) if nodes else None
+    states = {}
+    for line in (out or "").splitlines():
+        fields = parse_fields(line)
+        if "NodeName" in fields:
+            states[fields["NodeName"]] = fields.get("State", "UNKNOWN")
+    return states
+
+
+def hostnames(nodelist: str) -> list[str]:
+    out = _stdout(["scontrol", "show", "hostnames", nodelist]) if nodelist else None
+    return out.split() if out else []
+
+
+def partition_nodes(partition: str) -> int | None:
+    """How many nodes a partition has (None if Slurm cannot say)."""
+    fields = parse_fields((_stdout(["scontrol", "show", "partition", "-o", partition]) or "").strip())
+    value = fields.get("TotalNodes", "")
+    return int(value) if value.isdigit() else None
+
+
+def exclude_nodes(job_id: str, nodes: list[str]) -> tuple[bool, str]:
+    """Keep a pending job off these nodes."""
+    result = _run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(nodes)}"])
+    if result is None:
+        return False, "scontrol did not answer"
+    return result.returncode == 0, result.stderr.strip()
+
+
+def submit_continuation(script: str, name: str, restart: int, exclude: list[str]) -> tuple[str | None, str]:
+    """A new job for the next start of a run (requeue.mode: chain): it waits for the current one
+    to end (--dependency=singleton: same name and user), and counts its start itself."""
+    cmd = ["sbatch", "--parsable", "--dependency=singleton", f"--job-name={name}",
+           f"--export=ALL,HPC_MM_RESTART={restart}"]
+    if exclude:
+        cmd.append(f"--exclude={','.join(exclude)}")
+    result = _run([*cmd, script], timeout=60)
+    if result is None:
+        return None, "sbatch did not answer"
+    if result.returncode != 0:
+        return None, result.stderr.strip()
+    return result.stdout.strip().split(";")[0], ""
+
+
 def requeue(job_id: str) -> tuple[bool, str]:
     result = _run(["scontrol", "requeue", str(job_id)])
     if result is None:

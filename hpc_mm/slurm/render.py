@@ -37,6 +37,7 @@ class ScriptContext:
     srun: str  # shell-quoted srun options
     log_pattern: str  # shell-quoted srun --output, with "$RESTART" expanded by bash
     traps: tuple[str, ...]  # the stop signals the batch shell forwards to the step
+    preflight: str  # shell-quoted srun options of the preflight step ("" when it is off)
 
 
 def template_dirs(user_dir: Path | None) -> list[str]:
@@ -89,7 +90,8 @@ def sbatch_options(spec: JobSpec, run_dir: Path) -> list[str]:
     # Slurm sends the signal to the batch shell (B:) grace_seconds before the time limit,
     # and at preemption (preempt_send_user_signal); the script forwards it to every rank.
     opts += [f"--signal=B:{spec.requeue.signal}@{spec.requeue.grace_seconds}",
-             "--requeue" if spec.requeue.enabled else "--no-requeue", "--open-mode=append",
+             "--requeue" if spec.requeue.enabled and spec.requeue.mode == "requeue" else "--no-requeue",
+             "--open-mode=append",
              f"--output={logs}/{BATCH_LOG}"]
     for key, value in s.extra_sbatch.items():
         if value is True:
@@ -105,6 +107,11 @@ def context(spec: JobSpec, run_dir: Path, python: str | None = None) -> ScriptCo
     if spec.slurm.cpus_per_task:
         srun.append(f"--cpus-per-task={spec.slurm.cpus_per_task}")  # 22.05+: srun no longer inherits it
     srun += spec.slurm.srun_args
+    # The preflight: one task per node, each checks itself; a failure there is recorded, not killed.
+    check = ["--ntasks-per-node=1", "--kill-on-bad-exit=0", "--wait=30", "--unbuffered"]
+    if spec.slurm.cpus_per_task:
+        check.append(f"--cpus-per-task={spec.slurm.cpus_per_task}")
+    check += spec.slurm.srun_args
     env = [(k, shlex.quote(v)) for k, v in spec.env.items()]
     head, tail = task_log_parts(spec.name)
     logs = shlex.quote(str(run_dir / LOGS / head)) + '"$RESTART"' + shlex.quote(tail)
@@ -112,7 +119,8 @@ def context(spec: JobSpec, run_dir: Path, python: str | None = None) -> ScriptCo
         name=spec.name, version=__version__, sbatch=sbatch_options(spec, run_dir), run_dir=shlex.quote(str(run_dir)),
         setup=list(spec.setup), env=env,
         hpc_mm=" ".join(shlex.quote(a) for a in [python or spec.slurm.python or sys.executable, "-m", "hpc_mm"]),
-        srun=" ".join(shlex.quote(a) for a in srun), log_pattern=logs, traps=STOP_SIGNALS)
+        srun=" ".join(shlex.quote(a) for a in srun), log_pattern=logs, traps=STOP_SIGNALS,
+        preflight=" ".join(shlex.quote(a) for a in check) if spec.fault.preflight else "")
 
 
 def render_script(spec: JobSpec, run_dir: Path, template_dir: Path | None = None, python: str | None = None) -> str:

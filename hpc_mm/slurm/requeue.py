@@ -1,43 +1,67 @@
-"""The preemption policy: after the training step ends, requeue or stop.
+"""The policy after a training step ends: complete, requeue (and where not), or stop.
 
-Runs in the batch shell (`hpc-mm finish`) once the step has ended, and first tells apart
-why the job was stopped:
-  - preemption (Slurm set the job's PreemptTime, whatever the signal: sites without
-    preempt_send_user_signal send only SIGTERM): not the job's fault, so it is requeued
-    whenever training is unfinished, and it does not count against requeue.max_restarts;
-  - time limit (the signal came within the grace window before EndTime) or a manual
-    signal: requeued only with restarts left (counted from earlier such requeues) and when
-    the committed checkpoint advanced during this restart, since a job that cannot reach
-    its next checkpoint inside its time would loop forever;
-  - Slurm may requeue a preempted job itself (PreemptMode=REQUEUE) and end the batch shell
-    before this runs; the next start then records that requeue (`note_requeue_by_slurm`).
-  - no signal: never requeued. Success is final, and a crash would most likely crash
-    again (its log says why).
+`decide` looks at what happened to this start (`Facts`, gathered by `finish.py`) and the run's
+record, in this order:
+  - training finished (the committed checkpoint reached train_iters): completed, even when a
+    stop signal or a teardown error came after the last checkpoint;
+  - the preflight failed: on some nodes, requeued without them (not counted); on every node, the
+    job is wrong: failed;
+  - the step hung (the watchdog ended it): requeued without the nodes that stopped first;
+  - a node failed (Slurm marks it down or not responding): requeued without it (not counted);
+  - a stop signal (to the batch shell, or only to the step): a preemption (Slurm set PreemptTime,
+    whatever the signal) is requeued whenever training is unfinished and is not counted; SIGTERM
+    otherwise is scancel: cancelled; the job's own signal at the time limit, or sent by hand, is
+    requeued with restarts left (requeue.max_restarts) and if the checkpoint moved this start;
+  - a crash (non-zero exit, no stop signal) is requeued requeue.on_failure times, but the same
+    failure at the same iteration twice in a row ends the job;
+  - an exit 0 with training unfinished and no stop signal is a failure, never a completion.
+Whatever is requeued, requeue.max_restarts_without_progress starts in a row that moved no
+checkpoint end the job (preemptions aside). A job that gives up ends with exit code 3.
+Slurm may requeue a preempted job itself before `finish` runs; the next start then records that
+requeue (`note_requeue_by_slurm`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpc_mm.job.jobfile import load_job
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import checkpoints, events
-from hpc_mm.run.layout import JOB_FILE, checkpoint_dir
-from hpc_mm.slurm import query
+from hpc_mm.run.layout import checkpoint_dir
 
 PREEMPTION, TIME_LIMIT, SIGNAL, BY_SLURM = "preemption", "time-limit", "signal", "slurm"
+HANG, NODE_FAILURE, PREFLIGHT, CRASH = "hang", "node-failure", "preflight", "crash"
 # Requeues that are not the job's doing: they never use up requeue.max_restarts.
-NOT_COUNTED = (PREEMPTION, BY_SLURM)
+NOT_COUNTED = (PREEMPTION, BY_SLURM, NODE_FAILURE, PREFLIGHT)
+GAVE_UP_EXIT = 3
+
+
+@dataclass(frozen=True)
+class Facts:
+    returncode: int
+    signal: str | None = None  # USR1, TERM, ... (to the batch shell, or seen by the launchers)
+    cause: str = SIGNAL  # for a signal: preemption, time-limit or signal (classify)
+    restart: int = 0
+    nodes: tuple[str, ...] = ()  # the nodes of this start
+    iteration: int | None = None  # the last iteration this start logged
+    preflight_failed: dict[str, list[str]] | None = None  # node -> problems (None: it passed or did not run)
+    failed_nodes: tuple[str, ...] = ()  # nodes Slurm marks down or not responding
+    hang: dict | None = None  # the watchdog's hang event of this start
 
 
 @dataclass(frozen=True)
 class Decision:
-    requeue: bool
+    action: str  # "complete", "requeue", "fail", "cancel", "give-up"
     reason: str
+    cause: str = ""
+    exclude: tuple[str, ...] = field(default=())
+    failure: str = ""  # a crash's signature, to tell a repeating one
+
+    @property
+    def requeue(self) -> bool:
+        return self.action == "requeue"
 
 
 def classify(job_fields: dict, grace_seconds: int, now: dt.datetime | None = None) -> str:
@@ -52,57 +76,95 @@ def classify(job_fields: dict, grace_seconds: int, now: dt.datetime | None = Non
     return TIME_LIMIT if left <= grace_seconds + 60 else SIGNAL
 
 
-def decide(spec: JobSpec, run_dir: Path, signal_name: str | None, restart: int, cause: str) -> Decision:
-    if not signal_name:
-        return Decision(False, "the step ended without a stop signal")
-    if not spec.requeue.enabled:
-        return Decision(False, f"stopped by SIG{signal_name}; requeue.enabled is false")
-    # A preemption is one whatever the signal: sites without preempt_send_user_signal send
-    # only SIGTERM. Otherwise SIGTERM is scancel's, or the hard limit's after the grace.
-    if cause != PREEMPTION and signal_name != spec.requeue.signal:
-        return Decision(False, f"stopped by SIG{signal_name} (scancel or the hard time limit), not by "
-                               f"requeue.signal {spec.requeue.signal}")
+def decide(spec: JobSpec, run_dir: Path, facts: Facts) -> Decision:
     latest = checkpoints.latest_whole(checkpoint_dir(spec, run_dir)) or 0
     if latest >= spec.gpt.train_iters:
-        return Decision(False, f"training finished (checkpoint at iteration {latest})")
-    if cause == PREEMPTION:
-        return Decision(True, f"preempted; resuming from checkpoint {latest}")
+        return Decision("complete", f"training finished (checkpoint at iteration {latest})")
     record = events.read(run_dir)
-    counted = sum(1 for e in record if e["event"] == "requeued" and e.get("cause") not in NOT_COUNTED)
-    if counted >= spec.requeue.max_restarts:
-        return Decision(False, f"restart limit reached ({counted} of requeue.max_restarts = {spec.requeue.max_restarts})")
-    # The committed checkpoint when this restart began (recorded by launch).
-    started_at = next((e.get("checkpoint") or 0 for e in record if e["event"] == "started" and e.get("restart") == restart),
-                      0)
-    if latest <= started_at:
-        return Decision(False, f"no progress this restart (checkpoint still at iteration {latest}); "
-                               "raise requeue.grace_seconds if the save did not fit in it")
-    return Decision(True, f"stopped by {cause} (SIG{signal_name}) at checkpoint {latest}")
+    if facts.preflight_failed is not None:
+        failed = sorted(facts.preflight_failed)
+        if set(facts.preflight_failed) >= set(facts.nodes):  # no node to leave out would help
+            return Decision("fail", "the preflight failed on every node: " + "; ".join(
+                sorted({p for ps in facts.preflight_failed.values() for p in ps})), PREFLIGHT)
+        return _requeue(spec, record, facts, PREFLIGHT, f"the preflight failed on {', '.join(failed)}", latest,
+                        exclude=failed)
+    if facts.hang:
+        blamed = ", ".join(f"rank {b['rank']} on {b['host']}" for b in facts.hang.get("blamed", [])) or "no rank in particular"
+        return _requeue(spec, record, facts, HANG, f"hung in {facts.hang.get('phase')} for "
+                        f"{facts.hang.get('stalled_seconds')} s (stopped first: {blamed})", latest,
+                        exclude=facts.hang.get("nodes", []))
+    if facts.failed_nodes:
+        return _requeue(spec, record, facts, NODE_FAILURE, f"node {', '.join(facts.failed_nodes)} failed", latest,
+                        exclude=list(facts.failed_nodes))
+    if facts.signal:
+        return _signalled(spec, record, facts, latest)
+    if facts.returncode != 0:
+        return _crashed(spec, record, facts, latest)
+    return Decision("fail", f"the step ended (exit 0) at checkpoint {latest} of {spec.gpt.train_iters} without a "
+                            "stop signal; training is unfinished", CRASH)
 
 
-def finish(run_dir: Path, returncode: int, signal_name: str | None, failed: str | None = None) -> int:
-    run_dir = Path(run_dir)
-    if failed:  # the batch shell ended before the step (a setup line, an exit): nothing to requeue
-        events.record(run_dir, "failed", reason=failed, cause="batch-script", returncode=returncode)
-        return returncode or 1
-    spec = load_job(run_dir / JOB_FILE)
-    restart = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-    job_id = os.environ.get("SLURM_JOB_ID")
-    cause = classify(query.show_job(job_id), spec.requeue.grace_seconds) if job_id and signal_name else SIGNAL
-    decision = decide(spec, run_dir, signal_name, restart, cause)
-    if decision.requeue and job_id:
-        ok, err = query.requeue(job_id)
-        if ok:
-            events.record(run_dir, "requeued", reason=decision.reason, cause=cause,
-                          iteration=checkpoints.latest_iteration(checkpoint_dir(spec, run_dir)))
-            print(f"hpc-mm: requeued job {job_id}: {decision.reason}", flush=True)
-            return 0
-        print(f"hpc-mm: requeue of job {job_id} failed: {err}", file=sys.stderr, flush=True)
-    if signal_name:
-        events.record(run_dir, "failed", reason=decision.reason, cause=cause, returncode=returncode)
-        print(f"hpc-mm: not requeued: {decision.reason}", flush=True)
-        return returncode or 1
-    return returncode
+def _signalled(spec: JobSpec, record: list[dict], facts: Facts, latest: int) -> Decision:
+    r, cause = spec.requeue, facts.cause
+    if cause != PREEMPTION and facts.signal == "TERM":
+        return Decision("cancel", f"cancelled (SIGTERM: scancel or the hard time limit) at checkpoint {latest}", cause)
+    if cause != PREEMPTION and facts.signal != r.signal:
+        return Decision("fail", f"stopped by SIG{facts.signal}, not by requeue.signal {r.signal}", cause)
+    return _requeue(spec, record, facts, cause, f"stopped by {cause} (SIG{facts.signal}) at checkpoint {latest}"
+                    if cause != PREEMPTION else f"preempted; resuming from checkpoint {latest}", latest)
+
+
+def _crashed(spec: JobSpec, record: list[dict], facts: Facts, latest: int) -> Decision:
+    crashes = [e for e in record if e["event"] in ("requeued", "failed", "gave_up") and e.get("cause") == CRASH]
+    this = f"exit code {facts.returncode} at iteration {facts.iteration}"  # a crash's signature
+    if crashes and crashes[-1].get("failure") == this and crashes[-1].get("restart") == facts.restart - 1:
+        return Decision("give-up", f"the same failure twice in a row ({this}); it would repeat", CRASH, failure=this)
+    used = sum(1 for e in crashes if e["event"] == "requeued")
+    if used >= spec.requeue.on_failure:
+        return Decision("fail", f"{this}; not requeued (requeue.on_failure = {spec.requeue.on_failure})", CRASH,
+                        failure=this)
+    decision = _requeue(spec, record, facts, CRASH, f"{this}; retry {used + 1} of requeue.on_failure = "
+                        f"{spec.requeue.on_failure}", latest, counted=False)
+    return Decision(decision.action, decision.reason, decision.cause, decision.exclude, this)
+
+
+def _requeue(spec: JobSpec, record: list[dict], facts: Facts, cause: str, reason: str, latest: int,
+             exclude: list[str] = (), counted: bool = True) -> Decision:
+    r = spec.requeue
+    if not r.enabled:
+        return Decision("fail", f"{reason}; requeue.enabled is false", cause)
+    if cause != PREEMPTION:
+        stalled = _starts_without_progress(record, facts.restart, latest)
+        if stalled >= r.max_restarts_without_progress:
+            return Decision("give-up", f"{reason}; {stalled} starts in a row moved no checkpoint (still at "
+                            f"{latest}; requeue.max_restarts_without_progress = {r.max_restarts_without_progress})", cause)
+    if counted and cause not in NOT_COUNTED and cause != CRASH:
+        used = sum(1 for e in record if e["event"] == "requeued" and e.get("cause") not in NOT_COUNTED + (CRASH,))
+        if used >= r.max_restarts:
+            return Decision("fail", f"{reason}; restart limit reached ({used} of requeue.max_restarts = "
+                            f"{r.max_restarts})", cause)
+        if cause in (TIME_LIMIT, SIGNAL) and latest <= _checkpoint_at_start(record, facts.restart):
+            return Decision("fail", f"no progress this restart (checkpoint still at iteration {latest}); "
+                            "raise requeue.grace_seconds if the save did not fit in it", cause)
+    return Decision("requeue", reason, cause, tuple(exclude))
+
+
+def _checkpoint_at_start(record: list[dict], restart: int) -> int:
+    return next((e.get("checkpoint") or 0 for e in record if e["event"] == "started" and e.get("restart") == restart), 0)
+
+
+def _starts_without_progress(record: list[dict], restart: int, latest: int) -> int:
+    """How many starts in a row, this one included, ended with the checkpoint where they began."""
+    starts = {e.get("restart"): e.get("checkpoint") or 0 for e in record if e["event"] == "started"}
+    count, moved_to = 0, latest
+    for number in range(restart, -1, -1):
+        if number not in starts:
+            break
+        if moved_to > starts[number]:
+            break
+        count += 1
+        moved_to = starts[number]
+    return count
 
 
 def note_requeue_by_slurm(spec: JobSpec, run_dir: Path, restart: int) -> None:
@@ -110,8 +172,9 @@ def note_requeue_by_slurm(spec: JobSpec, run_dir: Path, restart: int) -> None:
     if restart < 1:
         return
     previous = [e for e in events.read(run_dir) if e.get("restart") == restart - 1]
-    if any(e["event"] == "requeued" for e in previous):
+    if any(e["event"] in events.TERMINAL for e in previous):
         return
     events.record(run_dir, "requeued", restart=restart - 1, cause=BY_SLURM,
-                  reason="requeued by Slurm (preemption with PreemptMode=REQUEUE, or an administrator)",
+                  reason="requeued by Slurm (preemption with PreemptMode=REQUEUE, a failed batch host, or an "
+                         "administrator); the previous start ended without a word from hpc-mm",
                   iteration=checkpoints.latest_iteration(checkpoint_dir(spec, run_dir)))

@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM: finish the iteration, save a checkpoint on every rank's agreement, exit 0")
     o.add_argument("--exit-interval", type=int, default=None, help="save and exit after this many iterations")
     o.add_argument("--distributed-backend", default="gloo", choices=["nccl", "gloo", "hccl", "mpi"])
+    o.add_argument("--distributed-timeout-minutes", type=int, default=10, help="collective timeout")
     h = p.add_argument_group("hpc-mm")
     h.add_argument("--run-dir", default=None, help="write events.jsonl and metrics.jsonl here")
     h.add_argument("--keep-last", type=int, default=None, help="keep only the newest N checkpoints")

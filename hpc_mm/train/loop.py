@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import datetime
+import faulthandler
 import json
 import os
 import random
@@ -25,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from hpc_mm.errors import UserError, print_problems
+from hpc_mm.job.signals import STACK_SIGNAL
 from hpc_mm.run import events
 from hpc_mm.run.layout import METRICS
 from hpc_mm.train import checkpoint
@@ -60,7 +63,7 @@ class Trainer:
             _read_json(args.mm_tool, "--mm-tool")
         self.run_dir = Path(args.run_dir) if args.run_dir else None
         self.device, backend = bind_device(args.distributed_backend)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=args.distributed_timeout_minutes))
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         # Data parallel only (TP, PP and CP are 1): the data-parallel group is every rank.
         self.dp_group = dist.group.WORLD
@@ -278,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     from hpc_mm.train.arguments import parse_args
 
     args = parse_args(argv)
+    faulthandler.register(STACK_SIGNAL, all_threads=True)  # the launcher's watchdog asks for stacks on a hang
     trainer = None
     try:
         trainer = Trainer(args)

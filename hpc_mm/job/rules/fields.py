@@ -185,8 +185,14 @@ def _exact_resume(spec: JobSpec) -> list[Problem]:
 
 
 def _requeue(spec: JobSpec) -> list[Problem]:
-    r = spec.requeue
-    out = at_least_zero("requeue.max_restarts", r.max_restarts)
+    r, f = spec.requeue, spec.fault
+    out = (at_least_zero("requeue.max_restarts", r.max_restarts) + at_least_zero("requeue.on_failure", r.on_failure)
+           + positive("requeue.max_restarts_without_progress", r.max_restarts_without_progress))
+    if f.hang_factor < 1:
+        out.append(Problem("fault.hang_factor", f"{f.hang_factor} is less than 1",
+                           "a phase may take this many times its slowest observed duration; 5-20 is usual"))
+    for name in ("hang_floor_startup", "hang_floor_step", "hang_floor_checkpoint"):
+        out += positive(f"fault.{name}", getattr(f, name), "seconds")
     if not 10 <= r.grace_seconds <= 3600:
         out.append(Problem("requeue.grace_seconds", f"{r.grace_seconds} is outside 10-3600",
                            "seconds before the time limit/preemption to save; allow for one checkpoint write"))

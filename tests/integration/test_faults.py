@@ -1,0 +1,256 @@
+"""Beyond preemption, on the real test cluster: a hung rank, a dead node, a failed preflight, a
+crash that repeats and one that does not, and the chain of jobs where requeue is not allowed."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import JOBS, ROOT, run_cli
+from hpc_mm.run import events
+from test_slurm import sacct, wait_for
+
+STANDIN = ROOT / "tests" / "fixtures" / "standin.yaml"
+TINY = JOBS / "tiny-vlm.yaml"
+
+
+def submit(run_dir, *overrides, job=TINY):
+    result = run_cli("submit", job, "--run-dir", run_dir, "--json", *[a for o in overrides for a in ("--set", o)],
+                     cwd=run_dir.parent, check=True)
+    return json.loads(result.stdout)["job_id"]
+
+
+def until(predicate, timeout=300, poll=0.5, job_id=None):
+    """Wait for `predicate`; a requeued job is let start at once (Slurm holds it back a while)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if job_id and sacct(job_id)[0] == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {predicate}")
+
+
+def finished(job_id, timeout=600):
+    until(lambda: sacct(job_id)[0] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"), timeout,
+          poll=1, job_id=job_id)
+    return sacct(job_id)[0]
+
+
+def metrics_rows(run_dir):
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def processes(node: str, training_only: bool = False) -> list[int]:
+    """The processes of a job step on one (emulated) node, by their SLURMD_NODENAME."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            values = environ.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"SLURMD_NODENAME={node}".encode() in values and (not training_only or any(v.startswith(b"RANK=") for v in values)):
+            if int(environ.parent.name) != os.getpid():
+                found.append(int(environ.parent.name))
+    return found
+
+
+def weights(run_dir, iteration):
+    state = torch.load(run_dir / "checkpoints" / f"iter_{iteration:07d}" / "mp_rank_00" / "model_optim_rng.pt",
+                       weights_only=False)
+    return state["model"]
+
+
+HANG_JOB = ["gpt.train_iters=300", "checkpoint.save_interval=50", "fault.hang_floor_step=20",
+            "fault.hang_floor_startup=120", "slurm.partition=low"]
+
+
+def test_a_hung_rank_is_found_the_node_left_out_and_the_run_resumes_bitwise(slurm_cluster, tmp_path):
+    baseline = tmp_path / "baseline"
+    assert finished(submit(baseline, *HANG_JOB)) == "COMPLETED"
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, *HANG_JOB)
+    until(lambda: metrics_rows(run_dir) >= 70)
+    second = next(e for e in events.read(run_dir) if e["event"] == "started")["hosts"][1]
+    stopped = until(lambda: processes(second, training_only=True))[0]
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        hang = until(lambda: next((e for e in events.read(run_dir) if e["event"] == "hang"), None), timeout=120)
+        until(lambda: any(e["event"] == "requeued" for e in events.read(run_dir)), timeout=120)
+    finally:  # the step's end killed it; should the test fail before, let it go on
+        try:
+            os.kill(stopped, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert hang["stalled_seconds"] <= hang["budget_seconds"] + 5 and hang["budget_seconds"] == 20
+    assert hang["nodes"] == [second] and [(b["host"], b["state"]) for b in hang["blamed"]] == [(second, "T")]
+    assert finished(job_id) == "COMPLETED", [e["event"] for e in events.read(run_dir)]
+    record = events.read(run_dir)
+    requeued = next(e for e in record if e["event"] == "requeued")
+    assert requeued["cause"] == "hang" and requeued["exclude"] == [second]
+    assert any(e["event"] == "quarantined" and e["nodes"] == [second] and e["applied"] for e in record)
+    restarted = [e for e in record if e["event"] == "started" and e["restart"] == 1][0]
+    assert second not in restarted["hosts"]
+    logs = run_cli("logs", run_dir, "--restart", "0", check=True).stdout
+    assert "hpc-mm watchdog: Python stacks of rank" in logs and "Trainer._step" in logs  # the others' stacks
+    resumed = [e for e in record if e["event"] == "resumed"]
+    assert resumed[-1]["iteration"] == 50 and record[-1]["event"] == "completed"
+    a, b = weights(baseline, 300), weights(run_dir, 300)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise the uninterrupted run
+
+
+def restore(node: str) -> None:
+    subprocess.run(["/usr/sbin/slurmd", "-N", node], capture_output=True)
+    for _ in range(30):
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
+        state = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%t"], capture_output=True, text=True).stdout
+        if state.strip().startswith("idle"):
+            return
+        time.sleep(1)
+
+
+def test_a_dead_node_ends_the_step_and_the_job_runs_elsewhere(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, "gpt.train_iters=600", "checkpoint.save_interval=50", "slurm.partition=low")
+    until(lambda: metrics_rows(run_dir) >= 60)
+    dead = next(e for e in events.read(run_dir) if e["event"] == "started")["hosts"][1]
+    try:
+        for pid in processes(dead):
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", f"slurmd -N {dead}$"], check=False)
+        killed = time.time()
+        ended = until(lambda: next((e for e in events.read(run_dir) if e["event"] in ("requeued", "failed")), None),
+                      timeout=120)
+        assert ended["event"] == "requeued" and ended["cause"] == "node-failure" and ended["exclude"] == [dead]
+        assert ended["time"] - killed < 60  # no rank hangs waiting for the dead node
+    finally:
+        restore(dead)
+    assert finished(job_id) == "COMPLETED", [e["event"] for e in events.read(run_dir)]
+    restarted = [e for e in events.read(run_dir) if e["event"] == "started" and e["restart"] == 1][0]
+    assert dead not in restarted["hosts"]
+
+
+@pytest.fixture
+def fake_gpu_nodes(tmp_path):
+    """n1, n3, n4 have (fake) GPUs; n2 has none."""
+    root = tmp_path / "nodes"
+    for node in ("n1", "n3", "n4"):
+        (root / node / "dev").mkdir(parents=True)
+        (root / node / "dev" / "nvidia0").touch()
+    (root / "n2" / "dev").mkdir(parents=True)
+    return f"{root}/{{node}}"
+
+
+def test_a_node_that_fails_the_preflight_is_left_out(slurm_cluster, tmp_path, fake_gpu_nodes):
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, "gpt.train_iters=60", "distributed.device=cuda", "distributed.backend=gloo",
+                    f"env={{HPC_MM_DEVICE_ROOT: '{fake_gpu_nodes}', OMP_NUM_THREADS: '1'}}")
+    assert finished(job_id) == "COMPLETED", [e["event"] for e in events.read(run_dir)]
+    record = events.read(run_dir)
+    preflight = next(e for e in record if e["event"] == "preflight")
+    assert list(preflight["failed"]) == ["n2"] and "n2: distributed.device" in preflight["failed"]["n2"][0]
+    first = [e["event"] for e in record if e["restart"] == 0]
+    assert "started" not in first  # nothing trained before the preflight passed
+    requeued = next(e for e in record if e["event"] == "requeued")
+    assert requeued["cause"] == "preflight" and requeued["exclude"] == ["n2"]
+    started = next(e for e in record if e["event"] == "started")
+    assert "n2" not in started["hosts"] and record[-1]["event"] == "completed"
+    batch_log = next((run_dir / "logs").glob("*.batch.out")).read_text()
+    assert "hpc-mm preflight: error: n2: distributed.device: the job runs on cuda but node n2 has no" in batch_log
+
+
+def test_a_preflight_failure_on_every_node_fails_the_job(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, "entry.script=no_such_entry.py", f"entry.workdir={tmp_path}")
+    assert finished(job_id) == "FAILED"
+    record = events.read(run_dir)
+    assert record[-1]["event"] == "failed" and record[-1]["cause"] == "preflight"
+    assert "the preflight failed on every node" in record[-1]["reason"] and "no_such_entry.py" in record[-1]["reason"]
+    assert not any(e["event"] in ("started", "requeued") for e in record)
+    batch_log = next((run_dir / "logs").glob("*.batch.out")).read_text()
+    assert batch_log.count("hpc-mm preflight: error:") == 2  # one line per node
+
+
+def crashing_standin(tmp_path, **knobs):
+    data = json.loads((ROOT / "tests/fixtures/standin/data.json").read_text())
+    data["dataset_param"].update(read_latency_ms=20, **knobs)
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    return f"mm.data={tmp_path / 'data.json'}"
+
+
+def test_a_crash_that_repeats_stops_the_job(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, crashing_standin(tmp_path, crash_at_iteration=30), "gpt.train_iters=100",
+                    "checkpoint.save_interval=20", "requeue.on_failure=3", job=STANDIN)
+    assert finished(job_id) == "FAILED"
+    record = events.read(run_dir)
+    assert [e["event"] for e in record if e["event"] in ("requeued", "gave_up")] == ["requeued", "gave_up"]
+    gave_up = record[-1]
+    assert gave_up["event"] == "gave_up" and "the same failure twice in a row" in gave_up["reason"]
+    assert gave_up["restart"] == 1 and gave_up["failure"] == "exit code 1 at iteration 29"
+    exit_code = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "ExitCode"], capture_output=True,
+                               text=True).stdout.split()[-1]
+    assert exit_code == "3:0"
+    status = json.loads(run_cli("status", run_dir, "--json", check=True).stdout)
+    assert status["last_event"] == "gave_up"
+
+
+def test_a_one_off_crash_is_retried_and_the_run_completes(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, crashing_standin(tmp_path, crash_at_iteration=30,
+                                              crash_once_marker=str(tmp_path / "crashed")),
+                    "gpt.train_iters=60", "checkpoint.save_interval=20", "requeue.on_failure=1", job=STANDIN)
+    assert finished(job_id) == "COMPLETED"
+    record = events.read(run_dir)
+    requeued = [e for e in record if e["event"] == "requeued"]
+    assert len(requeued) == 1 and requeued[0]["cause"] == "crash" and record[-1]["event"] == "completed"
+
+
+def test_chain_mode_continues_a_preempted_job_as_a_new_job(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, "requeue.mode=chain", "slurm.exclusive=true", "slurm.partition=low",
+                    "gpt.train_iters=400", "checkpoint.save_interval=1000")
+    until(lambda: metrics_rows(run_dir) >= 60)
+    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "--exclusive", "-N", "4", "-o", "/dev/null",
+                           "--wrap", "sleep 2"], capture_output=True, text=True, check=True).stdout.strip()
+    requeued = until(lambda: next((e for e in events.read(run_dir) if e["event"] == "requeued"), None))
+    assert wait_for(high) == "COMPLETED"
+    next_id = requeued["next_job_id"]
+    assert next_id != job_id and requeued["cause"] == "preemption"
+    assert finished(next_id) == "COMPLETED", [e["event"] for e in events.read(run_dir)]
+    record = events.read(run_dir)
+    resumed = [e for e in record if e["event"] == "resumed"]
+    saved = [e for e in record if e["event"] == "checkpoint" and e["reason"] == "signal"]
+    assert resumed and resumed[-1]["iteration"] == saved[0]["iteration"] and resumed[-1]["restart"] == 1
+    assert resumed[-1]["job_id"] == next_id and record[-1]["event"] == "completed"
+    status = json.loads(run_cli("status", run_dir, "--json", check=True).stdout)
+    assert status["job_id"] == next_id and status["state"] == "COMPLETED" and status["last_iteration"] == 400
+
+
+def test_every_end_is_recorded_and_a_stop_to_the_step_alone_is_no_completion(slurm_cluster, tmp_path):
+    """scancel --signal=USR1 without --batch reaches the ranks, not the batch shell: the job is stopped
+    and requeued as for any manual stop, never COMPLETED with training unfinished. Then a rank killed
+    mid-training: the job fails, and the record says how."""
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, "gpt.train_iters=600", "checkpoint.save_interval=1000", "requeue.max_restarts=1")
+    until(lambda: metrics_rows(run_dir) >= 40)
+    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)  # to the steps only
+    requeued = until(lambda: next((e for e in events.read(run_dir) if e["event"] in ("requeued", "completed",
+                                                                                      "failed")), None))
+    assert requeued["event"] == "requeued" and requeued["cause"] == "signal", requeued
+    until(lambda: metrics_rows(run_dir) >= 80, job_id=job_id)
+    rank = until(lambda: processes(next(e for e in events.read(run_dir) if e["event"] == "started"
+                                        and e["restart"] == 1)["hosts"][0], training_only=True))[0]
+    os.kill(rank, signal.SIGKILL)
+    assert finished(job_id) == "FAILED"
+    last = events.read(run_dir)[-1]
+    assert last["event"] == "failed" and last["cause"] == "crash" and last["restart"] == 1
+    assert "not requeued (requeue.on_failure = 0)" in last["reason"]
