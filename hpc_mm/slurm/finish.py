@@ -38,9 +38,11 @@ def finish(run_dir: Path, returncode: int, signal_name: str | None, failed: str 
     restart, job_id = restart_from(env), env.get("SLURM_JOB_ID")
     record = events.read(run_dir)
     this = [e for e in record if e.get("restart") == restart]
-    # A stop that reached only the step (scancel --signal without --batch) is a stop all the same.
+    # A stop that reached only the step (scancel --signal=USR1 without --batch) is a stop all the
+    # same; a SIGTERM that reached only the step is srun ending it after a task failed.
     signal_name = signal_name or next((e["name"].removeprefix("SIG") for e in reversed(this)
-                                       if e["event"] == "signal" and isinstance(e.get("name"), str)), None)
+                                       if e["event"] == "signal" and e.get("name") == f"SIG{spec.requeue.signal}"),
+                                      None)
     nodes = tuple(expand_nodelist(env["SLURM_JOB_NODELIST"])) if env.get("SLURM_JOB_NODELIST") else ()
     hang = next((e for e in reversed(this) if e["event"] == "hang"), None)
     facts = Facts(

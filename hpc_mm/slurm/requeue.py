@@ -116,7 +116,7 @@ def _signalled(spec: JobSpec, record: list[dict], facts: Facts, latest: int) -> 
 
 def _crashed(spec: JobSpec, record: list[dict], facts: Facts, latest: int) -> Decision:
     crashes = [e for e in record if e["event"] in ("requeued", "failed", "gave_up") and e.get("cause") == CRASH]
-    this = f"exit code {facts.returncode} at iteration {facts.iteration}"  # a crash's signature
+    this = f"a crash after iteration {facts.iteration}"  # its signature (exit codes vary with which task srun saw)
     if crashes and crashes[-1].get("failure") == this and crashes[-1].get("restart") == facts.restart - 1:
         return Decision("give-up", f"the same failure twice in a row ({this}); it would repeat", CRASH, failure=this)
     used = sum(1 for e in crashes if e["event"] == "requeued")

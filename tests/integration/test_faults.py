@@ -195,7 +195,7 @@ def test_a_crash_that_repeats_stops_the_job(slurm_cluster, tmp_path):
     assert [e["event"] for e in record if e["event"] in ("requeued", "gave_up")] == ["requeued", "gave_up"]
     gave_up = record[-1]
     assert gave_up["event"] == "gave_up" and "the same failure twice in a row" in gave_up["reason"]
-    assert gave_up["restart"] == 1 and gave_up["failure"] == "exit code 1 at iteration 29"
+    assert gave_up["restart"] == 1 and gave_up["failure"] == "a crash after iteration 29"
     exit_code = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "ExitCode"], capture_output=True,
                                text=True).stdout.split()[-1]
     assert exit_code == "3:0"
@@ -253,4 +253,4 @@ def test_every_end_is_recorded_and_a_stop_to_the_step_alone_is_no_completion(slu
     assert finished(job_id) == "FAILED"
     last = events.read(run_dir)[-1]
     assert last["event"] == "failed" and last["cause"] == "crash" and last["restart"] == 1
-    assert "not requeued (requeue.on_failure = 0)" in last["reason"]
+    assert "not requeued (requeue.on_failure = 0)" in last["reason"] and "a crash after iteration" in last["reason"]

@@ -75,7 +75,7 @@ def test_crashes_are_retried_until_they_repeat(tmp_path):
     spec = run_with(tmp_path, 40, overrides=["requeue.on_failure=3"])
     starts(tmp_path, 0)
     first = decide(spec, tmp_path, Facts(returncode=1, restart=0, iteration=50))
-    assert first.action == "requeue" and first.failure == "exit code 1 at iteration 50"
+    assert first.action == "requeue" and first.failure == "a crash after iteration 50"
     events.record(tmp_path, "requeued", restart=0, cause=CRASH, failure=first.failure)
     starts(tmp_path, 40)
     again = decide(spec, tmp_path, Facts(returncode=1, restart=1, iteration=50))

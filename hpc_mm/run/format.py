@@ -1,0 +1,37 @@
+"""Numbers for people: durations, losses, rates; never `None` or 17 digits."""
+
+from __future__ import annotations
+
+import math
+
+DASH = "-"
+
+
+def duration(seconds: float | None) -> str:
+    """1h02m, 3m05s, 42s; `-` when unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return DASH
+    seconds = int(round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def number(value: float | int | None, digits: int = 4) -> str:
+    """A loss or a rate with `digits` significant digits; `-` when unknown."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return DASH
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}g}"
+
+
+def text(value) -> str:
+    return DASH if value in (None, "") else str(value)
