@@ -17,6 +17,14 @@ from hpc_mm.errors import UserError
 _TASKS = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
 
 
+def job_id_of(environ: Mapping[str, str]) -> str | None:
+    """This process's job as Slurm's tools name it: `<array>_<task>` for a task of a job array
+    (a requeue or cancel then reaches that task only), else SLURM_JOB_ID."""
+    if environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+    return environ.get("SLURM_JOB_ID") or None
+
+
 def expand_tasks_per_node(text: str) -> list[int]:
     """Slurm's compressed task counts: ``2(x3),1`` -> [2, 2, 2, 1]."""
     counts: list[int] = []
@@ -102,7 +110,9 @@ class SlurmEnvironment(ClusterEnvironment):
         return self._first("master_addr") or self._configured_addr or self.hosts()[0]
 
     def job_id(self) -> str | None:
-        return self._get("job_id")
+        """`<array>_<task>` for a task of a job array (how Slurm's tools name it), else the id."""
+        array = self.array()
+        return f"{array[0]}_{array[1]}" if array and array[1] else self._get("job_id")
 
     def array(self) -> tuple[str, str] | None:
         if self._has("array_job_id"):

@@ -2,12 +2,16 @@
 
 mpirun starts one `hpc-mm launch` per emulated node; each finds itself in the MPI
 environment, the ranks agree on rank 0's host and a free port through mpi4py, and each
-runs its node's torchrun (or, with launcher srun, one process per rank).
+runs its node's torchrun (or, with launcher srun, one process per rank). Each writes its own
+log, as a Slurm task does (`hpc-mm logs RUN_DIR --rank N` works on local runs); the terminal
+shows one line of progress and, at the end, the run's summary.
 
 Stopping works as on Slurm: Ctrl-C, SIGTERM, SIGUSR1 or SIGHUP to `hpc-mm local` reach every
 rank as the exit signal (through mpirun, which forwards SIGUSR1), the job saves a checkpoint
-and ends, and the run records `stopped`; a second signal stops mpirun at once. mpirun runs in a
-session of its own, so a terminal's Ctrl-C reaches only us, and it and torchrun keep their
+and ends, and the run records `stopped`; a second signal stops mpirun at once. `--preempt-at N`
+emulates a preemption: at iteration N the same signal goes the same way, the job saves, and it
+starts again as a requeued job would, one restart further, from its checkpoint. mpirun runs in
+a session of its own (a terminal's Ctrl-C reaches only us), and it and torchrun keep their
 temporary files in a folder that is removed when the run ends.
 """
 
@@ -19,11 +23,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+from hpc_mm.environments.base import restart_from
 from hpc_mm.errors import UserError
 from hpc_mm.job.spec import JobSpec, nproc_hint
-from hpc_mm.run import events, layout, lock
+from hpc_mm.run import checkpoints, events, layout, lock
+from hpc_mm.run.layout import TASK_LOG
+from hpc_mm.run.follow import Follower
+from hpc_mm.run.report import summary, summary_text
 from hpc_mm.slurm.submit import refuse_if_active
 
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
@@ -34,14 +43,15 @@ def mpirun_command(spec: JobSpec, run_dir: Path, mpirun: str = "mpirun") -> list
         processes = spec.nnodes  # one agent per emulated node; torchrun starts the ranks
     else:
         processes = spec.nnodes * (nproc_hint(spec) or 1)
-    cmd = [mpirun, "-np", str(processes), "--oversubscribe", "--bind-to", "none", "-x", "PATH", "-x", "PYTHONPATH",
-           "-x", "TMPDIR", "-x", lock.INHERITED]
+    cmd = [mpirun, "-np", str(processes), "--oversubscribe", "--bind-to", "none"]
+    for name in ("PATH", "PYTHONPATH", "TMPDIR", lock.INHERITED, "HPC_MM_RESTART", TASK_LOG):
+        cmd += ["-x", name]
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")  # Open MPI refuses root without it
     return cmd + [sys.executable, "-m", "hpc_mm", "launch", str(run_dir)]
 
 
-def run_local(spec: JobSpec, run_dir: Path | None, mpirun: str = "mpirun") -> int:
+def run_local(spec: JobSpec, run_dir: Path | None, mpirun: str = "mpirun", preempt_at: list[int] = ()) -> int:
     if shutil.which(mpirun) is None:
         raise UserError.one("--mpirun", f"{mpirun!r} is not on PATH",
                             "install Open MPI (apt-get install openmpi-bin) or pass --mpirun /path/to/mpirun")
@@ -49,58 +59,81 @@ def run_local(spec: JobSpec, run_dir: Path | None, mpirun: str = "mpirun") -> in
     refuse_if_active(planned.run_dir)  # e.g. a Slurm job queued on the same run directory
     with lock.acquire(planned.run_dir):
         run_dir = layout.create(planned).run_dir
-        cmd = mpirun_command(spec, run_dir, mpirun)
-        print(f"run directory: {run_dir}", flush=True)
-        print("$ " + " ".join(cmd), flush=True)
+        print(f"run directory: {run_dir}\nlogs: hpc-mm logs {run_dir} [--rank N]", flush=True)
         events.record(run_dir, "submitted", mode="local", nnodes=spec.nnodes)
-        scratch = tempfile.mkdtemp(prefix="hpc-mm-local-")
-        package_root = str(Path(__file__).resolve().parent.parent.parent)
-        env = dict(os.environ, TMPDIR=scratch, **{lock.INHERITED: str(os.getpid())},
-                   PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+        restart, pending = restart_from(os.environ), sorted(set(preempt_at))
+        follower = Follower(run_dir, spec.gpt.train_iters)
+        while True:
+            pending = [p for p in pending if p > follower.iteration()]
+            rc, received, preempted = _start(spec, run_dir, mpirun, restart, pending[0] if pending else None, follower)
+            if not preempted or received:
+                break
+            events.record(run_dir, "requeued", restart=restart, cause="preemption", emulated=True,
+                          reason=f"emulated preemption at iteration {pending[0]} (--preempt-at)",
+                          iteration=checkpoints.latest_whole(layout.checkpoint_dir(spec, run_dir)))
+            restart += 1
+        follower.close()
+        _record_end(run_dir, rc, received, restart)
         try:
-            rc, received = _run_mpirun(cmd, env)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        _record_end(run_dir, rc, received)
+            print(summary_text(summary(run_dir)), flush=True)
+        except UserError:
+            pass  # nothing trained: the logs say why
+        if rc != 0:
+            print(f"hpc-mm local: ended with exit code {rc}; see hpc-mm logs {run_dir}", file=sys.stderr, flush=True)
         return rc
 
 
-def _run_mpirun(cmd: list[str], env: dict) -> tuple[int, int | None]:
-    child = subprocess.Popen(cmd, env=env, start_new_session=True)
+def _start(spec: JobSpec, run_dir: Path, mpirun: str, restart: int, preempt_at: int | None,
+           follower: Follower) -> tuple[int, int | None, bool]:
+    """One start of the emulated job; returns (exit code, the user's stop signal, preempted)."""
+    scratch = tempfile.mkdtemp(prefix="hpc-mm-local-")
+    package_root = str(Path(__file__).resolve().parent.parent.parent)
+    log = run_dir / layout.LOGS / f"{spec.name}-local-r{restart}-t%t.out"
+    env = dict(os.environ, TMPDIR=scratch, HPC_MM_RESTART=str(restart), **{lock.INHERITED: str(os.getpid()),
+               TASK_LOG: str(log)}, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     received: list[int] = []
+    preempted = False
+    with open(run_dir / layout.LOGS / f"{spec.name}-local.mpirun.out", "a") as mpi_log:
+        child = subprocess.Popen(mpirun_command(spec, run_dir, mpirun), env=env, start_new_session=True,
+                                 stdout=mpi_log, stderr=subprocess.STDOUT)
 
-    def stop(signum, _frame):
-        received.append(signum)
-        try:
-            if len(received) == 1:  # the exit signal to every rank, through mpirun: they save and end
-                child.send_signal(signal.SIGUSR1)
-            elif len(received) == 2:  # again: mpirun ends the ranks now
-                child.send_signal(signal.SIGTERM)
-            else:
-                os.killpg(child.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    previous = {s: signal.signal(s, stop) for s in STOPS}
-    try:
-        while True:
+        def stop(signum, _frame):
+            received.append(signum)
             try:
-                return child.wait(), (received[0] if received else None)
-            except InterruptedError:
-                continue
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+                if len(received) == 1:  # the exit signal to every rank, through mpirun: they save and end
+                    child.send_signal(signal.SIGUSR1)
+                elif len(received) == 2:  # again: mpirun ends the ranks now
+                    child.send_signal(signal.SIGTERM)
+                else:
+                    os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        previous = {s: signal.signal(s, stop) for s in STOPS}
+        try:
+            while child.poll() is None:
+                follower.update("preempting" if preempted else "stopping" if received else "running")
+                if preempt_at is not None and not (preempted or received) and follower.iteration() >= preempt_at:
+                    child.send_signal(signal.SIGUSR1)  # what Slurm's preemption signal becomes on its way
+                    preempted = True
+                time.sleep(0.05 if preempt_at is not None and not preempted else 0.3)
+            follower.update()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            shutil.rmtree(scratch, ignore_errors=True)
+    return child.returncode, (received[0] if received else None), preempted
 
 
-def _record_end(run_dir: Path, rc: int, received: int | None) -> None:
+def _record_end(run_dir: Path, rc: int, received: int | None, restart: int) -> None:
     """Every local run ends with a terminal event, whatever the ranks managed to record."""
-    last = next((e for e in reversed(events.read(run_dir)) if e.get("event") in events.TERMINAL + ("signal",)), None)
+    mine = [e for e in events.read(run_dir) if e.get("restart") == restart]
+    last = next((e for e in reversed(mine) if e.get("event") in events.TERMINAL + ("signal",)), None)
     if received:
         name = signal.Signals(received).name
-        events.record(run_dir, "stopped", reason=f"stopped by {name}; continue it with `hpc-mm local JOB "
-                      f"--run-dir {run_dir}`", name=name, returncode=rc)
+        events.record(run_dir, "stopped", restart=restart, name=name, returncode=rc,
+                      reason=f"stopped by {name}; continue it with `hpc-mm local JOB --run-dir {run_dir}`")
         print(f"hpc-mm local: stopped by {name}; the run can continue from its last checkpoint", flush=True)
     elif last is None or last["event"] not in events.TERMINAL:
-        events.record(run_dir, "completed" if rc == 0 else "failed", returncode=rc,
+        events.record(run_dir, "completed" if rc == 0 else "failed", restart=restart, returncode=rc,
                       reason="" if rc == 0 else f"mpirun ended with exit code {rc}")

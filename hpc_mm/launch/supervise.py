@@ -18,6 +18,7 @@ from typing import Callable
 from pathlib import Path
 
 from hpc_mm.job.signals import EXIT_SIGNAL, FORWARDED, IGNORED_BY_ENTRY
+from hpc_mm.run.layout import TASK_LOG
 from hpc_mm.launch import preflight, watchdog
 from hpc_mm.launch.plan import Plan, child_env, command, interpreter, resolve_plan
 from hpc_mm.launch.progress import Progress
@@ -28,6 +29,7 @@ from hpc_mm.slurm.requeue import note_requeue_by_slurm
 def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None, nodes: int | None = None,
            nproc_per_node: int | str | None = None) -> int:
     plan = resolve_plan(target, overrides, run_dir, nodes=nodes, nproc_per_node=nproc_per_node)
+    _log_to_task_file(plan)
     workdir = Path(plan.spec.entry.workdir)
     preflight.workdir(workdir)
     preflight.interpreter(interpreter(plan), workdir, preflight.needed_modules(plan.device, workdir, plan.spec.builtin))
@@ -39,6 +41,22 @@ def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None, 
     finally:
         if held:
             held.release()
+
+
+def _log_to_task_file(plan: Plan) -> None:
+    """Under `hpc-mm local` each launch writes its own log, as srun --output gives each Slurm task
+    one: HPC_MM_TASK_LOG names it, %t standing for the task (this process's MPI rank)."""
+    pattern = os.environ.get(TASK_LOG)
+    if not pattern:
+        return
+    path = Path(pattern.replace("%t", str(plan.environment.global_rank())))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def _run(plan: Plan) -> int:
@@ -98,7 +116,7 @@ def _start_record(plan: Plan) -> None:
     note_requeue_by_slurm(plan.spec, plan.run_dir, plan.restart_count)
     events.record(plan.run_dir, "started", nnodes=plan.nnodes, world_size=plan.world_size,
                   master=f"{plan.master_addr}:{plan.master_port}", backend=plan.backend, device=plan.device,
-                  hosts=plan.hosts,
+                  hosts=plan.hosts, **events.batch_times(os.environ, "batch_started_at"),
                   checkpoint=checkpoints.latest_whole(plan.checkpoint_dir), **workdir_commit(Path(plan.spec.entry.workdir)))
 
 

@@ -78,10 +78,37 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(folder: Path) -> None:
-    """Size and sha256 of every file of a checkpoint folder, written (and fsynced) into it."""
-    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256(p)}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+class HashingWriter:
+    """A file's writer that hashes what goes through it, so a checkpoint's manifest needs no
+    second pass over gigabytes that were just written (`torch.save` writes to it as a buffer)."""
+
+    def __init__(self, raw):
+        self.raw, self.digest, self.size = raw, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        written = self.raw.write(data)
+        self.digest.update(data)
+        self.size += len(memoryview(data).cast("B"))
+        return written
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def write_manifest(folder: Path, hashed: dict[str, HashingWriter] | None = None) -> None:
+    """Size and sha256 of every file of a checkpoint folder, written (and fsynced) into it;
+    files in `hashed` (by path relative to `folder`) were hashed while written."""
+    hashed = hashed or {}
+
+    def entry(path: Path) -> dict:
+        name = str(path.relative_to(folder))
+        writer = hashed.get(name)
+        if writer is not None and writer.size == path.stat().st_size:
+            return {"size": writer.size, "sha256": writer.digest.hexdigest()}
+        return {"size": path.stat().st_size, "sha256": sha256(path)}
+
+    files = {str(p.relative_to(folder)): entry(p) for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.name != MANIFEST}
     with open(folder / MANIFEST, "w") as f:
         json.dump({"files": files}, f)
         f.flush()

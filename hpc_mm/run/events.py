@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from hpc_mm.environments.base import restart_from
+from hpc_mm.environments.slurm import job_id_of
 from hpc_mm.run.layout import EVENTS as FILENAME
 
 EVENTS = ("submitted", "started", "signal", "checkpoint", "requeued", "resumed", "completed", "failed", "stopped",
@@ -66,13 +67,41 @@ def record(run_dir: str | os.PathLike | None, event: str, **fields) -> dict | No
     if run_dir is None:
         return None
     entry = {"event": event, "time": round(time.time(), 3),
-             "job_id": fields.pop("job_id", os.environ.get("SLURM_JOB_ID")),
+             "job_id": fields.pop("job_id", job_id_of(os.environ)),
              "restart": fields.pop("restart", _restart()), **fields}
     append(Path(run_dir) / FILENAME, entry)
     return entry
 
 
+# The batch shell's clock at moments only it sees (bash's EPOCHREALTIME, exported by the script).
+BATCH_CLOCK = {"batch_started_at": "HPC_MM_BATCH_STARTED_AT", "signal_at": "HPC_MM_SIGNAL_AT",
+               "step_ended_at": "HPC_MM_STEP_ENDED_AT"}
+
+
+def batch_times(env, *keys: str) -> dict:
+    """{key: seconds since the epoch} for the batch shell's moments in `env` (when the script
+    started, caught the first stop signal, saw the training step end): for status and report."""
+    out = {}
+    for key in keys:
+        try:
+            value = float(env.get(BATCH_CLOCK[key], "").replace(",", "."))  # EPOCHREALTIME follows the locale
+        except ValueError:
+            continue
+        if 0 < value < float("inf"):
+            out[key] = round(value, 3)
+    return out
+
+
+def restarts(record: list[dict]) -> int:
+    """How many times the run was started again: the highest restart recorded, one more when
+    that start already ended requeued (the next start is waiting, or on its way)."""
+    highest = max((e.get("restart", 0) for e in record), default=0)
+    return highest + any(e["event"] == "requeued" and e.get("restart", 0) == highest for e in record)
+
+
 def read(run_dir: str | os.PathLike) -> list[dict]:
-    """The run's events, oldest first; lines without a known event are skipped."""
+    """The run's events, oldest first; lines without a known event, a time or a whole restart
+    number are skipped, so readers may rely on all three."""
     return [e for e in read_objects(Path(run_dir) / FILENAME)
-            if e.get("event") in EVENTS and isinstance(e.get("restart", 0), int)]
+            if e.get("event") in EVENTS and isinstance(e.get("restart", 0), int)
+            and isinstance(e.get("time"), (int, float)) and not isinstance(e.get("time"), bool)]

@@ -42,9 +42,13 @@ CHECKPOINTS = "checkpoints"
 MM_COPIES = "mm"
 HEARTBEATS = "heartbeats"  # one small file per node and start, while the step runs (launch/watchdog.py)
 PREFLIGHT = "preflight"  # one result per node and start (launch/preflight.py)
+CANCEL_FILE = "cancel.json"  # `hpc-mm cancel` asked the run to stop (finish then records `cancelled`)
+SWEEP_FILE = "sweep.json"  # in a sweep's folder: the job array and its tasks (slurm/sweep.py)
 RUNS = Path("runs")  # where new runs go, relative to the working directory
 
 # Slurm fills %x (job name), %j (job id), %t (task); the batch script fills the restart.
+# Under `hpc-mm local`, this variable names each launch's log (%t: its task), as srun --output does.
+TASK_LOG = "HPC_MM_TASK_LOG"
 BATCH_LOG = "%x-%j.batch.out"
 _TASK_LOG = re.compile(r"-r(\d+)-t(\d+)\.out$")
 
@@ -199,8 +203,23 @@ def find_local_run(target: str, runs: Path = RUNS) -> Path | None:
     path = Path(target)
     if is_run_dir(path):
         return path.resolve()
-    if target.isdigit():
-        for candidate in runs.glob(f"*/{RUN_FILE}"):
+    if re.fullmatch(r"\d+(_\d+)?", target):  # a job id, or a job array's task (<array>_<task>)
+        for candidate in [*runs.glob(f"*/{RUN_FILE}"), *runs.glob(f"*/task-*/{RUN_FILE}")]:
             if str(read_run_file(candidate.parent).get("job_id")) == target:
                 return candidate.parent.resolve()
+    return None
+
+
+def find_sweep(target: str, runs: Path = RUNS) -> Path | None:
+    """A sweep's folder from its path or its job array's id."""
+    path = Path(target)
+    if (path / SWEEP_FILE).is_file():
+        return path.resolve()
+    if target.isdigit():
+        for candidate in runs.glob(f"*/{SWEEP_FILE}"):
+            try:
+                if str(json.loads(candidate.read_text()).get("array")) == target:
+                    return candidate.parent.resolve()
+            except (OSError, ValueError, AttributeError):
+                continue
     return None

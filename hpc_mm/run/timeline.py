@@ -52,15 +52,19 @@ def build(run_dir: Path, now: float) -> Timeline:
     waiting_since = next((e["time"] for e in record if e["event"] == "submitted"), None)
     for index, start in enumerate(starts):
         restart, began = start.get("restart", 0), start["time"]
+        # Held from the batch script's start (its preflight and setup are the job's time too).
+        batch = start.get("batch_started_at")
+        earliest = waiting_since if waiting_since is not None else float("-inf")
+        held_from = batch if isinstance(batch, (int, float)) and earliest <= batch <= began else began
         ended = next((e["time"] for e in record if e.get("restart") == restart and e["event"] in events.TERMINAL
                       and e["time"] >= began), None)
         following = starts[index + 1]["time"] if index + 1 < len(starts) else None
         end = ended or following or now
-        if waiting_since is not None and waiting_since < began:
-            line.intervals.append(Interval("queued", waiting_since, began, restart))
+        if waiting_since is not None and waiting_since < held_from:
+            line.intervals.append(Interval("queued", waiting_since, held_from, restart))
         mine = [r for r in rows if began <= r["time"] <= end]
         first = mine[0]["time"] if mine else end
-        line.intervals.append(Interval("starting", began, first, restart))
+        line.intervals.append(Interval("starting", held_from, first, restart))
         saves = sorted((e["time"] - float(e.get("seconds") or 0), e["time"]) for e in record
                        if e["event"] == "checkpoint" and began <= e["time"] <= end)
         cursor = first
@@ -72,7 +76,7 @@ def build(run_dir: Path, now: float) -> Timeline:
         if end > cursor:
             line.intervals.append(Interval("running" if ended is None else "stopped" if cursor < end - 1 else "running",
                                            cursor, end, restart))
-        line.held_seconds += end - began
+        line.held_seconds += end - held_from
         waiting_since = ended
         resumed = next((e for e in record if e["event"] == "resumed" and e.get("restart") == restart), None)
         if restart > 0:

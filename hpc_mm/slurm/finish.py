@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from hpc_mm.environments.base import restart_from
-from hpc_mm.environments.slurm import expand_nodelist
+from hpc_mm.environments.slurm import expand_nodelist, job_id_of
 from hpc_mm.job.jobfile import load_job
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import checkpoints, events, heartbeats, layout, metrics
@@ -35,9 +35,18 @@ def finish(run_dir: Path, returncode: int, signal_name: str | None, failed: str 
         return returncode or 1
     spec = load_job(run_dir / layout.JOB_FILE)
     env = os.environ
-    restart, job_id = restart_from(env), env.get("SLURM_JOB_ID")
+    restart, job_id = restart_from(env), job_id_of(env)
     record = events.read(run_dir)
     this = [e for e in record if e.get("restart") == restart]
+    if _cancel_asked(run_dir, this):  # `hpc-mm cancel`: the job saved on its signal; it ends here
+        latest = checkpoints.latest_whole(layout.checkpoint_dir(spec, run_dir))
+        events.record(run_dir, "cancelled", reason=f"cancelled by hpc-mm cancel; last checkpoint {latest}",
+                      cause="user", returncode=returncode, iteration=latest,
+                      **events.batch_times(env, "signal_at", "step_ended_at"))
+        print(f"hpc-mm: cancelled; the last checkpoint is iteration {latest}", flush=True)
+        if job_id:
+            query.cancel(job_id)  # Slurm records the job as cancelled, not completed
+        return 0
     # A stop that reached only the step (scancel --signal=USR1 without --batch) is a stop all the
     # same; a SIGTERM that reached only the step is srun ending it after a task failed.
     signal_name = signal_name or next((e["name"].removeprefix("SIG") for e in reversed(this)
@@ -57,6 +66,15 @@ def finish(run_dir: Path, returncode: int, signal_name: str | None, failed: str 
         events.record(run_dir, "preflight", failed=facts.preflight_failed, nodes=list(nodes))
     decision = decide(spec, run_dir, facts)
     return _act(spec, run_dir, job_id, restart, decision, facts)
+
+
+def _cancel_asked(run_dir: Path, this: list[dict]) -> bool:
+    try:
+        asked = json.loads((run_dir / layout.CANCEL_FILE).read_text()).get("time", 0)
+    except (OSError, ValueError, AttributeError):
+        return False
+    started = next((e["time"] for e in this if e["event"] == "started"), 0)
+    return asked >= started
 
 
 def _iteration_reached(run_dir: Path, this: list[dict]) -> int | None:
@@ -105,12 +123,13 @@ def _failed_nodes(spec: JobSpec, run_dir: Path, job_id: str | None, restart: int
 
 def _srun_first_failure(spec: JobSpec, run_dir: Path, job_id: str | None, restart: int) -> tuple[str, str] | None:
     """srun's first error about a node or task in this start's part of the batch log."""
-    log = run_dir / layout.LOGS / layout.BATCH_LOG.replace("%x", spec.name).replace("%j", str(job_id))
+    log = run_dir / layout.LOGS / layout.BATCH_LOG.replace("%x", spec.name).replace(
+        "%j", os.environ.get("SLURM_JOB_ID", str(job_id)))
     try:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return None
-    marker = f"hpc-mm: job {job_id} restart {restart} "
+    marker = f"hpc-mm: job {os.environ.get('SLURM_JOB_ID', job_id)} restart {restart} "
     begin = max((i for i, line in enumerate(lines) if line.startswith(marker)), default=0)
     for line in lines[begin:]:
         if (m := _SRUN_NODE.match(line)) is not None:
@@ -122,7 +141,8 @@ def _srun_first_failure(spec: JobSpec, run_dir: Path, job_id: str | None, restar
 
 def _act(spec: JobSpec, run_dir: Path, job_id: str | None, restart: int, decision: Decision, facts: Facts) -> int:
     latest = checkpoints.latest_whole(layout.checkpoint_dir(spec, run_dir))
-    said = {"reason": decision.reason, "cause": decision.cause, "returncode": facts.returncode, "iteration": latest}
+    said = {"reason": decision.reason, "cause": decision.cause, "returncode": facts.returncode, "iteration": latest,
+            **events.batch_times(os.environ, "signal_at", "step_ended_at")}
     if decision.failure:
         said["failure"] = decision.failure
     print(f"hpc-mm: {decision.action}: {decision.reason}", flush=True)

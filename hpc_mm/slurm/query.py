@@ -88,7 +88,7 @@ def batch_log(job_id: str) -> str | None:
 def queued_jobs_writing_to(folder: str) -> list[str]:
     """Jobs in the queue whose batch log goes into `folder` (a run started with plain sbatch
     is known by its log folder before it starts and records its id)."""
-    out = _stdout(["squeue", "-h", "-O", "JobID:40,STDOUT:4096"])
+    out = _stdout(["squeue", "-h", "-r", "-O", "JobID:40,STDOUT:4096"])
     found = []
     for line in (out or "").splitlines():
         job_id, _, stdout = line.strip().partition(" ")
@@ -150,8 +150,61 @@ def requeue(job_id: str) -> tuple[bool, str]:
     return result.returncode == 0, result.stderr.strip()
 
 
+def signal_batch(job_id: str, name: str) -> tuple[bool, str]:
+    """Send signal `name` (USR1, ...) to the job's batch shell only, as Slurm's --signal=B: does."""
+    result = _run(["scancel", "--batch", f"--signal={name}", str(job_id)])
+    if result is None:
+        return False, "scancel did not answer"
+    return result.returncode == 0, result.stderr.strip()
+
+
 def cancel(job_id: str) -> tuple[bool, str]:
     result = _run(["scancel", str(job_id)])
     if result is None:
         return False, "scancel did not answer"
     return result.returncode == 0, result.stderr.strip()
+
+
+def _clock_seconds(value: str) -> float | None:
+    """squeue's times: [D-]HH:MM:SS or MM:SS; None for UNLIMITED, INVALID, NOT_SET."""
+    days, _, clock = value.rpartition("-")
+    parts = clock.split(":")
+    if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3 or (days and not days.isdigit()):
+        return None
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + int(part)
+    return seconds + int(days or 0) * 86400
+
+
+def jobs(job_ids: list[str]) -> dict[str, dict]:
+    """Many jobs at once (the status table): squeue for the queued and running ones (with the
+    pending reason, time used and left, restarts), sacct for the ended ones."""
+    wanted = {str(j) for j in job_ids if j}
+    out: dict[str, dict] = {}
+    if not wanted:
+        return out
+    for line in (_stdout(["squeue", "-h", "-r", "-o", "%i|%T|%r|%M|%L|%D|%N"]) or "").splitlines():
+        job_id, state, reason, used, left, nodes, nodelist = (line.split("|") + [""] * 7)[:7]
+        if job_id in wanted:
+            out[job_id] = {"state": state, "reason": None if reason in ("None", "") else reason,
+                           "elapsed_seconds": _clock_seconds(used), "left_seconds": _clock_seconds(left),
+                           "nodes": int(nodes) if nodes.isdigit() else None, "nodelist": nodelist or None,
+                           "exit_code": None, "source": "squeue"}
+    for job_id, info in out.items():
+        if info["state"] in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
+            restarts = show_job(job_id).get("Restarts", "")
+            info["restarts"] = int(restarts) if restarts.isdigit() else None
+    ended = sorted(wanted - set(out))
+    if ended:
+        rows = _stdout(["sacct", "-X", "-n", "-P", "-j", ",".join(ended), "-o",
+                        "JobID,State,ExitCode,NNodes,NodeList,ElapsedRaw"]) or ""
+        for line in rows.splitlines():
+            job_id, state, exit_code, nodes, nodelist, elapsed = (line.split("|") + [""] * 6)[:6]
+            if job_id in wanted:
+                out[job_id] = {"state": state.split()[0] if state else "UNKNOWN", "reason": None,
+                               "exit_code": exit_code or None, "nodes": int(nodes) if nodes.isdigit() else None,
+                               "nodelist": nodelist or None,
+                               "elapsed_seconds": float(elapsed) if elapsed.isdigit() else None,
+                               "left_seconds": None, "source": "sacct"}
+    return out

@@ -30,7 +30,7 @@ class ScriptContext:
     name: str
     version: str
     sbatch: list[str]  # finished "--key=value" options, one #SBATCH line each
-    run_dir: str  # shell-quoted
+    run_dir: str  # shell-quoted (a job array's: its sweep folder and the task's run directory in it)
     setup: list[str]  # the job's own shell lines, verbatim (they are shell by intent)
     env: list[tuple[str, str]]  # (name, shell-quoted value)
     hpc_mm: str  # shell-quoted command that runs hpc-mm on the nodes
@@ -74,9 +74,11 @@ def _option_value(field: str, value: str) -> str:
     return f'"{value}"' if " " in value else value  # sbatch splits #SBATCH lines on blanks, honours quotes
 
 
-def sbatch_options(spec: JobSpec, run_dir: Path) -> list[str]:
+def sbatch_options(spec: JobSpec, run_dir: Path, array: int | None = None) -> list[str]:
+    """The #SBATCH options; for a job array of `array` tasks, `run_dir` is the sweep's folder and
+    each task's batch log goes into its own run directory (task-<index>)."""
     s = spec.slurm
-    logs = _option_value("--run-dir", str(run_dir / LOGS))
+    logs = _option_value("--run-dir", str(run_dir / "task-%a" / LOGS if array else run_dir / LOGS))
     opts = [f"--job-name={spec.name}", f"--nodes={spec.nnodes}", f"--ntasks-per-node={tasks_per_node(spec)}"]
     if s.cpus_per_task:
         opts.append(f"--cpus-per-task={s.cpus_per_task}")
@@ -98,10 +100,12 @@ def sbatch_options(spec: JobSpec, run_dir: Path) -> list[str]:
             opts.append(f"--{key}")
         elif value is not False:
             opts.append(f"--{key}={_option_value(f'slurm.extra_sbatch.{key}', str(value))}")
+    if array:
+        opts.append(f"--array=0-{array - 1}")
     return opts
 
 
-def context(spec: JobSpec, run_dir: Path, python: str | None = None) -> ScriptContext:
+def context(spec: JobSpec, run_dir: Path, python: str | None = None, array: int | None = None) -> ScriptContext:
     run_dir = Path(run_dir).resolve()
     srun = ["--kill-on-bad-exit=1", "--wait=60", "--unbuffered", f"--ntasks-per-node={tasks_per_node(spec)}"]
     if spec.slurm.cpus_per_task:
@@ -114,16 +118,18 @@ def context(spec: JobSpec, run_dir: Path, python: str | None = None) -> ScriptCo
     check += spec.slurm.srun_args
     env = [(k, shlex.quote(v)) for k, v in spec.env.items()]
     head, tail = task_log_parts(spec.name)
-    logs = shlex.quote(str(run_dir / LOGS / head)) + '"$RESTART"' + shlex.quote(tail)
+    logs = '"$RUN_DIR"/' + shlex.quote(f"{LOGS}/{head}") + '"$RESTART"' + shlex.quote(tail)
+    where = shlex.quote(str(run_dir)) + ('/task-"$SLURM_ARRAY_TASK_ID"' if array else "")
     return ScriptContext(
-        name=spec.name, version=__version__, sbatch=sbatch_options(spec, run_dir), run_dir=shlex.quote(str(run_dir)),
+        name=spec.name, version=__version__, sbatch=sbatch_options(spec, run_dir, array), run_dir=where,
         setup=list(spec.setup), env=env,
         hpc_mm=" ".join(shlex.quote(a) for a in [python or spec.slurm.python or sys.executable, "-m", "hpc_mm"]),
         srun=" ".join(shlex.quote(a) for a in srun), log_pattern=logs, traps=STOP_SIGNALS,
         preflight=" ".join(shlex.quote(a) for a in check) if spec.fault.preflight else "")
 
 
-def render_script(spec: JobSpec, run_dir: Path, template_dir: Path | None = None, python: str | None = None) -> str:
+def render_script(spec: JobSpec, run_dir: Path, template_dir: Path | None = None, python: str | None = None,
+                  array: int | None = None) -> str:
     if template_dir is not None and not (Path(template_dir) / TEMPLATE).is_file():
         raise UserError.one("--template-dir", f"no {TEMPLATE} in {template_dir}",
                             "copy templates/sbatch.sh.j2 there and edit it")
@@ -132,7 +138,7 @@ def render_script(spec: JobSpec, run_dir: Path, template_dir: Path | None = None
     except jinja2.TemplateNotFound:  # an installation without its templates: a packaging bug
         raise RuntimeError(f"{TEMPLATE} not found in {template_dirs(None)}") from None
     try:
-        return template.render(ctx=context(spec, run_dir, python))
+        return template.render(ctx=context(spec, run_dir, python, array))
     except jinja2.UndefinedError as exc:
         raise UserError.one("--template-dir", f"the template uses an unknown value: {exc.message}",
                             "templates get `ctx` with: " + ", ".join(ScriptContext.__dataclass_fields__)) from None

@@ -1,23 +1,23 @@
-"""Follow a run: state from Slurm (through `query`), progress from the run directory."""
+"""Follow runs: the table of runs under runs/, or one run with its timeline; state from Slurm
+(through `query`, in one call for every run), progress from each run directory."""
 
 from __future__ import annotations
 
 import json
-import re
-import sys
 import time
 from pathlib import Path
 
 from hpc_mm.errors import UserError
+from hpc_mm.job import slurmtime
 from hpc_mm.job.jobfile import load_job
-from hpc_mm.job.spec import nproc_hint
-from hpc_mm.run import checkpoints, events, layout, metrics
+from hpc_mm.run import checkpoints, events, layout, metrics, timeline
+from hpc_mm.run.format import DASH, duration, number, text
 from hpc_mm.slurm import query
 
-
-# A line's rank: `[rank 3] ` (the built-in trainer: global rank), `[default1]:` (torchrun's
-# --tee for other entries: local rank on the task's node).
-_RANK_PREFIX = re.compile(r"\[rank (?P<rank>\d+)\] |\[default(?P<local>\d+)\]:")
+_LOCAL_STATES = {"started": "RUNNING", "completed": "COMPLETED", "failed": "FAILED", "signal": "STOPPED",
+                 "stopped": "STOPPED", "cancelled": "CANCELLED", "gave_up": "GAVE_UP", "requeued": "REQUEUED",
+                 "submitted": "STARTING"}
+COLUMNS = ("run", "job", "state", "nodes", "restarts", "iteration", "loss", "checkpoint", "elapsed", "left", "eta")
 
 
 def find_run_dir(target: str | None) -> Path:
@@ -27,7 +27,7 @@ def find_run_dir(target: str | None) -> Path:
     found = layout.find_local_run(target)
     if found:
         return found
-    if target.isdigit():
+    if target.replace("_", "").isdigit():
         log = query.batch_log(target)  # <run dir>/logs/<batch log>, while Slurm remembers the job
         if log and layout.is_run_dir(Path(log).parent.parent):
             return Path(log).parent.parent.resolve()
@@ -47,123 +47,168 @@ def run_job_id(run_dir: Path) -> str | None:
     return queued[-1] if queued else None
 
 
-def run_status(run_dir: Path) -> dict:
+def run_status(run_dir: Path, slurm: dict | None = None, now: float | None = None) -> dict:
+    """One run as a row: Slurm's view (`slurm`: this run's entry of `query.jobs`) and the record's."""
+    now = now or time.time()
     spec = load_job(run_dir / layout.JOB_FILE)
     record = events.read(run_dir)
     job_id = run_job_id(run_dir)
-    slurm = query.job_state(job_id) if job_id else {"state": _local_state(record)}
-    last = metrics.last(run_dir)
-    iterations = [e["iteration"] for e in record if isinstance(e.get("iteration"), int)]
+    if slurm is None and job_id:
+        slurm = query.jobs([job_id]).get(job_id)
+    rows = metrics.rows(run_dir)
+    last = rows[-1] if rows else None
+    terminal = next((e for e in reversed(record) if e["event"] in events.TERMINAL), None)
+    requeues = [e for e in record if e["event"] == "requeued"]
+    # Slurm counts a requeue the moment it happens: a requeued job still waiting shows it.
+    restarts = max(events.restarts(record), (slurm or {}).get("restarts") or 0)
+    state = (slurm or {}).get("state") or _local_state(record)
+    iteration = (last or {}).get("iteration")
+    step = timeline.step_seconds(rows)
+    running = state == "RUNNING"
+    limit = _limit_seconds(spec.slurm.time)
+    elapsed = (slurm or {}).get("elapsed_seconds")
+    if elapsed is None and running:
+        started = next((e["time"] for e in reversed(record) if e["event"] == "started"), None)
+        elapsed = now - started if started else None
+    left = (slurm or {}).get("left_seconds")
+    if left is None and running and limit and elapsed is not None:
+        left = limit - elapsed
     return {
-        "run_dir": str(run_dir), "name": spec.name, "job_id": job_id, **slurm,
-        "restarts": max((e.get("restart", 0) for e in record), default=0),
-        "last_iteration": (last or {}).get("iteration", max(iterations, default=None)),
-        "train_iters": spec.gpt.train_iters,
-        "last_checkpoint": checkpoints.latest_iteration(layout.checkpoint_dir(spec, run_dir)),
+        "run_dir": str(run_dir), "name": spec.name, "job_id": job_id, "state": state,
+        "reason": (slurm or {}).get("reason") if state == "PENDING" else None,
+        "exit_code": (slurm or {}).get("exit_code"), "nodes": (slurm or {}).get("nodes") or spec.nnodes,
+        "nodelist": (slurm or {}).get("nodelist"), "restarts": restarts,
+        "restart_cause": (requeues[-1].get("cause") if requeues and restarts == events.restarts(record)
+                          else "requeued by Slurm" if restarts else None),
+        "last_iteration": iteration, "train_iters": spec.gpt.train_iters,
         "last_loss": (last or {}).get("loss"),
-        "last_event": record[-1]["event"] if record else None,
+        "last_checkpoint": checkpoints.latest_whole(layout.checkpoint_dir(spec, run_dir)),
+        "elapsed_seconds": elapsed, "time_left_seconds": left,
+        "eta_seconds": step * (spec.gpt.train_iters - iteration) if step and iteration is not None and running else None,
+        "step_seconds": step, "last_event": record[-1]["event"] if record else None,
+        "outcome": terminal.get("reason") if terminal and terminal["event"] != "requeued" else None,
+        **{key: layout.read_run_file(run_dir).get(key) for key in ("array", "task", "values")},
     }
 
 
-def _local_state(record: list[dict]) -> str:
-    states = {"started": "RUNNING", "completed": "COMPLETED", "failed": "FAILED", "signal": "STOPPED",
-              "stopped": "STOPPED", "cancelled": "CANCELLED"}
-    last = next((e["event"] for e in reversed(record) if e["event"] in states), None)
-    return states.get(last, "UNKNOWN")
-
-
-def print_status(target: str | None, as_json: bool = False) -> int:
-    info = run_status(find_run_dir(target))
-    if as_json:
-        print(json.dumps(info, sort_keys=True))
-        return 0
-    for key in ("name", "job_id", "state", "exit_code", "nodes", "nodelist", "restarts", "last_iteration",
-                "train_iters", "last_checkpoint", "last_loss", "last_event", "run_dir"):
-        print(f"{key:16} {info.get(key)}")
-    return 0
-
-
-def log_files(run_dir: Path, restart: int | None) -> list[Path]:
-    """The task logs of one restart (the latest by default), in task order."""
-    folder = run_dir / layout.LOGS
+def _limit_seconds(time_text: str) -> float | None:
     try:
-        found = [(layout.parse_task_log(p.name), p) for p in folder.iterdir() if p.is_file()]
-    except OSError:
-        return []
-    tasks = sorted((parsed, p) for parsed, p in found if parsed)
-    if not tasks:
-        return sorted(p for _, p in found if p.suffix == ".out")
-    restarts = sorted({r for (r, _), _ in tasks})
-    wanted = restart if restart is not None else restarts[-1]
-    if wanted not in restarts:
-        raise UserError.one("--restart", f"no logs for restart {wanted}", f"restarts with logs: {restarts}")
-    return [p for (r, _), p in tasks if r == wanted]
+        return slurmtime.seconds(time_text)
+    except ValueError:
+        return None
 
 
-def _rank_filter(run_dir: Path, spec, rank: int, restart: int | None):
-    """Which task log holds `rank`, and which of its lines are that rank's: its own `[rank N]`
-    lines and the task's unprefixed ones (a crash, a traceback)."""
-    started = [e for e in events.read(run_dir) if e["event"] == "started"
-               and (restart is None or e.get("restart") == restart)]
-    world = (started[-1].get("world_size") if started else None) or spec.nnodes * (nproc_hint(spec) or 1)
-    if not 0 <= rank < world:
-        raise UserError.one("--rank", f"{rank} is not a rank of this run (ranks 0..{world - 1})")
-    per_task = 1 if spec.entry.launcher == "srun" else max(1, world // spec.nnodes)
-    task, local = divmod(rank, per_task)
-
-    def keep(path: Path, line: str) -> bool:
-        parsed = layout.parse_task_log(path.name)
-        if parsed and parsed[1] != task:
-            return False
-        prefix = _RANK_PREFIX.match(line)
-        if prefix is None:
-            return True
-        if prefix["rank"] is not None:
-            return int(prefix["rank"]) == rank
-        return int(prefix["local"]) == local
-
-    return keep
+def _local_state(record: list[dict]) -> str:
+    last = next((e["event"] for e in reversed(record) if e["event"] in _LOCAL_STATES), None)
+    return _LOCAL_STATES.get(last, "UNKNOWN")
 
 
-def print_logs(target: str, rank: int | None = None, restart: int | None = None, follow: bool = False) -> int:
-    run_dir = find_run_dir(target)
-    keep = None
-    if rank is not None:
-        keep = _rank_filter(run_dir, load_job(run_dir / layout.JOB_FILE), rank, restart)
-    offsets: dict[Path, int] = {}
-    while True:
-        for path in log_files(run_dir, restart):
-            try:
-                with open(path, errors="replace") as f:
-                    f.seek(offsets.get(path, 0))
-                    for line in f:
-                        if keep is None or keep(path, line):
-                            sys.stdout.write(line)
-                    offsets[path] = f.tell()
-            except OSError:
-                continue  # removed or unreadable since we listed it
-        sys.stdout.flush()
-        if not follow:
-            return 0
-        job_id = run_job_id(run_dir)
-        if not job_id or query.job_state(job_id)["state"] in query.ENDED:
-            return 0
-        time.sleep(2)
+def table_row(info: dict) -> list[str]:
+    state = info["state"] + (f" ({info['reason']})" if info.get("reason") else "")
+    restarts = str(info["restarts"]) + (f" ({info['restart_cause']})" if info["restarts"] and info.get("restart_cause")
+                                        else "")
+    iteration = f"{text(info['last_iteration'])}/{info['train_iters']}"
+    return [Path(info["run_dir"]).name, text(info["job_id"]), state, text(info["nodes"]), restarts, iteration,
+            number(info["last_loss"]), text(info["last_checkpoint"]), duration(info["elapsed_seconds"]),
+            duration(info["time_left_seconds"]), duration(info["eta_seconds"])]
 
 
-def cancel(target: str) -> int:
-    run_dir = None if target.isdigit() else find_run_dir(target)
-    job_id = target if run_dir is None else run_job_id(run_dir)
-    if not job_id:
-        raise UserError.one("RUN_DIR", f"{run_dir} has no Slurm job recorded (it never started under Slurm)",
-                            "a local run stops with Ctrl-C; pass a job id otherwise")
-    state = query.job_state(str(job_id))["state"]
-    if state == "UNKNOWN":
-        raise UserError.one("JOB_ID", f"Slurm knows no job {job_id}", "list your jobs with `squeue --me`")
-    if state in query.ENDED:
-        raise UserError.one("JOB_ID", f"job {job_id} has already ended ({state})", "nothing to cancel")
-    ok, err = query.cancel(str(job_id))
-    if not ok:
-        raise UserError.one("JOB_ID", f"scancel {job_id} failed: {err}", "check `squeue --me`")
-    print(f"cancelled job {job_id}")
+def format_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def runs(folder: Path = layout.RUNS) -> list[Path]:
+    """Run directories under `folder` (a sweep's tasks included), newest first."""
+    found = [p for p in folder.glob("*") if layout.is_run_dir(p)]
+    found += [p for sweep in folder.glob("*") if (sweep / layout.SWEEP_FILE).is_file() for p in sweep.glob("task-*")
+              if layout.is_run_dir(p)]
+    return sorted(found, key=lambda p: layout.read_run_file(p).get("created") or p.stat().st_mtime, reverse=True)
+
+
+def print_status(target: str | None, as_json: bool = False, show_all: bool = False, limit: int = 20) -> int:
+    sweep = layout.find_sweep(target) if target is not None else None
+    if target is not None and sweep is None:
+        return _print_one(find_run_dir(target), as_json)
+    found = sorted(p for p in sweep.glob("task-*") if layout.is_run_dir(p)) if sweep else runs()
+    if not found:
+        raise UserError.one("RUN_DIR", f"no runs under ./{layout.RUNS}", "submit one, or pass a run directory")
+    shown = found if show_all else found[:limit]
+    ids = [j for j in (run_job_id(p) for p in shown) if j]
+    slurm = query.jobs(ids)
+    infos = []
+    for path in shown:
+        try:
+            infos.append(run_status(path, slurm.get(run_job_id(path) or "")))
+        except UserError:
+            continue  # a run directory whose job file no longer reads: not one to show
+    if as_json:
+        print(json.dumps(infos, sort_keys=True))
+        return 0
+    print(format_table(COLUMNS, _grouped_rows(infos)))
+    if len(found) > len(shown):
+        print(f"({len(found) - len(shown)} older runs: --all shows them)")
     return 0
+
+
+def _grouped_rows(infos: list[dict]) -> list[list[str]]:
+    """Table rows; the tasks of a sweep under one row for their array, in task order."""
+    rows, done = [], set()
+    for info in infos:
+        array = info.get("array")
+        if not array:
+            rows.append(table_row(info))
+            continue
+        if array in done:
+            continue
+        done.add(array)
+        tasks = sorted((i for i in infos if i.get("array") == array), key=lambda i: i.get("task") or 0)
+        states: dict[str, int] = {}
+        for task in tasks:
+            states[task["state"]] = states.get(task["state"], 0) + 1
+        rows.append([Path(tasks[0]["run_dir"]).parent.name, str(array),
+                     ", ".join(f"{n} {state}" for state, n in states.items())] + [""] * (len(COLUMNS) - 3))
+        for task in tasks:
+            row = table_row(task)
+            values = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in (task.get("values") or {}).items())
+            rows.append([f"  {row[0]} {values}".rstrip()] + row[1:])
+    return rows
+
+
+def _print_one(run_dir: Path, as_json: bool) -> int:
+    info = run_status(run_dir)
+    line = timeline.build(run_dir, time.time())
+    starts = _starts(run_dir)
+    if as_json:
+        print(json.dumps({**info, "starts": starts, "goodput": line.goodput}, sort_keys=True))
+        return 0
+    print(format_table(COLUMNS, [table_row(info)]))
+    print()
+    print(format_table(("start", "job", "began", "ran", "from", "to", "ended", "why"),
+                       [[str(s["restart"]), text(s["job_id"]), time.strftime("%m-%d %H:%M:%S", time.localtime(s["time"])),
+                         duration(s["seconds"]), text(s["from"]), text(s["to"]), s["ended"], s["why"]] for s in starts]))
+    if info["outcome"]:
+        print(f"\n{info['last_event']}: {info['outcome']}")
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _starts(run_dir: Path) -> list[dict]:
+    """Each start of the run: when, how long, from and to which iteration, how it ended and why."""
+    record = events.read(run_dir)
+    rows = metrics.rows(run_dir)
+    out = []
+    for start in [e for e in record if e["event"] == "started"]:
+        restart = start.get("restart", 0)
+        end = next((e for e in record if e.get("restart") == restart and e["event"] in events.TERMINAL
+                    and e["time"] >= start["time"]), None)
+        mine = [r["iteration"] for r in rows if r.get("time", 0) >= start["time"]
+                and (end is None or r.get("time", 0) <= end["time"])]
+        out.append({"restart": restart, "job_id": start.get("job_id"), "time": start["time"],
+                    "seconds": ((end or {}).get("time") or time.time()) - start["time"],
+                    "from": start.get("checkpoint"), "to": mine[-1] if mine else None,
+                    "ended": end["event"] if end else "running",
+                    "why": text((end or {}).get("cause") or (end or {}).get("reason")) if end else DASH})
+    return out

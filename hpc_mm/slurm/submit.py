@@ -25,8 +25,9 @@ from pathlib import Path
 from hpc_mm.errors import UserError
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import events, layout, lock
-from hpc_mm.slurm import query
+from hpc_mm.slurm import query, sweep
 from hpc_mm.slurm.render import render_script
+from hpc_mm.slurm.wait import wait as follow
 
 # sbatch's refusals, mapped to the job-file field that causes them.
 _SBATCH_ERRORS = [
@@ -123,41 +124,81 @@ def dry_run(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = Non
     return 0
 
 
-def submit(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None, wait: bool = False,
-           as_json: bool = False) -> int:
+def _require_sbatch() -> None:
     if shutil.which("sbatch") is None:
         raise UserError.one("sbatch", "is not on PATH: this machine cannot submit to Slurm",
                             "run on a login node, or use `hpc-mm render` and copy the script there")
+
+
+def submit(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None, wait: bool = False,
+           as_json: bool = False) -> int:
+    _require_sbatch()
     run = prepare(spec, run_dir, template_dir)
     created = layout.create(run)
     try:
-        job = _submit(run)
+        job_id = _submit(run.run_dir, run.files[layout.SCRIPT_FILE])
     except BaseException:
         created.undo()
         raise
-    layout.record_job_id(run.run_dir, job.job_id, submitted=time.time(), nodes=spec.nnodes, name=spec.name)
-    events.record(run.run_dir, "submitted", job_id=job.job_id, restart=0, nodes=spec.nnodes)
+    layout.record_job_id(run.run_dir, job_id, submitted=time.time(), nodes=spec.nnodes, name=spec.name)
+    events.record(run.run_dir, "submitted", job_id=job_id, restart=0, nodes=spec.nnodes)
     if as_json and not wait:
-        print(json.dumps({"job_id": job.job_id, "run_dir": str(run.run_dir)}))
+        print(json.dumps({"job_id": job_id, "run_dir": str(run.run_dir)}))
     elif not as_json:
-        print(f"submitted job {job.job_id}\nrun directory: {run.run_dir}", flush=True)
+        print(f"submitted job {job_id}\nrun directory: {run.run_dir}", flush=True)
     if not wait:
         return 0
-    state = watch(job, quiet=as_json)
+    state = follow([(job_id, run.run_dir, spec.gpt.train_iters)], quiet=as_json)[job_id]
     if as_json:
-        print(json.dumps({"job_id": job.job_id, "run_dir": str(run.run_dir), "state": state}))
+        print(json.dumps({"job_id": job_id, "run_dir": str(run.run_dir), "state": state}))
     return 0 if state in query.FINAL_OK else 1
 
 
-def _submit(run: layout.RunFiles):
+def submit_sweep(load, base: JobSpec, sweeps: list[str], run_dir: Path | None, template_dir: Path | None = None,
+                 wait: bool = False, as_json: bool = False) -> int:
+    """One job array, a task per combination of the swept values (slurm/sweep.py)."""
+    _require_sbatch()
+    combos = sweep.tasks(load, sweeps)
+    parent = Path(run_dir or layout.default_run_dir(base)).resolve()
+    if parent.exists() and any(parent.iterdir()):
+        raise UserError.one("--run-dir", f"{parent} is not empty", "a sweep needs a folder of its own")
+    script, runs = sweep.prepare(base, combos, parent, template_dir)
+    for run in runs:
+        refuse_if_active(run.run_dir)
+    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for run in runs:
+            layout.create(run)
+        array_id = _submit(parent, script)
+    except BaseException:
+        shutil.rmtree(parent, ignore_errors=True)
+        raise
+    sweep.record(parent, array_id, combos, runs)
+    tasks = [(f"{array_id}_{i}", run.run_dir, spec.gpt.train_iters) for i, ((_, spec), run) in enumerate(zip(combos, runs))]
+    if as_json and not wait:
+        print(json.dumps({"job_id": array_id, "run_dir": str(parent), "tasks": [
+            {"job_id": j, "run_dir": str(r), "values": v} for (j, r, _), (v, _) in zip(tasks, combos)]}))
+    elif not as_json:
+        print(f"submitted job array {array_id} ({len(tasks)} tasks)\nsweep directory: {parent}", flush=True)
+        for (job_id, run_dir_, _), (values, _) in zip(tasks, combos):
+            print(f"  {job_id}  {' '.join(f'{k}={v}' for k, v in values.items())}  {run_dir_.name}", flush=True)
+    if not wait:
+        return 0
+    states = follow(tasks, quiet=as_json)
+    if as_json:
+        print(json.dumps({"job_id": array_id, "run_dir": str(parent), "states": states}))
+    return 0 if all(s in query.FINAL_OK for s in states.values()) else 1
+
+
+def _submit(folder: Path, script: str) -> str:
+    """Submit `script` through submitit (its folder under `folder`); the job id."""
     from submitit.core.utils import FailedJobError
 
-    folder = run.run_dir / "submitit"
-    folder.mkdir(exist_ok=True)
+    (folder / "submitit").mkdir(exist_ok=True)
     with tempfile.TemporaryFile("w+") as stderr:
         try:
             with _stderr_to(stderr):  # sbatch's own complaints: we turn them into one line
-                return _executor(folder, run.files[layout.SCRIPT_FILE])._submit_command("hpc-mm launch")
+                return _executor(folder / "submitit", script)._submit_command("hpc-mm launch").job_id
         except FailedJobError as exc:  # submitit's wrapper around sbatch's refusal
             raise sbatch_error(str(exc)) from None
 
@@ -173,18 +214,3 @@ def _stderr_to(file):
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def watch(job, quiet: bool = False, poll: float = 3.0) -> str:
-    """Follow a submitit job until it ends; print each state change; return the final state."""
-    last = None
-    while True:
-        # "force": submitit's watcher otherwise refreshes at most once a minute.
-        raw = job.watcher.get_state(job.job_id, mode="force")
-        state = raw.split()[0].rstrip("+")  # "CANCELLED by 0" -> "CANCELLED"
-        if state != last and not quiet:
-            print(f"{time.strftime('%H:%M:%S')} job {job.job_id}: {state}", file=sys.stderr, flush=True)
-        last = state
-        if state not in query.UNFINISHED:
-            return state
-        time.sleep(poll)

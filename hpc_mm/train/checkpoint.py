@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from hpc_mm.errors import UserError
-from hpc_mm.run.checkpoints import (FILENAME, TRACKER, checkpoint_file, fsync_dir, iter_dir, latest_iteration,
-                                    saved_iterations, verify, write_manifest, write_tracker)
+from hpc_mm.run.checkpoints import (FILENAME, TRACKER, HashingWriter, checkpoint_file, fsync_dir, iter_dir,
+                                    latest_iteration, saved_iterations, verify, write_manifest, write_tracker)
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 _TMP = re.compile(r"^\.tmp\.iter_\d{7}\.(?P<host>.+)\.(?P<pid>\d+)$")
@@ -47,10 +47,11 @@ def save(save_dir: str | os.PathLike, iteration: int, state: dict, keep_last: in
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "mp_rank_00").mkdir(parents=True)
         with open(tmp / "mp_rank_00" / FILENAME, "wb") as f:
-            torch.save(state, f)
+            writer = HashingWriter(f)
+            torch.save(state, writer)
             f.flush()
             os.fsync(f.fileno())
-        write_manifest(tmp)
+        write_manifest(tmp, {f"mp_rank_00/{FILENAME}": writer})
         fsync_dir(tmp / "mp_rank_00")
         fsync_dir(tmp)
         if final.exists():  # never committed (a crash before the tracker) or corrupt: replace it

@@ -19,6 +19,7 @@ import faulthandler
 import json
 import os
 import random
+import socket
 import time
 from pathlib import Path
 
@@ -213,6 +214,8 @@ class Trainer:
 
     def _train(self, metrics) -> int:
         args = self.args
+        log(f"data-parallel rank {self.dp_rank}/{self.dp_size} on {socket.gethostname()} ({self.device}): "
+            f"iteration {self.iteration}, {self.consumed} samples consumed")
         data = iter(self.loader)
         last_saved = self.iteration
         tick = time.monotonic()
@@ -241,8 +244,7 @@ class Trainer:
                     self.save("signal")
                 elif self.saver:
                     self.saver.wait()
-                if self.rank == 0:
-                    log(f"exiting on signal after iteration {self.iteration}")
+                log(f"exiting on signal after iteration {self.iteration}")
                 return 0
             if args.exit_interval and self.iteration % args.exit_interval == 0:
                 break

@@ -61,7 +61,7 @@ def test_standin_entry_from_pretrained_weights_survives_preemption(slurm_cluster
     assert status["state"] == "COMPLETED" and status["last_iteration"] == 300 and status["last_checkpoint"] == 300
     assert isinstance(status["last_loss"], float) and status["restarts"] == 1
     report = run_cli("report", run_dir, check=True)
-    assert "iterations        300" in report.stdout and (run_dir / "report.png").stat().st_size > 1000
+    assert "iterations    300 of 300" in report.stdout and "restarts      1 (" in report.stdout and (run_dir / "report.png").stat().st_size > 1000
     rank1 = run_cli("logs", run_dir, "--rank", "1", "--restart", "0", check=True).stdout
     assert "rank 1: 4 ranks, data parallel, starting at iteration 0" in rank1
     assert not re.search(r"^\[default0\]", rank1, re.M) and "rank 2:" not in rank1

@@ -29,8 +29,9 @@ def test_local_emulates_two_nodes(tmp_path):
     result = run_cli("local", JOBS / "tiny-vlm.yaml", "--run-dir", run_dir, "--set", "gpt.train_iters=20",
                      "--set", "gpt.lr_warmup_iters=5", "--set", "checkpoint.save_interval=10")
     assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout + result.stderr
+    out = run_cli("logs", run_dir, check=True).stdout  # each emulated node's own log, as on Slurm
     assert "mpi agent node 0/2 world 4" in out and "mpi agent node 1/2 world 4" in out
+    assert "iteration 20/20" in result.stdout and "checkpoints   10, 20" in result.stdout  # progress, summary
     kinds = [e["event"] for e in events.read(run_dir)]
     assert kinds[:2] == ["submitted", "started"] and kinds[-1] == "completed"
     assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "20"

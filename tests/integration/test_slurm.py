@@ -49,7 +49,7 @@ def test_submit_wait_completes_on_two_nodes(slurm_cluster, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     job_id = result.stdout.split("submitted job ")[1].split()[0]
     assert sacct(job_id) == ("COMPLETED", 2)
-    status = json.loads(run_cli("status", "--json", cwd=tmp_path, check=True).stdout)
+    [status] = json.loads(run_cli("status", "--json", cwd=tmp_path, check=True).stdout)  # the table: one run
     assert status["job_id"] == job_id and status["state"] == "COMPLETED"
     assert status["last_iteration"] == 200 and status["last_checkpoint"] == 200 and status["nodes"] == 2
     logs = run_cli("logs", job_id, "--rank", "0", cwd=tmp_path, check=True).stdout

@@ -64,7 +64,9 @@ def test_step_variables_win_over_the_job():
 def test_slurm_restart_array_and_devices():
     e = SlurmEnvironment(slurm_env(SLURM_RESTART_COUNT="2", SLURM_ARRAY_JOB_ID="77", SLURM_ARRAY_TASK_ID="3",
                                    SLURM_GPUS_ON_NODE="8"))
-    assert e.restart_count() == 2 and e.array() == ("77", "3") and e.devices_on_node() == 8 and e.job_id() == "4242"
+    assert e.restart_count() == 2 and e.array() == ("77", "3") and e.devices_on_node() == 8
+    assert e.job_id() == "77_3"  # a job array's task, as sacct and scontrol name it
+    assert SlurmEnvironment(slurm_env()).job_id() == "4242"
 
 
 @pytest.mark.parametrize("missing", ["SLURM_JOB_NODELIST", "SLURM_TASKS_PER_NODE", "SLURM_NNODES"])

@@ -1,0 +1,60 @@
+"""Shared by the benchmarks: statistics as BENCHMARKS.md shows them, and a Slurm allocation."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spread(values: list[float], unit: str = "s", digits: int = 2) -> str:
+    """`median (min-max)`, the form every table uses."""
+    if not values:
+        return "-"
+    med, lo, hi = statistics.median(values), min(values), max(values)
+    return f"{med:.{digits}f} {unit} ({lo:.{digits}f}-{hi:.{digits}f})"
+
+
+def ratio(ours: list[float], theirs: list[float]) -> str:
+    return f"{statistics.median(ours) / statistics.median(theirs):.2f}x"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def timed(cmd: list[str], repeats: int, **kw) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, **kw)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+class Allocation:
+    """`salloc --no-shell`: nodes held for the benchmark's job steps, released at the end."""
+
+    def __init__(self, nodes: int, partition: str = "low", name: str = "hpc-mm-bench"):
+        out = subprocess.run(["salloc", "--no-shell", "-N", str(nodes), "--exclusive", "-p", partition, "-J", name,
+                              "-t", "60"], capture_output=True, text=True, check=True)
+        text = out.stdout + out.stderr
+        self.job_id = text.split("Granted job allocation")[1].split()[0]
+        self.nodes = nodes
+
+    def srun(self, *args: str) -> list[str]:
+        return ["srun", f"--jobid={self.job_id}", "-N", str(self.nodes), "--kill-on-bad-exit=1", *args]
+
+    def close(self) -> None:
+        subprocess.run(["scancel", self.job_id], capture_output=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,174 @@
+"""One function per command. Heavy modules (torch, megatron, submitit) are imported inside the
+commands that need them, so `validate`, `args`, `render` and `submit` stay quick on a login node."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from hpc_mm.cli.parser import shortcut_overrides
+from hpc_mm.errors import UserError
+
+def _load(args: argparse.Namespace, job: str | None = None):
+    """The job file, with --set and the shortcuts applied, validated; warnings printed."""
+    from hpc_mm.errors import warn
+    from hpc_mm.job.jobfile import load_job
+    from hpc_mm.job.rules import advice
+
+    spec = load_job(job or args.job, list(args.overrides) + shortcut_overrides(args), args.nodes,
+                    args.nproc_per_node)
+    for problem in advice(spec):
+        warn(problem)
+    return spec
+
+
+def _login_argv(spec, run_dir: Path | None) -> list[str]:
+    """The entry's argv as a login node can know it (the launcher's plan fills in the rest)."""
+    from hpc_mm.job.megatron import login_backend, training_argv
+    from hpc_mm.job.spec import derive
+    from hpc_mm.run.layout import checkpoint_dir, default_run_dir
+
+    run_dir = Path(run_dir or default_run_dir(spec)).resolve()
+    return training_argv(spec, run_dir=run_dir, checkpoint_dir=checkpoint_dir(spec, run_dir),
+                         backend=login_backend(spec), world_size=derive(spec).world_size)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from hpc_mm.job.spec import derive
+    from hpc_mm.slurm.submit import prepare
+
+    problems, results = [], {}
+    for job in args.jobs:
+        try:
+            spec = _load(args, job)
+            _login_argv(spec, args.run_dir)  # what `args` and `render` would do, written nowhere
+            prepare(spec, args.run_dir)
+        except UserError as exc:
+            problems += exc.problems
+            continue
+        d = derive(spec)
+        results[job] = {"name": spec.name, "nnodes": spec.nnodes, "world_size": d.world_size,
+                        "data_parallel_size": d.data_parallel_size, "global_batch_size": d.global_batch_size,
+                        "gradient_accumulation_steps": d.gradient_accumulation_steps,
+                        "micro_batches_per_step": d.micro_batches_per_step}
+    if problems:
+        raise UserError(problems)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for job, r in results.items():
+        if r["world_size"] is None:
+            print(f"ok {job}: {r['nnodes']} nodes; world size decided at launch (nproc_per_node: auto)")
+            continue
+        print(f"ok {job}: world size {r['world_size']} = {r['nnodes']} nodes x {r['world_size'] // r['nnodes']}, "
+              f"DP {r['data_parallel_size']}, global batch {r['global_batch_size']}, "
+              f"gradient accumulation {r['gradient_accumulation_steps']}, "
+              f"micro-batches per step {r['micro_batches_per_step']}")
+    return 0
+
+
+def cmd_args(args: argparse.Namespace) -> int:
+    from hpc_mm.job.megatron import shell_line
+
+    print(shell_line(_login_argv(_load(args), args.run_dir)))
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from hpc_mm.launch.plan import resolve_plan
+
+    plan = resolve_plan(args.job, args.overrides, args.run_dir, nodes=args.nodes, nproc_per_node=args.nproc_per_node)
+    info = plan.describe()
+    # One write per process: under mpirun several processes share this stream.
+    if args.json:
+        text = json.dumps(info, sort_keys=True) + "\n"
+    else:
+        text = "".join(f"{key:16} {value}\n" for key, value in info.items())
+    os.write(sys.stdout.fileno(), text.encode())
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from hpc_mm.slurm.submit import render
+
+    return render(_load(args), args.run_dir, args.template_dir, args.output)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from hpc_mm.slurm.submit import dry_run, submit, submit_sweep
+
+    spec = _load(args)
+    if args.sweep:
+        if args.dry_run:
+            raise UserError.one("--dry-run", "a sweep cannot be dry-run yet", "dry-run one combination with --set")
+
+        def load(extra: list[str]):
+            return _load(argparse.Namespace(**{**vars(args), "overrides": list(args.overrides) + extra}))
+
+        return submit_sweep(load, spec, args.sweep, args.run_dir, template_dir=args.template_dir, wait=args.wait,
+                            as_json=args.json)
+    if args.dry_run:
+        return dry_run(spec, args.run_dir, args.template_dir, as_json=args.json)
+    return submit(spec, args.run_dir, template_dir=args.template_dir, wait=args.wait, as_json=args.json)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hpc_mm.slurm.status import print_status
+
+    return print_status(args.target, as_json=args.json, show_all=args.show_all, limit=args.limit)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from hpc_mm.slurm.logs import print_logs
+
+    return print_logs(args.target, rank=args.rank, restart=args.restart, follow=args.follow)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from hpc_mm.slurm.cancel import cancel
+
+    return cancel(args.target, now=args.now)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from hpc_mm.launch.supervise import launch
+
+    return launch(args.job, overrides=args.overrides, run_dir=args.run_dir, nodes=args.nodes,
+                  nproc_per_node=args.nproc_per_node)
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from hpc_mm.launch.local import run_local
+
+    return run_local(_load(args), args.run_dir, mpirun=args.mpirun, preempt_at=args.preempt_at)
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from hpc_mm.launch.preflight import run_checks
+
+    return run_checks(Path(args.target))
+
+
+def cmd_finish(args: argparse.Namespace) -> int:
+    from hpc_mm.slurm.finish import finish
+
+    return finish(Path(args.target), args.returncode, None if args.signal == "none" else args.signal, args.failed,
+                  args.preflight_failed)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hpc_mm.run.report import report
+
+    return report(Path(args.target))
+
+
+COMMANDS = {
+    "validate": cmd_validate, "args": cmd_args, "env": cmd_env, "render": cmd_render, "submit": cmd_submit,
+    "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel, "launch": cmd_launch, "local": cmd_local,
+    "preflight": cmd_preflight, "finish": cmd_finish, "report": cmd_report,
+}
+
+

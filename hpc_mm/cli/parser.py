@@ -1,0 +1,163 @@
+"""The command line's flags: one subcommand per step of a job's life, sbatch's short flags on
+submit/render, argparse's own errors as one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from hpc_mm import __version__
+
+DESCRIPTION = """\
+Run MindSpeed-MM / Megatron training jobs from one YAML job file: validate it,
+render an sbatch script, submit to Slurm, launch on every node, emulate a
+multi-node job on one machine with mpirun, and follow the run.
+
+typical use:
+  hpc-mm validate jobs/tiny-vlm.yaml          check the job before it queues
+  hpc-mm submit jobs/tiny-vlm.yaml --nodes 2  submit to Slurm (prints job id, run dir)
+  hpc-mm status                               a table of your runs (state, iteration, ETA)
+  hpc-mm local jobs/tiny-vlm.yaml             emulate 2 nodes on this machine
+  hpc-mm report runs/<run>                    plot and summarise a run
+"""
+
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        self.exit(2, f"error: {self.prog}: {message} (hint: {self.prog} --help)\n")
+
+
+def _job_options(p: argparse.ArgumentParser, many: bool = False, optional: bool = False,
+                 what: str = "the job file (YAML)") -> None:
+    """What every command that takes a job file takes: the file, --set, --nodes, --nproc-per-node, --run-dir."""
+    if many:
+        p.add_argument("jobs", nargs="+", metavar="job", help="job files (YAML)")
+    else:
+        p.add_argument("job", nargs="?" if optional else None, help=what)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a job-file value, e.g. --set gpt.lr=1.0e-4 (repeatable; value is YAML)")
+    p.add_argument("--nodes", type=_positive_int, help="number of nodes (sets slurm.nodes and distributed.nnodes)")
+    p.add_argument("--nproc-per-node", "--nproc_per_node", dest="nproc_per_node", type=_nproc,
+                   help="processes (devices) per node, or auto")
+    p.add_argument("--run-dir", type=Path, help="run directory (default: runs/<name>-<time>)")
+
+
+# sbatch's own short flags, for people who think in them: each sets one job-file value.
+SHORTCUTS = (("-p", "--partition", "slurm.partition", str, "Slurm partition"),
+             ("-t", "--time", "slurm.time", str, "time limit, as sbatch takes it (e.g. 2:00:00, 1-12:00:00)"),
+             ("-A", "--account", "slurm.account", str, "account to charge"),
+             ("-q", "--qos", "slurm.qos", str, "quality of service"),
+             (None, "--gpus-per-node", "slurm.gpus_per_node", str, "GPUs to ask Slurm for on every node"))
+
+
+def _slurm_shortcuts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-N", dest="nodes", type=_positive_int, help="same as --nodes")
+    for short, long, key, kind, text in SHORTCUTS:
+        flags = [short, long] if short else [long]
+        p.add_argument(*flags, dest=key.replace(".", "__"), metavar=long.strip("-").upper().replace("-", "_"),
+                       type=kind, help=f"{text} (sets {key})")
+
+
+def shortcut_overrides(args: argparse.Namespace) -> list[str]:
+    """--set items for the sbatch-style flags given; the value is text, quoted as YAML would need."""
+    out = []
+    for _short, _long, key, _kind, _text in SHORTCUTS:
+        value = getattr(args, key.replace(".", "__"), None)
+        if value is not None:
+            out.append(f"{key}={json.dumps(value)}")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hpc-mm", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"hpc-mm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("validate", help="check job files and print the derived figures")
+    _job_options(p, many=True)
+    p.add_argument("--json", action="store_true", help="print the derived figures as JSON")
+
+    p = sub.add_parser("args", help="print the training arguments the entry point receives (one shell line)")
+    _job_options(p)
+
+    p = sub.add_parser("env", help="print what this process resolved: ranks, master address/port, backend")
+    _job_options(p, optional=True, what="job file or run directory (optional)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("render", help="write the sbatch script for a job (plain `sbatch` works on it)")
+    _job_options(p)
+    _slurm_shortcuts(p)
+    p.add_argument("-o", "--output", type=Path, help="write the script here instead of standard output")
+    p.add_argument("--template-dir", type=Path, help="use your own templates (sbatch.sh.j2) from this folder")
+
+    p = sub.add_parser("submit", help="submit a job to Slurm; prints the job id and run directory")
+    _job_options(p)
+    _slurm_shortcuts(p)
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="submit one Slurm job array, a task per combination of the swept values "
+                        "(repeatable; e.g. --sweep gpt.lr=1e-4,2e-4 --sweep gpt.seed=1,2)")
+    p.add_argument("--template-dir", type=Path, help="use your own templates (sbatch.sh.j2) from this folder")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be submitted; run `sbatch --test-only` when Slurm is reachable")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the job with a progress line until it ends; exit non-zero if it failed")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("status", help="a table of runs (state, restarts, iteration, loss, ETA), or one run "
+                                      "with the timeline of its starts")
+    p.add_argument("target", nargs="?", help="run directory or Slurm job id (default: every run under runs/)")
+    p.add_argument("--all", dest="show_all", action="store_true", help="every run, not only the newest")
+    p.add_argument("--limit", type=_positive_int, default=20, help="how many runs the table shows (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("logs", help="print a run's logs")
+    p.add_argument("target", help="run directory or Slurm job id")
+    p.add_argument("--rank", type=int, help="only lines from this global rank")
+    p.add_argument("--restart", type=int, help="the log of this restart (default: the latest)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the job ends")
+
+    p = sub.add_parser("cancel", help="stop a run's Slurm job: it saves a checkpoint first, then ends as cancelled")
+    p.add_argument("target", help="run directory or Slurm job id")
+    p.add_argument("--now", action="store_true", help="scancel at once, without the last checkpoint")
+
+    p = sub.add_parser("launch", help="(inside an allocation) start training on this node or task")
+    _job_options(p, what="run directory (from submit/render) or a job file")
+
+    p = sub.add_parser("local", help="emulate a multi-node job on this machine with mpirun")
+    _job_options(p)
+    p.add_argument("--mpirun", default="mpirun", help="the mpirun to use (default: mpirun on PATH)")
+    p.add_argument("--preempt-at", type=_positive_int, action="append", default=[], metavar="ITER",
+                   help="emulate a preemption at this iteration: the job saves, stops and starts again as a "
+                        "requeued job would (repeatable)")
+
+    p = sub.add_parser("preflight", help="(batch script) check this node before training: interpreter, devices, "
+                                         "folders, the master's port")
+    p.add_argument("target", help="run directory")
+
+    p = sub.add_parser("finish", help="(batch script) after the step: requeue on a stop signal, or end")
+    p.add_argument("target", help="run directory")
+    p.add_argument("--returncode", type=int, default=0, help="the training step's exit status")
+    p.add_argument("--signal", default="none", help="the stop signal the batch shell caught (USR1, TERM, none)")
+    p.add_argument("--failed", metavar="REASON", help="the batch script failed before the step: record REASON")
+    p.add_argument("--preflight-failed", action="store_true", help="the preflight step failed on some node")
+
+    p = sub.add_parser("report", help="plot a run (loss, throughput, timeline with restarts) and summarise it")
+    p.add_argument("target", help="run directory")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _nproc(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)

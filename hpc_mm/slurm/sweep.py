@@ -1,0 +1,75 @@
+"""Sweeps: one job file, several values for some keys, one Slurm job array.
+
+`hpc-mm submit JOB --sweep gpt.lr=1e-4,2e-4 --sweep gpt.seed=1,2` submits one array task per
+combination. Each task is a run of its own: its own run directory (`<sweep>/task-<i>/`, with its
+resolved job file and values), its own record, and its own requeue (`requeue
+<array>_<task>`: never the whole array). Every task of an array gets the same resources, so a
+sweep may not change what the script asks Slurm for (slurm.*, the number of nodes, ...).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from hpc_mm.errors import UserError
+from hpc_mm.job.spec import JobSpec
+from hpc_mm.run import events, layout
+from hpc_mm.slurm.render import render_script, sbatch_options
+
+
+def parse(sweeps: list[str]) -> list[tuple[str, list[str]]]:
+    axes = []
+    for item in sweeps:
+        key, sep, values = item.partition("=")
+        choices = [v.strip() for v in values.split(",")]
+        if not sep or not key.strip() or not all(choices):
+            raise UserError.one("--sweep", f"{item!r} is not KEY=VALUE,VALUE,...", "e.g. --sweep gpt.lr=1e-4,2e-4")
+        if key.strip() in [k for k, _ in axes]:
+            raise UserError.one("--sweep", f"{key.strip()} is swept twice", "give each key one --sweep")
+        axes.append((key.strip(), choices))
+    return axes
+
+
+def tasks(load: Callable[[list[str]], JobSpec], sweeps: list[str]) -> list[tuple[dict, JobSpec]]:
+    """(the task's values, its job) for every combination, each job checked on its own."""
+    axes = parse(sweeps)
+    out = []
+    for combo in itertools.product(*[[(key, value) for value in values] for key, values in axes]):
+        values = dict(combo)
+        out.append((values, load([f"{k}={v}" for k, v in values.items()])))
+    if len(out) > 1000:
+        raise UserError.one("--sweep", f"{len(out)} combinations", "a job array of at most 1000 tasks")
+    return out
+
+
+def prepare(base: JobSpec, combos: list[tuple[dict, JobSpec]], parent: Path,
+            template_dir: Path | None) -> tuple[str, list[layout.RunFiles]]:
+    """The array's script, and every task's run directory (in memory)."""
+    probe = parent / "task-0"
+    wanted = sbatch_options(base, probe)
+    for i, (values, spec) in enumerate(combos):
+        if sbatch_options(spec, probe) != wanted:
+            raise UserError.one("--sweep", f"task {i} ({', '.join(f'{k}={v}' for k, v in values.items())}) asks Slurm "
+                                "for other resources than the rest", "a job array's tasks share one script: sweep "
+                                "training values, not slurm.* or the number of nodes")
+    script = render_script(base, parent, template_dir, array=len(combos))
+    runs = []
+    for i, (values, spec) in enumerate(combos):
+        run = layout.plan_run(spec, parent / f"task-{i}")
+        runs.append(layout.RunFiles(run.run_dir, {**run.files, layout.SCRIPT_FILE: script}))
+    return script, runs
+
+
+def record(parent: Path, array_id: str, combos: list[tuple[dict, JobSpec]], runs: list[layout.RunFiles]) -> None:
+    listing = []
+    for i, ((values, spec), run) in enumerate(zip(combos, runs)):
+        job_id = f"{array_id}_{i}"
+        layout.record_job_id(run.run_dir, job_id, array=array_id, task=i, values=values, submitted=time.time(),
+                             nodes=spec.nnodes, name=spec.name)
+        events.record(run.run_dir, "submitted", job_id=job_id, restart=0, nodes=spec.nnodes, values=values)
+        listing.append({"task": i, "job_id": job_id, "values": values, "run_dir": str(run.run_dir)})
+    (parent / layout.SWEEP_FILE).write_text(json.dumps({"array": array_id, "tasks": listing}))
