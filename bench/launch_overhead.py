@@ -7,7 +7,8 @@ interleaved (A B C D, A B C D, ...), each in a fresh run directory:
                               --nnodes 2 --nproc-per-node 2 --node-rank $SLURM_NODEID --master-addr ...
                               -m hpc_mm.train <the argv of `hpc-mm args JOB`>'`
 - hpc-mm, launcher srun:     `srun --ntasks-per-node 2 hpc-mm launch JOB` (entry.launcher: srun)
-- hand-written srun:         `srun --ntasks-per-node 2 bash -c 'RANK=$SLURM_PROCID ... python -m hpc_mm.train ...'`
+- hand-written srun:         `srun --ntasks-per-node 2 bash -c 'OMP_NUM_THREADS=1 RANK=$SLURM_PROCID ...
+                              python -m hpc_mm.train ...'` (one thread a rank, as torchrun sets it)
 Measured: from `srun` starting to the first completed iteration (rank 0's metrics.jsonl row),
 and the whole step (srun start to srun end) for a 30-iteration job. Prints Markdown.
 """
@@ -15,6 +16,7 @@ and the whole step (srun start to srun end) for a 30-iteration job. Prints Markd
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -28,7 +30,7 @@ from common import ROOT, Allocation, ratio, spread, table  # noqa: E402
 
 JOB = str(ROOT / "jobs" / "tiny-vlm.yaml")
 PY = sys.executable
-REPEATS = 7
+REPEATS = int(os.environ.get("BENCH_REPEATS", 7))
 SETS = ["gpt.train_iters=30", "checkpoint.save_interval=1000", "slurm.nodes=2", "distributed.nproc_per_node=2"]
 
 
@@ -54,7 +56,8 @@ def commands(alloc: Allocation, run_dir: Path, port: int) -> dict[str, list[str]
     torchrun = (f"exec {shlex.quote(PY)} -m torch.distributed.run --nnodes 2 --nproc-per-node 2 "
                 f"--node-rank $SLURM_NODEID --master-addr {master} --master-port {port} --max-restarts 0 "
                 f"-m hpc_mm.train {argv}")
-    per_rank = (f"RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS LOCAL_WORLD_SIZE=2 "
+    per_rank = (f"OMP_NUM_THREADS=1 RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS "
+                f"LOCAL_WORLD_SIZE=2 "
                 f"MASTER_ADDR={master} MASTER_PORT={port} exec {shlex.quote(PY)} -u -m hpc_mm.train {argv}")
     return {
         "hpc-mm launch (torchrun)": alloc.srun("--ntasks-per-node=1", PY, "-m", "hpc_mm", "launch", JOB,

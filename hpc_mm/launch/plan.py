@@ -139,6 +139,25 @@ def interpreter(plan: Plan) -> list[str]:
     return [*plan.spec.entry.wrapper, plan.spec.entry.python or sys.executable]
 
 
+# torchrun, ending as soon as its agent is done: the interpreter's own teardown of torch takes
+# about half a second of a stopping job's grace on every node and does nothing durable (the
+# workers have exited, their checkpoint is committed). Runs in the entry's interpreter (which
+# need not have hpc-mm), so it is code, not a module of ours; its exit status is torchrun's.
+TORCHRUN = """# torchrun (hpc-mm: no interpreter teardown after the agent)
+import os, sys
+from torch.distributed.run import main
+sys.argv[0] = "torchrun"
+try:
+    main()
+    rc = 0
+except SystemExit as exc:
+    rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(rc)
+"""
+
+
 def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[str]:
     spec = plan.spec
     argv = training_argv(spec, run_dir=plan.run_dir, checkpoint_dir=plan.checkpoint_dir, backend=plan.backend,
@@ -147,7 +166,7 @@ def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[s
     if plan.mode == "agent":
         # An entry other than ours prints no rank: torchrun prefixes each line with its local rank.
         tee = [] if spec.builtin else ["--tee", "3"]
-        return [*interpreter(plan), "-m", "torch.distributed.run", *plan.distributed_args(), "--max-restarts", "0",
+        return [*interpreter(plan), "-c", TORCHRUN, *plan.distributed_args(), "--max-restarts", "0",
                 *tee, *target, *argv]
     return [*interpreter(plan), "-u", *target, *argv]
 
@@ -172,6 +191,10 @@ def child_env(plan: Plan, budget_seconds: float | None = None) -> dict:
     env["PYTHONUNBUFFERED"] = "1"
     env["HPC_MM_RUN_DIR"] = str(plan.run_dir)
     if plan.mode == "worker":
+        if plan.nproc_per_node > 1 and "OMP_NUM_THREADS" not in env:
+            # What torchrun does for several ranks a node: one thread each (or the CPUs Slurm
+            # gave the task), not every core each, which oversubscribes the node many times over.
+            env["OMP_NUM_THREADS"] = env.get("SLURM_CPUS_PER_TASK") or "1"
         env.update({"RANK": str(plan.rank), "WORLD_SIZE": str(plan.world_size), "LOCAL_RANK": str(plan.local_rank),
                     "LOCAL_WORLD_SIZE": str(plan.nproc_per_node), "GROUP_RANK": str(plan.node_rank),
                     "MASTER_ADDR": plan.master_addr, "MASTER_PORT": str(plan.master_port)})

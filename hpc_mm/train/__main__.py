@@ -1,3 +1,9 @@
+import os
+import sys
+
 from hpc_mm.train.loop import main
 
-raise SystemExit(main())
+rc = main()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(rc)

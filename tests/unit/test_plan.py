@@ -4,7 +4,7 @@ import pytest
 
 from conftest import JOBS
 from hpc_mm.errors import UserError
-from hpc_mm.launch.plan import command, resolve_plan
+from hpc_mm.launch.plan import TORCHRUN, child_env, command, resolve_plan
 
 TINY = str(JOBS / "tiny-vlm.yaml")
 
@@ -57,3 +57,25 @@ def test_plan_rechecks_the_arithmetic_with_the_real_world(tmp_path):
     # GBS 32 is a multiple of MBS 4 x DP 4 (the job's 2 x 2), not of MBS 4 x DP 6 (3 nodes x 2).
     with pytest.raises(UserError, match="global_batch_size"):
         resolve_plan(TINY, [], tmp_path / "run", env=slurm(0, nodes=3))
+
+
+@pytest.mark.parametrize("extra,expected", [({}, "1"), ({"SLURM_CPUS_PER_TASK": "6"}, "6"),
+                                            ({"OMP_NUM_THREADS": "3"}, "3")])
+def test_ranks_started_by_srun_get_a_thread_budget_as_torchrun_gives(tmp_path, extra, expected):
+    plan = resolve_plan(TINY, ["entry.launcher=srun", "env={}"], tmp_path / "run",
+                        env=slurm(3, tasks_per_node=2, **extra))
+    assert child_env(plan)["OMP_NUM_THREADS"] == expected
+
+
+def test_torchrun_runs_as_itself_and_ends_without_teardown(tmp_path):
+    import subprocess
+    import sys
+
+    plan = resolve_plan(TINY, [], tmp_path / "run", env=slurm(0))
+    cmd = command(plan)
+    assert cmd[1:3] == ["-c", TORCHRUN] and "--nproc_per_node" in cmd
+    # torchrun's own exit status and help come through the wrapper
+    out = subprocess.run([sys.executable, "-c", TORCHRUN, "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--nproc-per-node" in out.stdout.replace("_", "-")
+    bad = subprocess.run([sys.executable, "-c", TORCHRUN, "--no-such-flag"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("usage: torchrun")
