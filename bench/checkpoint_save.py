@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, spread, table  # noqa: E402
+from common import ROOT, spread, table, verdict  # noqa: E402
 
 from hpc_mm.train import checkpoint  # noqa: E402
 
@@ -93,7 +93,11 @@ def main() -> int:
     print(table([f"{gib:.2f} GiB of tensors", "time, median (min-max)", "throughput"], rows))
     med = statistics.median
     print(f"\nsave throughput {med(direct) / med(sync):.0%} of `dd oflag=direct`; "
-          f"async save blocks training {med(blocked) / med(sync):.2f}x the sync save.")
+          f"async save blocks training {med(blocked) / med(sync):.2f}x the sync save.\n")
+    print(verdict("async save: training blocked, against the sync save", med(blocked) / med(sync), 0.1,
+                  lambda v: f"{v:.2f}x"))
+    print(verdict("save throughput, against `dd oflag=direct`", med(direct) / med(sync), 0.6,
+                  lambda v: f"{v:.0%}", higher_is_better=True))
     return 0
 
 

@@ -58,3 +58,13 @@ class Allocation:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def verdict(what: str, value: float, target: float, shown: str, higher_is_better: bool = False) -> str:
+    """One line per target: the measured value, the target, met or missed and by how much."""
+    met = value >= target if higher_is_better else value <= target
+    sign = ">=" if higher_is_better else "<="
+    if met:
+        return f"- {what}: **{shown(value)}**, target {sign} {shown(target)}: met"
+    gap = (target / value if higher_is_better else value / target) - 1
+    return f"- {what}: **{shown(value)}**, target {sign} {shown(target)}: **missed** by {gap:.0%}"

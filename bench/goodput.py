@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table  # noqa: E402
+from common import table, verdict  # noqa: E402
 from preempt import PY, finish, preempt, started, state, submit, wait_until  # noqa: E402
 
 from hpc_mm.run import timeline  # noqa: E402
@@ -86,6 +86,10 @@ def main() -> int:
     print("\n![goodput](bench/goodput.png)\n\n`hpc-mm report` of the run preempted every 60 s:\n\n"
           "![report](bench/goodput-60-report.png)")
     plot(results)
+    for r in results:
+        if r["every"]:
+            print(verdict(f"goodput, preempted every {r['every']} s", r["goodput"], {180: 0.9, 60: 0.8}[r["every"]],
+                          lambda v: f"{v:.1%}", higher_is_better=True))
     return 0
 
 

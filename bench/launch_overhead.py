@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Allocation, ratio, spread, table  # noqa: E402
+from common import ROOT, Allocation, ratio, spread, table, verdict  # noqa: E402
 
 JOB = str(ROOT / "jobs" / "tiny-vlm.yaml")
 PY = sys.executable
@@ -102,7 +102,13 @@ def main() -> int:
     overhead = {n: statistics.median(results[n][0]) for n in results}
     print(f"\n{REPEATS} interleaved runs of each in one allocation; median (min-max). "
           f"hpc-mm's own time before training: {overhead['hpc-mm launch (torchrun)'] - overhead['hand-written torchrun']:+.2f} s "
-          f"(torchrun mode), {overhead['hpc-mm launch (srun)'] - overhead['hand-written srun']:+.2f} s (srun mode).")
+          f"(torchrun mode), {overhead['hpc-mm launch (srun)'] - overhead['hand-written srun']:+.2f} s (srun mode).\n")
+    med = statistics.median
+    times = lambda v: f"{v:.2f}x"  # noqa: E731
+    for ours, theirs in (("hpc-mm launch (torchrun)", "hand-written torchrun"),
+                         ("hpc-mm launch (srun)", "hand-written srun")):
+        for i, what in ((0, "first iteration"), (1, "whole step")):
+            print(verdict(f"{ours}, {what}", med(results[ours][i]) / med(results[theirs][i]), 1.05, times))
     return 0
 
 

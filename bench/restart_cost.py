@@ -10,6 +10,10 @@ own record (events.jsonl with the batch shell's clock, metrics.jsonl):
   -> training started (preflight done, `hpc-mm launch` running: event `started`)
   -> first resumed iteration
 
+Side by side, in the same run: a hand-written `torchrun` of the same trainer and argv under
+`srun` on 2 nodes (bench/launch_overhead.py's command), from `srun` starting to its first
+iteration; "training started -> first resumed iteration" is compared against it.
+
 Prints Markdown: median (min-max) of each piece, and the total without the queue.
 """
 
@@ -22,7 +26,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import spread, table  # noqa: E402
+from common import Allocation, ratio, spread, table, verdict  # noqa: E402
+from launch_overhead import commands, one  # noqa: E402
 from preempt import finish, first_row_after, preempt, started, submit, wait_until  # noqa: E402
 
 from hpc_mm.run import events  # noqa: E402
@@ -48,8 +53,19 @@ def pieces(run_dir: Path, restart: int) -> dict[str, float]:
             "training started -> first resumed iteration": first["time"] - nxt["time"]}
 
 
+def hand_torchrun(folder: Path, repeats: int = 3) -> list[float]:
+    """srun start -> first iteration of a hand-written torchrun, same trainer and argv."""
+    out = []
+    with Allocation(2) as alloc:
+        for rep in range(repeats):
+            run_dir = folder / f"hand-{rep}"
+            out.append(one(commands(alloc, run_dir, 20500 + rep)["hand-written torchrun"], run_dir)[0])
+    return out
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as d:
+        hand = hand_torchrun(Path(d))
         run_dir = Path(d) / "run"
         job_id = submit(run_dir, ["gpt.train_iters=1000000"])
         found: dict[str, list[float]] = {}
@@ -67,8 +83,17 @@ def main() -> int:
     rows = [[name, spread(values)] for name, values in found.items()]
     total = [sum(found[n][i] for n in found if not n.startswith("(")) for i in range(PREEMPTIONS)]
     rows.append(["**restart cost without the queue**", spread(total)])
+    resumed = found["training started -> first resumed iteration"]
+    rows.append(["hand-written torchrun under srun: start -> first iteration (no checkpoint to load)",
+                 spread(hand)])
     print(table([f"one restart, {PREEMPTIONS} real preemptions", "median (min-max)"], rows))
-    print(f"\nmedian restart cost {statistics.median(total):.1f} s outside the queue")
+    print(f"\nmedian restart cost {statistics.median(total):.1f} s outside the queue; training started -> "
+          f"first resumed iteration is {ratio(resumed, hand)} a hand-written torchrun's start -> first iteration\n")
+    med = statistics.median
+    print(verdict("checkpoint durable -> all processes gone", med(found["checkpoint durable -> all processes gone"]),
+                  1.0, lambda v: f"{v:.2f} s"))
+    print(verdict("training started -> first resumed iteration, against hand-written torchrun",
+                  med(resumed) / med(hand), 1.2, lambda v: f"{v:.2f}x"))
     return 0
 
 

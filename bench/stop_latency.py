@@ -3,7 +3,7 @@
 Runs `hpc-mm launch` of jobs/tiny-vlm.yaml (1 node x 4 ranks, torchrun, gloo) with models of
 growing size, sends SIGTERM once training runs (what srun delivers when Slurm's --signal
 or a preemption arrives), and reads the times from events.jsonl. requeue.grace_seconds must
-cover the last column with room to spare. Prints a Markdown table.
+cover the last column with room to spare. Median (min-max) of REPEATS. Prints a Markdown table.
 """
 
 import json
@@ -15,8 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, spread  # noqa: E402
+
 HIDDEN = [32, 256, 512]
+REPEATS = 3
 
 
 def one(hidden: int) -> tuple[float, float, float, float]:
@@ -43,11 +46,16 @@ def one(hidden: int) -> tuple[float, float, float, float]:
 
 
 def main():
-    print("| checkpoint size | signal -> checkpoint committed | of which writing | signal -> all processes gone |")
-    print("|---:|---:|---:|---:|")
+    print("| checkpoint size | signal -> checkpoint committed | of which writing | checkpoint committed -> "
+          "all processes gone | signal -> all processes gone |")
+    print("|---:|---:|---:|---:|---:|")
     for hidden in HIDDEN:
-        size, committed, writing, gone = one(hidden)
-        print(f"| {size:.1f} MB | {committed:.2f} s | {writing:.2f} s | {gone:.2f} s |", flush=True)
+        runs = [one(hidden) for _ in range(REPEATS)]
+        size = runs[0][0]
+        committed, writing, gone = ([r[i] for r in runs] for i in (1, 2, 3))
+        after = [g - c for g, c in zip(gone, committed)]
+        print(f"| {size:.1f} MB | {spread(committed)} | {spread(writing)} | {spread(after)} | {spread(gone)} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,11 @@ class Plan:
         return self.node_rank == 0 and self.rank in (None, 0)
 
     @property
+    def node_leader(self) -> bool:
+        """The one process per node that checks the node (its agent, or its local rank 0)."""
+        return self.local_rank in (None, 0)
+
+    @property
     def checkpoint_dir(self) -> Path:
         return layout.checkpoint_dir(self.spec, self.run_dir)
 

@@ -32,7 +32,9 @@ def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None, 
     _log_to_task_file(plan)
     workdir = Path(plan.spec.entry.workdir)
     preflight.workdir(workdir)
-    preflight.interpreter(interpreter(plan), workdir, preflight.needed_modules(plan.device, workdir, plan.spec.builtin))
+    if plan.node_leader:  # one check a node: its ranks share the interpreter, and a failure ends the step
+        preflight.interpreter(interpreter(plan), workdir,
+                              preflight.needed_modules(plan.device, workdir, plan.spec.builtin))
     held = lock.acquire(plan.run_dir, plan.job_id) if plan.leader else None
     try:
         if plan.leader:
