@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -9,6 +11,31 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = ROOT / "jobs"
 HPC_MM = [sys.executable, "-m", "hpc_mm"]
+
+
+def cli_in_process(*argv) -> tuple[int, str, str]:
+    """The real CLI in this process (argument parsing, commands, error printing): (exit code, stdout, stderr)."""
+    from hpc_mm.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as exc:
+            rc = exc.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+def setting(path: str, value):
+    """A change to a job-file dict: `path` (dotted) set to `value`, parents made as needed."""
+    def change(job):
+        node = job
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+        return job
+    return change
 
 
 def run_cli(*args, cwd=None, env=None, timeout=600, check=False):

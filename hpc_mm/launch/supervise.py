@@ -83,7 +83,8 @@ def _run(plan: Plan) -> int:
     def watch(child) -> None:
         dog = watchdog.Watchdog(plan.run_dir, plan.restart_count, plan.node_rank, progress, child,
                                 decides=plan.leader, budgets=limits, builtin=plan.spec.builtin,
-                                enabled=plan.spec.fault.hang_detection)
+                                enabled=plan.spec.fault.hang_detection,
+                                task=plan.local_rank if plan.mode == "worker" else None)
         dog.start()
         dogs.append(dog)
 

@@ -84,15 +84,20 @@ def descendants(root: int) -> list[int]:
     """Every process under `root` (torchrun puts each worker in a session of its own, so a
     process group is not enough to reach them)."""
     table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _, _) in table.items():
-        children.setdefault(parent, []).append(pid)
+    children = _children_of(table)
     found, todo = [], [root]
     while todo:
         pid = todo.pop()
         found.append(pid)
         todo += children.get(pid, [])
     return found
+
+
+def _children_of(table: dict[int, tuple[int, str, float]]) -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    return children
 
 
 def kill_tree(root: int) -> None:
@@ -107,9 +112,7 @@ def ranks_under(root: int) -> list[dict]:
     """The training processes under `root` (torchrun's workers, or the rank itself): the
     descendants that have a RANK, with their state and CPU time."""
     table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _, _) in table.items():
-        children.setdefault(parent, []).append(pid)
+    children = _children_of(table)
     found, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -166,9 +169,10 @@ class Watchdog(threading.Thread):
     """Heartbeats for one launcher; on node 0 (`decides`), the hang decision."""
 
     def __init__(self, run_dir: Path, restart: int, node: int, progress, child, decides: bool, budgets: Budgets,
-                 builtin: bool, enabled: bool = True):
+                 builtin: bool, enabled: bool = True, task: int | None = None):
         super().__init__(name="watchdog", daemon=True)
         self.run_dir, self.restart, self.node, self.progress, self.child = run_dir, restart, node, progress, child
+        self.file = heartbeats.path(run_dir, restart, node, task)  # task: srun started this rank alone
         self.decides, self.budgets, self.builtin, self.enabled = decides, budgets, builtin, enabled
         self.host = node_name(os.environ)  # Slurm's name for the node (several may share a host)
         self.dumped = False
@@ -184,7 +188,7 @@ class Watchdog(threading.Thread):
         beat = {"node": self.node, "host": self.host, "pid": os.getpid(), "time": round(time.time(), 3),
                 "iteration": self.progress.iteration, "last_progress": round(self.progress.last_progress, 3),
                 "phase": self.phase(), "ranks": ranks, "dumped": self.dumped, "ended": ended}
-        heartbeats.write(heartbeats.path(self.run_dir, self.restart, self.node), beat)
+        heartbeats.write(self.file, beat)
         return beat
 
     def run(self) -> None:
@@ -235,6 +239,6 @@ class Watchdog(threading.Thread):
         deadline = time.time() + DUMP_WAIT
         while time.time() < deadline and not all(b.get("dumped") or b.get("ended")
                                                   for b in heartbeats.read(self.run_dir, self.restart)
-                                                  if b.get("node") != self.node):
+                                                  if b.get("pid") != os.getpid()):
             time.sleep(0.5)
         kill_tree(self.child.pid)  # the entry's whole tree; srun then ends the other nodes' tasks

@@ -108,17 +108,17 @@ def _failed_nodes(spec: JobSpec, run_dir: Path, job_id: str | None, restart: int
     """The node whose part of the step died first, when its hpc-mm launcher died with it: srun's
     first complaint names it ("Node failure on", or its task killed while its launcher never said
     goodbye), and Slurm's own view (down, not responding) confirms where srun says nothing."""
-    beats = {b.get("host"): b for b in heartbeats.read(run_dir, restart)}
+    ended = heartbeats.ended_by_host(heartbeats.read(run_dir, restart))
     first = _srun_first_failure(spec, run_dir, job_id, restart)
     if first is not None:
         node, how = first
-        vanished = not beats.get(node, {}).get("ended")
+        vanished = not ended.get(node, False)
         if how == "node failure" or (vanished and "Killed" in how):
             return (node,)
         return ()
     states = query.node_states(list(nodes))
     return tuple(sorted(n for n, s in states.items() if any(word in s for word in _BAD_NODE)
-                        and not beats.get(n, {}).get("ended")))
+                        and not ended.get(n, False)))
 
 
 def _srun_first_failure(spec: JobSpec, run_dir: Path, job_id: str | None, restart: int) -> tuple[str, str] | None:

@@ -4,7 +4,6 @@ field, no traceback; and the valid variants of each class still accepted."""
 
 import contextlib
 import copy
-import io
 import os
 import subprocess
 import sys
@@ -13,8 +12,7 @@ import threading
 import pytest
 import yaml
 
-from conftest import HPC_MM, JOBS
-from hpc_mm.cli import main
+from conftest import HPC_MM, JOBS, cli_in_process as cli, setting
 
 TINY = JOBS / "tiny-vlm"
 COMMANDS = [["validate"], ["args"], ["render", "-o", os.devnull], ["submit", "--dry-run"]]
@@ -25,16 +23,6 @@ def base_job() -> dict:
             "mm": {"data": str(TINY / "data.json"), "model": str(TINY / "model.json"), "tool": str(TINY / "tools.json")},
             "gpt": {"lr": 1.0e-4, "train_iters": 100, "micro_batch_size": 2}}
 
-
-def cli(*argv) -> tuple[int, str, str]:
-    """The real CLI in this process (argument parsing, commands, error printing)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def job_file(tmp_path, job, extra_text: str = "") -> str:
@@ -59,16 +47,6 @@ def accepted_everywhere(tmp_path, path, extra=()):
         assert rc == 0, (command, err)
 
 
-def with_(path: str, value):
-    def change(job):
-        node = job
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-        return job
-    return change
-
 
 def text_job(lines: str) -> str:
     """A job file written as text, for what yaml.safe_dump cannot produce (unquoted YAML 1.1)."""
@@ -87,7 +65,7 @@ ZEROS = [("slurm.nodes", 0), ("distributed.nnodes", 0), ("distributed.nproc_per_
 
 @pytest.mark.parametrize("key,value", ZEROS, ids=[f"{k}={v}" for k, v in ZEROS])
 def test_zero_divisors(tmp_path, key, value):
-    job = with_(key, value)(base_job())
+    job = setting(key, value)(base_job())
     if key == "distributed.nnodes":
         job["slurm"].pop("nodes")
     refused_everywhere(tmp_path, job_file(tmp_path, job), key, "positive")

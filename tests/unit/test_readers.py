@@ -1,8 +1,6 @@
 """Readers of the run directory (status, report, logs) survive what a crash or a concurrent writer
 leaves behind, and behave like Unix tools."""
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -11,20 +9,10 @@ import sys
 
 import pytest
 
-from conftest import HPC_MM, JOBS
-from hpc_mm.cli import main
+from conftest import HPC_MM, JOBS, cli_in_process as cli
 from hpc_mm.environments.local import LocalEnvironment
 from hpc_mm.job.rules.fields import is_secret_name
 
-
-def cli(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from conftest import JOBS, run_cli
+from conftest import JOBS, run_cli, setting
 from hpc_mm.errors import UserError
 from hpc_mm.job.jobfile import load_job
 from hpc_mm.job.spec import derive
@@ -90,16 +90,6 @@ def test_every_problem_is_listed(tmp_path):
     assert {"gpt.min_lr", "gpt.adam_beta1", "distributed.master_port"} <= fields
 
 
-def _set(path: str, value):
-    def change(job):
-        node = job
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-        return job
-    return change
-
 
 def _mm_file(key: str, text: str):
     def change(job, tmp_path):
@@ -127,46 +117,46 @@ BAD_JOBS = [
     ("empty-file", "", "job.yaml", "empty"),
     ("list-not-mapping", "- a\n- b\n", "job.yaml", "must be a mapping"),
     ("section-is-list", "name: t\ngpt: [1, 2]\n", "gpt", "expected a mapping"),
-    ("unknown-top-key", _set("trainer", {}), "trainer", "unknown key"),
-    ("unknown-gpt-key", _set("gpt.learning_rate", 1.0), "gpt.learning_rate", "unknown key"),
+    ("unknown-top-key", setting("trainer", {}), "trainer", "unknown key"),
+    ("unknown-gpt-key", setting("gpt.learning_rate", 1.0), "gpt.learning_rate", "unknown key"),
     ("missing-lr", lambda j: (j["gpt"].pop("lr"), j)[1], "gpt.lr", "is required"),
     ("missing-train-iters", lambda j: (j["gpt"].pop("train_iters"), j)[1], "gpt.train_iters", "is required"),
     ("missing-mm-data", lambda j: (j["mm"].pop("data"), j)[1], "mm.data", "is required"),
-    ("lr-not-number", _set("gpt.lr", "fast"), "gpt.lr", "is not a number"),
-    ("mbs-not-int", _set("gpt.micro_batch_size", 1.5), "gpt.micro_batch_size", "not an integer"),
-    ("nodes-zero", _set("slurm.nodes", 0), "slurm.nodes", "positive"),
-    ("bad-decay-style", _set("gpt.lr_decay_style", "cosin"), "gpt.lr_decay_style", "did you mean 'cosine'"),
-    ("bad-backend", _set("distributed.backend", "ncl"), "distributed.backend", "did you mean 'nccl'"),
-    ("bad-launcher", _set("entry.launcher", "mpirun"), "entry.launcher", "allowed values"),
-    ("world-not-divisible", _set("gpt.tensor_model_parallel_size", 3), "gpt.tensor_model_parallel_size", "not divisible"),
-    ("gbs-not-multiple", _set("gpt.global_batch_size", 30), "gpt.global_batch_size", "not a multiple"),
-    ("min-lr-above-lr", _set("gpt.min_lr", 1.0), "gpt.min_lr", "larger than gpt.lr"),
-    ("warmup-init-above-lr", _set("gpt.lr_warmup_init", 1.0), "gpt.lr_warmup_init", "larger than gpt.lr"),
-    ("warmup-too-long", _set("gpt.lr_warmup_iters", 100), "gpt.lr_warmup_iters", "not shorter than the decay span"),
-    ("wsd-without-iters", _set("gpt.lr_decay_style", "WSD"), "gpt.lr_wsd_decay_iters", "required"),
-    ("wsd-iters-too-long", lambda j: _set("gpt.lr_wsd_decay_iters", 500)(_set("gpt.lr_decay_style", "WSD")(j)),
+    ("lr-not-number", setting("gpt.lr", "fast"), "gpt.lr", "is not a number"),
+    ("mbs-not-int", setting("gpt.micro_batch_size", 1.5), "gpt.micro_batch_size", "not an integer"),
+    ("nodes-zero", setting("slurm.nodes", 0), "slurm.nodes", "positive"),
+    ("bad-decay-style", setting("gpt.lr_decay_style", "cosin"), "gpt.lr_decay_style", "did you mean 'cosine'"),
+    ("bad-backend", setting("distributed.backend", "ncl"), "distributed.backend", "did you mean 'nccl'"),
+    ("bad-launcher", setting("entry.launcher", "mpirun"), "entry.launcher", "allowed values"),
+    ("world-not-divisible", setting("gpt.tensor_model_parallel_size", 3), "gpt.tensor_model_parallel_size", "not divisible"),
+    ("gbs-not-multiple", setting("gpt.global_batch_size", 30), "gpt.global_batch_size", "not a multiple"),
+    ("min-lr-above-lr", setting("gpt.min_lr", 1.0), "gpt.min_lr", "larger than gpt.lr"),
+    ("warmup-init-above-lr", setting("gpt.lr_warmup_init", 1.0), "gpt.lr_warmup_init", "larger than gpt.lr"),
+    ("warmup-too-long", setting("gpt.lr_warmup_iters", 100), "gpt.lr_warmup_iters", "not shorter than the decay span"),
+    ("wsd-without-iters", setting("gpt.lr_decay_style", "WSD"), "gpt.lr_wsd_decay_iters", "required"),
+    ("wsd-iters-too-long", lambda j: setting("gpt.lr_wsd_decay_iters", 500)(setting("gpt.lr_decay_style", "WSD")(j)),
      "gpt.lr_wsd_decay_iters", "longer than train_iters"),
-    ("port-privileged", _set("distributed.master_port", 80), "distributed.master_port", "1024-65535"),
-    ("port-too-high", _set("distributed.master_port", 70000), "distributed.master_port", "1024-65535"),
-    ("port-not-int", _set("distributed.master_port", "any"), "distributed.master_port", "is not an integer or 'auto'"),
-    ("negative-workers", _set("gpt.num_workers", -1), "gpt.num_workers", "0 or more"),
-    ("beta-out-of-range", _set("gpt.adam_beta2", 1.0), "gpt.adam_beta2", "[0, 1)"),
-    ("unsafe-name", _set("name", "x; rm -rf ~"), "name", "safe Slurm job name"),
-    ("bad-time", _set("slurm.time", "two hours"), "slurm.time", "Slurm time limit"),
-    ("bad-gres", _set("slurm.gres", "npu"), "slurm.gres", "gres request"),
-    ("partition-injection", _set("slurm.partition", "low$(id)"), "slurm.partition", "characters"),
-    ("secret-in-env", _set("env.HF_TOKEN", "abc"), "env.HF_TOKEN", "looks like a secret"),
-    ("bad-env-name", _set("env.1BAD", "x"), "env.1BAD", "not a valid environment variable name"),
-    ("mpi-on-megatron", lambda j: _set("entry.script", "pretrain_vlm.py")(_set("distributed.backend", "mpi")(j)),
+    ("port-privileged", setting("distributed.master_port", 80), "distributed.master_port", "1024-65535"),
+    ("port-too-high", setting("distributed.master_port", 70000), "distributed.master_port", "1024-65535"),
+    ("port-not-int", setting("distributed.master_port", "any"), "distributed.master_port", "is not an integer or 'auto'"),
+    ("negative-workers", setting("gpt.num_workers", -1), "gpt.num_workers", "0 or more"),
+    ("beta-out-of-range", setting("gpt.adam_beta2", 1.0), "gpt.adam_beta2", "[0, 1)"),
+    ("unsafe-name", setting("name", "x; rm -rf ~"), "name", "safe Slurm job name"),
+    ("bad-time", setting("slurm.time", "two hours"), "slurm.time", "Slurm time limit"),
+    ("bad-gres", setting("slurm.gres", "npu"), "slurm.gres", "gres request"),
+    ("partition-injection", setting("slurm.partition", "low$(id)"), "slurm.partition", "characters"),
+    ("secret-in-env", setting("env.HF_TOKEN", "abc"), "env.HF_TOKEN", "looks like a secret"),
+    ("bad-env-name", setting("env.1BAD", "x"), "env.1BAD", "not a valid environment variable name"),
+    ("mpi-on-megatron", lambda j: setting("entry.script", "pretrain_vlm.py")(setting("distributed.backend", "mpi")(j)),
      "distributed.backend", "only nccl or gloo"),
-    ("extra-duplicates-field", _set("gpt.extra", {"lr": 1}), "gpt.extra.lr", "set by hpc-mm"),
-    ("mm-data-missing-file", _set("mm.data", "/nonexistent/data.json"), "mm.data", "does not exist"),
+    ("extra-duplicates-field", setting("gpt.extra", {"lr": 1}), "gpt.extra.lr", "set by hpc-mm"),
+    ("mm-data-missing-file", setting("mm.data", "/nonexistent/data.json"), "mm.data", "does not exist"),
     ("mm-json-syntax", _mm_file("data", '{"dataset_param": {},\n "x": ]\n}'), "mm.data", "JSON syntax error at line 2, column"),
     ("mm-data-no-dataloader", _mm_file("data", '{"dataset_param": {}}'), "mm.data", "dataloader_param"),
     ("pipeline-wrong-length", _pipeline([1, 1], 2, 4), "mm.model", "has 2 entries but pipeline_model_parallel_size is 4"),
     ("pipeline-zero-stage", _pipeline([2, 0], 2, 2), "mm.model", "a stage with no layers"),
     ("pipeline-wrong-sum", _pipeline([1, 2], 4, 2), "mm.model", "sums to 3, not num_layers = 4"),
-    ("node-rank-outside", lambda j: _set("distributed.nnodes", 2)(_set("distributed.node_rank", 5)(j)),
+    ("node-rank-outside", lambda j: setting("distributed.nnodes", 2)(setting("distributed.node_rank", 5)(j)),
      "distributed.node_rank", "outside"),
 ]
 
