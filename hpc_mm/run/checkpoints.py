@@ -3,7 +3,7 @@ and a manifest that says cheaply whether a checkpoint is whole.
 
     <dir>/latest_checkpointed_iteration.txt          the commit marker, written last
     <dir>/iter_0000100/mp_rank_00/model_optim_rng.pt
-    <dir>/iter_0000100/manifest.json                 size and sha256 of every file (hpc-mm's writer)
+    <dir>/iter_0000100/manifest.json                 size and CRC-32 of every file (hpc-mm's writer)
 
 `status`, `finish` (the requeue decision) and the launcher read it on nodes and login nodes
 where torch may be absent; the built-in trainer's writer is `hpc_mm.train.checkpoint`.
@@ -19,6 +19,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from hpc_mm.run.durable import DurableWriter, crc32_of
 
 TRACKER = "latest_checkpointed_iteration.txt"
 FILENAME = "model_optim_rng.pt"
@@ -78,34 +80,17 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class HashingWriter:
-    """A file's writer that hashes what goes through it, so a checkpoint's manifest needs no
-    second pass over gigabytes that were just written (`torch.save` writes to it as a buffer)."""
-
-    def __init__(self, raw):
-        self.raw, self.digest, self.size = raw, hashlib.sha256(), 0
-
-    def write(self, data) -> int:
-        written = self.raw.write(data)
-        self.digest.update(data)
-        self.size += len(memoryview(data).cast("B"))
-        return written
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-
-def write_manifest(folder: Path, hashed: dict[str, HashingWriter] | None = None) -> None:
-    """Size and sha256 of every file of a checkpoint folder, written (and fsynced) into it;
-    files in `hashed` (by path relative to `folder`) were hashed while written."""
-    hashed = hashed or {}
+def write_manifest(folder: Path, written: dict[str, DurableWriter] | None = None) -> None:
+    """Size and CRC-32 of every file of a checkpoint folder, written (and fsynced) into it;
+    files in `written` (by path relative to `folder`) were checksummed while written."""
+    written = written or {}
 
     def entry(path: Path) -> dict:
         name = str(path.relative_to(folder))
-        writer = hashed.get(name)
+        writer = written.get(name)
         if writer is not None and writer.size == path.stat().st_size:
-            return {"size": writer.size, "sha256": writer.digest.hexdigest()}
-        return {"size": path.stat().st_size, "sha256": sha256(path)}
+            return {"size": writer.size, "crc32": writer.checksum}
+        return {"size": path.stat().st_size, "crc32": crc32_of(path)}
 
     files = {str(p.relative_to(folder)): entry(p) for p in sorted(folder.rglob("*"))
              if p.is_file() and p.name != MANIFEST}
@@ -113,6 +98,13 @@ def write_manifest(folder: Path, hashed: dict[str, HashingWriter] | None = None)
         json.dump({"files": files}, f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _matches(path: Path, info: dict) -> bool:
+    """The file against its manifest entry: CRC-32 (this writer), or sha256 (manifests of hpc-mm 0.1)."""
+    if "crc32" in info:
+        return crc32_of(path) == info["crc32"]
+    return "sha256" in info and sha256(path) == info["sha256"]
 
 
 @dataclass(frozen=True)
@@ -147,8 +139,8 @@ def verify(save_dir: str | os.PathLike, iteration: int, deep: bool = False) -> V
             return Verdict(False, f"{path} is missing")
         if not isinstance(info, dict) or size != info.get("size"):
             return Verdict(False, f"{path} has {size} bytes, the manifest says {info.get('size')}")
-        if deep and sha256(path) != info.get("sha256"):
-            return Verdict(False, f"{path} does not match its sha256 in the manifest")
+        if deep and not _matches(path, info):
+            return Verdict(False, f"{path} does not match its checksum in the manifest")
     return Verdict(True)
 
 

@@ -1,8 +1,8 @@
 """The built-in trainer's checkpoints: Megatron's layout (see `hpc_mm.run.checkpoints`),
 written atomically, verified, and loaded without ever running code.
 
-A save writes into a hidden temporary folder (model file, then a manifest of sizes and
-hashes), fsyncs, renames the folder into place, and only then replaces the tracker. A crash
+A save writes into a hidden temporary folder (the model file through `DurableWriter`, then a
+manifest of sizes and CRC-32s), fsyncs, renames the folder into place, and only then replaces the tracker. A crash
 or `kill -9` at any moment leaves the tracker pointing at a whole checkpoint; a save that
 fails (a full disk) removes its temporary folder and leaves the previous checkpoint the
 resume point. Loading checks the manifest, unpickles with `weights_only=True` (only tensors,
@@ -12,6 +12,7 @@ falls back to an older checkpoint when the latest is corrupt, repairing the trac
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
@@ -24,7 +25,8 @@ import time
 from pathlib import Path
 
 from hpc_mm.errors import UserError
-from hpc_mm.run.checkpoints import (FILENAME, TRACKER, HashingWriter, checkpoint_file, fsync_dir, iter_dir,
+from hpc_mm.run.durable import DurableWriter
+from hpc_mm.run.checkpoints import (FILENAME, TRACKER, checkpoint_file, fsync_dir, iter_dir,
                                     latest_iteration, saved_iterations, verify, write_manifest, write_tracker)
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -46,11 +48,8 @@ def save(save_dir: str | os.PathLike, iteration: int, state: dict, keep_last: in
         remove_dead_temporaries(save_dir)  # a failed save's leftovers must not fill the disk
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "mp_rank_00").mkdir(parents=True)
-        with open(tmp / "mp_rank_00" / FILENAME, "wb") as f:
-            writer = HashingWriter(f)
-            torch.save(state, writer)
-            f.flush()
-            os.fsync(f.fileno())
+        with DurableWriter(tmp / "mp_rank_00" / FILENAME) as writer, _no_zip_crc():
+            torch.save(state, writer)  # checksummed by the writer, fsynced at close
         write_manifest(tmp, {f"mp_rank_00/{FILENAME}": writer})
         fsync_dir(tmp / "mp_rank_00")
         fsync_dir(tmp)
@@ -64,6 +63,26 @@ def save(save_dir: str | os.PathLike, iteration: int, state: dict, keep_last: in
         raise save_error(save_dir, iteration, exc) from None
     prune(save_dir, keep_last)
     return time.monotonic() - start
+
+
+@contextlib.contextmanager
+def _no_zip_crc():
+    """torch.save's own CRC-32 of every zip record is a second pass over the whole state on the
+    training thread (a third of a save's time); the writer's CRC-32 covers the file instead.
+    torch.load does not check it. Older torch without the switch computes it as before."""
+    try:
+        from torch.utils.serialization import config
+    except ImportError:
+        config = None
+    save = getattr(config, "save", None)
+    if save is None or not hasattr(save, "compute_crc32"):
+        yield
+        return
+    before, save.compute_crc32 = save.compute_crc32, False
+    try:
+        yield
+    finally:
+        save.compute_crc32 = before
 
 
 def save_error(save_dir: Path, iteration: int, exc: BaseException) -> UserError:
@@ -190,18 +209,21 @@ def _warn(message: str) -> None:
 
 
 class AsyncSaver:
-    """Save in a background thread: the state is copied first, so training goes on at once."""
+    """Save in a background thread: the state is copied first, so training goes on at once.
+    The copy goes into the previous save's copy when the shapes still match: memory that is
+    already there copies several times faster than memory that must first be mapped."""
 
     def __init__(self):
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._snapshot = None
         self.last_seconds = 0.0
 
     def save(self, save_dir, iteration: int, state: dict, keep_last: int | None, on_done=None) -> None:
         import torch
 
-        self.wait()
-        snapshot = _clone(state, torch)
+        self.wait()  # the previous write is done with its copy: it may be reused
+        snapshot = self._snapshot = _copy(state, self._snapshot, torch)
 
         def work():
             try:
@@ -223,11 +245,19 @@ class AsyncSaver:
             raise error
 
 
-def _clone(obj, torch):
+def _copy(obj, into, torch):
+    """A copy of `obj` (tensors copied, on their device), reusing the tensors of `into`, an
+    earlier copy, where shape, dtype and device agree."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
+        obj = obj.detach()
+        if (isinstance(into, torch.Tensor) and into.shape == obj.shape and into.dtype == obj.dtype
+                and into.device == obj.device):
+            return into.copy_(obj)
+        return obj.clone()
     if isinstance(obj, dict):
-        return {k: _clone(v, torch) for k, v in obj.items()}
+        into = into if isinstance(into, dict) else {}
+        return {k: _copy(v, into.get(k), torch) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(v, torch) for v in obj)
+        into = into if isinstance(into, (list, tuple)) and len(into) == len(obj) else [None] * len(obj)
+        return type(obj)(_copy(v, old, torch) for v, old in zip(obj, into))
     return obj
