@@ -5,7 +5,8 @@ The state is SIZE_MB of float32 tensors (a model and its two Adam moments, as th
 trainer saves them). The physical limit is `dd oflag=direct` of the same number of bytes into
 the same folder (no page cache); `dd conv=fsync` (through the page cache, then fsync, which is
 what an atomic save does) is shown too. A save is hpc-mm's whole atomic save: temporary folder,
-torch.save hashed while written, fsync, manifest, rename, tracker. Median (min-max) of REPEATS.
+torch.save through the writer (CRC-32 on the way, O_DIRECT), fsync, manifest, rename, tracker;
+deleting the checkpoint before it (keep_last) is shown on its own. Median (min-max) of REPEATS.
 Prints Markdown.
 """
 
@@ -62,11 +63,14 @@ def main() -> int:
         folder = Path(d)
         direct = [dd(folder, SIZE_MB, "oflag=direct") for _ in range(REPEATS)]
         fsync = [dd(folder, SIZE_MB, "conv=fsync") for _ in range(REPEATS)]
-        sync = []
+        sync, prune = [], []
         for i in range(REPEATS):
             t = time.perf_counter()
-            checkpoint.save(folder / "sync", i + 1, state, keep_last=1)
+            checkpoint.save(folder / "sync", i + 1, state)
             sync.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            checkpoint.prune(folder / "sync", 1)  # what keep_last adds to a save: the previous one deleted
+            prune.append(time.perf_counter() - t)
         saver, blocked, behind = checkpoint.AsyncSaver(), [], []
         for i in range(REPEATS):
             t = time.perf_counter()
@@ -86,6 +90,7 @@ def main() -> int:
         ["`dd oflag=direct` (the disk's limit)", spread(direct), spread(rate(direct), "GiB/s")],
         ["`dd conv=fsync`", spread(fsync), spread(rate(fsync), "GiB/s")],
         ["hpc-mm atomic save (training blocked all along)", spread(sync), spread(rate(sync), "GiB/s")],
+        ["keep_last: deleting the previous checkpoint after a save", spread(prune[1:]), "-"],
         ["async save: training blocked", spread(blocked), "-"],
         ["async save: written and committed after", spread(behind), spread(rate(behind), "GiB/s")],
         ["load (verify sizes, weights_only load; page cache dropped)", spread(loads), spread(rate(loads), "GiB/s")],

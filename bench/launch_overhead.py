@@ -10,12 +10,15 @@ interleaved (A B C D, A B C D, ...), each in a fresh run directory:
 - hand-written srun:         `srun --ntasks-per-node 2 bash -c 'OMP_NUM_THREADS=1 RANK=$SLURM_PROCID ...
                               python -m hpc_mm.train ...'` (one thread a rank, as torchrun sets it)
 Measured: from `srun` starting to the first completed iteration (rank 0's metrics.jsonl row),
-and the whole step (srun start to srun end) for a 30-iteration job. Prints Markdown.
+and the whole step (srun start to srun end) for a 30-iteration job. Then, outside Slurm, what
+one task's `hpc-mm launch` costs before it starts the entry (Python, imports, plan, preflight),
+as wall and CPU time of a process that does just that. Prints Markdown.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import os
 import shlex
 import statistics
@@ -26,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Allocation, ratio, spread, table, verdict  # noqa: E402
+from common import ROOT, Allocation, ratio, spread, table, timed, verdict  # noqa: E402
 
 JOB = str(ROOT / "jobs" / "tiny-vlm.yaml")
 PY = sys.executable
@@ -72,10 +75,44 @@ def commands(alloc: Allocation, run_dir: Path, port: int) -> dict[str, list[str]
 def one(cmd: list[str], run_dir: Path) -> tuple[float, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    subprocess.run(cmd, check=True, capture_output=True, cwd=run_dir.parent)
+    # TMPDIR in the run directory: the hand-written torchrun leaves its torchelastic_* folders there
+    subprocess.run(cmd, check=True, capture_output=True, cwd=run_dir.parent, env={**os.environ, "TMPDIR": str(run_dir)})
     end = time.time()
     first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["time"]
     return first - start, end - start
+
+
+OWN_WORK = """
+import sys
+from pathlib import Path
+from hpc_mm.launch import preflight
+from hpc_mm.launch.plan import child_env, command, interpreter, resolve_plan
+plan = resolve_plan(sys.argv[1], sys.argv[3:], Path(sys.argv[2]))
+workdir = Path(plan.spec.entry.workdir)
+preflight.workdir(workdir)
+if plan.node_leader:
+    preflight.interpreter(interpreter(plan), workdir, preflight.needed_modules(plan.device, workdir, plan.spec.builtin))
+command(plan, None), child_env(plan, 60)
+"""
+
+
+def own_work(local_rank: int, repeats: int = 7) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of one srun task's launcher up to starting the entry (no Slurm needed)."""
+    env = {**os.environ, "SLURM_JOB_ID": "1", "SLURM_STEP_ID": "0", "SLURM_PROCID": str(local_rank),
+           "SLURM_LOCALID": str(local_rank), "SLURM_NODEID": "0", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4",
+           "SLURM_STEP_NUM_NODES": "2", "SLURM_JOB_NUM_NODES": "2", "SLURM_NNODES": "2",
+           "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+           "SLURM_TASKS_PER_NODE": "2(x2)", "SLURM_NTASKS_PER_NODE": "2", "SLURMD_NODENAME": "n1"}
+    walls, cpus = [], []
+    with tempfile.TemporaryDirectory() as d:
+        for _ in range(repeats):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            subprocess.run([PY, "-c", OWN_WORK, JOB, f"{d}/run", *SETS, "entry.launcher=srun"], env=env, check=True)
+            walls.append(time.perf_counter() - t)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return walls, cpus
 
 
 def main() -> int:
@@ -103,6 +140,14 @@ def main() -> int:
     print(f"\n{REPEATS} interleaved runs of each in one allocation; median (min-max). "
           f"hpc-mm's own time before training: {overhead['hpc-mm launch (torchrun)'] - overhead['hand-written torchrun']:+.2f} s "
           f"(torchrun mode), {overhead['hpc-mm launch (srun)'] - overhead['hand-written srun']:+.2f} s (srun mode).\n")
+    rows = []
+    for local_rank, what in ((0, "local rank 0 (checks the interpreter)"), (1, "any other rank")):
+        wall, cpu = own_work(local_rank)
+        rows.append([f"one task's `hpc-mm launch` before the entry starts, {what}", spread(wall), spread(cpu)])
+    floor = timed([PY, "-c", "pass"], 7)
+    rows.append(["`python -c pass`, for scale", spread(floor), "-"])
+    print(table(["alone on an idle machine", "wall", "CPU (user + system)"], rows))
+    print()
     med = statistics.median
     times = lambda v: f"{v:.2f}x"  # noqa: E731
     for ours, theirs in (("hpc-mm launch (torchrun)", "hand-written torchrun"),

@@ -76,7 +76,8 @@ def env_rows() -> list[list[str]]:
     env = big_slurm_env()
     with tempfile.TemporaryDirectory() as d:
         # launcher srun: one process per rank, 8 per node (the plan of one of 32768 processes)
-        overrides = ["slurm.nodes=4096", "distributed.nproc_per_node=8", "entry.launcher=srun"]
+        overrides = ["slurm.nodes=4096", "distributed.nproc_per_node=8", "entry.launcher=srun",
+                     "gpt.global_batch_size=131072"]  # MBS 4 x DP 32768
         inproc = []
         for _ in range(RUNS):
             t = time.perf_counter()
