@@ -75,8 +75,9 @@ def commands(alloc: Allocation, run_dir: Path, port: int) -> dict[str, list[str]
 def one(cmd: list[str], run_dir: Path) -> tuple[float, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    # TMPDIR in the run directory: the hand-written torchrun leaves its torchelastic_* folders there
-    subprocess.run(cmd, check=True, capture_output=True, cwd=run_dir.parent, env={**os.environ, "TMPDIR": str(run_dir)})
+    scratch = run_dir.parent / f"tmp-{run_dir.name}"  # the hand-written torchrun leaves torchelastic_* there
+    scratch.mkdir()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=run_dir.parent, env={**os.environ, "TMPDIR": str(scratch)})
     end = time.time()
     first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["time"]
     return first - start, end - start

@@ -38,14 +38,14 @@ def _login_argv(spec, run_dir: Path | None) -> list[str]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from hpc_mm.job.spec import derive
-    from hpc_mm.slurm.submit import prepare
+    from hpc_mm.slurm.submit import check
 
     problems, results = [], {}
     for job in args.jobs:
         try:
             spec = _load(args, job)
             _login_argv(spec, args.run_dir)  # what `args` and `render` would do, written nowhere
-            prepare(spec, args.run_dir)
+            check(spec, args.run_dir)  # what `render` and `submit` would refuse
         except UserError as exc:
             problems += exc.problems
             continue

@@ -26,7 +26,7 @@ from hpc_mm.errors import UserError
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import events, layout, lock
 from hpc_mm.slurm import query, sweep
-from hpc_mm.slurm.render import render_script
+from hpc_mm.slurm.render import check_script, render_script
 from hpc_mm.slurm.wait import wait as follow
 
 # sbatch's refusals, mapped to the job-file field that causes them.
@@ -83,6 +83,13 @@ def prepare(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = Non
     refuse_if_active(run.run_dir)
     script = render_script(spec, run.run_dir, template_dir)
     return dataclasses.replace(run, files={**run.files, layout.SCRIPT_FILE: script})
+
+
+def check(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None) -> None:
+    """What `prepare` refuses, without rendering the script (for `validate`)."""
+    run = layout.plan_run(spec, run_dir)
+    refuse_if_active(run.run_dir)
+    check_script(spec, run.run_dir, template_dir)
 
 
 def render(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None,
