@@ -5,14 +5,13 @@ training starts."""
 
 import json
 import re
-import subprocess
 import time
 
 import torch
 
 from conftest import JOBS, ROOT, run_cli
 from hpc_mm.run import events
-from test_slurm import wait_for
+from test_slurm import preempt_and_resume, wait_for
 
 STANDIN = ROOT / "tests" / "fixtures" / "standin.yaml"
 
@@ -36,13 +35,7 @@ def test_standin_entry_from_pretrained_weights_survives_preemption(slurm_cluster
     while time.time() < deadline and len((run_dir / "metrics.jsonl").read_text().splitlines()
                                          if (run_dir / "metrics.jsonl").exists() else []) < 20:
         time.sleep(0.5)
-    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "--exclusive", "-N", "4", "-o", "/dev/null",
-                           "--wrap", "sleep 2"], capture_output=True, text=True, check=True).stdout.strip()
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(e["event"] == "requeued" for e in events.read(run_dir)):
-        time.sleep(1)
-    assert wait_for(high) == "COMPLETED"
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+    preempt_and_resume(job_id, run_dir)
     assert wait_for(job_id, timeout=600) == "COMPLETED", [e["event"] for e in events.read(run_dir)]
 
     record = events.read(run_dir)

@@ -13,7 +13,7 @@ import torch
 
 from conftest import JOBS, ROOT, run_cli
 from hpc_mm.run import events
-from test_slurm import sacct, wait_for
+from test_slurm import preempt, sacct, wait_for
 
 STANDIN = ROOT / "tests" / "fixtures" / "standin.yaml"
 TINY = JOBS / "tiny-vlm.yaml"
@@ -219,8 +219,7 @@ def test_chain_mode_continues_a_preempted_job_as_a_new_job(slurm_cluster, tmp_pa
     job_id = submit(run_dir, "requeue.mode=chain", "slurm.exclusive=true", "slurm.partition=low",
                     "gpt.train_iters=400", "checkpoint.save_interval=1000")
     until(lambda: metrics_rows(run_dir) >= 60)
-    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "--exclusive", "-N", "4", "-o", "/dev/null",
-                           "--wrap", "sleep 2"], capture_output=True, text=True, check=True).stdout.strip()
+    high = preempt()
     requeued = until(lambda: next((e for e in events.read(run_dir) if e["event"] == "requeued"), None))
     assert wait_for(high) == "COMPLETED"
     next_id = requeued["next_job_id"]

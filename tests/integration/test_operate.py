@@ -12,7 +12,7 @@ import torch
 from conftest import JOBS, run_cli
 from hpc_mm.run import events
 from test_faults import finished, metrics_rows, until, weights
-from test_slurm import sacct
+from test_slurm import preempt, sacct
 
 TINY = JOBS / "tiny-vlm.yaml"
 
@@ -145,10 +145,9 @@ def test_sweep_is_one_array_and_only_the_preempted_task_requeues(slurm_cluster, 
     until(lambda: all(metrics_rows(d) >= 10 for d in dirs), timeout=300)
     victim = dirs[1]
     node = next(e for e in events.read(victim) if e["event"] == "started")["hosts"][0]
-    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "--exclusive", "-N", "1", "-w", node,
-                           "-o", "/dev/null", "--wrap", "sleep 3"], capture_output=True, text=True, check=True)
+    high = preempt(nodes=1, hold=3, nodelist=node)
     until(lambda: any(e["event"] == "requeued" for e in events.read(victim)), timeout=120)
-    finished(high.stdout.strip(), timeout=120)
+    finished(high, timeout=120)
     # while the requeued task waits, status already counts the restart and says why
     waiting = json.loads(run_cli("status", tasks[1]["job_id"], "--json", cwd=tmp_path, check=True).stdout)
     assert waiting["restarts"] == 1 and waiting["restart_cause"] in ("preemption", "slurm")

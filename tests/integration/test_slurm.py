@@ -26,6 +26,25 @@ def wait_for(job_id: str, timeout: float = 600) -> str:
     raise AssertionError(f"job {job_id} still {state} after {timeout} s")
 
 
+def preempt(nodes: int = 4, hold: int = 2, nodelist: str | None = None) -> str:
+    """A real preemption: an exclusive job in partition `high` on `nodes` nodes for `hold` seconds."""
+    where = ["-w", nodelist] if nodelist else []
+    return subprocess.run(["sbatch", "--parsable", "-p", "high", "--exclusive", "-N", str(nodes), *where,
+                           "-o", "/dev/null", "--wrap", f"sleep {hold}"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def preempt_and_resume(job_id: str, run_dir, hold: int = 2) -> None:
+    """Preempt every node, wait until the run has requeued and the preempting job has ended,
+    then let the requeued job start at once (Slurm holds requeued jobs back a while: BeginTime)."""
+    high = preempt(hold=hold)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(e["event"] == "requeued" for e in events.read(run_dir)):
+        time.sleep(1)
+    assert wait_for(high) == "COMPLETED"
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+
+
 def test_srun_env_ranks(slurm_cluster):
     result = subprocess.run(["srun", "-N", "4", "--ntasks-per-node", "2", *HPC_MM, "env", "--json"],
                             capture_output=True, text=True, timeout=300)
@@ -118,14 +137,7 @@ def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, tmp_path):
     while time.time() < deadline and not (run_dir / "metrics.jsonl").exists():
         time.sleep(1)
     time.sleep(4)
-    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "--exclusive", "-N", "4", "-o", "/dev/null",
-                           "--wrap", "sleep 3"], capture_output=True, text=True, check=True).stdout.strip()
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(e["event"] == "requeued" for e in events.read(run_dir)):
-        time.sleep(1)
-    assert wait_for(high) == "COMPLETED"
-    # Slurm holds requeued jobs back a while (BeginTime); let it start now.
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+    preempt_and_resume(job_id, run_dir, hold=3)
     assert wait_for(job_id, timeout=600) == "COMPLETED"
     record = events.read(run_dir)
     kinds = [e["event"] for e in record]
