@@ -33,15 +33,19 @@ REPEATS = 3
 
 def state_of(mb: int) -> dict:
     third = mb * 1024 * 1024 // 4 // 3
-    return {"model": {"w": torch.randn(third)}, "optimizer": {"exp_avg": torch.randn(third),
-                                                               "exp_avg_sq": torch.rand(third)}, "iteration": 0}
+    return {
+        "model": {"w": torch.randn(third)},
+        "optimizer": {"exp_avg": torch.randn(third), "exp_avg_sq": torch.rand(third)},
+        "iteration": 0,
+    }
 
 
 def dd(folder: Path, mb: int, flag: str) -> float:
     path = folder / "dd.bin"
     t = time.perf_counter()
-    subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=16M", f"count={mb // 16}", flag], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={path}", "bs=16M", f"count={mb // 16}", flag], check=True, capture_output=True
+    )
     seconds = time.perf_counter() - t
     path.unlink()
     return seconds
@@ -97,12 +101,24 @@ def main() -> int:
     ]
     print(table([f"{gib:.2f} GiB of tensors", "time, median (min-max)", "throughput"], rows))
     med = statistics.median
-    print(f"\nsave throughput {med(direct) / med(sync):.0%} of `dd oflag=direct`; "
-          f"async save blocks training {med(blocked) / med(sync):.2f}x the sync save.\n")
-    print(verdict("async save: training blocked, against the sync save", med(blocked) / med(sync), 0.1,
-                  lambda v: f"{v:.2f}x"))
-    print(verdict("save throughput, against `dd oflag=direct`", med(direct) / med(sync), 0.6,
-                  lambda v: f"{v:.0%}", higher_is_better=True))
+    print(
+        f"\nsave throughput {med(direct) / med(sync):.0%} of `dd oflag=direct`; "
+        f"async save blocks training {med(blocked) / med(sync):.2f}x the sync save.\n"
+    )
+    print(
+        verdict(
+            "async save: training blocked, against the sync save", med(blocked) / med(sync), 0.1, lambda v: f"{v:.2f}x"
+        )
+    )
+    print(
+        verdict(
+            "save throughput, against `dd oflag=direct`",
+            med(direct) / med(sync),
+            0.6,
+            lambda v: f"{v:.0%}",
+            higher_is_better=True,
+        )
+    )
     return 0
 
 

@@ -23,7 +23,10 @@ def ratio(ours: list[float], theirs: list[float]) -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -41,8 +44,12 @@ class Allocation:
     """`salloc --no-shell`: nodes held for the benchmark's job steps, released at the end."""
 
     def __init__(self, nodes: int, partition: str = "low", name: str = "hpc-mm-bench"):
-        out = subprocess.run(["salloc", "--no-shell", "-N", str(nodes), "--exclusive", "-p", partition, "-J", name,
-                              "-t", "60"], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["salloc", "--no-shell", "-N", str(nodes), "--exclusive", "-p", partition, "-J", name, "-t", "60"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         text = out.stdout + out.stderr
         self.job_id = text.split("Granted job allocation")[1].split()[0]
         self.nodes = nodes

@@ -53,8 +53,14 @@ def run(folder: Path, every: float | None) -> dict:
     report = subprocess.run([PY, "-m", "hpc_mm", "report", str(run_dir)], capture_output=True, text=True)
     if every == 60 and (run_dir / "report.png").exists():
         shutil.copy(run_dir / "report.png", HERE / "goodput-60-report.png")
-    return {"every": every, "restarts": len(line.restarts), "useful": line.useful_seconds,
-            "held": line.held_seconds, "goodput": line.goodput, "report": report.stdout}
+    return {
+        "every": every,
+        "restarts": len(line.restarts),
+        "useful": line.useful_seconds,
+        "held": line.held_seconds,
+        "goodput": line.goodput,
+        "report": report.stdout,
+    }
 
 
 def plot(results: list[dict]) -> None:
@@ -65,7 +71,7 @@ def plot(results: list[dict]) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     labels = [f"every {r['every']} s" if r["every"] else "uninterrupted" for r in results]
-    ax.bar(labels, [100 * r["goodput"] for r in results], color=["#4c9f38", "#2f6db5", "#c0392b"][:len(results)])
+    ax.bar(labels, [100 * r["goodput"] for r in results], color=["#4c9f38", "#2f6db5", "#c0392b"][: len(results)])
     for i, r in enumerate(results):
         ax.text(i, 100 * r["goodput"] + 1, f"{r['goodput']:.1%}\n{r['restarts']} restarts", ha="center", fontsize=8)
     ax.axhline(90, color="grey", lw=0.6, ls="--")
@@ -80,16 +86,33 @@ def plot(results: list[dict]) -> None:
 def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         results = [run(Path(d), every) for every in EVERY]
-    rows = [[f"preempted every {r['every']} s" if r["every"] else "uninterrupted", str(r["restarts"]),
-             duration(r["useful"]), duration(r["held"]), f"{r['goodput']:.1%}"] for r in results]
+    rows = [
+        [
+            f"preempted every {r['every']} s" if r["every"] else "uninterrupted",
+            str(r["restarts"]),
+            duration(r["useful"]),
+            duration(r["held"]),
+            f"{r['goodput']:.1%}",
+        ]
+        for r in results
+    ]
     print(table(["job", "restarts", "useful training", "held nodes (queue excluded)", "goodput"], rows))
-    print("\n![goodput](bench/goodput.png)\n\n`hpc-mm report` of the run preempted every 60 s:\n\n"
-          "![report](bench/goodput-60-report.png)")
+    print(
+        "\n![goodput](bench/goodput.png)\n\n`hpc-mm report` of the run preempted every 60 s:\n\n"
+        "![report](bench/goodput-60-report.png)"
+    )
     plot(results)
     for r in results:
         if r["every"]:
-            print(verdict(f"goodput, preempted every {r['every']} s", r["goodput"], {180: 0.9, 60: 0.8}[r["every"]],
-                          lambda v: f"{v:.1%}", higher_is_better=True))
+            print(
+                verdict(
+                    f"goodput, preempted every {r['every']} s",
+                    r["goodput"],
+                    {180: 0.9, 60: 0.8}[r["every"]],
+                    lambda v: f"{v:.1%}",
+                    higher_is_better=True,
+                )
+            )
     return 0
 
 

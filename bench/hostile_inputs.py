@@ -15,14 +15,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROBE = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-         "r = subprocess.run(sys.argv[1:], capture_output=True); w = time.perf_counter() - t; "
-         "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)")
+PROBE = (
+    "import resource, subprocess, sys, time; t = time.perf_counter(); "
+    "r = subprocess.run(sys.argv[1:], capture_output=True); w = time.perf_counter() - t; "
+    "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)"
+)
 
 
 def measure(path: str) -> tuple[float, float, int]:
-    out = subprocess.run([sys.executable, "-c", PROBE, sys.executable, "-m", "hpc_mm", "validate", path],
-                         capture_output=True, text=True, timeout=120).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, sys.executable, "-m", "hpc_mm", "validate", path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout.split()
     return float(out[0]), int(out[1]) / 1024, int(out[2])
 
 
@@ -49,9 +55,13 @@ def main():
                     time.sleep(0.01)
 
         threading.Thread(target=writer, daemon=True).start()
-        cases = [("alias bomb (10^12 values)", bomb_file(Path(d))), ("/dev/zero", "/dev/zero"),
-                 ("/dev/urandom", "/dev/urandom"), ("FIFO that never ends", str(fifo)),
-                 ("jobs/qwen2vl-7b.yaml (valid)", str(ROOT / "jobs" / "qwen2vl-7b.yaml"))]
+        cases = [
+            ("alias bomb (10^12 values)", bomb_file(Path(d))),
+            ("/dev/zero", "/dev/zero"),
+            ("/dev/urandom", "/dev/urandom"),
+            ("FIFO that never ends", str(fifo)),
+            ("jobs/qwen2vl-7b.yaml (valid)", str(ROOT / "jobs" / "qwen2vl-7b.yaml")),
+        ]
         print("| input | exit code | median wall time | peak RSS |")
         print("|---|---:|---:|---:|")
         for name, path in cases:

@@ -34,30 +34,48 @@ MEDIANS: dict[str, float] = {}  # what the targets are checked against
 def big_slurm_env(nodes: int = 4096, per_node: int = 8, rank: int = 4096 * 8 - 3) -> dict:
     """The variables srun gives one task of a `-N 4096 --ntasks-per-node 8` step."""
     node = rank // per_node
-    return {**os.environ, "SLURM_JOB_ID": "123456", "SLURM_STEP_ID": "0", "SLURM_PROCID": str(rank),
-            "SLURM_LOCALID": str(rank % per_node), "SLURM_NODEID": str(node), "SLURM_NTASKS": str(nodes * per_node),
-            "SLURM_STEP_NUM_TASKS": str(nodes * per_node), "SLURM_STEP_NUM_NODES": str(nodes),
-            "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_NNODES": str(nodes),
-            "SLURM_STEP_NODELIST": f"gpu[{1:05d}-{nodes:05d}]", "SLURM_JOB_NODELIST": f"gpu[{1:05d}-{nodes:05d}]",
-            "SLURM_STEP_TASKS_PER_NODE": f"{per_node}(x{nodes})", "SLURM_TASKS_PER_NODE": f"{per_node}(x{nodes})",
-            "SLURM_NTASKS_PER_NODE": str(per_node), "SLURMD_NODENAME": f"gpu{node + 1:05d}",
-            "SLURM_RESTART_COUNT": "0"}
+    return {
+        **os.environ,
+        "SLURM_JOB_ID": "123456",
+        "SLURM_STEP_ID": "0",
+        "SLURM_PROCID": str(rank),
+        "SLURM_LOCALID": str(rank % per_node),
+        "SLURM_NODEID": str(node),
+        "SLURM_NTASKS": str(nodes * per_node),
+        "SLURM_STEP_NUM_TASKS": str(nodes * per_node),
+        "SLURM_STEP_NUM_NODES": str(nodes),
+        "SLURM_JOB_NUM_NODES": str(nodes),
+        "SLURM_NNODES": str(nodes),
+        "SLURM_STEP_NODELIST": f"gpu[{1:05d}-{nodes:05d}]",
+        "SLURM_JOB_NODELIST": f"gpu[{1:05d}-{nodes:05d}]",
+        "SLURM_STEP_TASKS_PER_NODE": f"{per_node}(x{nodes})",
+        "SLURM_TASKS_PER_NODE": f"{per_node}(x{nodes})",
+        "SLURM_NTASKS_PER_NODE": str(per_node),
+        "SLURMD_NODENAME": f"gpu{node + 1:05d}",
+        "SLURM_RESTART_COUNT": "0",
+    }
 
 
 def login_rows(d: str) -> list[list[str]]:
     py = sys.executable
     commands = [
         ("`python -c pass`", [py, "-c", "pass"]),
-        ("`python -c \"import submitit\"`", [py, "-c", "import submitit"]),
+        ('`python -c "import submitit"`', [py, "-c", "import submitit"]),
         ("`hpc-mm validate` (qwen2vl-7b)", [py, "-m", "hpc_mm", "validate", JOB]),
         ("`hpc-mm args` (qwen2vl-7b)", [py, "-m", "hpc_mm", "args", JOB]),
         ("`hpc-mm render` (qwen2vl-7b)", [py, "-m", "hpc_mm", "render", JOB, "--run-dir", f"{d}/r", "-o", f"{d}/s"]),
     ]
     if shutil.which("sbatch") and subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0:
-        commands.append(("`hpc-mm submit --dry-run` (tiny-vlm, sbatch --test-only)",
-                         [py, "-m", "hpc_mm", "submit", TINY, "--dry-run", "--run-dir", f"{d}/dry"]))
-    commands += [("`python -c \"import torch\"`", [py, "-c", "import torch"]),
-                 ("`python -c \"import megatron.core\"`", [py, "-W", "ignore", "-c", "import megatron.core"])]
+        commands.append(
+            (
+                "`hpc-mm submit --dry-run` (tiny-vlm, sbatch --test-only)",
+                [py, "-m", "hpc_mm", "submit", TINY, "--dry-run", "--run-dir", f"{d}/dry"],
+            )
+        )
+    commands += [
+        ('`python -c "import torch"`', [py, "-c", "import torch"]),
+        ('`python -c "import megatron.core"`', [py, "-W", "ignore", "-c", "import megatron.core"]),
+    ]
     rows, floor = [], None
     for name, cmd in commands:
         times = timed(cmd, RUNS, cwd=d)
@@ -76,8 +94,12 @@ def env_rows() -> list[list[str]]:
     env = big_slurm_env()
     with tempfile.TemporaryDirectory() as d:
         # launcher srun: one process per rank, 8 per node (the plan of one of 32768 processes)
-        overrides = ["slurm.nodes=4096", "distributed.nproc_per_node=8", "entry.launcher=srun",
-                     "gpt.global_batch_size=131072"]  # MBS 4 x DP 32768
+        overrides = [
+            "slurm.nodes=4096",
+            "distributed.nproc_per_node=8",
+            "entry.launcher=srun",
+            "gpt.global_batch_size=131072",
+        ]  # MBS 4 x DP 32768
         inproc = []
         for _ in range(RUNS):
             t = time.perf_counter()
@@ -85,11 +107,29 @@ def env_rows() -> list[list[str]]:
             inproc.append(time.perf_counter() - t)
         MEDIANS["resolve_plan"] = statistics.median(inproc)
         assert (plan.rank, plan.world_size, plan.nnodes, len(plan.hosts)) == (32765, 32768, 4096, 4096), plan
-        whole = timed([sys.executable, "-m", "hpc_mm", "env", TINY, "--json", *sum((["--set", o] for o in overrides), []),
-                       "--run-dir", f"{d}/run"], RUNS, env=env, cwd=d)
-    return [["resolve_plan in the process (job file, Slurm variables, 4096 hosts, ranks, master, port)",
-             spread([t * 1000 for t in inproc], "ms", 1)],
-            ["`hpc-mm env --json`, the whole process", spread([t * 1000 for t in whole], "ms", 0)]]
+        whole = timed(
+            [
+                sys.executable,
+                "-m",
+                "hpc_mm",
+                "env",
+                TINY,
+                "--json",
+                *sum((["--set", o] for o in overrides), []),
+                "--run-dir",
+                f"{d}/run",
+            ],
+            RUNS,
+            env=env,
+            cwd=d,
+        )
+    return [
+        [
+            "resolve_plan in the process (job file, Slurm variables, 4096 hosts, ranks, master, port)",
+            spread([t * 1000 for t in inproc], "ms", 1),
+        ],
+        ["`hpc-mm env --json`, the whole process", spread([t * 1000 for t in whole], "ms", 0)],
+    ]
 
 
 def many_rows(n: int = 1000) -> list[list[str]]:
@@ -112,8 +152,10 @@ def many_rows(n: int = 1000) -> list[list[str]]:
         for i, path in enumerate(files):
             render_script(load_job(path), Path(d) / "runs" / str(i))
         render = time.perf_counter() - t
-    return [[f"`hpc-mm validate` of {n} job files, one call", f"{validate:.2f} s", f"{validate / n * 1000:.1f} ms"],
-            [f"load + render {n} job files (library)", f"{render:.2f} s", f"{render / n * 1000:.1f} ms"]]
+    return [
+        [f"`hpc-mm validate` of {n} job files, one call", f"{validate:.2f} s", f"{validate / n * 1000:.1f} ms"],
+        [f"load + render {n} job files (library)", f"{render:.2f} s", f"{render / n * 1000:.1f} ms"],
+    ]
 
 
 def main() -> int:
@@ -124,10 +166,15 @@ def main() -> int:
     print()
     print(table(["scale", "total", "per job file"], many_rows()))
     print()
-    print(verdict("4096 x 8 environment resolution (resolve_plan, one process)", MEDIANS["resolve_plan"] * 1000, 50,
-                  lambda v: f"{v:.1f} ms"))
-    print(verdict("`hpc-mm validate`, median", MEDIANS["`hpc-mm validate` (qwen2vl-7b)"], 0.15,
-                  lambda v: f"{v:.2f} s"))
+    print(
+        verdict(
+            "4096 x 8 environment resolution (resolve_plan, one process)",
+            MEDIANS["resolve_plan"] * 1000,
+            50,
+            lambda v: f"{v:.1f} ms",
+        )
+    )
+    print(verdict("`hpc-mm validate`, median", MEDIANS["`hpc-mm validate` (qwen2vl-7b)"], 0.15, lambda v: f"{v:.2f} s"))
     return 0
 
 

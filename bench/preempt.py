@@ -26,11 +26,21 @@ ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 
 
 def submit(run_dir: Path, overrides: list[str]) -> str:
-    base = ["slurm.exclusive=true", "slurm.partition=low", "slurm.time=60", "requeue.max_restarts=100",
-            "checkpoint.save_interval=100000"]
+    base = [
+        "slurm.exclusive=true",
+        "slurm.partition=low",
+        "slurm.time=60",
+        "requeue.max_restarts=100",
+        "checkpoint.save_interval=100000",
+    ]
     args = [a for o in [*base, *overrides] for a in ("--set", o)]
-    out = subprocess.run([PY, "-m", "hpc_mm", "submit", JOB, "--run-dir", str(run_dir), "--json", *args],
-                         capture_output=True, text=True, check=True, cwd=run_dir.parent)
+    out = subprocess.run(
+        [PY, "-m", "hpc_mm", "submit", JOB, "--run-dir", str(run_dir), "--json", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=run_dir.parent,
+    )
     return json.loads(out.stdout)["job_id"]
 
 
@@ -38,8 +48,9 @@ def state(job_id: str) -> str:
     out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout.strip()
     if out:
         return out
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"], capture_output=True,
-                         text=True).stdout.split()
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True
+    ).stdout.split()
     return out[0] if out else "UNKNOWN"
 
 
@@ -58,9 +69,26 @@ def first_row_after(run_dir: Path, when: float) -> dict | None:
 def preempt(run_dir: Path, job_id: str, restart: int, hold_seconds: float = 2.0) -> None:
     """Preempt start `restart` of the job; return once the next start has trained an iteration."""
     nodes = started(run_dir, restart)["hosts"]
-    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "--exclusive", "-N", str(len(nodes)), "-w",
-                           ",".join(nodes), "-o", "/dev/null", "--wrap", f"sleep {hold_seconds}"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    high = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "-p",
+            "high",
+            "--exclusive",
+            "-N",
+            str(len(nodes)),
+            "-w",
+            ",".join(nodes),
+            "-o",
+            "/dev/null",
+            "--wrap",
+            f"sleep {hold_seconds}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     deadline = time.time() + 300
     while time.time() < deadline and state(high) not in ENDED:
         time.sleep(0.2)

@@ -20,11 +20,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-LINE = (" [2026-11-29 10:00:00] iteration      {i:>3}/   10000 | consumed samples:        12800 | elapsed time per "
-        "iteration (ms): 1234.5 | learning rate: 9.876543E-06 | global batch size:   768 | lm loss: 1.234567E+00 | "
-        "loss scale: 1.0 | grad norm: 1.234 | number of skipped iterations:   0 | number of nan iterations:   0 |")
-JOB = ["--nodes", "1", "--nproc-per-node", "2", "--set", "gpt.train_iters=300", "--set", "gpt.log_interval=1",
-       "--set", "gpt.global_batch_size=16", "--set", "checkpoint.save_interval=1000"]
+LINE = (
+    " [2026-11-29 10:00:00] iteration      {i:>3}/   10000 | consumed samples:        12800 | elapsed time per "
+    "iteration (ms): 1234.5 | learning rate: 9.876543E-06 | global batch size:   768 | lm loss: 1.234567E+00 | "
+    "loss scale: 1.0 | grad norm: 1.234 | number of skipped iterations:   0 | number of nan iterations:   0 |"
+)
+JOB = [
+    "--nodes",
+    "1",
+    "--nproc-per-node",
+    "2",
+    "--set",
+    "gpt.train_iters=300",
+    "--set",
+    "gpt.log_interval=1",
+    "--set",
+    "gpt.global_batch_size=16",
+    "--set",
+    "checkpoint.save_interval=1000",
+]
 
 
 def watcher_rate() -> float:
@@ -46,20 +60,42 @@ def speed(run_dir: Path) -> list[float]:
 
 def through_launch(folder: Path) -> list[float]:
     run_dir = folder / "launch"
-    subprocess.run([sys.executable, "-m", "hpc_mm", "launch", str(ROOT / "jobs/tiny-vlm.yaml"), "--run-dir", str(run_dir),
-                    *JOB], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "hpc_mm", "launch", str(ROOT / "jobs/tiny-vlm.yaml"), "--run-dir", str(run_dir), *JOB],
+        check=True,
+        capture_output=True,
+    )
     return speed(run_dir)
 
 
 def direct(folder: Path) -> list[float]:
     run_dir = folder / "direct"
-    args = subprocess.run([sys.executable, "-m", "hpc_mm", "args", str(ROOT / "jobs/tiny-vlm.yaml"), "--run-dir",
-                           str(run_dir), *JOB], check=True, capture_output=True, text=True).stdout.split()
+    args = subprocess.run(
+        [sys.executable, "-m", "hpc_mm", "args", str(ROOT / "jobs/tiny-vlm.yaml"), "--run-dir", str(run_dir), *JOB],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     run_dir.mkdir(parents=True)
     with open(folder / "direct.log", "w") as log:
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                        "-m", "hpc_mm.train", *args], check=True, stdout=log, stderr=subprocess.STDOUT,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})  # as launch sets
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--master_port",
+                "29517",
+                "-m",
+                "hpc_mm.train",
+                *args,
+            ],
+            check=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+        )  # as launch sets
     return speed(run_dir)
 
 
@@ -77,8 +113,10 @@ def main():
     print("| measure | result |")
     print("|---|---:|")
     print(f"| watcher: Megatron iteration lines parsed per second | {rate:,.0f} |")
-    print(f"| built-in trainer, output through `hpc-mm launch` (samples/s; runs min-max) | {a:.0f} "
-          f"({min(per_run_a):.0f}-{max(per_run_a):.0f}) |")
+    print(
+        f"| built-in trainer, output through `hpc-mm launch` (samples/s; runs min-max) | {a:.0f} "
+        f"({min(per_run_a):.0f}-{max(per_run_a):.0f}) |"
+    )
     print(f"| same torchrun command, output straight to a file | {b:.0f} ({min(per_run_b):.0f}-{max(per_run_b):.0f}) |")
     print(f"| ratio | {a / b:.3f} |")
 

@@ -39,18 +39,21 @@ TRAIN_SECONDS = 4  # each start trains this long after its first iteration befor
 def pieces(run_dir: Path, restart: int) -> dict[str, float]:
     record = events.read(run_dir)
     requeued = next(e for e in record if e["event"] == "requeued" and e["restart"] == restart)
-    saved = next(e for e in record if e["event"] == "checkpoint" and e["restart"] == restart
-                 and e.get("reason") == "signal")
+    saved = next(
+        e for e in record if e["event"] == "checkpoint" and e["restart"] == restart and e.get("reason") == "signal"
+    )
     nxt = started(run_dir, restart + 1)
     first = first_row_after(run_dir, nxt["time"])
     signal_at, gone = requeued["signal_at"], requeued["step_ended_at"]
     batch = nxt.get("batch_started_at", nxt["time"])
-    return {"signal -> checkpoint durable": saved["time"] - signal_at,
-            "checkpoint durable -> all processes gone": gone - saved["time"],
-            "all processes gone -> requeue issued": requeued["time"] - gone,
-            "(queue: preempting job, excluded)": batch - requeued["time"],
-            "batch script starts -> training started (preflight, launch)": nxt["time"] - batch,
-            "training started -> first resumed iteration": first["time"] - nxt["time"]}
+    return {
+        "signal -> checkpoint durable": saved["time"] - signal_at,
+        "checkpoint durable -> all processes gone": gone - saved["time"],
+        "all processes gone -> requeue issued": requeued["time"] - gone,
+        "(queue: preempting job, excluded)": batch - requeued["time"],
+        "batch script starts -> training started (preflight, launch)": nxt["time"] - batch,
+        "training started -> first resumed iteration": first["time"] - nxt["time"],
+    }
 
 
 def hand_torchrun(folder: Path, repeats: int = 3) -> list[float]:
@@ -73,7 +76,7 @@ def main() -> int:
             wait_until(lambda: started(run_dir, restart))
             begun = started(run_dir, restart)["time"]
             first = wait_until(lambda: first_row_after(run_dir, begun))
-            wait_until(lambda: (first_row_after(run_dir, first["time"] + TRAIN_SECONDS) or None))
+            wait_until(lambda: first_row_after(run_dir, first["time"] + TRAIN_SECONDS) or None)
             preempt(run_dir, job_id, restart)
             wait_until(lambda: first_row_after(run_dir, started(run_dir, restart + 1)["time"]))
             for name, value in pieces(run_dir, restart).items():
@@ -84,16 +87,29 @@ def main() -> int:
     total = [sum(found[n][i] for n in found if not n.startswith("(")) for i in range(PREEMPTIONS)]
     rows.append(["**restart cost without the queue**", spread(total)])
     resumed = found["training started -> first resumed iteration"]
-    rows.append(["hand-written torchrun under srun: start -> first iteration (no checkpoint to load)",
-                 spread(hand)])
+    rows.append(["hand-written torchrun under srun: start -> first iteration (no checkpoint to load)", spread(hand)])
     print(table([f"one restart, {PREEMPTIONS} real preemptions", "median (min-max)"], rows))
-    print(f"\nmedian restart cost {statistics.median(total):.1f} s outside the queue; training started -> "
-          f"first resumed iteration is {ratio(resumed, hand)} a hand-written torchrun's start -> first iteration\n")
+    print(
+        f"\nmedian restart cost {statistics.median(total):.1f} s outside the queue; training started -> "
+        f"first resumed iteration is {ratio(resumed, hand)} a hand-written torchrun's start -> first iteration\n"
+    )
     med = statistics.median
-    print(verdict("checkpoint durable -> all processes gone", med(found["checkpoint durable -> all processes gone"]),
-                  1.0, lambda v: f"{v:.2f} s"))
-    print(verdict("training started -> first resumed iteration, against hand-written torchrun",
-                  med(resumed) / med(hand), 1.2, lambda v: f"{v:.2f}x"))
+    print(
+        verdict(
+            "checkpoint durable -> all processes gone",
+            med(found["checkpoint durable -> all processes gone"]),
+            1.0,
+            lambda v: f"{v:.2f} s",
+        )
+    )
+    print(
+        verdict(
+            "training started -> first resumed iteration, against hand-written torchrun",
+            med(resumed) / med(hand),
+            1.2,
+            lambda v: f"{v:.2f}x",
+        )
+    )
     return 0
 
 

@@ -29,10 +29,29 @@ def one(hidden: int) -> tuple[float, float, float, float]:
         (Path(d) / "model.json").write_text(json.dumps(model))
         run = Path(d) / "run"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hpc_mm", "launch", str(ROOT / "jobs/tiny-vlm.yaml"), "--run-dir", str(run),
-             "--set", "slurm.nodes=1", "--set", "distributed.nproc_per_node=4", "--set", f"mm.model={d}/model.json",
-             "--set", "gpt.train_iters=100000", "--set", "checkpoint.save_interval=100000"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "hpc_mm",
+                "launch",
+                str(ROOT / "jobs/tiny-vlm.yaml"),
+                "--run-dir",
+                str(run),
+                "--set",
+                "slurm.nodes=1",
+                "--set",
+                "distributed.nproc_per_node=4",
+                "--set",
+                f"mm.model={d}/model.json",
+                "--set",
+                "gpt.train_iters=100000",
+                "--set",
+                "checkpoint.save_interval=100000",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 5:
             time.sleep(0.05)
         sent = time.time()
@@ -46,16 +65,20 @@ def one(hidden: int) -> tuple[float, float, float, float]:
 
 
 def main():
-    print("| checkpoint size | signal -> checkpoint committed | of which writing | checkpoint committed -> "
-          "all processes gone | signal -> all processes gone |")
+    print(
+        "| checkpoint size | signal -> checkpoint committed | of which writing | checkpoint committed -> "
+        "all processes gone | signal -> all processes gone |"
+    )
     print("|---:|---:|---:|---:|---:|")
     for hidden in HIDDEN:
         runs = [one(hidden) for _ in range(REPEATS)]
         size = runs[0][0]
         committed, writing, gone = ([r[i] for r in runs] for i in (1, 2, 3))
         after = [g - c for g, c in zip(gone, committed)]
-        print(f"| {size:.1f} MB | {spread(committed)} | {spread(writing)} | {spread(after)} | {spread(gone)} |",
-              flush=True)
+        print(
+            f"| {size:.1f} MB | {spread(committed)} | {spread(writing)} | {spread(after)} | {spread(gone)} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ def cli_in_process(*argv) -> tuple[int, str, str]:
 
 def setting(path: str, value):
     """A change to a job-file dict: `path` (dotted) set to `value`, parents made as needed."""
+
     def change(job):
         node = job
         *parents, leaf = path.split(".")
@@ -35,16 +37,24 @@ def setting(path: str, value):
             node = node.setdefault(p, {})
         node[leaf] = value
         return job
+
     return change
 
 
 def run_cli(*args, cwd=None, env=None, timeout=600, check=False):
     """Run the real `hpc-mm` in a subprocess; return CompletedProcess with text output."""
-    result = subprocess.run([*HPC_MM, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                            env={**os.environ, **(env or {})}, timeout=timeout)
+    result = subprocess.run(
+        [*HPC_MM, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"hpc-mm {' '.join(map(str, args))} failed ({result.returncode}):\n"
-                             f"{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"hpc-mm {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -56,10 +66,63 @@ def hostile_tmp(tmp_path):
     return path
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """One of the test clusters scripts/slurm-testbed starts: its name, config and nodes."""
+
+    name: str
+    conf: str
+    prefix: str
+
+    @property
+    def nodes(self) -> list[str]:
+        return [f"{self.prefix}{i}" for i in range(1, 5)]
+
+    def slurmd(self, node: str) -> list[str]:
+        """The command line that runs `node`'s slurmd (also what to look for to kill it)."""
+        return ["/usr/sbin/slurmd", "-f", self.conf, "-N", node]
+
+
+# One test cluster a test worker (pytest -n 2: gw0, gw1), so that the workers never share nodes,
+# queues or job ids; one process (no -n) uses the first.
+CLUSTERS = [Cluster("hpcmm", "/etc/slurm/slurm.conf", "n"), Cluster("hpcmm2", "/etc/slurm/hpcmm2/slurm.conf", "m")]
+
+
+def worker_cluster() -> Cluster:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    there = [c for c in CLUSTERS if Path(c.conf).is_file()] or CLUSTERS[:1]
+    return there[index % len(there)]
+
+
+def pytest_configure(config):
+    # Every Slurm command a test (and hpc-mm, and the jobs it submits) runs talks to this worker's cluster.
+    os.environ["SLURM_CONF"] = worker_cluster().conf
+
+
 @pytest.fixture(scope="session")
-def slurm_cluster():
+def slurm_cluster() -> Cluster:
     """The test cluster must be up (scripts/slurm-testbed up, which the test command runs)."""
     if shutil.which("scontrol") is None or subprocess.run(["scontrol", "ping"], capture_output=True).returncode:
-        raise RuntimeError("the Slurm test cluster is not running: run `scripts/slurm-testbed up` "
-                           "(the README's test command does)")
-    return True
+        raise RuntimeError(
+            f"the Slurm test cluster {worker_cluster().name} is not running: run "
+            "`HPC_MM_TESTBED_CLUSTERS=2 scripts/slurm-testbed up` (the README's test command does)"
+        )
+    return worker_cluster()
+
+
+@pytest.fixture
+def recorded_slurm(monkeypatch):
+    """Slurm as the real test cluster answered (tests/recorded/): `recorded_slurm("running", ...)`
+    puts those recorded jobs in play and returns the fake, which keeps the orders it was given."""
+    from recorded.slurm import RecordedSlurm
+
+    from hpc_mm.slurm import query
+
+    def play(*scenarios, **options):
+        fake = RecordedSlurm(*scenarios, **options)
+        monkeypatch.setattr(query, "_run", fake)
+        monkeypatch.setattr(query, "can_submit", lambda: True)
+        return fake
+
+    return play

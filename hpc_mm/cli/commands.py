@@ -12,28 +12,38 @@ from pathlib import Path
 from hpc_mm.cli.parser import shortcut_overrides
 from hpc_mm.errors import UserError
 
+
 def _load(args: argparse.Namespace, job: str | None = None):
     """The job file, with --set and the shortcuts applied, validated; warnings printed."""
     from hpc_mm.errors import warn
     from hpc_mm.job.jobfile import load_job
     from hpc_mm.job.rules import advice
 
-    spec = load_job(job or args.job, list(args.overrides) + shortcut_overrides(args), args.nodes,
-                    args.nproc_per_node)
+    spec = load_job(job or args.job, list(args.overrides) + shortcut_overrides(args), args.nodes, args.nproc_per_node)
     for problem in advice(spec):
         warn(problem)
     return spec
 
 
 def _login_argv(spec, run_dir: Path | None) -> list[str]:
-    """The entry's argv as a login node can know it (the launcher's plan fills in the rest)."""
+    """The entry's argv as the launcher will give it, as far as a login node can know (the
+    device's backend and, with nproc_per_node: auto, the world size are the node's to say)."""
     from hpc_mm.job.megatron import login_backend, training_argv
     from hpc_mm.job.spec import derive
-    from hpc_mm.run.layout import checkpoint_dir, default_run_dir
+    from hpc_mm.launch.watchdog import collective_timeout
+    from hpc_mm.run.layout import CHECKPOINTS, checkpoint_dir
+    from hpc_mm.run.rundir import RunDir
 
-    run_dir = Path(run_dir or default_run_dir(spec)).resolve()
-    return training_argv(spec, run_dir=run_dir, checkpoint_dir=checkpoint_dir(spec, run_dir),
-                         backend=login_backend(spec), world_size=derive(spec).world_size)
+    run_dir = Path(run_dir).resolve() if run_dir else Path(PLACEHOLDER)
+    ckpt = checkpoint_dir(spec, run_dir) if run_dir.is_absolute() or spec.checkpoint.dir else run_dir / CHECKPOINTS
+    return training_argv(
+        spec,
+        run_dir=run_dir,
+        checkpoint_dir=ckpt,
+        backend=login_backend(spec),
+        world_size=derive(spec).world_size,
+        collective_timeout_minutes=collective_timeout(spec.fault, RunDir(run_dir)),
+    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -50,10 +60,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
             problems += exc.problems
             continue
         d = derive(spec)
-        results[job] = {"name": spec.name, "nnodes": spec.nnodes, "world_size": d.world_size,
-                        "data_parallel_size": d.data_parallel_size, "global_batch_size": d.global_batch_size,
-                        "gradient_accumulation_steps": d.gradient_accumulation_steps,
-                        "micro_batches_per_step": d.micro_batches_per_step}
+        results[job] = {
+            "name": spec.name,
+            "nnodes": spec.nnodes,
+            "world_size": d.world_size,
+            "data_parallel_size": d.data_parallel_size,
+            "global_batch_size": d.global_batch_size,
+            "gradient_accumulation_steps": d.gradient_accumulation_steps,
+            "micro_batches_per_step": d.micro_batches_per_step,
+        }
     if problems:
         raise UserError(problems)
     if args.json:
@@ -63,17 +78,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if r["world_size"] is None:
             print(f"ok {job}: {r['nnodes']} nodes; world size decided at launch (nproc_per_node: auto)")
             continue
-        print(f"ok {job}: world size {r['world_size']} = {r['nnodes']} nodes x {r['world_size'] // r['nnodes']}, "
-              f"DP {r['data_parallel_size']}, global batch {r['global_batch_size']}, "
-              f"gradient accumulation {r['gradient_accumulation_steps']}, "
-              f"micro-batches per step {r['micro_batches_per_step']}")
+        print(
+            f"ok {job}: world size {r['world_size']} = {r['nnodes']} nodes x {r['world_size'] // r['nnodes']}, "
+            f"DP {r['data_parallel_size']}, global batch {r['global_batch_size']}, "
+            f"gradient accumulation {r['gradient_accumulation_steps']}, "
+            f"micro-batches per step {r['micro_batches_per_step']}"
+        )
     return 0
+
+
+# Where `args` has no run directory to show: the one `submit` will create (its name has the time).
+PLACEHOLDER = "RUN_DIR"
 
 
 def cmd_args(args: argparse.Namespace) -> int:
     from hpc_mm.job.megatron import shell_line
 
     print(shell_line(_login_argv(_load(args), args.run_dir)))
+    if args.run_dir is None:
+        print(
+            f"note: {PLACEHOLDER} stands for the run directory submit creates; pass --run-dir to see a run's own paths",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -108,8 +134,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         def load(extra: list[str]):
             return _load(argparse.Namespace(**{**vars(args), "overrides": list(args.overrides) + extra}))
 
-        return submit_sweep(load, spec, args.sweep, args.run_dir, template_dir=args.template_dir, wait=args.wait,
-                            as_json=args.json)
+        return submit_sweep(
+            load, spec, args.sweep, args.run_dir, template_dir=args.template_dir, wait=args.wait, as_json=args.json
+        )
     if args.dry_run:
         return dry_run(spec, args.run_dir, args.template_dir, as_json=args.json)
     return submit(spec, args.run_dir, template_dir=args.template_dir, wait=args.wait, as_json=args.json)
@@ -124,7 +151,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from hpc_mm.slurm.logs import print_logs
 
-    return print_logs(args.target, rank=args.rank, restart=args.restart, follow=args.follow)
+    return print_logs(args.target, rank=args.rank, restart=args.restart, follow=args.follow, job=args.job)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -136,8 +163,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_launch(args: argparse.Namespace) -> int:
     from hpc_mm.launch.supervise import launch
 
-    return launch(args.job, overrides=args.overrides, run_dir=args.run_dir, nodes=args.nodes,
-                  nproc_per_node=args.nproc_per_node)
+    return launch(
+        args.job, overrides=args.overrides, run_dir=args.run_dir, nodes=args.nodes, nproc_per_node=args.nproc_per_node
+    )
 
 
 def cmd_local(args: argparse.Namespace) -> int:
@@ -155,20 +183,42 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 def cmd_finish(args: argparse.Namespace) -> int:
     from hpc_mm.slurm.finish import finish
 
-    return finish(Path(args.target), args.returncode, None if args.signal == "none" else args.signal, args.failed,
-                  args.preflight_failed)
+    return finish(
+        Path(args.target),
+        args.returncode,
+        None if args.signal == "none" else args.signal,
+        args.failed,
+        args.preflight_failed,
+    )
+
+
+def cmd_release_hold(args: argparse.Namespace) -> int:
+    from hpc_mm.slurm.finish import release_hold
+
+    return release_hold(args.job_id, Path(args.target), args.restart)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hpc_mm.run.report import report
+    from hpc_mm.run.report import report, report_sweep
+    from hpc_mm.slurm.runs import Sweep, find
 
-    return report(Path(args.target))
+    found = find(args.target)
+    return report_sweep(found.path, found.tasks()) if isinstance(found, Sweep) else report(found)
 
 
 COMMANDS = {
-    "validate": cmd_validate, "args": cmd_args, "env": cmd_env, "render": cmd_render, "submit": cmd_submit,
-    "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel, "launch": cmd_launch, "local": cmd_local,
-    "preflight": cmd_preflight, "finish": cmd_finish, "report": cmd_report,
+    "validate": cmd_validate,
+    "args": cmd_args,
+    "env": cmd_env,
+    "render": cmd_render,
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "logs": cmd_logs,
+    "cancel": cmd_cancel,
+    "launch": cmd_launch,
+    "local": cmd_local,
+    "preflight": cmd_preflight,
+    "release-hold": cmd_release_hold,
+    "finish": cmd_finish,
+    "report": cmd_report,
 }
-
-

@@ -23,41 +23,59 @@ typical use:
 """
 
 
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
         self.exit(2, f"error: {self.prog}: {message} (hint: {self.prog} --help)\n")
 
 
-def _job_options(p: argparse.ArgumentParser, many: bool = False, optional: bool = False,
-                 what: str = "the job file (YAML)") -> None:
+def _job_options(
+    p: argparse.ArgumentParser, many: bool = False, optional: bool = False, what: str = "the job file (YAML)"
+) -> None:
     """What every command that takes a job file takes: the file, --set, --nodes, --nproc-per-node, --run-dir."""
     if many:
         p.add_argument("jobs", nargs="+", metavar="job", help="job files (YAML)")
     else:
         p.add_argument("job", nargs="?" if optional else None, help=what)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a job-file value, e.g. --set gpt.lr=1.0e-4 (repeatable; value is YAML)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job-file value, e.g. --set gpt.lr=1.0e-4 (repeatable; value is YAML)",
+    )
     p.add_argument("--nodes", type=_positive_int, help="number of nodes (sets slurm.nodes and distributed.nnodes)")
-    p.add_argument("--nproc-per-node", "--nproc_per_node", dest="nproc_per_node", type=_nproc,
-                   help="processes (devices) per node, or auto")
+    p.add_argument(
+        "--nproc-per-node",
+        "--nproc_per_node",
+        dest="nproc_per_node",
+        type=_nproc,
+        help="processes (devices) per node, or auto",
+    )
     p.add_argument("--run-dir", type=Path, help="run directory (default: runs/<name>-<time>)")
 
 
 # sbatch's own short flags, for people who think in them: each sets one job-file value.
-SHORTCUTS = (("-p", "--partition", "slurm.partition", str, "Slurm partition"),
-             ("-t", "--time", "slurm.time", str, "time limit, as sbatch takes it (e.g. 2:00:00, 1-12:00:00)"),
-             ("-A", "--account", "slurm.account", str, "account to charge"),
-             ("-q", "--qos", "slurm.qos", str, "quality of service"),
-             (None, "--gpus-per-node", "slurm.gpus_per_node", str, "GPUs to ask Slurm for on every node"))
+SHORTCUTS = (
+    ("-p", "--partition", "slurm.partition", str, "Slurm partition"),
+    ("-t", "--time", "slurm.time", str, "time limit, as sbatch takes it (e.g. 2:00:00, 1-12:00:00)"),
+    ("-A", "--account", "slurm.account", str, "account to charge"),
+    ("-q", "--qos", "slurm.qos", str, "quality of service"),
+    (None, "--gpus-per-node", "slurm.gpus_per_node", str, "GPUs to ask Slurm for on every node"),
+)
 
 
 def _slurm_shortcuts(p: argparse.ArgumentParser) -> None:
     p.add_argument("-N", dest="nodes", type=_positive_int, help="same as --nodes")
     for short, long, key, kind, text in SHORTCUTS:
         flags = [short, long] if short else [long]
-        p.add_argument(*flags, dest=key.replace(".", "__"), metavar=long.strip("-").upper().replace("-", "_"),
-                       type=kind, help=f"{text} (sets {key})")
+        p.add_argument(
+            *flags,
+            dest=key.replace(".", "__"),
+            metavar=long.strip("-").upper().replace("-", "_"),
+            type=kind,
+            help=f"{text} (sets {key})",
+        )
 
 
 def shortcut_overrides(args: argparse.Namespace) -> list[str]:
@@ -96,32 +114,59 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit a job to Slurm; prints the job id and run directory")
     _job_options(p)
     _slurm_shortcuts(p)
-    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="submit one Slurm job array, a task per combination of the swept values "
-                        "(repeatable; e.g. --sweep gpt.lr=1e-4,2e-4 --sweep gpt.seed=1,2)")
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="submit one Slurm job array, a task per combination of the swept values "
+        "(repeatable; e.g. --sweep gpt.lr=1e-4,2e-4 --sweep gpt.seed=1,2)",
+    )
     p.add_argument("--template-dir", type=Path, help="use your own templates (sbatch.sh.j2) from this folder")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print what would be submitted; run `sbatch --test-only` when Slurm is reachable")
-    p.add_argument("--wait", action="store_true",
-                   help="follow the job with a progress line until it ends; exit non-zero if it failed")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be submitted; run `sbatch --test-only` when Slurm is reachable",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the job with a progress line until it ends; exit non-zero if it failed",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("status", help="a table of runs (state, restarts, iteration, loss, ETA), or one run "
-                                      "with the timeline of its starts")
-    p.add_argument("target", nargs="?", help="run directory or Slurm job id (default: every run under runs/)")
+    p = sub.add_parser(
+        "status",
+        help="a table of runs (state, restarts, iteration, loss, ETA), or one run with the timeline of its starts",
+    )
+    p.add_argument(
+        "target", nargs="?", help="run directory, sweep folder or Slurm job id (default: every run under runs/)"
+    )
     p.add_argument("--all", dest="show_all", action="store_true", help="every run, not only the newest")
     p.add_argument("--limit", type=_positive_int, default=20, help="how many runs the table shows (default 20)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("logs", help="print a run's logs")
-    p.add_argument("target", help="run directory or Slurm job id")
+    p = sub.add_parser("logs", help="print a run's logs (of its newest start, unless told which)")
+    p.add_argument("target", help="run directory or Slurm job id (a job id: that job's newest start)")
     p.add_argument("--rank", type=int, help="only lines from this global rank")
-    p.add_argument("--restart", type=int, help="the log of this restart (default: the latest)")
+    p.add_argument(
+        "--restart",
+        type=int,
+        metavar="N",
+        help="the logs of the run's start N, counted across the run directory as `status RUN` lists them "
+        "(default: the newest)",
+    )
+    p.add_argument("--job", metavar="JOB_ID", help="the newest start of this job (a run directory may hold several)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the job ends")
 
     p = sub.add_parser("cancel", help="stop a run's Slurm job: it saves a checkpoint first, then ends as cancelled")
-    p.add_argument("target", help="run directory or Slurm job id")
-    p.add_argument("--now", action="store_true", help="scancel at once, without the last checkpoint")
+    p.add_argument("target", help="run directory, sweep folder or Slurm job id")
+    p.add_argument(
+        "--now",
+        action="store_true",
+        help="scancel at once instead of asking the job to save first; Slurm's SIGTERM still lets an "
+        "entry that saves on it (Megatron's --exit-signal-handler) save within Slurm's KillWait",
+    )
 
     p = sub.add_parser("launch", help="(inside an allocation) start training on this node or task")
     _job_options(p, what="run directory (from submit/render) or a job file")
@@ -129,12 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("local", help="emulate a multi-node job on this machine with mpirun")
     _job_options(p)
     p.add_argument("--mpirun", default="mpirun", help="the mpirun to use (default: mpirun on PATH)")
-    p.add_argument("--preempt-at", type=_positive_int, action="append", default=[], metavar="ITER",
-                   help="emulate a preemption at this iteration: the job saves, stops and starts again as a "
-                        "requeued job would (repeatable)")
+    p.add_argument(
+        "--preempt-at",
+        type=_positive_int,
+        action="append",
+        default=[],
+        metavar="ITER",
+        help="emulate a preemption at this iteration: the job saves, stops and starts again as a "
+        "requeued job would (repeatable)",
+    )
 
-    p = sub.add_parser("preflight", help="(batch script) check this node before training: interpreter, devices, "
-                                         "folders, the master's port")
+    p = sub.add_parser(
+        "preflight",
+        help="(batch script) check this node before training: interpreter, devices, folders, the master's port",
+    )
     p.add_argument("target", help="run directory")
 
     p = sub.add_parser("finish", help="(batch script) after the step: requeue on a stop signal, or end")
@@ -144,8 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", metavar="REASON", help="the batch script failed before the step: record REASON")
     p.add_argument("--preflight-failed", action="store_true", help="the preflight step failed on some node")
 
-    p = sub.add_parser("report", help="plot a run (loss, throughput, timeline with restarts) and summarise it")
+    p = sub.add_parser("release-hold", help="(after a requeue) let the requeued job start as soon as it has nodes")
+    p.add_argument("job_id", help="the requeued job")
     p.add_argument("target", help="run directory")
+    p.add_argument("--restart", type=int, default=1, help="the start the job makes next")
+
+    p = sub.add_parser("report", help="plot a run (loss, throughput, timeline with restarts) and summarise it")
+    p.add_argument(
+        "target", nargs="?", help="run directory, Slurm job id, job array id or sweep folder (default: the newest run)"
+    )
     return parser
 
 

@@ -17,12 +17,20 @@ from hpc_mm.environments.torchrun import TorchrunEnvironment
 #   MPI: mpirun with no scheduler (or Open MPI's mpirun inside an allocation);
 #   local last: always matches, topology from the job file.
 PRIORITY: tuple[type[ClusterEnvironment], ...] = (
-    TorchrunEnvironment, SlurmEnvironment, MPIEnvironment, LocalEnvironment,
+    TorchrunEnvironment,
+    SlurmEnvironment,
+    MPIEnvironment,
+    LocalEnvironment,
 )
 
 
-def select_environment(env: Mapping[str, str] | None = None, master_port: int | None = None,
-                       master_addr: str | None = None, nnodes: int = 1, node_rank: int = 0) -> ClusterEnvironment:
+def select_environment(
+    env: Mapping[str, str] | None = None,
+    master_port: int | None = None,
+    master_addr: str | None = None,
+    nnodes: int = 1,
+    node_rank: int = 0,
+) -> ClusterEnvironment:
     """The first environment in PRIORITY that detects itself; the job file's values fill gaps."""
     env = dict(os.environ if env is None else env)
     for cls in PRIORITY:
@@ -31,5 +39,13 @@ def select_environment(env: Mapping[str, str] | None = None, master_port: int | 
     raise AssertionError("LocalEnvironment always matches")
 
 
-__all__ = ["ClusterEnvironment", "LocalEnvironment", "MPIEnvironment", "SlurmEnvironment",
-           "TorchrunEnvironment", "PRIORITY", "port_for_job", "select_environment"]
+__all__ = [
+    "ClusterEnvironment",
+    "LocalEnvironment",
+    "MPIEnvironment",
+    "SlurmEnvironment",
+    "TorchrunEnvironment",
+    "PRIORITY",
+    "port_for_job",
+    "select_environment",
+]

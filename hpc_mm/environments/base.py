@@ -56,8 +56,14 @@ class ClusterEnvironment(ABC):
     name = "base"
     VARS: dict[str, tuple[str, ...]] = {"master_addr": ("MASTER_ADDR",), "master_port": ("MASTER_PORT",)}
 
-    def __init__(self, env: Mapping[str, str] | None = None, master_port: int | None = None,
-                 master_addr: str | None = None, nnodes: int = 1, node_rank: int = 0):
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        master_port: int | None = None,
+        master_addr: str | None = None,
+        nnodes: int = 1,
+        node_rank: int = 0,
+    ):
         self.env = dict(os.environ if env is None else env)
         self._configured_port = master_port  # the job file's distributed.master_port, if an int
         self._configured_addr = master_addr
@@ -141,8 +147,9 @@ class ClusterEnvironment(ABC):
         value = self._first(key)
         if value is None:
             names = " or ".join(self.VARS.get(key, (key,)))
-            raise UserError.one(names, f"is not set in this {self.name} environment",
-                                f"run inside the {self.name} launcher, or set it")
+            raise UserError.one(
+                names, f"is not set in this {self.name} environment", f"run inside the {self.name} launcher, or set it"
+            )
         return value
 
     def _int(self, key: str) -> int:
@@ -150,17 +157,24 @@ class ClusterEnvironment(ABC):
         try:
             return int(text)
         except ValueError:
-            raise UserError.one(self.VARS[key][0], f"{text!r} is not an integer",
-                                f"check how {self.name} was started") from None
+            raise UserError.one(
+                self.VARS[key][0], f"{text!r} is not an integer", f"check how {self.name} was started"
+            ) from None
 
     def check(self) -> None:
         """Contradictory variables are a user error, found before any process group hangs."""
         ws, rank, lr, lws = self.world_size(), self.global_rank(), self.local_rank(), self.local_world_size()
         if not 0 <= rank < ws:
-            raise UserError.one(f"{self.name} rank", f"rank {rank} is outside 0..{ws - 1}", "check the launcher's variables")
+            raise UserError.one(
+                f"{self.name} rank", f"rank {rank} is outside 0..{ws - 1}", "check the launcher's variables"
+            )
         if not 0 <= lr < lws:
-            raise UserError.one(f"{self.name} local rank", f"local rank {lr} is outside 0..{lws - 1}",
-                                "check the launcher's variables")
+            raise UserError.one(
+                f"{self.name} local rank", f"local rank {lr} is outside 0..{lws - 1}", "check the launcher's variables"
+            )
         if not 0 <= self.node_rank() < self.num_nodes():
-            raise UserError.one(f"{self.name} node rank", f"node rank {self.node_rank()} is outside "
-                                f"0..{self.num_nodes() - 1}", "check the launcher's variables")
+            raise UserError.one(
+                f"{self.name} node rank",
+                f"node rank {self.node_rank()} is outside 0..{self.num_nodes() - 1}",
+                "check the launcher's variables",
+            )

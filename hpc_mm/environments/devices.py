@@ -80,9 +80,12 @@ def npus(env: Mapping[str, str]) -> Device | None:
     if visible is not None:
         missing = [v for v in visible if not v.isdigit() or int(v) not in found]
         if missing:
-            raise UserError.one("ASCEND_RT_VISIBLE_DEVICES", f"lists {','.join(missing)}, which {node_name(env)} "
-                                f"does not have (it has davinci{','.join(map(str, found))})",
-                                "unset it, or list devices of this node")
+            raise UserError.one(
+                "ASCEND_RT_VISIBLE_DEVICES",
+                f"lists {','.join(missing)}, which {node_name(env)} "
+                f"does not have (it has davinci{','.join(map(str, found))})",
+                "unset it, or list devices of this node",
+            )
         return Device("npu", len(visible), "ASCEND_RT_VISIBLE_DEVICES")
     return Device("npu", len(found), f"/dev/davinci{found[0]}..{found[-1]}")
 
@@ -115,10 +118,16 @@ def check_device(declared: str | None, env: Mapping[str, str] | None = None) -> 
         return Device("cpu", 1, "declared")
     found = npus(env) if declared == "npu" else gpus(env)
     if found is None:
-        what = ("no /dev/davinci* devices (or no /dev/davinci_manager)" if declared == "npu" else
-                "no /dev/nvidia* devices and no GPUs from Slurm")
-        raise UserError.one("distributed.device", f"the job runs on {declared} but node {node_name(env)} has {what}",
-                            "ask Slurm for the right nodes (slurm.gres, slurm.partition), or set distributed.device")
+        what = (
+            "no /dev/davinci* devices (or no /dev/davinci_manager)"
+            if declared == "npu"
+            else "no /dev/nvidia* devices and no GPUs from Slurm"
+        )
+        raise UserError.one(
+            "distributed.device",
+            f"the job runs on {declared} but node {node_name(env)} has {what}",
+            "ask Slurm for the right nodes (slurm.gres, slurm.partition), or set distributed.device",
+        )
     return found
 
 

@@ -14,8 +14,12 @@ from hpc_mm.environments.base import ClusterEnvironment, free_port
 class LocalEnvironment(ClusterEnvironment):
     name = "local"
     _port: int | None = None
-    VARS = {"num_nodes": ("NNODES",), "node_rank": ("NODE_RANK",), "master_addr": ("MASTER_ADDR",),
-            "master_port": ("MASTER_PORT",)}
+    VARS = {
+        "num_nodes": ("NNODES",),
+        "node_rank": ("NODE_RANK",),
+        "master_addr": ("MASTER_ADDR",),
+        "master_port": ("MASTER_PORT",),
+    }
 
     @staticmethod
     def detect(env: Mapping[str, str]) -> bool:

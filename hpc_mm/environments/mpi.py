@@ -14,8 +14,12 @@ from hpc_mm.environments.base import ClusterEnvironment, free_port
 from hpc_mm.errors import UserError
 
 FLAVOURS = {
-    "openmpi": {"rank": "OMPI_COMM_WORLD_RANK", "size": "OMPI_COMM_WORLD_SIZE",
-                "local_rank": "OMPI_COMM_WORLD_LOCAL_RANK", "local_size": "OMPI_COMM_WORLD_LOCAL_SIZE"},
+    "openmpi": {
+        "rank": "OMPI_COMM_WORLD_RANK",
+        "size": "OMPI_COMM_WORLD_SIZE",
+        "local_rank": "OMPI_COMM_WORLD_LOCAL_RANK",
+        "local_size": "OMPI_COMM_WORLD_LOCAL_SIZE",
+    },
     "mpich": {"rank": "PMI_RANK", "size": "PMI_SIZE", "local_rank": "MPI_LOCALRANKID", "local_size": "MPI_LOCALNRANKS"},
     "pmix": {"rank": "PMIX_RANK"},  # PMIx exports no size: prepare() asks MPI
 }
@@ -24,13 +28,22 @@ FLAVOURS = {
 class MPIEnvironment(ClusterEnvironment):
     name = "mpi"
 
-    def __init__(self, env: Mapping[str, str] | None = None, master_port: int | None = None,
-                 master_addr: str | None = None, nnodes: int = 1, node_rank: int = 0):
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        master_port: int | None = None,
+        master_addr: str | None = None,
+        nnodes: int = 1,
+        node_rank: int = 0,
+    ):
         super().__init__(env, master_port, master_addr, nnodes, node_rank)
         self.flavour = next(f for f, names in FLAVOURS.items() if names["rank"] in self.env)
-        self.VARS = {**{key: (name,) for key, name in FLAVOURS[self.flavour].items()},
-                     "master_addr": ("MASTER_ADDR",), "master_port": ("MASTER_PORT",),
-                     "job_id": ("OMPI_MCA_orte_jobfam", "PMIX_NAMESPACE")}
+        self.VARS = {
+            **{key: (name,) for key, name in FLAVOURS[self.flavour].items()},
+            "master_addr": ("MASTER_ADDR",),
+            "master_port": ("MASTER_PORT",),
+            "job_id": ("OMPI_MCA_orte_jobfam", "PMIX_NAMESPACE"),
+        }
         self._agreed: dict | None = None
 
     @staticmethod
@@ -41,8 +54,11 @@ class MPIEnvironment(ClusterEnvironment):
         if not self._has(key):
             if self._agreed and key in self._agreed:
                 return self._agreed[key]
-            raise UserError.one(f"{self.flavour} {key}", "is not in the environment",
-                                "start with Open MPI's or MPICH's mpirun, which export it")
+            raise UserError.one(
+                f"{self.flavour} {key}",
+                "is not in the environment",
+                "start with Open MPI's or MPICH's mpirun, which export it",
+            )
         return self._int(key)
 
     def world_size(self) -> int:
@@ -71,8 +87,11 @@ class MPIEnvironment(ClusterEnvironment):
         address = self._first("master_addr") or self._configured_addr or (self._agreed or {}).get("addr")
         if address:
             return address
-        raise UserError.one("MASTER_ADDR", "is unknown under mpirun until the ranks agree on it",
-                            "this is a bug if you see it from hpc-mm launch: prepare() agrees on it")
+        raise UserError.one(
+            "MASTER_ADDR",
+            "is unknown under mpirun until the ranks agree on it",
+            "this is a bug if you see it from hpc-mm launch: prepare() agrees on it",
+        )
 
     def main_port(self) -> int:
         if self._has("master_port") or self._configured_port:
@@ -86,14 +105,22 @@ class MPIEnvironment(ClusterEnvironment):
         try:
             from mpi4py import MPI
         except ImportError:
-            raise UserError.one("mpi4py", "is not installed, and the ranks must agree on a master address",
-                                "pip install 'hpc-mm[mpi]', or set MASTER_ADDR and MASTER_PORT") from None
+            raise UserError.one(
+                "mpi4py",
+                "is not installed, and the ranks must agree on a master address",
+                "pip install 'hpc-mm[mpi]', or set MASTER_ADDR and MASTER_PORT",
+            ) from None
         comm = MPI.COMM_WORLD
         host = socket.gethostname()
         offer = {"addr": host, "port": free_port()} if comm.Get_rank() == 0 else None
         agreed = comm.bcast(offer, root=0)
         hosts = comm.allgather(host)
         ranks_here = [r for r, h in enumerate(hosts) if h == host]
-        self._agreed = {**agreed, "hosts": list(dict.fromkeys(hosts)), "rank": comm.Get_rank(),
-                        "size": comm.Get_size(), "local_rank": ranks_here.index(comm.Get_rank()),
-                        "local_size": len(ranks_here)}
+        self._agreed = {
+            **agreed,
+            "hosts": list(dict.fromkeys(hosts)),
+            "rank": comm.Get_rank(),
+            "size": comm.Get_size(),
+            "local_rank": ranks_here.index(comm.Get_rank()),
+            "local_size": len(ranks_here),
+        }

@@ -14,35 +14,37 @@ import hostlist
 from hpc_mm.environments.base import RESTART_VARIABLES, ClusterEnvironment
 from hpc_mm.errors import UserError
 
-_TASKS = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
+# A job as Slurm's tools name it: `1234`, or `1234_5` for task 5 of job array 1234.
+JOB_ID = re.compile(r"\d+(_\d+)?")
+
+
+def is_job_id(text: str) -> bool:
+    return JOB_ID.fullmatch(text) is not None
 
 
 def job_id_of(environ: Mapping[str, str]) -> str | None:
     """This process's job as Slurm's tools name it: `<array>_<task>` for a task of a job array
     (a requeue or cancel then reaches that task only), else SLURM_JOB_ID."""
-    if environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID"):
-        return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
-    return environ.get("SLURM_JOB_ID") or None
+    return SlurmEnvironment(environ).job_id() if environ.get("SLURM_JOB_ID") else None
 
 
 def expand_tasks_per_node(text: str) -> list[int]:
     """Slurm's compressed task counts: ``2(x3),1`` -> [2, 2, 2, 1]."""
-    counts: list[int] = []
-    for part in text.split(","):
-        match = _TASKS.match(part.strip())
-        if not match:
-            raise UserError.one("SLURM_TASKS_PER_NODE", f"{text!r} is not a Slurm task-count list",
-                                "expected a form like 2(x3),1")
-        counts += [int(match.group(1))] * int(match.group(2) or 1)
-    return counts
+    try:
+        return hostlist.parse_slurm_tasks_per_node(text)
+    except (hostlist.BadHostlist, ValueError):
+        raise UserError.one(
+            "SLURM_TASKS_PER_NODE", f"{text!r} is not a Slurm task-count list", "expected a form like 2(x3),1"
+        ) from None
 
 
 def expand_nodelist(text: str) -> list[str]:
     try:
         return hostlist.expand_hostlist(text)
     except hostlist.BadHostlist as exc:
-        raise UserError.one("SLURM_JOB_NODELIST", f"{text!r} is not a hostlist ({exc})",
-                            "expected a form like node[001-004]") from None
+        raise UserError.one(
+            "SLURM_JOB_NODELIST", f"{text!r} is not a hostlist ({exc})", "expected a form like node[001-004]"
+        ) from None
 
 
 class SlurmEnvironment(ClusterEnvironment):
@@ -72,8 +74,7 @@ class SlurmEnvironment(ClusterEnvironment):
     def detect(cls, env: Mapping[str, str]) -> bool:
         # Open MPI's mpirun inside an allocation leaves SLURM_PROCID of its own daemons:
         # then the MPI variables, not Slurm's, describe the process.
-        return (cls.VARS["job_id"][0] in env and cls.VARS["global_rank"][0] in env
-                and cls.VARS["mpi_rank"][0] not in env)
+        return cls.VARS["job_id"][0] in env and cls.VARS["global_rank"][0] in env and cls.VARS["mpi_rank"][0] not in env
 
     def world_size(self) -> int:
         if self._has("world_size"):
@@ -98,8 +99,11 @@ class SlurmEnvironment(ClusterEnvironment):
     def local_world_size(self) -> int:
         counts = self.tasks_per_node()
         if self.node_rank() >= len(counts):
-            raise UserError.one("SLURM_TASKS_PER_NODE", f"has {len(counts)} nodes but SLURM_NODEID is {self.node_rank()}",
-                                "the variables disagree; were they copied from another job?")
+            raise UserError.one(
+                "SLURM_TASKS_PER_NODE",
+                f"has {len(counts)} nodes but SLURM_NODEID is {self.node_rank()}",
+                "the variables disagree; were they copied from another job?",
+            )
         return counts[self.node_rank()]
 
     def hosts(self) -> list[str]:
@@ -112,7 +116,7 @@ class SlurmEnvironment(ClusterEnvironment):
     def job_id(self) -> str | None:
         """`<array>_<task>` for a task of a job array (how Slurm's tools name it), else the id."""
         array = self.array()
-        return f"{array[0]}_{array[1]}" if array and array[1] else self._get("job_id")
+        return f"{array[0]}_{array[1]}" if array and array[1] else self._first("job_id")
 
     def array(self) -> tuple[str, str] | None:
         if self._has("array_job_id"):
@@ -126,9 +130,15 @@ class SlurmEnvironment(ClusterEnvironment):
     def check(self) -> None:
         hosts, counts, nodes = self.hosts(), self.tasks_per_node(), self.num_nodes()
         if len(hosts) != nodes:
-            raise UserError.one("SLURM_STEP_NODELIST", f"lists {len(hosts)} hosts but the step has {nodes} nodes",
-                                "the variables disagree; were they copied from another job?")
+            raise UserError.one(
+                "SLURM_STEP_NODELIST",
+                f"lists {len(hosts)} hosts but the step has {nodes} nodes",
+                "the variables disagree; were they copied from another job?",
+            )
         if len(counts) != nodes or sum(counts) != self.world_size():
-            raise UserError.one("SLURM_TASKS_PER_NODE", f"{counts} does not add up to {self.world_size()} tasks on "
-                                f"{nodes} nodes", "the variables disagree; were they copied from another job?")
+            raise UserError.one(
+                "SLURM_TASKS_PER_NODE",
+                f"{counts} does not add up to {self.world_size()} tasks on {nodes} nodes",
+                "the variables disagree; were they copied from another job?",
+            )
         super().check()

@@ -14,9 +14,14 @@ from hpc_mm.environments.base import RESTART_VARIABLES, ClusterEnvironment
 class TorchrunEnvironment(ClusterEnvironment):
     name = "torchrun"
     VARS = {
-        "world_size": ("WORLD_SIZE",), "global_rank": ("RANK",), "local_rank": ("LOCAL_RANK",),
-        "local_world_size": ("LOCAL_WORLD_SIZE",), "node_rank": ("GROUP_RANK",), "num_nodes": ("GROUP_WORLD_SIZE",),
-        "master_addr": ("MASTER_ADDR",), "master_port": ("MASTER_PORT",),
+        "world_size": ("WORLD_SIZE",),
+        "global_rank": ("RANK",),
+        "local_rank": ("LOCAL_RANK",),
+        "local_world_size": ("LOCAL_WORLD_SIZE",),
+        "node_rank": ("GROUP_RANK",),
+        "num_nodes": ("GROUP_WORLD_SIZE",),
+        "master_addr": ("MASTER_ADDR",),
+        "master_port": ("MASTER_PORT",),
         "job_id": ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"),
         "restart_count": (*RESTART_VARIABLES, "TORCHELASTIC_RESTART_COUNT"),
     }

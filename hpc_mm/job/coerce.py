@@ -38,8 +38,13 @@ def build(cls: type, data: Any, path: str, problems: list[Problem]) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        problems.append(Problem(path or "(top level)", f"expected a mapping of keys, got {_kind(data)}",
-                                "write `key: value` lines under this section"))
+        problems.append(
+            Problem(
+                path or "(top level)",
+                f"expected a mapping of keys, got {_kind(data)}",
+                "write `key: value` lines under this section",
+            )
+        )
         return None
     hints = typing.get_type_hints(cls)
     names = field_names(cls)
@@ -88,8 +93,9 @@ def coerce(tp: Any, value: Any, where: str, problems: list[Problem]) -> Any:
     if origin is Literal:
         if value in args:
             return value
-        problems.append(Problem(where, f"{value!r} is not one of the allowed values",
-                                did_you_mean(value, [str(a) for a in args])))
+        problems.append(
+            Problem(where, f"{value!r} is not one of the allowed values", did_you_mean(value, [str(a) for a in args]))
+        )
         return None
     if origin is list:
         if isinstance(value, (str, int, float)) and args[0] is str:
@@ -115,7 +121,7 @@ def _scalar(tp: type, value: Any, where: str, problems: list[Problem]) -> Any:
     if tp is int:
         number = _integer(value)
         if number is None:
-            problems.append(Problem(where, f"{value!r} is not an integer"))
+            problems.append(Problem(where, f"{value!r} is not an integer", "write whole digits, such as 8"))
         elif abs(number) >= INT64:
             problems.append(Problem(where, f"{number} is outside the 64-bit integer range"))
             return None
@@ -123,10 +129,21 @@ def _scalar(tp: type, value: Any, where: str, problems: list[Problem]) -> Any:
     if tp is float:
         number = _number(value)
         if number is None:
-            problems.append(Problem(where, f"{value!r} is not a number"))
+            problems.append(
+                Problem(
+                    where,
+                    f"{value!r} is not a number",
+                    "write a plain number such as 2.0e-5 or 0.1 (no quotes, units or words)",
+                )
+            )
         elif not math.isfinite(number):
-            problems.append(Problem(where, f"{value!r} is not a finite number",
-                                    "write a finite value such as 1.0e-5 (nan, inf and overflowing exponents are refused)"))
+            problems.append(
+                Problem(
+                    where,
+                    f"{value!r} is not a finite number",
+                    "write a finite value such as 1.0e-5 (nan, inf and overflowing exponents are refused)",
+                )
+            )
             return None
         return number
     if tp is str:
@@ -162,8 +179,11 @@ def _number(value: Any) -> float | None:
 
 
 def ambiguous(where: str, value: AmbiguousNumber) -> Problem:
-    return Problem(where, value.explain(),
-                   f'quote it ("{value}") if you mean the text; write plain decimal digits if you mean a number')
+    return Problem(
+        where,
+        value.explain(),
+        f'quote it ("{value}") if you mean the text; write plain decimal digits if you mean a number',
+    )
 
 
 def _describe(tp: Any) -> str:
@@ -176,7 +196,8 @@ def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
     return {list: "a list", dict: "a mapping", str: f"text {value!r}", bool: f"{value!r}"}.get(
-        type(value), f"{type(value).__name__} {value!r}")
+        type(value), f"{type(value).__name__} {value!r}"
+    )
 
 
 def _join(path: str, key: str) -> str:

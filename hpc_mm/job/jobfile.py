@@ -20,8 +20,12 @@ from hpc_mm.job.rules import validate
 from hpc_mm.job.spec import SEED_TOOLS_JSON, JobSpec
 
 
-def load_job(path: str | os.PathLike, overrides: list[str] = (), nodes: int | None = None,
-             nproc_per_node: int | str | None = None) -> JobSpec:
+def load_job(
+    path: str | os.PathLike,
+    overrides: list[str] = (),
+    nodes: int | None = None,
+    nproc_per_node: int | str | None = None,
+) -> JobSpec:
     """Read, override, build and validate a job file; raise UserError listing every problem."""
     raw = read_yaml(Path(path))
     apply_overrides(raw, overrides)
@@ -48,8 +52,11 @@ def read_yaml(path: Path) -> dict:
     if data is None:
         raise UserError.one(field, "the job file is empty", "start from one of the files in jobs/")
     if not isinstance(data, dict):
-        raise UserError.one(field, f"the job file must be a mapping of sections, got a {type(data).__name__}",
-                            "top-level keys are name, entry, slurm, distributed, mm, gpt, ...")
+        raise UserError.one(
+            field,
+            f"the job file must be a mapping of sections, got a {type(data).__name__}",
+            "top-level keys are name, entry, slurm, distributed, mm, gpt, ...",
+        )
     return data
 
 
@@ -77,22 +84,25 @@ def _absolute(base: Path, value: str) -> str:
 def _resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
     """Relative paths are relative to the job file's folder (the seed's tools.json to workdir)."""
     workdir = _absolute(base, spec.entry.workdir)
-    mm = {name: _absolute(base, getattr(spec.mm, name)) for name in ("data", "model", "tool")
-          if getattr(spec.mm, name)}
+    mm = {name: _absolute(base, getattr(spec.mm, name)) for name in ("data", "model", "tool") if getattr(spec.mm, name)}
     mm.setdefault("tool", str(Path(workdir) / SEED_TOOLS_JSON))
     ckpt = spec.checkpoint.dir and _absolute(base, spec.checkpoint.dir)
     pretrained = spec.checkpoint.pretrained and _absolute(base, spec.checkpoint.pretrained)
-    return dataclasses.replace(spec, entry=dataclasses.replace(spec.entry, workdir=workdir),
-                               mm=dataclasses.replace(spec.mm, **mm),
-                               checkpoint=dataclasses.replace(spec.checkpoint, dir=ckpt, pretrained=pretrained))
+    return dataclasses.replace(
+        spec,
+        entry=dataclasses.replace(spec.entry, workdir=workdir),
+        mm=dataclasses.replace(spec.mm, **mm),
+        checkpoint=dataclasses.replace(spec.checkpoint, dir=ckpt, pretrained=pretrained),
+    )
 
 
 def _with_implied_env(spec: JobSpec) -> JobSpec:
     gpt = spec.gpt
     if gpt.tensor_model_parallel_size > 1 or gpt.context_parallel_size > 1:
         # Megatron asserts on it with TP or CP > 1.
-        return dataclasses.replace(spec, env={**spec.env, "CUDA_DEVICE_MAX_CONNECTIONS":
-                                              spec.env.get("CUDA_DEVICE_MAX_CONNECTIONS", "1")})
+        return dataclasses.replace(
+            spec, env={**spec.env, "CUDA_DEVICE_MAX_CONNECTIONS": spec.env.get("CUDA_DEVICE_MAX_CONNECTIONS", "1")}
+        )
     return spec
 
 

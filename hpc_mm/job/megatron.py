@@ -19,45 +19,13 @@ from pathlib import Path
 
 from hpc_mm.errors import UserError
 from hpc_mm.job.options import normal, table
+from hpc_mm.job.schema import flags, options
 from hpc_mm.job.spec import JobSpec, derive
 
-# Every flag hpc-mm writes itself, and the job-file key that sets it. No other route into the
-# argv (gpt.extra, entry.extra_args) may carry one of these: it would come after ours and win.
-OWNED = {
-    "--use-mcore-models": "gpt.use_mcore_models",
-    "--tensor-model-parallel-size": "gpt.tensor_model_parallel_size",
-    "--pipeline-model-parallel-size": "gpt.pipeline_model_parallel_size",
-    "--context-parallel-size": "gpt.context_parallel_size",
-    "--micro-batch-size": "gpt.micro_batch_size",
-    "--global-batch-size": "gpt.global_batch_size",
-    "--num-workers": "gpt.num_workers",
-    "--lr": "gpt.lr",
-    "--min-lr": "gpt.min_lr",
-    "--adam-beta1": "gpt.adam_beta1",
-    "--adam-beta2": "gpt.adam_beta2",
-    "--adam-eps": "gpt.adam_eps",
-    "--lr-decay-style": "gpt.lr_decay_style",
-    "--weight-decay": "gpt.weight_decay",
-    "--lr-warmup-init": "gpt.lr_warmup_init",
-    "--lr-warmup-iters": "gpt.lr_warmup_iters",
-    "--clip-grad": "gpt.clip_grad",
-    "--train-iters": "gpt.train_iters",
-    "--seed": "gpt.seed",
-    "--log-interval": "gpt.log_interval",
-    "--lr-decay-iters": "gpt.lr_decay_iters",
-    "--lr-wsd-decay-style": "gpt.lr_wsd_decay_style",
-    "--lr-wsd-decay-iters": "gpt.lr_wsd_decay_iters",
-    "--mm-data": "mm.data",
-    "--mm-model": "mm.model",
-    "--mm-tool": "mm.tool",
-    "--save": "checkpoint.dir",
-    "--load": "checkpoint.dir",
-    "--save-interval": "checkpoint.save_interval",
-    "--exit-signal-handler": "requeue.signal (hpc-mm always passes it: the stop signal needs it)",
-    "--distributed-backend": "distributed.backend",
-    "--pretrained-checkpoint": "checkpoint.pretrained",
-    "--distributed-timeout-minutes": "fault.hang_floor_* (hpc-mm sets it above the hang budget)",
-}
+# Every flag hpc-mm writes itself, and the job-file key that sets it (declared on the key in
+# spec.py). No other route into the argv (gpt.extra, entry.extra_args) may carry one of these: it
+# would come after ours and win.
+OWNED = {flag: key for key in options() for flag in flags(key)}
 # Flags that make a resumed run differ from an unbroken one: refused while requeue is on
 # (MindSpeed-MM's fine-tuning scripts pass them; checkpoint.pretrained is what they are for).
 BREAK_EXACT_RESUME = ("--no-save-optim", "--no-save-rng", "--no-load-optim", "--no-load-rng", "--finetune")
@@ -98,11 +66,17 @@ def resolve_backend(requested: str, device: str, mpi_available: bool | None = No
     if requested == "auto":
         return DEVICE_BACKEND[device]
     if requested == "mpi" and mpi_available is False:
-        raise UserError.one("distributed.backend", "mpi: this PyTorch was built without MPI",
-                            "use auto (gloo on CPU) or a PyTorch built from source with MPI")
+        raise UserError.one(
+            "distributed.backend",
+            "mpi: this PyTorch was built without MPI",
+            "use auto (gloo on CPU) or a PyTorch built from source with MPI",
+        )
     if requested in BACKEND_DEVICE and BACKEND_DEVICE[requested] != device and requested != "gloo":
-        raise UserError.one("distributed.backend", f"{requested} needs a {BACKEND_DEVICE[requested]} device, "
-                            f"but the job runs on {device}", "use auto")
+        raise UserError.one(
+            "distributed.backend",
+            f"{requested} needs a {BACKEND_DEVICE[requested]} device, but the job runs on {device}",
+            "use auto",
+        )
     return requested
 
 
@@ -116,58 +90,46 @@ def login_backend(spec: JobSpec) -> str:
     return resolve_backend(spec.distributed.backend, device_hint(spec))
 
 
-def training_argv(spec: JobSpec, *, run_dir: Path, checkpoint_dir: Path, backend: str,
-                  world_size: int | None = None, collective_timeout_minutes: int | None = None) -> list[str]:
+def training_argv(
+    spec: JobSpec,
+    *,
+    run_dir: Path,
+    checkpoint_dir: Path,
+    backend: str,
+    world_size: int | None = None,
+    collective_timeout_minutes: int | None = None,
+) -> list[str]:
     """The arguments the entry point receives: GPT_ARGS, MM_ARGS, OUTPUT_ARGS, backend.
 
     `backend` is the one that will run (resolved once, by the launcher's plan or
-    `login_backend`); `world_size`, when known, fills in a derived global batch size.
+    `login_backend`); `world_size`, when known, fills in a derived global batch size;
+    `collective_timeout_minutes` is fault.collective_timeout_minutes, else the one above the hang
+    budget (launch/watchdog.py), else Megatron's own.
     """
     g = spec.gpt
     gbs = g.global_batch_size or derive(spec, world_size).global_batch_size
-    ckpt = str(checkpoint_dir)
-    argv: list[str] = []
-    if g.use_mcore_models:
-        argv.append("--use-mcore-models")
-    argv += [
-        "--tensor-model-parallel-size", str(g.tensor_model_parallel_size),
-        "--pipeline-model-parallel-size", str(g.pipeline_model_parallel_size),
-        "--context-parallel-size", str(g.context_parallel_size),
-        "--micro-batch-size", str(g.micro_batch_size),
-    ]
-    if gbs:  # unknown only with nproc_per_node: auto, where launch fills it in
-        argv += ["--global-batch-size", str(gbs)]
-    argv += [
-        "--num-workers", str(g.num_workers),
-        "--lr", _num(g.lr),
-        "--min-lr", _num(g.min_lr),
-        "--adam-beta1", _num(g.adam_beta1),
-        "--adam-beta2", _num(g.adam_beta2),
-        "--adam-eps", _num(g.adam_eps),
-        "--lr-decay-style", g.lr_decay_style,
-        "--weight-decay", _num(g.weight_decay),
-        "--lr-warmup-init", _num(g.lr_warmup_init),
-        "--lr-warmup-iters", str(g.lr_warmup_iters),
-        "--clip-grad", _num(g.clip_grad),
-        "--train-iters", str(g.train_iters),
-        "--seed", str(g.seed),
-        "--log-interval", str(g.log_interval),
-    ]
-    if g.lr_decay_iters:
-        argv += ["--lr-decay-iters", str(g.lr_decay_iters)]
-    if g.lr_decay_style == "WSD":
-        argv += ["--lr-wsd-decay-style", g.lr_wsd_decay_style, "--lr-wsd-decay-iters", str(g.lr_wsd_decay_iters)]
+    argv = _section_flags(spec, "gpt", {"global_batch_size": gbs})  # gbs unknown only with nproc_per_node: auto
     argv += _extra_flags(g.extra)
-    argv += ["--mm-data", spec.mm.data, "--mm-model", spec.mm.model, "--mm-tool", spec.mm.tool]
-    argv += ["--save", ckpt, "--load", ckpt, "--save-interval", str(spec.checkpoint.save_interval),
-             "--exit-signal-handler"]
+    argv += _section_flags(spec, "mm")
+    ckpt = str(checkpoint_dir)
+    save, load = flags("checkpoint.dir")
+    argv += [
+        save,
+        ckpt,
+        load,
+        ckpt,
+        *flags("checkpoint.save_interval"),
+        str(spec.checkpoint.save_interval),
+        *flags("requeue.signal"),
+    ]
     if spec.checkpoint.pretrained:  # used only while --load holds no checkpoint (core_v0.12)
-        argv += ["--pretrained-checkpoint", spec.checkpoint.pretrained]
-    argv += ["--distributed-backend", command_line_backend(backend)]
-    if collective_timeout_minutes:  # the hang watchdog, not the backend's timeout, ends a hung step
-        argv += ["--distributed-timeout-minutes", str(collective_timeout_minutes)]
+        argv += [*flags("checkpoint.pretrained"), spec.checkpoint.pretrained]
+    argv += [*flags("distributed.backend"), command_line_backend(backend)]
+    timeout = spec.fault.collective_timeout_minutes or collective_timeout_minutes
+    if timeout:
+        argv += [*flags("fault.collective_timeout_minutes"), str(timeout)]
     if spec.builtin:  # options of the built-in trainer only; Megatron would refuse them
-        argv += ["--run-dir", str(Path(run_dir).resolve())]
+        argv += ["--run-dir", str(run_dir)]
         if spec.checkpoint.keep_last:
             argv += ["--keep-last", str(spec.checkpoint.keep_last)]
         if spec.checkpoint.async_save:
@@ -176,10 +138,35 @@ def training_argv(spec: JobSpec, *, run_dir: Path, checkpoint_dir: Path, backend
     return argv
 
 
+def _section_flags(spec: JobSpec, section: str, values: dict | None = None) -> list[str]:
+    """The flags of one section of the job, in its order: a switch when true, else the flag and
+    its value; nothing for an unset value, or one that goes only with another choice (WSD's)."""
+    part, out = getattr(spec, section), []
+    for key, f in options().items():
+        if not key.startswith(f"{section}."):
+            continue
+        value = (values or {}).get(f.name, getattr(part, f.name))
+        only = f.metadata.get("only_with")
+        if value is None or value is False or (only and getattr(part, only[0]) != only[1]):
+            continue
+        out += [f.metadata["flag"]] if value is True else [f.metadata["flag"], _word(value)]
+    return out
+
+
 def distributed_args(nproc_per_node: int, nnodes: int, node_rank: int, master_addr: str, master_port: int) -> list[str]:
     """torchrun's DISTRIBUTED_ARGS, spelled as MindSpeed-MM's scripts spell them."""
-    return ["--nproc_per_node", str(nproc_per_node), "--nnodes", str(nnodes), "--node_rank", str(node_rank),
-            "--master_addr", master_addr, "--master_port", str(master_port)]
+    return [
+        "--nproc_per_node",
+        str(nproc_per_node),
+        "--nnodes",
+        str(nnodes),
+        "--node_rank",
+        str(node_rank),
+        "--master_addr",
+        master_addr,
+        "--master_port",
+        str(master_port),
+    ]
 
 
 def shell_line(argv: list[str]) -> str:

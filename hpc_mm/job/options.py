@@ -66,9 +66,19 @@ class OptionTable:
 @functools.lru_cache(maxsize=1)
 def table() -> OptionTable:
     data = json.loads(TABLE_FILE.read_text())
-    options = tuple(Option(flags=tuple(o["flags"]), dest=o["dest"], source=o["source"], action=o.get("action"),
-                           type=o.get("type"), choices=tuple(o["choices"]) if "choices" in o else None,
-                           nargs=o.get("nargs"), default=o.get("default")) for o in data["options"])
+    options = tuple(
+        Option(
+            flags=tuple(o["flags"]),
+            dest=o["dest"],
+            source=o["source"],
+            action=o.get("action"),
+            type=o.get("type"),
+            choices=tuple(o["choices"]) if "choices" in o else None,
+            nargs=o.get("nargs"),
+            default=o.get("default"),
+        )
+        for o in data["options"]
+    )
     return OptionTable(options, data.get("versions", {}))
 
 
@@ -106,8 +116,13 @@ def _item_problem(option: Option, item: Any) -> str | None:
     return None
 
 
-_TYPES = {"int": int, "float": float, "str": str, "other": str,
-          "bool": lambda text: text.lower() not in ("", "0", "false", "no")}
+_TYPES = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "other": str,
+    "bool": lambda text: text.lower() not in ("", "0", "false", "no"),
+}
 
 
 def parser(options: OptionTable | None = None) -> argparse.ArgumentParser:

@@ -29,6 +29,29 @@ BUILTIN_TRAINER = "hpc_mm.train"
 SEED_TOOLS_JSON = "./mindspeed_mm/tools/tools.json"
 
 
+def option(
+    flag: str | tuple[str, ...],
+    default: Any = dataclasses.MISSING,
+    *,
+    at_least: float | None = None,
+    arithmetic: bool = False,
+    hint: str = "",
+    only_with: tuple[str, str] | None = None,
+) -> Any:
+    """A job-file key that hpc-mm passes to the entry as `flag` (one or several flags). This is the
+    one place a flag is named: the argv builder, the table of flags hpc-mm owns, the rules and the
+    built-in trainer's parser read it from here. `at_least`: the smallest valid value (a rule);
+    `arithmetic`: the cross-field arithmetic uses it; `only_with` (key, value): passed only then."""
+    metadata = {"flag": flag, "arithmetic": arithmetic}
+    if at_least is not None:
+        metadata["at_least"] = at_least
+    if hint:
+        metadata["hint"] = hint
+    if only_with:
+        metadata["only_with"] = only_with
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class Entry:
     script: str = BUILTIN_TRAINER
@@ -41,14 +64,14 @@ class Entry:
 
 @dataclass(frozen=True)
 class Slurm:
-    nodes: Optional[int] = None  # with distributed.nnodes: one number of nodes (default 1)
+    nodes: Optional[int] = field(default=None, metadata={"at_least": 1, "arithmetic": True})  # or distributed.nnodes
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
     time: str = "01:00:00"
     gres: Optional[str] = None
     gpus_per_node: Optional[str] = None  # --gpus-per-node: N or TYPE:N
-    cpus_per_task: Optional[int] = None
+    cpus_per_task: Optional[int] = field(default=None, metadata={"at_least": 1})
     mem: Optional[str] = None
     exclusive: bool = False
     constraint: Optional[str] = None
@@ -59,69 +82,83 @@ class Slurm:
 
 @dataclass(frozen=True)
 class Distributed:
-    nproc_per_node: Union[int, Literal["auto"]] = 1
-    nnodes: Optional[int] = None  # with slurm.nodes: one number of nodes (default 1)
+    nproc_per_node: Union[int, Literal["auto"]] = field(default=1, metadata={"arithmetic": True})
+    nnodes: Optional[int] = field(default=None, metadata={"at_least": 1, "arithmetic": True})  # or slurm.nodes
     node_rank: int = 0
     master_addr: str = "localhost"
     master_port: Union[int, Literal["auto"]] = "auto"
-    backend: Backend = "auto"
+    backend: Backend = option("--distributed-backend", "auto")
     device: Device = "auto"  # auto: from slurm.gres (npu:N -> npu, gpu:N -> cuda), else what the node has
 
 
 @dataclass(frozen=True)
 class MM:
-    data: str = field(default=REQUIRED, metadata={"hint": "path of the mm-data JSON (dataset_param, dataloader_param)"})
-    model: str = field(default=REQUIRED, metadata={"hint": "path of the mm-model JSON"})
-    tool: Optional[str] = None  # seed default: ./mindspeed_mm/tools/tools.json in entry.workdir
+    data: str = option("--mm-data", REQUIRED, hint="path of the mm-data JSON (dataset_param, dataloader_param)")
+    model: str = option("--mm-model", REQUIRED, hint="path of the mm-model JSON")
+    tool: Optional[str] = option("--mm-tool", None)  # seed default: ./mindspeed_mm/tools/tools.json in entry.workdir
 
 
 @dataclass(frozen=True)
 class GPT:
-    use_mcore_models: bool = True
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    context_parallel_size: int = 1
-    micro_batch_size: int = 1
-    global_batch_size: Optional[int] = None  # seed: MBS * GRAD_ACC_STEP * DP
-    gradient_accumulation_steps: int = 1  # hpc-mm only: used to derive global_batch_size
-    num_workers: int = 1
-    lr: float = field(default=REQUIRED, metadata={"hint": "the maximum learning rate, e.g. `lr: 1.0e-5`"})
-    min_lr: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    lr_decay_style: DecayStyle = "linear"
-    lr_decay_iters: Optional[int] = None  # Megatron: defaults to train_iters
-    weight_decay: float = 0.1
-    lr_warmup_init: float = 0.0
-    lr_warmup_iters: int = 0
-    lr_wsd_decay_style: WsdDecayStyle = "exponential"
-    lr_wsd_decay_iters: Optional[int] = None
-    clip_grad: float = 1.0
-    train_iters: int = field(default=REQUIRED, metadata={"hint": "number of training iterations"})
-    seed: int = 1234
-    log_interval: int = 1
+    use_mcore_models: bool = option("--use-mcore-models", True)
+    tensor_model_parallel_size: int = option("--tensor-model-parallel-size", 1, at_least=1, arithmetic=True)
+    pipeline_model_parallel_size: int = option("--pipeline-model-parallel-size", 1, at_least=1, arithmetic=True)
+    context_parallel_size: int = option("--context-parallel-size", 1, at_least=1, arithmetic=True)
+    micro_batch_size: int = option("--micro-batch-size", 1, at_least=1, arithmetic=True)
+    global_batch_size: Optional[int] = option("--global-batch-size", None, at_least=1, arithmetic=True)  # MBS*GA*DP
+    # hpc-mm only (no flag): used to derive global_batch_size
+    gradient_accumulation_steps: int = field(default=1, metadata={"at_least": 1, "arithmetic": True})
+    num_workers: int = option("--num-workers", 1, at_least=0)
+    lr: float = option("--lr", REQUIRED, hint="the maximum learning rate, e.g. `lr: 1.0e-5`")
+    min_lr: float = option("--min-lr", 0.0, at_least=0)
+    adam_beta1: float = option("--adam-beta1", 0.9)
+    adam_beta2: float = option("--adam-beta2", 0.999)
+    adam_eps: float = option("--adam-eps", 1e-8)
+    lr_decay_style: DecayStyle = option("--lr-decay-style", "linear")
+    lr_decay_iters: Optional[int] = option("--lr-decay-iters", None, at_least=1, arithmetic=True)  # default train_iters
+    weight_decay: float = option("--weight-decay", 0.1, at_least=0)
+    lr_warmup_init: float = option("--lr-warmup-init", 0.0, at_least=0)
+    lr_warmup_iters: int = option("--lr-warmup-iters", 0, at_least=0, arithmetic=True)
+    lr_wsd_decay_style: WsdDecayStyle = option(
+        "--lr-wsd-decay-style", "exponential", only_with=("lr_decay_style", "WSD")
+    )
+    lr_wsd_decay_iters: Optional[int] = option(
+        "--lr-wsd-decay-iters", None, at_least=1, arithmetic=True, only_with=("lr_decay_style", "WSD")
+    )
+    clip_grad: float = option("--clip-grad", 1.0, at_least=0)
+    train_iters: int = option(
+        "--train-iters", REQUIRED, at_least=1, arithmetic=True, hint="number of training iterations"
+    )
+    seed: int = option("--seed", 1234)
+    log_interval: int = option("--log-interval", 1, at_least=1)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    dir: Optional[str] = None  # default: <run dir>/checkpoints
-    save_interval: int = 100
-    keep_last: Optional[int] = 2
+    dir: Optional[str] = option(("--save", "--load"), None)  # default: <run dir>/checkpoints
+    save_interval: int = option("--save-interval", 100, at_least=1)
+    keep_last: Optional[int] = field(
+        default=2, metadata={"at_least": 1, "bound_hint": "leave it unset (null) to keep every checkpoint"}
+    )
     async_save: bool = False
-    pretrained: Optional[str] = None  # weights to start from while dir holds no checkpoint (--pretrained-checkpoint)
+    # weights to start from while dir holds no checkpoint
+    pretrained: Optional[str] = option("--pretrained-checkpoint", None)
 
 
 @dataclass(frozen=True)
 class Requeue:
     enabled: bool = True
-    mode: Literal["requeue", "chain"] = "requeue"  # chain: a new job (--dependency=singleton) where requeue is forbidden
-    signal: Signal = DEFAULT_STOP_SIGNAL
+    mode: Literal["requeue", "chain"] = (
+        "requeue"  # chain: a new job (--dependency=singleton) where requeue is forbidden
+    )
+    # hpc-mm always passes --exit-signal-handler: every stop reaches the ranks as its signal
+    signal: Signal = option("--exit-signal-handler", DEFAULT_STOP_SIGNAL)
     grace_seconds: int = 120
-    max_restarts: int = 3  # requeues after a time limit, a hang or a manual stop signal
-    on_failure: int = 0  # requeues after a crash (a non-zero exit without a stop signal)
-    max_restarts_without_progress: int = 3  # starts in a row that move no checkpoint: then the job stops
+    max_restarts: int = field(default=3, metadata={"at_least": 0})  # after a time limit, a hang, a manual stop
+    on_failure: int = field(default=0, metadata={"at_least": 0})  # requeues after a crash (non-zero exit, no signal)
+    # starts in a row that move no checkpoint: then the job stops
+    max_restarts_without_progress: int = field(default=3, metadata={"at_least": 1})
 
 
 @dataclass(frozen=True)
@@ -132,9 +169,13 @@ class Fault:
     quarantine: bool = True  # exclude a node blamed for a hang, a node failure or a failed preflight
     hang_detection: bool = True
     hang_factor: float = 10.0  # a phase may take this many times its observed p99 ...
-    hang_floor_startup: int = 900  # ... and never less than these seconds: start-up to the first iteration,
-    hang_floor_step: int = 180  # one logged iteration to the next,
-    hang_floor_checkpoint: int = 600  # a checkpoint save
+    # ... and never less than these seconds: start-up to the first iteration, from one logged iteration to the
+    # next, a checkpoint save
+    hang_floor_startup: int = field(default=900, metadata={"at_least": 1, "bound_hint": "seconds"})
+    hang_floor_step: int = field(default=180, metadata={"at_least": 1, "bound_hint": "seconds"})
+    hang_floor_checkpoint: int = field(default=600, metadata={"at_least": 1, "bound_hint": "seconds"})
+    # Megatron's collective timeout: by default set above the hang budget (the watchdog ends a hung step)
+    collective_timeout_minutes: Optional[int] = option("--distributed-timeout-minutes", None, at_least=1)
 
 
 @dataclass(frozen=True)
@@ -170,8 +211,10 @@ class JobSpec:
 def with_world(spec: JobSpec, nnodes: int, nproc_per_node: int) -> JobSpec:
     """A copy of the job with the topology an allocation really has (for checks at launch)."""
     return dataclasses.replace(
-        spec, slurm=dataclasses.replace(spec.slurm, nodes=nnodes),
-        distributed=dataclasses.replace(spec.distributed, nnodes=nnodes, nproc_per_node=nproc_per_node))
+        spec,
+        slurm=dataclasses.replace(spec.slurm, nodes=nnodes),
+        distributed=dataclasses.replace(spec.distributed, nnodes=nnodes, nproc_per_node=nproc_per_node),
+    )
 
 
 @dataclass(frozen=True)
@@ -216,8 +259,14 @@ def derive(spec: JobSpec, world_size: int | None = None) -> Derived:
         nproc = nproc_hint(spec)
         world_size = spec.nnodes * nproc if nproc else None
     model_parallel = model_parallel_size(gpt)
-    if (not world_size or world_size < 1 or model_parallel < 1 or gpt.micro_batch_size < 1
-            or gpt.gradient_accumulation_steps < 1 or world_size % model_parallel):
+    if (
+        not world_size
+        or world_size < 1
+        or model_parallel < 1
+        or gpt.micro_batch_size < 1
+        or gpt.gradient_accumulation_steps < 1
+        or world_size % model_parallel
+    ):
         return Derived(world_size, None, gpt.global_batch_size, None, None)
     dp = world_size // model_parallel
     gbs = gpt.global_batch_size or gpt.micro_batch_size * gpt.gradient_accumulation_steps * dp

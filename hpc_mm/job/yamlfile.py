@@ -71,8 +71,9 @@ def read_capped(path: Path, limit: int, field: str) -> str:
         while size <= limit:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise UserError.one(field, f"{it}did not end within {READ_SECONDS:.0f} s (a pipe or FIFO?)",
-                                    "pass a regular file")
+                raise UserError.one(
+                    field, f"{it}did not end within {READ_SECONDS:.0f} s (a pipe or FIFO?)", "pass a regular file"
+                )
             try:
                 chunk = os.read(fd, min(65536, limit + 1 - size))
             except BlockingIOError:
@@ -101,8 +102,10 @@ class _Loader(yaml.SafeLoader):
         try:
             if self._depth > MAX_DEPTH:
                 mark = self.peek_event().start_mark
-                raise _Refused(f"values nested more than {MAX_DEPTH} levels deep (line {mark.line + 1})",
-                               "a job file has a few levels of sections")
+                raise _Refused(
+                    f"values nested more than {MAX_DEPTH} levels deep (line {mark.line + 1})",
+                    "a job file has a few levels of sections",
+                )
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -187,9 +190,14 @@ def _duplicate_keys(root: Node) -> list[Problem]:
                 name = key.value if isinstance(key, ScalarNode) else None
                 where = f"{path}.{name}" if path else str(name)
                 if name is not None and name in first:
-                    problems.append(Problem(where, f"is given twice (lines {first[name]} and "
-                                                   f"{key.start_mark.line + 1}); YAML would keep only the last",
-                                            "remove one of them"))
+                    problems.append(
+                        Problem(
+                            where,
+                            f"is given twice (lines {first[name]} and "
+                            f"{key.start_mark.line + 1}); YAML would keep only the last",
+                            "remove one of them",
+                        )
+                    )
                 elif name is not None:
                     first[name] = key.start_mark.line + 1
                 stack.append((value, where))
@@ -207,8 +215,10 @@ def load(text: str, field: str) -> Any:
         if root is None:
             return None
         if _expanded_size(root) > MAX_VALUES:
-            raise _Refused(f"expands to more than {MAX_VALUES} values through its aliases",
-                           "an alias bomb? a job file needs a few dozen values")
+            raise _Refused(
+                f"expands to more than {MAX_VALUES} values through its aliases",
+                "an alias bomb? a job file needs a few dozen values",
+            )
         duplicates = _duplicate_keys(root)
         if duplicates:
             raise UserError(duplicates)
@@ -219,8 +229,9 @@ def load(text: str, field: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise YamlSyntaxError(Problem(field, f"YAML syntax error at {where}{problem}",
-                                      "check indentation and quoting on that line")) from None
+        raise YamlSyntaxError(
+            Problem(field, f"YAML syntax error at {where}{problem}", "check indentation and quoting on that line")
+        ) from None
     finally:
         loader.dispose()
 

@@ -29,11 +29,16 @@ from pathlib import Path
 from hpc_mm.environments.base import restart_from
 from hpc_mm.errors import UserError
 from hpc_mm.job.spec import JobSpec, nproc_hint
-from hpc_mm.run import checkpoints, events, layout, lock
-from hpc_mm.run.layout import TASK_LOG
+from hpc_mm.run import layout, lock
+from hpc_mm.run.events import LOCAL_JOB_VARIABLE, Kind, StartKey
 from hpc_mm.run.follow import Follower
+from hpc_mm.run.layout import TASK_LOG
 from hpc_mm.run.report import summary, summary_text
-from hpc_mm.slurm.submit import refuse_if_active
+from hpc_mm.run.rundir import RunDir
+from hpc_mm.slurm.submit import check_resume, refuse_if_active
+
+# Marks the launches `hpc-mm local` starts: it records how each start ends (launch/supervise.py).
+LOCAL_MARK = "HPC_MM_LOCAL"
 
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 
@@ -44,7 +49,16 @@ def mpirun_command(spec: JobSpec, run_dir: Path, mpirun: str = "mpirun") -> list
     else:
         processes = spec.nnodes * (nproc_hint(spec) or 1)
     cmd = [mpirun, "-np", str(processes), "--oversubscribe", "--bind-to", "none"]
-    for name in ("PATH", "PYTHONPATH", "TMPDIR", lock.INHERITED, "HPC_MM_RESTART", TASK_LOG):
+    for name in (
+        "PATH",
+        "PYTHONPATH",
+        "TMPDIR",
+        lock.INHERITED,
+        "HPC_MM_RESTART",
+        TASK_LOG,
+        LOCAL_JOB_VARIABLE,
+        LOCAL_MARK,
+    ):
         cmd += ["-x", name]
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")  # Open MPI refuses root without it
@@ -53,49 +67,74 @@ def mpirun_command(spec: JobSpec, run_dir: Path, mpirun: str = "mpirun") -> list
 
 def run_local(spec: JobSpec, run_dir: Path | None, mpirun: str = "mpirun", preempt_at: list[int] = ()) -> int:
     if shutil.which(mpirun) is None:
-        raise UserError.one("--mpirun", f"{mpirun!r} is not on PATH",
-                            "install Open MPI (apt-get install openmpi-bin) or pass --mpirun /path/to/mpirun")
+        raise UserError.one(
+            "--mpirun",
+            f"{mpirun!r} is not on PATH",
+            "install Open MPI (apt-get install openmpi-bin) or pass --mpirun /path/to/mpirun",
+        )
     planned = layout.plan_run(spec, run_dir)
     refuse_if_active(planned.run_dir)  # e.g. a Slurm job queued on the same run directory
+    check_resume(spec, planned.run_dir)
     with lock.acquire(planned.run_dir):
         run_dir = layout.create(planned).run_dir
+        run = RunDir(run_dir)
+        job_id = f"local_{int(time.time())}"  # every start has a job: this invocation of hpc-mm local
         print(f"run directory: {run_dir}\nlogs: hpc-mm logs {run_dir} [--rank N]", flush=True)
-        events.record(run_dir, "submitted", mode="local", nnodes=spec.nnodes)
         restart, pending = restart_from(os.environ), sorted(set(preempt_at))
+        run.record(Kind.SUBMITTED, StartKey(job_id, restart), mode="local", nnodes=spec.nnodes)
         follower = Follower(run_dir, spec.gpt.train_iters)
         while True:
             pending = [p for p in pending if p > follower.iteration()]
-            rc, received, preempted = _start(spec, run_dir, mpirun, restart, pending[0] if pending else None, follower)
+            key = StartKey(job_id, restart)
+            rc, received, preempted = _start(spec, run_dir, mpirun, key, pending[0] if pending else None, follower)
             if not preempted or received:
                 break
-            events.record(run_dir, "requeued", restart=restart, cause="preemption", emulated=True,
-                          reason=f"emulated preemption at iteration {pending[0]} (--preempt-at)",
-                          iteration=checkpoints.latest_whole(layout.checkpoint_dir(spec, run_dir)))
+            run.record(
+                Kind.REQUEUED,
+                key,
+                cause="preemption",
+                emulated=True,
+                reason=f"emulated preemption at iteration {pending[0]} (--preempt-at)",
+                iteration=run.reread().latest_checkpoint(spec),
+            )
             restart += 1
         follower.close()
-        _record_end(run_dir, rc, received, restart)
+        _record_end(run, rc, received, StartKey(job_id, restart))
         try:
-            print(summary_text(summary(run_dir)), flush=True)
+            print(summary_text(summary(run)), flush=True)
         except UserError:
             pass  # nothing trained: the logs say why
+        if received:
+            return 128 + received  # stopped by a signal (Ctrl-C: 130), as a shell reports it
         if rc != 0:
             print(f"hpc-mm local: ended with exit code {rc}; see hpc-mm logs {run_dir}", file=sys.stderr, flush=True)
         return rc
 
 
-def _start(spec: JobSpec, run_dir: Path, mpirun: str, restart: int, preempt_at: int | None,
-           follower: Follower) -> tuple[int, int | None, bool]:
+def _start(
+    spec: JobSpec, run_dir: Path, mpirun: str, key: StartKey, preempt_at: int | None, follower: Follower
+) -> tuple[int, int | None, bool]:
     """One start of the emulated job; returns (exit code, the user's stop signal, preempted)."""
     scratch = tempfile.mkdtemp(prefix="hpc-mm-local-")
     package_root = str(Path(__file__).resolve().parent.parent.parent)
-    log = run_dir / layout.LOGS / f"{spec.name}-local-r{restart}-t%t.out"
-    env = dict(os.environ, TMPDIR=scratch, HPC_MM_RESTART=str(restart), **{lock.INHERITED: str(os.getpid()),
-               TASK_LOG: str(log)}, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    log = run_dir / layout.local_task_log(spec.name, key.job_id, key.restart)
+    env = dict(
+        os.environ,
+        TMPDIR=scratch,
+        HPC_MM_RESTART=str(key.restart),
+        **{lock.INHERITED: str(os.getpid()), TASK_LOG: str(log), LOCAL_JOB_VARIABLE: key.job_id, LOCAL_MARK: "1"},
+        PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+    )
     received: list[int] = []
     preempted = False
     with open(run_dir / layout.LOGS / f"{spec.name}-local.mpirun.out", "a") as mpi_log:
-        child = subprocess.Popen(mpirun_command(spec, run_dir, mpirun), env=env, start_new_session=True,
-                                 stdout=mpi_log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            mpirun_command(spec, run_dir, mpirun),
+            env=env,
+            start_new_session=True,
+            stdout=mpi_log,
+            stderr=subprocess.STDOUT,
+        )
 
         def stop(signum, _frame):
             received.append(signum)
@@ -125,15 +164,25 @@ def _start(spec: JobSpec, run_dir: Path, mpirun: str, restart: int, preempt_at: 
     return child.returncode, (received[0] if received else None), preempted
 
 
-def _record_end(run_dir: Path, rc: int, received: int | None, restart: int) -> None:
+def _record_end(run: RunDir, rc: int, received: int | None, key: StartKey) -> None:
     """Every local run ends with a terminal event, whatever the ranks managed to record."""
-    mine = [e for e in events.read(run_dir) if e.get("restart") == restart]
-    last = next((e for e in reversed(mine) if e.get("event") in events.TERMINAL + ("signal",)), None)
+    this = run.reread().start(key)
     if received:
         name = signal.Signals(received).name
-        events.record(run_dir, "stopped", restart=restart, name=name, returncode=rc,
-                      reason=f"stopped by {name}; continue it with `hpc-mm local JOB --run-dir {run_dir}`")
+        run.record(
+            Kind.STOPPED,
+            key,
+            name=name,
+            returncode=rc,
+            reason=f"stopped by {name}; continue it with `hpc-mm local JOB --run-dir {run.path}`",
+        )
         print(f"hpc-mm local: stopped by {name}; the run can continue from its last checkpoint", flush=True)
-    elif last is None or last["event"] not in events.TERMINAL:
-        events.record(run_dir, "completed" if rc == 0 else "failed", restart=restart, returncode=rc,
-                      reason="" if rc == 0 else f"mpirun ended with exit code {rc}")
+    elif this.end is None:
+        exited = this.last(Kind.EXITED)
+        error = exited.get("error") if exited else None
+        run.record(
+            Kind.COMPLETED if rc == 0 else Kind.FAILED,
+            key,
+            returncode=rc,
+            reason="" if rc == 0 else error or f"mpirun ended with exit code {rc}",
+        )

@@ -4,7 +4,6 @@ directory and the checkpoint folder writable, and room for checkpoints."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -32,8 +31,13 @@ def writable(where: str, folder: Path) -> list[Problem]:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".hpc-mm-probe-"):
             pass
     except OSError as exc:
-        return [Problem(where, f"{folder} is not writable on {_node()} ({exc.strerror})",
-                        "fix its permissions, or point it at a writable folder")]
+        return [
+            Problem(
+                where,
+                f"{folder} is not writable on {_node()} ({exc.strerror})",
+                "fix its permissions, or point it at a writable folder",
+            )
+        ]
     return []
 
 
@@ -44,9 +48,14 @@ def room_for_checkpoints(folder: Path, count: int = 2) -> list[Problem]:
     need = max(count * size, MIN_FREE)
     free = shutil.disk_usage(folder).free
     if free < need:
-        return [Problem("checkpoint.dir", f"{folder} has {free / 2**20:.0f} MiB free on {_node()}, "
-                        f"less than the {need / 2**20:.0f} MiB {count} checkpoints need",
-                        "free space there, or point checkpoint.dir at a larger filesystem")]
+        return [
+            Problem(
+                "checkpoint.dir",
+                f"{folder} has {free / 2**20:.0f} MiB free on {_node()}, "
+                f"less than the {need / 2**20:.0f} MiB {count} checkpoints need",
+                "free space there, or point checkpoint.dir at a larger filesystem",
+            )
+        ]
     return []
 
 
@@ -61,8 +70,11 @@ def storage(run_dir: Path, checkpoint_dir: Path) -> None:
 
 def workdir(path: Path) -> None:
     if not path.is_dir():
-        raise UserError.one("entry.workdir", f"{path} does not exist on {_node()}",
-                            "point it at your MindSpeed-MM checkout on the compute nodes")
+        raise UserError.one(
+            "entry.workdir",
+            f"{path} does not exist on {_node()}",
+            "point it at your MindSpeed-MM checkout on the compute nodes",
+        )
     if not os.access(path, os.R_OK | os.X_OK):
         raise UserError.one("entry.workdir", f"{path} is not readable on {_node()}")
 
@@ -84,20 +96,30 @@ def interpreter(command: list[str], workdir: Path, modules: tuple[str, ...], fie
     node = _node()
     shown = " ".join(command)
     try:
-        result = subprocess.run([*command, "-c", _FIND, *modules], cwd=workdir, capture_output=True, text=True,
-                                timeout=120)
+        result = subprocess.run(
+            [*command, "-c", _FIND, *modules], cwd=workdir, capture_output=True, text=True, timeout=120
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UserError.one(field, f"cannot run {shown} on {node} ({exc.__class__.__name__}: {exc})",
-                            "set entry.python (and entry.wrapper) to an interpreter that exists on the compute nodes") from None
+        raise UserError.one(
+            field,
+            f"cannot run {shown} on {node} ({exc.__class__.__name__}: {exc})",
+            "set entry.python (and entry.wrapper) to an interpreter that exists on the compute nodes",
+        ) from None
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError.one(field, f"{shown} does not start on {node}: {last}",
-                            "set entry.python (and entry.wrapper) to an interpreter that works on the compute nodes")
+        raise UserError.one(
+            field,
+            f"{shown} does not start on {node}: {last}",
+            "set entry.python (and entry.wrapper) to an interpreter that works on the compute nodes",
+        )
     missing = result.stdout.split()
     if missing:
-        raise UserError.one(field, f"{shown} on {node} cannot import {', '.join(missing)}, which this job needs",
-                            "install it into that environment, or point entry.python at one that has it "
-                            "(torch_npu comes with CANN's Ascend Extension for PyTorch)")
+        raise UserError.one(
+            field,
+            f"{shown} on {node} cannot import {', '.join(missing)}, which this job needs",
+            "install it into that environment, or point entry.python at one that has it "
+            "(torch_npu comes with CANN's Ascend Extension for PyTorch)",
+        )
 
 
 REACH_SECONDS = 8.0  # how long the nodes try to reach the master's port
@@ -113,8 +135,13 @@ def reach_master(environment, node: str) -> list[Problem]:
         try:
             server = socket.create_server(("", port), reuse_port=False, backlog=nodes)
         except OSError as exc:
-            return [Problem("distributed.master_port", f"port {port} on {node} (the master) is not free ({exc.strerror})",
-                            "set distributed.master_port to a free port, or leave it `auto`")]
+            return [
+                Problem(
+                    "distributed.master_port",
+                    f"port {port} on {node} (the master) is not free ({exc.strerror})",
+                    "set distributed.master_port to a free port, or leave it `auto`",
+                )
+            ]
         with server:
             server.settimeout(0.5)
             deadline, seen = time.monotonic() + REACH_SECONDS, 0
@@ -133,9 +160,13 @@ def reach_master(environment, node: str) -> list[Problem]:
         except OSError as exc:
             error = exc
             time.sleep(0.2)
-    return [Problem("distributed.master_addr", f"{node} cannot reach the master {addr}:{port} "
-                    f"({getattr(error, 'strerror', None) or error})",
-                    "check the network between the nodes (HCCL_SOCKET_IFNAME / NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME)")]
+    return [
+        Problem(
+            "distributed.master_addr",
+            f"{node} cannot reach the master {addr}:{port} ({getattr(error, 'strerror', None) or error})",
+            "check the network between the nodes (HCCL_SOCKET_IFNAME / NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME)",
+        )
+    ]
 
 
 def run_checks(run_dir: Path) -> int:
@@ -143,20 +174,18 @@ def run_checks(run_dir: Path) -> int:
     checks itself, writes its result into the run directory and prints one line per problem;
     `hpc-mm finish --preflight-failed` decides what follows (a node's own problem: requeue without
     it; the same everywhere: the job is wrong)."""
-    from hpc_mm.environments import select_environment
-    from hpc_mm.environments.base import restart_from
     from hpc_mm.environments.devices import check_device, node_name
-    from hpc_mm.job.jobfile import load_job
     from hpc_mm.job.megatron import declared_device
-    from hpc_mm.run.layout import JOB_FILE, PREFLIGHT, checkpoint_dir
+    from hpc_mm.launch.plan import environment_for
+    from hpc_mm.run.events import this_start
+    from hpc_mm.run.records import PreflightResult
+    from hpc_mm.run.rundir import RunDir
 
     started = time.monotonic()
-    spec = load_job(Path(run_dir) / JOB_FILE)
+    run = RunDir(run_dir)
+    spec = run.job
     env, node = dict(os.environ), node_name(os.environ)
-    d = spec.distributed
-    environment = select_environment(env, master_port=d.master_port if isinstance(d.master_port, int) else None,
-                                     master_addr=d.master_addr if d.master_addr != "localhost" else None,
-                                     nnodes=spec.nnodes)
+    environment = environment_for(spec, env)
     problems: list[Problem] = []
     workdir_ = Path(spec.entry.workdir)
     checks = [lambda: workdir(workdir_), lambda: script(workdir_, spec.entry.script)]
@@ -166,28 +195,36 @@ def run_checks(run_dir: Path) -> int:
     except UserError as exc:
         problems += exc.problems
     if device is not None:
-        checks.append(lambda: interpreter([*spec.entry.wrapper, spec.entry.python or sys.executable], workdir_,
-                                          needed_modules(device.kind, workdir_, spec.builtin)))
-    checks.append(lambda: storage(Path(run_dir), checkpoint_dir(spec, Path(run_dir))))
+        checks.append(
+            lambda: interpreter(
+                [*spec.entry.wrapper, spec.entry.python or sys.executable],
+                workdir_,
+                needed_modules(device.kind, workdir_, spec.builtin),
+            )
+        )
+    checks.append(lambda: storage(run.path, run.checkpoint_dir(spec)))
     for check in checks:
         try:
             check()
         except UserError as exc:
             problems += exc.problems
     problems += reach_master(environment, node)
-    lines = [f"{node}: {p}" for p in problems]
-    result = {"node": node, "problems": lines, "seconds": round(time.monotonic() - started, 2)}
-    target = Path(run_dir) / PREFLIGHT / f"r{restart_from(env)}-{node}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(result))
-    for line in lines:
-        print(f"hpc-mm preflight: error: {line}", file=sys.stderr, flush=True)
-    if not lines:
-        print(f"hpc-mm preflight: {node}: ok ({result['seconds']:.1f} s)", flush=True)
-    return 1 if lines else 0
+    result = PreflightResult(node, tuple(f"{node}: {p}" for p in problems), round(time.monotonic() - started, 2))
+    run.write_preflight(this_start(env), result)
+    _say(
+        [f"hpc-mm preflight: error: {line}" for line in result.problems]
+        or [f"hpc-mm preflight: {node}: ok ({result.seconds:.1f} s)"]
+    )
+    return 1 if result.problems else 0
+
+
+def _say(lines: list[str]) -> None:
+    """Print in one write: every node's preflight shares the batch log."""
+    os.write(sys.stdout.fileno(), "".join(f"{line}\n" for line in lines).encode())
 
 
 def script(folder: Path, entry: str) -> None:
     if entry.endswith(".py") and not (folder / entry).is_file():
-        raise UserError.one("entry.script", f"{folder / entry} does not exist on {_node()}",
-                            "check entry.script and entry.workdir")
+        raise UserError.one(
+            "entry.script", f"{folder / entry} does not exist on {_node()}", "check entry.script and entry.workdir"
+        )

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from hpc_mm.run import events, metrics
+from hpc_mm.run.events import Kind, StartKey
+from hpc_mm.run.records import Metric
+from hpc_mm.run.rundir import RunDir
 
 PREFIX = re.compile(r"^(?:\[default\d+\]:|\[rank \d+\] ?)")
 ITERATION = re.compile(r"\biteration\s+(?P<it>\d+)\s*/\s*(?P<total>\d+)\s*\|(?P<rest>.*)")
@@ -30,6 +32,7 @@ SAVING = re.compile(r"saving checkpoint at iteration\s+(?P<it>\d+) to (?P<dir>\S
 SAVED = re.compile(r"saved checkpoint from iteration\s+(?P<it>\d+) to (?P<dir>\S+)")
 LOADED = re.compile(r"successfully loaded checkpoint from (?P<dir>\S+).*\bat iteration (?P<it>\d+)")
 EXITING = re.compile(r"exiting program after receiving SIGTERM")
+ERROR = re.compile(r"^error: (?P<text>.+)$")  # hpc-mm's one-line user errors (the built-in trainer, ...)
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 
 
@@ -55,7 +58,8 @@ def _loss(values: dict[str, float]) -> float | None:
 class Progress:
     """What the watcher has seen; `feed` one line at a time."""
 
-    run_dir: Path | None
+    run: RunDir | None
+    start: StartKey | None = None
     checkpoint_dir: Path | None = None
     pretrained: str | None = None
     record: bool = True  # write metrics and events (not for the built-in trainer: it writes its own)
@@ -66,6 +70,7 @@ class Progress:
     last_progress: float = field(default_factory=time.time)  # when training last moved
     saving: dict[int, float] = field(default_factory=dict)  # checkpoint saves under way
     exited_on_signal: bool = False
+    error: str | None = None  # the entry's first `error:` line
 
     def feed(self, text: str) -> None:
         line = PREFIX.sub("", text, count=1)
@@ -81,36 +86,48 @@ class Progress:
             self._loaded(int(m["it"]), m["dir"], now)
         elif EXITING.search(line):
             self.exited_on_signal = True
+        elif self.error is None and (m := ERROR.match(line.strip())) is not None:
+            self.error = m["text"]
 
     def _iteration(self, iteration: int, total: int, values: dict, now: float) -> None:
         self.iteration, self.train_iters, self.last_progress = iteration, total, now
         loss = _loss(values)
-        if not self.record or self.run_dir is None or loss is None:
+        if not self.record or self.run is None or loss is None:
             return
-        row = {"iteration": iteration, "train_iters": total, "loss": loss, "lr": values.get("learning rate"),
-               "grad_norm": values.get("grad norm"), "time": round(now, 3)}
-        if "consumed samples" in values:
-            row["consumed_samples"] = int(values["consumed samples"])
         step_ms, batch = values.get("elapsed time per iteration (ms)"), values.get("global batch size")
-        if batch:
-            row["global_batch_size"] = int(batch)
-        if step_ms:
-            row["step_ms"] = step_ms
-            if batch:
-                row["samples_per_second"] = batch * 1000.0 / step_ms
-        metrics.write(self.run_dir, row)
+        consumed = values.get("consumed samples")
+        self.run.write_metric(
+            Metric(
+                iteration=iteration,
+                loss=loss,
+                time=round(now, 3),
+                train_iters=total,
+                lr=values.get("learning rate"),
+                grad_norm=values.get("grad norm"),
+                consumed_samples=int(consumed) if consumed is not None else None,
+                global_batch_size=int(batch) if batch else None,
+                step_ms=step_ms or None,
+                samples_per_second=batch * 1000.0 / step_ms if batch and step_ms else None,
+            )
+        )
 
     def _saved(self, iteration: int, now: float) -> None:
         started = self.saving.pop(iteration, now)
         self.last_progress = now
-        if self.record and self.run_dir is not None:
-            reason = ("signal" if self.stop_requested() else
-                      "final" if self.train_iters and iteration >= self.train_iters else "interval")
-            events.record(self.run_dir, "checkpoint", iteration=iteration, reason=reason,
-                          seconds=round(now - started, 3))
+        if self.record and self.run is not None:
+            reason = (
+                "signal"
+                if self.stop_requested()
+                else "final"
+                if self.train_iters and iteration >= self.train_iters
+                else "interval"
+            )
+            self.run.record(
+                Kind.CHECKPOINT, self.start, iteration=iteration, reason=reason, seconds=round(now - started, 3)
+            )
 
     def _loaded(self, iteration: int, folder: str, now: float) -> None:
         self.last_progress = now
-        if self.record and self.run_dir is not None:
+        if self.record and self.run is not None:
             source = "pretrained" if self.pretrained and Path(folder) == Path(self.pretrained) else "run"
-            events.record(self.run_dir, "resumed", iteration=iteration, source=source, path=folder)
+            self.run.record(Kind.RESUMED, self.start, iteration=iteration, source=source, path=folder)

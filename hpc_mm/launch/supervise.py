@@ -14,27 +14,40 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 from hpc_mm.job.signals import EXIT_SIGNAL, FORWARDED, IGNORED_BY_ENTRY
-from hpc_mm.run.layout import TASK_LOG
 from hpc_mm.launch import preflight, watchdog
-from hpc_mm.launch.plan import Plan, child_env, command, interpreter, resolve_plan
+from hpc_mm.launch.command import child_env, command, interpreter
+from hpc_mm.launch.plan import Plan, resolve_plan
+from hpc_mm.launch.procs import children
 from hpc_mm.launch.progress import Progress
 from hpc_mm.run import checkpoints, events, layout, lock
+from hpc_mm.run.events import Kind
+from hpc_mm.run.layout import TASK_LOG
 from hpc_mm.slurm.requeue import note_requeue_by_slurm
 
+# Set by the batch script and by `hpc-mm local`: they record how each start ends (finish, local),
+# so the launcher records only how the step ended. A launch started by hand records the end itself.
+SUPERVISED = ("HPC_MM_BATCH_STARTED_AT", "HPC_MM_LOCAL")
 
-def launch(target: str, overrides: list[str] = (), run_dir: Path | None = None, nodes: int | None = None,
-           nproc_per_node: int | str | None = None) -> int:
+
+def launch(
+    target: str,
+    overrides: list[str] = (),
+    run_dir: Path | None = None,
+    nodes: int | None = None,
+    nproc_per_node: int | str | None = None,
+) -> int:
     plan = resolve_plan(target, overrides, run_dir, nodes=nodes, nproc_per_node=nproc_per_node)
     _log_to_task_file(plan)
     workdir = Path(plan.spec.entry.workdir)
     preflight.workdir(workdir)
     if plan.node_leader:  # one check a node: its ranks share the interpreter, and a failure ends the step
-        preflight.interpreter(interpreter(plan), workdir,
-                              preflight.needed_modules(plan.device, workdir, plan.spec.builtin))
+        preflight.interpreter(
+            interpreter(plan), workdir, preflight.needed_modules(plan.device, workdir, plan.spec.builtin)
+        )
     held = lock.acquire(plan.run_dir, plan.job_id) if plan.leader else None
     try:
         if plan.leader:
@@ -62,50 +75,90 @@ def _log_to_task_file(plan: Plan) -> None:
 
 
 def _run(plan: Plan) -> int:
-    limits = watchdog.budgets(plan.spec.fault, plan.run_dir)
-    timeout = limits.collective_timeout_minutes() if plan.spec.fault.hang_detection else None
-    cmd = command(plan, timeout)
-    print(f"hpc-mm launch: {plan.environment.name} {plan.mode} node {plan.node_rank}/{plan.nnodes} "
-          f"world {plan.world_size} master {plan.master_addr}:{plan.master_port} backend {plan.backend}",
-          file=sys.stderr, flush=True)
+    run = plan.run
+    limits = watchdog.budgets(plan.spec.fault, run)
+    cmd = command(plan, watchdog.collective_timeout(plan.spec.fault, run))
+    print(
+        f"hpc-mm launch: {plan.environment.name} {plan.mode} node {plan.node_rank}/{plan.nnodes} "
+        f"world {plan.world_size} master {plan.master_addr}:{plan.master_port} backend {plan.backend}",
+        file=sys.stderr,
+        flush=True,
+    )
     if plan.environment.name == "local" and plan.nnodes > 1 and plan.leader:
-        print(f"hpc-mm launch: waiting for the other {plan.nnodes - 1} node(s): run the same command on each "
-              "with NODE_RANK=1.. and MASTER_ADDR set, or use `hpc-mm local` / `hpc-mm submit`",
-              file=sys.stderr, flush=True)
+        print(
+            f"hpc-mm launch: waiting for the other {plan.nnodes - 1} node(s): run the same command on each "
+            "with NODE_RANK=1.. and MASTER_ADDR set, or use `hpc-mm local` / `hpc-mm submit`",
+            file=sys.stderr,
+            flush=True,
+        )
     # torchrun and the entry keep their temporary files (torchelastic_*) in a folder of ours,
     # removed when the step ends, however it ends.
     scratch = tempfile.mkdtemp(prefix="hpc-mm-launch-")
     stops: list[int] = []
-    progress = Progress(plan.run_dir, plan.checkpoint_dir, plan.spec.checkpoint.pretrained,
-                        record=not plan.spec.builtin, stop_requested=lambda: bool(stops))
+    progress = Progress(
+        run,
+        plan.start,
+        plan.checkpoint_dir,
+        plan.spec.checkpoint.pretrained,
+        record=not plan.spec.builtin,
+        stop_requested=lambda: bool(stops),
+    )
     dogs: list[watchdog.Watchdog] = []
 
     def watch(child) -> None:
-        dog = watchdog.Watchdog(plan.run_dir, plan.restart_count, plan.node_rank, progress, child,
-                                decides=plan.leader, budgets=limits, builtin=plan.spec.builtin,
-                                enabled=plan.spec.fault.hang_detection,
-                                task=plan.local_rank if plan.mode == "worker" else None)
+        dog = watchdog.Watchdog(
+            run,
+            plan.start,
+            plan.node_rank,
+            progress,
+            child,
+            decides=plan.leader,
+            budgets=limits,
+            builtin=plan.spec.builtin,
+            enabled=plan.spec.fault.hang_detection,
+            task=plan.local_rank if plan.mode == "worker" else None,
+        )
         dog.start()
         dogs.append(dog)
 
     env = {**child_env(plan, max(limits.step, limits.checkpoint)), "TMPDIR": scratch}
     try:
-        rc, received = run_forwarding_signals(cmd, Path(plan.spec.entry.workdir), env, to_workers=plan.mode == "agent",
-                                              on_line=progress.feed, received=stops, on_start=watch)
+        rc, received = run_forwarding_signals(
+            cmd,
+            Path(plan.spec.entry.workdir),
+            env,
+            to_workers=plan.mode == "agent",
+            on_line=progress.feed,
+            received=stops,
+            on_start=watch,
+        )
     finally:
         for dog in dogs:
             dog.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     if plan.leader:
-        hung = dogs and dogs[0].hung
-        if received:  # the batch script's `hpc-mm finish` decides between requeued and failed
-            events.record(plan.run_dir, "signal", name=signal.Signals(received).name, returncode=rc)
-        elif hung:
-            events.record(plan.run_dir, "failed", returncode=rc, cause="hang",
-                          reason=f"no progress for {hung['stalled_seconds']:.0f} s in {hung['phase']}")
-        else:
-            events.record(plan.run_dir, "completed" if rc == 0 else "failed", returncode=rc)
+        _record_exit(plan, rc, received, dogs[0].hung if dogs else None, progress.error)
     return rc
+
+
+def _record_exit(plan: Plan, rc: int, received: int | None, hung: dict | None, error: str | None) -> None:
+    """How the step ended, as the leader saw it (the stop signal, a hang, the entry's error line);
+    `finish` (or `hpc-mm local`) turns it into the start's terminal event."""
+    run, said = plan.run, {"returncode": rc}
+    if error:
+        said["error"] = error
+    if received:
+        run.record(Kind.SIGNAL, plan.start, name=signal.Signals(received).name, **said)
+    elif hung:
+        said.update(cause="hang", reason=f"no progress for {hung['stalled_seconds']:.0f} s in {hung['phase']}")
+    run.record(Kind.EXITED, plan.start, **said)
+    if not any(name in os.environ for name in SUPERVISED):
+        run.record(
+            Kind.COMPLETED if rc == 0 and not received else Kind.STOPPED if received else Kind.FAILED,
+            plan.start,
+            returncode=rc,
+            reason=error or hung and said.get("reason") or "",
+        )
 
 
 def _start_record(plan: Plan) -> None:
@@ -114,17 +167,28 @@ def _start_record(plan: Plan) -> None:
     if not layout.is_run_dir(plan.run_dir):
         layout.create(layout.plan_run(plan.spec, plan.run_dir))
     preflight.storage(plan.run_dir, plan.checkpoint_dir)
-    if plan.job_id and plan.environment.name == "slurm":
-        layout.record_job_id(plan.run_dir, plan.job_id)
-    note_requeue_by_slurm(plan.spec, plan.run_dir, plan.restart_count)
-    events.record(plan.run_dir, "started", nnodes=plan.nnodes, world_size=plan.world_size,
-                  master=f"{plan.master_addr}:{plan.master_port}", backend=plan.backend, device=plan.device,
-                  hosts=plan.hosts, **events.batch_times(os.environ, "batch_started_at"),
-                  checkpoint=checkpoints.latest_whole(plan.checkpoint_dir), **workdir_commit(Path(plan.spec.entry.workdir)))
+    run = plan.run
+    if plan.start.job_id and plan.environment.name == "slurm":
+        run.record_job_id(plan.start.job_id)
+    note_requeue_by_slurm(plan.spec, run, plan.start)
+    run.record(
+        Kind.STARTED,
+        plan.start,
+        nnodes=plan.nnodes,
+        world_size=plan.world_size,
+        master=f"{plan.master_addr}:{plan.master_port}",
+        backend=plan.backend,
+        device=plan.device,
+        hosts=plan.hosts,
+        **events.batch_times(os.environ, "batch_started_at"),
+        checkpoint=checkpoints.latest_whole(plan.checkpoint_dir),
+        **workdir_commit(Path(plan.spec.entry.workdir)),
+    )
 
 
 def workdir_commit(workdir: Path) -> dict:
     """The entry's source as it ran: the commit of its checkout, and whether it had local changes."""
+
     def git(*args: str) -> str | None:
         try:
             result = subprocess.run(["git", "-C", str(workdir), *args], capture_output=True, text=True, timeout=10)
@@ -143,23 +207,15 @@ def _ignore_user_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children of `pid`, from /proc (no psutil on compute nodes)."""
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # the process ended while we looked
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
-
-
-def run_forwarding_signals(cmd: list[str], cwd: Path, env: dict, to_workers: bool = False,
-                           on_line: Callable[[str], None] | None = None,
-                           received: list[int] | None = None,
-                           on_start: Callable[[subprocess.Popen], None] | None = None) -> tuple[int, int | None]:
+def run_forwarding_signals(
+    cmd: list[str],
+    cwd: Path,
+    env: dict,
+    to_workers: bool = False,
+    on_line: Callable[[str], None] | None = None,
+    received: list[int] | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+) -> tuple[int, int | None]:
     """Run `cmd`; forward the signals that stop a job as Megatron's exit signal. Return (rc, signal).
 
     Slurm delivers a step's signal to every process in it, not just to us. torchrun does not
@@ -170,12 +226,21 @@ def run_forwarding_signals(cmd: list[str], cwd: Path, env: dict, to_workers: boo
     The child's output passes through here unchanged, line by line (stdout to ours, stderr to
     ours), and `on_line` sees each line of both.
     """
-    child = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=_ignore_user_signals,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_ignore_user_signals,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     received = [] if received is None else received
     lock = threading.Lock()  # one line at a time reaches the watcher
-    pumps = [threading.Thread(target=_pump, args=(source, sink, on_line, lock), name=f"entry-{name}", daemon=True)
-             for name, source, sink in (("stdout", child.stdout, sys.stdout), ("stderr", child.stderr, sys.stderr))]
+    pumps = [
+        threading.Thread(target=_pump, args=(source, sink, on_line, lock), name=f"entry-{name}", daemon=True)
+        for name, source, sink in (("stdout", child.stdout, sys.stdout), ("stderr", child.stderr, sys.stderr))
+    ]
     for pump in pumps:
         pump.start()
     if on_start is not None:
@@ -183,7 +248,7 @@ def run_forwarding_signals(cmd: list[str], cwd: Path, env: dict, to_workers: boo
 
     def forward(signum, _frame):
         received.append(signum)
-        targets = (_children(child.pid) if to_workers else []) or [child.pid]
+        targets = (children(child.pid) if to_workers else []) or [child.pid]
         for pid in targets:
             try:
                 os.kill(pid, EXIT_SIGNAL)

@@ -92,8 +92,9 @@ def write_manifest(folder: Path, written: dict[str, DurableWriter] | None = None
             return {"size": writer.size, "crc32": writer.checksum}
         return {"size": path.stat().st_size, "crc32": crc32_of(path)}
 
-    files = {str(p.relative_to(folder)): entry(p) for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.name != MANIFEST}
+    files = {
+        str(p.relative_to(folder)): entry(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
     with open(folder / MANIFEST, "w") as f:
         json.dump({"files": files}, f)
         f.flush()
@@ -150,5 +151,6 @@ def latest_whole(save_dir: str | os.PathLike) -> int | None:
     This is where a resume starts, and what requeue measures progress from."""
     tracked = latest_iteration(save_dir)
     candidates = ([tracked] if tracked is not None else []) + [
-        i for i in reversed(saved_iterations(save_dir)) if tracked is None or i < tracked]
+        i for i in reversed(saved_iterations(save_dir)) if tracked is None or i < tracked
+    ]
     return next((i for i in candidates if verify(save_dir, i).ok), None)

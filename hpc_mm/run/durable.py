@@ -75,8 +75,10 @@ class DurableWriter:
         self._error: BaseException | None = None  # the first helper's failure, raised in the caller
         self._offset = 0  # where the block being filled goes in the file
         self._helpers = [threading.Thread(target=self._checksummer, name="checkpoint-crc", daemon=True)]
-        self._helpers += [threading.Thread(target=self._disk_writer, name=f"checkpoint-writer-{i}", daemon=True)
-                          for i in range(WRITERS)]
+        self._helpers += [
+            threading.Thread(target=self._disk_writer, name=f"checkpoint-writer-{i}", daemon=True)
+            for i in range(WRITERS)
+        ]
         for helper in self._helpers:
             helper.start()
 
@@ -86,7 +88,7 @@ class DurableWriter:
         done, total = 0, len(view)
         while done < total:
             take = min(BLOCK - self._fill, total - done)
-            self._block[self._fill:self._fill + take] = view[done:done + take]
+            self._block[self._fill : self._fill + take] = view[done : done + take]
             self._fill += take
             done += take
             if self._fill == BLOCK:

@@ -1,84 +1,168 @@
-"""events.jsonl: the one record of a run's life, appended by the launchers, the trainer and
-`finish`; and the JSON-lines reading every reader of the run directory shares.
+"""events.jsonl, the record of a run's life: one JSON object a line, ``event`` (a closed set of
+kinds), ``time``, ``job_id``, ``restart``, and what else the writer said (``iteration``,
+``reason``, ``cause``, ...); and the identity of a start.
 
-One JSON object a line: ``event``, ``time``, ``job_id``, ``restart``, and ``iteration``
-where known; checkpoints add ``reason`` and ``seconds``, signals the signal's ``name``.
-Readers skip what a crash or a concurrent writer can leave behind (a cut line, bytes that are
-not UTF-8, a value that is not an object, a folder where the file should be).
+A run directory holds many jobs (a resubmission with `--run-dir`, a chain of jobs, `hpc-mm local`
+run again) and each job may start several times (requeues). A start is identified by its job (the
+id as Slurm's tools name it: `<array>_<task>` for a task of a job array; `local_<time>` under
+`hpc-mm local`) and its restart number within that job; every event a start writes carries both.
+The run-wide number of a start (0, 1, 2, ... in the order they happened) is derived from the record,
+never stored (see `RunDir.starts`). Code reads and writes events through `RunDir`; `read` here
+gives them as plain objects, for tools and tests.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
+import enum
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 from hpc_mm.environments.base import restart_from
 from hpc_mm.environments.slurm import job_id_of
-from hpc_mm.run.layout import EVENTS as FILENAME
-
-EVENTS = ("submitted", "started", "signal", "checkpoint", "requeued", "resumed", "completed", "failed", "stopped",
-          "cancelled", "hang", "preflight", "quarantined", "gave_up")
-# The events a start can end with (the last one of a run that is not running or queued).
-TERMINAL = ("completed", "failed", "stopped", "requeued", "cancelled", "gave_up")
+from hpc_mm.run.layout import EVENTS
+from hpc_mm.run.records import integer, number, read_objects
 
 
-def _restart() -> int:
-    return restart_from(os.environ)
+class Kind(str, enum.Enum):
+    """What an event says. The terminal ones end a start; the others happen during it."""
+
+    SUBMITTED = "submitted"  # a job was submitted for this run (hpc-mm submit, or hpc-mm local)
+    STARTED = "started"  # the leader's launcher began training on the nodes
+    SIGNAL = "signal"  # the launchers caught a stop signal (finish decides what follows)
+    EXITED = "exited"  # the training step ended: exit code, the entry's error line, a hang
+    CHECKPOINT = "checkpoint"  # a checkpoint committed (iteration, reason, seconds)
+    RESUMED = "resumed"  # the entry loaded a checkpoint (its own, or pretrained weights)
+    HANG = "hang"  # node 0's watchdog found the step hung
+    PREFLIGHT = "preflight"  # the preflight failed on some nodes
+    QUARANTINED = "quarantined"  # nodes to keep off the next start
+    RELEASED = "released"  # Slurm's hold on the requeued job was lifted: this start may begin at once
+    REQUEUED = "requeued"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    CANCELLED = "cancelled"
+    GAVE_UP = "gave_up"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
 
 
-def append(path: Path, entry: dict) -> None:
-    """Append one JSON line; several nodes append, so under a lock, and after a line a crash cut
-    short a newline first, so the new line stays whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+TERMINAL = frozenset({Kind.REQUEUED, Kind.COMPLETED, Kind.FAILED, Kind.STOPPED, Kind.CANCELLED, Kind.GAVE_UP})
+
+
+@dataclass(frozen=True, order=True)
+class StartKey:
+    """One start: its job and the restart within that job."""
+
+    job_id: str | None
+    restart: int
+
+    @property
+    def tag(self) -> str:
+        """For file names: `<job>-r<restart>`."""
+        return f"{self.job_id or 'nojob'}-r{self.restart}"
+
+    def __str__(self) -> str:
+        return f"job {self.job_id or '?'} restart {self.restart}"
+
+
+# Under `hpc-mm local` (no scheduler), the id it gives the job, so that every start has one.
+LOCAL_JOB_VARIABLE = "HPC_MM_JOB_ID"
+
+
+def this_start(env: Mapping[str, str] | None = None) -> StartKey:
+    """The start this process belongs to, from its environment."""
+    env = os.environ if env is None else env
+    return StartKey(job_id_of(env) or env.get(LOCAL_JOB_VARIABLE) or None, restart_from(env))
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of events.jsonl: the kind, when, which start, and what else the writer said."""
+
+    kind: Kind
+    time: float
+    job_id: str | None
+    restart: int
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> StartKey:
+        return StartKey(self.job_id, self.restart)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.data.get(name, default)
+
+    @property
+    def iteration(self) -> int | None:
+        return integer(self.data.get("iteration"))
+
+    @property
+    def reason(self) -> str:
+        return str(self.data.get("reason") or "")
+
+    @property
+    def cause(self) -> str:
+        return str(self.data.get("cause") or "")
+
+    def to_json(self) -> dict:
+        return {
+            "event": self.kind.value,
+            "time": self.time,
+            "job_id": self.job_id,
+            "restart": self.restart,
+            **self.data,
+        }
+
+    @classmethod
+    def from_json(cls, value: dict) -> Event | None:
         try:
-            end = f.seek(0, os.SEEK_END)
-            cut = end > 0 and os.pread(f.fileno(), 1, end - 1) != b"\n"
-            f.write((b"\n" if cut else b"") + json.dumps(entry).encode() + b"\n")
-            f.flush()
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def read_objects(path: Path) -> list[dict]:
-    """Every line of a JSON-lines file that is a JSON object; anything else is skipped."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError:  # absent, a folder, unreadable
-        return []
-    out = []
-    for line in data.decode("utf-8", errors="replace").splitlines():
-        try:
-            value = json.loads(line)
+            kind = Kind(value.get("event"))
         except ValueError:
-            continue
-        if isinstance(value, dict):
-            out.append(value)
-    return out
+            return None
+        when, restart = number(value.get("time")), integer(value.get("restart", 0))
+        if when is None or restart is None:
+            return None
+        job_id = value.get("job_id")
+        data = {k: v for k, v in value.items() if k not in ("event", "time", "job_id", "restart")}
+        return cls(kind, when, str(job_id) if job_id not in (None, "") else None, restart, data)
+
+    @classmethod
+    def new(cls, kind: Kind, key: StartKey | None = None, **data) -> Event:
+        key = key or this_start()
+        return cls(
+            kind,
+            round(time.time(), 3),
+            key.job_id,
+            key.restart,
+            {k: v for k, v in data.items() if v is not None or k == "iteration"},
+        )
 
 
-def record(run_dir: str | os.PathLike | None, event: str, **fields) -> dict | None:
-    if event not in EVENTS:
-        raise ValueError(f"unknown event {event!r}")  # a bug in hpc-mm, not a user error
-    if run_dir is None:
-        return None
-    entry = {"event": event, "time": round(time.time(), 3),
-             "job_id": fields.pop("job_id", job_id_of(os.environ)),
-             "restart": fields.pop("restart", _restart()), **fields}
-    append(Path(run_dir) / FILENAME, entry)
-    return entry
+def parse(path: Path) -> list[Event]:
+    """The events in `path`, oldest first; lines that are not an event (a cut line, an unknown kind,
+    no time or restart number) are skipped."""
+    return [e for e in (Event.from_json(v) for v in read_objects(path)) if e is not None]
+
+
+def read(run_dir: str | os.PathLike) -> list[dict]:
+    """The run's events as JSON objects (as events.jsonl holds them), oldest first."""
+    return [e.to_json() for e in parse(Path(run_dir) / EVENTS)]
 
 
 # The batch shell's clock at moments only it sees (bash's EPOCHREALTIME, exported by the script).
-BATCH_CLOCK = {"batch_started_at": "HPC_MM_BATCH_STARTED_AT", "signal_at": "HPC_MM_SIGNAL_AT",
-               "step_ended_at": "HPC_MM_STEP_ENDED_AT"}
+BATCH_CLOCK = {
+    "batch_started_at": "HPC_MM_BATCH_STARTED_AT",
+    "signal_at": "HPC_MM_SIGNAL_AT",
+    "step_ended_at": "HPC_MM_STEP_ENDED_AT",
+}
 
 
-def batch_times(env, *keys: str) -> dict:
+def batch_times(env: Mapping[str, str], *keys: str) -> dict:
     """{key: seconds since the epoch} for the batch shell's moments in `env` (when the script
     started, caught the first stop signal, saw the training step end): for status and report."""
     out = {}
@@ -90,18 +174,3 @@ def batch_times(env, *keys: str) -> dict:
         if 0 < value < float("inf"):
             out[key] = round(value, 3)
     return out
-
-
-def restarts(record: list[dict]) -> int:
-    """How many times the run was started again: the highest restart recorded, one more when
-    that start already ended requeued (the next start is waiting, or on its way)."""
-    highest = max((e.get("restart", 0) for e in record), default=0)
-    return highest + any(e["event"] == "requeued" and e.get("restart", 0) == highest for e in record)
-
-
-def read(run_dir: str | os.PathLike) -> list[dict]:
-    """The run's events, oldest first; lines without a known event, a time or a whole restart
-    number are skipped, so readers may rely on all three."""
-    return [e for e in read_objects(Path(run_dir) / FILENAME)
-            if e.get("event") in EVENTS and isinstance(e.get("restart", 0), int)
-            and isinstance(e.get("time"), (int, float)) and not isinstance(e.get("time"), bool)]

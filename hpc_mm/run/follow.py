@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from hpc_mm.run import events, metrics, timeline
+from hpc_mm.run import metrics, timeline
 from hpc_mm.run.format import duration, number
+from hpc_mm.run.rundir import RunDir
 
 PLAIN_EVERY = 10.0
 
@@ -26,20 +27,19 @@ class Follower:
 
     def iteration(self) -> int:
         rows = self.tail.read()
-        return rows[-1]["iteration"] if rows else 0
+        return rows[-1].iteration if rows else 0
 
     def text(self) -> str:
         rows = self.tail.read()
-        record = events.read(self.run_dir)
-        restarts = events.restarts(record)
+        restarts, _ = timeline.restarts(RunDir(self.run_dir).starts())
         parts = [self.state] if self.state else []
         if rows:
             last, step = rows[-1], timeline.step_seconds(rows)
-            parts.append(f"iteration {last['iteration']}/{self.train_iters}")
-            parts.append(f"loss {number(last['loss'])}")
+            parts.append(f"iteration {last.iteration}/{self.train_iters}")
+            parts.append(f"loss {number(last.loss)}")
             if step:
                 parts.append(f"{1 / step:.1f} it/s")
-                parts.append(f"ETA {duration(step * max(0, self.train_iters - last['iteration']))}")
+                parts.append(f"ETA {duration(step * max(0, self.train_iters - last.iteration))}")
         else:
             parts.append("starting")
         parts.append(f"restarts {restarts}")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-from hpc_mm.run import events, metrics
+from hpc_mm.run.events import Kind
+from hpc_mm.run.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -26,19 +26,24 @@ def p99(values: list[float]) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
-def durations(run_dir: Path) -> Durations:
-    record = events.read(run_dir)
-    rows = [r for r in metrics.rows(run_dir) if isinstance(r.get("time"), (int, float))]
-    starts = sorted(e["time"] for e in record if e["event"] == "started" and isinstance(e.get("time"), (int, float)))
+def durations(run: RunDir) -> Durations:
+    rows = [r for r in run.metrics() if r.time is not None]
+    starts = sorted(s.began for s in run.starts() if s.began is not None)
     startup = []
     for start in starts:
-        first = next((r["time"] for r in rows if r["time"] >= start), None)
+        first = next((r.time for r in rows if r.time >= start), None)
         if first is not None:
             startup.append(first - start)
     steps = []
     for before, after in zip(rows, rows[1:]):
-        crossed = any(before["time"] < s <= after["time"] for s in starts)  # a restart lies between them
-        if not crossed and after["iteration"] > before["iteration"] and after["time"] >= before["time"]:
-            steps.append(after["time"] - before["time"])
-    saves = [float(e["seconds"]) for e in record if e["event"] == "checkpoint" and isinstance(e.get("seconds"), (int, float))]
+        crossed = any(before.time < s <= after.time for s in starts)  # a restart lies between them
+        if not crossed and after.iteration > before.iteration and after.time >= before.time:
+            steps.append(after.time - before.time)
+    saves = [
+        float(e.get("seconds"))
+        for e in run.events()
+        if e.kind is Kind.CHECKPOINT
+        and isinstance(e.get("seconds"), (int, float))
+        and not isinstance(e.get("seconds"), bool)
+    ]
     return Durations(startup, steps, saves)

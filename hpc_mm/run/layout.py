@@ -30,6 +30,7 @@ from hpc_mm import __version__
 from hpc_mm.errors import UserError
 from hpc_mm.job.jobfile import job_text
 from hpc_mm.job.spec import JobSpec
+from hpc_mm.run.records import RunInfo, read_object
 
 JOB_FILE = "job.yaml"
 SCRIPT_FILE = "job.sbatch"
@@ -50,19 +51,33 @@ RUNS = Path("runs")  # where new runs go, relative to the working directory
 # Under `hpc-mm local`, this variable names each launch's log (%t: its task), as srun --output does.
 TASK_LOG = "HPC_MM_TASK_LOG"
 BATCH_LOG = "%x-%j.batch.out"
-_TASK_LOG = re.compile(r"-r(\d+)-t(\d+)\.out$")
+# <name>-<job>-r<restart>-t<task>.out: the job as its records name it (an array task: <array>_<task>)
+_TASK_LOG = re.compile(r"-(?P<job>[^-]+)-r(?P<restart>\d+)-t(?P<task>\d+)\.out$")
 
 
-def task_log_parts(name: str) -> tuple[str, str]:
-    """One log per task and restart, ``<name>-%j-r<restart>-t%t.out``: the text before and
-    after the restart number, which the batch shell fills in."""
-    return f"{name}-%j-r", "-t%t.out"
+@dataclass(frozen=True)
+class TaskLog:
+    job: str  # the job's id as its records name it
+    restart: int
+    task: int
 
 
-def parse_task_log(filename: str) -> tuple[int, int] | None:
-    """(restart, task) of a task log's file name, or None for any other file."""
+def task_log_parts(name: str, array: bool = False) -> tuple[str, str]:
+    """One log per task and start, ``<name>-<job>-r<restart>-t%t.out``: the text before and after
+    the restart number, which the batch shell fills in. A job array's task is `%A_%a`, as its
+    records and Slurm's tools name it (its own %j is another number)."""
+    return f"{name}-{'%A_%a' if array else '%j'}-r", "-t%t.out"
+
+
+def local_task_log(name: str, job_id: str, restart: int) -> str:
+    """The log of each emulated node under `hpc-mm local` (%t: its task)."""
+    return f"{LOGS}/{name}-{job_id}-r{restart}-t%t.out"
+
+
+def parse_task_log(filename: str) -> TaskLog | None:
+    """(job, restart, task) of a task log's file name, or None for any other file."""
     match = _TASK_LOG.search(filename)
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    return TaskLog(match["job"], int(match["restart"]), int(match["task"])) if match else None
 
 
 def default_run_dir(spec: JobSpec) -> Path:
@@ -148,8 +163,9 @@ def create(run: RunFiles) -> Created:
     for name, text in run.files.items():
         write_private(run_dir / name, text)
     if RUN_FILE not in run.files:
-        update_run_file(run_dir, hpc_mm=__version__, created=read_run_file(run_dir).get("created") or
-                        round(time.time(), 3))
+        info = RunInfo.from_json(read_object(run_dir / RUN_FILE) or {})
+        info = dataclasses.replace(info, hpc_mm=__version__, created=info.created or round(time.time(), 3))
+        write_private(run_dir / RUN_FILE, json.dumps(info.to_json()))
     return Created(run_dir, new, previous, existed)
 
 
@@ -159,67 +175,12 @@ def refuse_foreign(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError.one("--run-dir", f"{run_dir} is a file, not a folder", "pass a new or a run directory")
     if run_dir.is_dir() and not is_run_dir(run_dir) and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-        raise UserError.one("--run-dir", f"{run_dir} holds files and is not a run directory (no {RUN_FILE})",
-                            "pass a new folder, or the run directory of an earlier run to continue it")
-
-
-def read_run_file(run_dir: Path) -> dict:
-    """run.json; {} when it is absent or unreadable (a crash can leave it so)."""
-    try:
-        info = json.loads((Path(run_dir) / RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
-
-
-def update_run_file(run_dir: Path, **fields) -> dict:
-    info = {**read_run_file(run_dir), **fields}
-    write_private(Path(run_dir) / RUN_FILE, json.dumps(info))
-    return info
-
-
-def record_job_id(run_dir: Path, job_id: str, **fields) -> None:
-    """Remember which Slurm job runs this directory (submit, or the first start under plain sbatch)."""
-    info = read_run_file(run_dir)
-    if str(info.get("job_id")) == str(job_id) and not fields:
-        return
-    jobs = [j for j in info.get("job_ids", []) if j != str(job_id)] + [str(job_id)]
-    update_run_file(run_dir, **fields, job_id=str(job_id), job_ids=jobs)
+        raise UserError.one(
+            "--run-dir",
+            f"{run_dir} holds files and is not a run directory (no {RUN_FILE})",
+            "pass a new folder, or the run directory of an earlier run to continue it",
+        )
 
 
 def is_run_dir(path: Path) -> bool:
     return (Path(path) / JOB_FILE).is_file() and (Path(path) / RUN_FILE).is_file()
-
-
-def newest_run(runs: Path = RUNS) -> Path:
-    found = sorted((p for p in runs.glob("*") if is_run_dir(p)), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise UserError.one("RUN_DIR", f"no runs under ./{runs}", "pass a run directory or a job id")
-    return found[-1].resolve()
-
-
-def find_local_run(target: str, runs: Path = RUNS) -> Path | None:
-    """A run directory from a path, or from a job id recorded under ./runs."""
-    path = Path(target)
-    if is_run_dir(path):
-        return path.resolve()
-    if re.fullmatch(r"\d+(_\d+)?", target):  # a job id, or a job array's task (<array>_<task>)
-        for candidate in [*runs.glob(f"*/{RUN_FILE}"), *runs.glob(f"*/task-*/{RUN_FILE}")]:
-            if str(read_run_file(candidate.parent).get("job_id")) == target:
-                return candidate.parent.resolve()
-    return None
-
-
-def find_sweep(target: str, runs: Path = RUNS) -> Path | None:
-    """A sweep's folder from its path or its job array's id."""
-    path = Path(target)
-    if (path / SWEEP_FILE).is_file():
-        return path.resolve()
-    if target.isdigit():
-        for candidate in runs.glob(f"*/{SWEEP_FILE}"):
-            try:
-                if str(json.loads(candidate.read_text()).get("array")) == target:
-                    return candidate.parent.resolve()
-            except (OSError, ValueError, AttributeError):
-                continue
-    return None

@@ -71,7 +71,11 @@ def acquire(run_dir: Path, job_id: str | None = None, env: dict | None = None) -
     run_dir = Path(run_dir)
     refuse_foreign(run_dir)
     current = holder(run_dir)
-    if current is not None and str(current.get("pid")) == env.get(INHERITED) and current.get("host") == socket.gethostname():
+    if (
+        current is not None
+        and str(current.get("pid")) == env.get(INHERITED)
+        and current.get("host") == socket.gethostname()
+    ):
         return RunLock(run_dir, None)  # started by `hpc-mm local`, which holds it for us
     run_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
@@ -79,9 +83,16 @@ def acquire(run_dir: Path, job_id: str | None = None, env: dict | None = None) -
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise UserError.one("--run-dir", f"{run_dir} is in use by another run ({describe(holder(run_dir) or {})})",
-                            "wait for it to end, stop it (hpc-mm cancel), or use another --run-dir") from None
+        raise UserError.one(
+            "--run-dir",
+            f"{run_dir} is in use by another run ({describe(holder(run_dir) or {})})",
+            "wait for it to end, stop it (hpc-mm cancel), or use another --run-dir",
+        ) from None
     os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "job_id": job_id,
-                             "since": round(time.time(), 3)}).encode())
+    os.write(
+        fd,
+        json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "job_id": job_id, "since": round(time.time(), 3)}
+        ).encode(),
+    )
     return RunLock(run_dir, fd)

@@ -5,61 +5,79 @@ figures come from metrics.jsonl and events.jsonl, which the launcher writes for 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from hpc_mm.errors import UserError
-from hpc_mm.run import events, layout, metrics, timeline
+from hpc_mm.run import layout, timeline
+from hpc_mm.run.events import Kind
 from hpc_mm.run.format import duration, number
+from hpc_mm.run.rundir import RunDir
 
 COLORS = {"queued": "#bbbbbb", "starting": "#f2b134", "running": "#4c9f38", "saving": "#2f6db5", "stopped": "#c0392b"}
 
 
-def summary(run_dir: Path) -> dict:
-    rows = metrics.rows(run_dir)
+def summary(run: RunDir) -> dict:
+    rows = run.metrics()
     if not rows:
-        raise UserError.one("RUN_DIR", f"{run_dir} has no training iterations in {layout.METRICS} yet",
-                            "wait for the first iteration (or check the logs: hpc-mm logs RUN_DIR)")
-    record = events.read(run_dir)
-    line = timeline.build(run_dir, time.time())
-    first = [r["loss"] for r in rows[:10]]
-    last = [r["loss"] for r in rows[-10:]]
-    speeds = [r["samples_per_second"] for r in rows[-10:] if isinstance(r.get("samples_per_second"), (int, float))]
-    total = next((r.get("train_iters") for r in reversed(rows) if r.get("train_iters")), None) or _train_iters(run_dir)
-    return {"iterations": rows[-1]["iteration"], "train_iters": total,
-            "first_loss": sum(first) / len(first), "last_loss": sum(last) / len(last),
-            "samples_per_second": sum(speeds) / len(speeds) if speeds else None,
-            "checkpoints": sorted({e["iteration"] for e in record if e["event"] == "checkpoint" and "iteration" in e}),
-            "restarts": line.restarts, "goodput": line.goodput, "useful_seconds": line.useful_seconds,
-            "held_seconds": line.held_seconds, "rows": rows, "events": record, "timeline": line}
+        raise UserError.one(
+            "RUN_DIR",
+            f"{run.path} has no training iterations in {layout.METRICS} yet",
+            "wait for the first iteration (or check the logs: hpc-mm logs RUN_DIR)",
+        )
+    record = run.events()
+    line = timeline.build(run, time.time())
+    first = [r.loss for r in rows[:10]]
+    last = [r.loss for r in rows[-10:]]
+    speeds = [r.samples_per_second for r in rows[-10:] if r.samples_per_second is not None]
+    total = next((r.train_iters for r in reversed(rows) if r.train_iters), None) or _train_iters(run)
+    return {
+        "iterations": rows[-1].iteration,
+        "train_iters": total,
+        "first_loss": sum(first) / len(first),
+        "last_loss": sum(last) / len(last),
+        "samples_per_second": sum(speeds) / len(speeds) if speeds else None,
+        "checkpoints": sorted({e.iteration for e in record if e.kind is Kind.CHECKPOINT and e.iteration is not None}),
+        "restarts": line.restarts,
+        "goodput": line.goodput,
+        "useful_seconds": line.useful_seconds,
+        "held_seconds": line.held_seconds,
+        "rows": rows,
+        "events": record,
+        "timeline": line,
+    }
 
 
-def _train_iters(run_dir: Path) -> int | None:
-    from hpc_mm.job.jobfile import load_job
-
+def _train_iters(run: RunDir) -> int | None:
     try:
-        return load_job(Path(run_dir) / layout.JOB_FILE).gpt.train_iters
+        return run.job.gpt.train_iters
     except UserError:
         return None
 
 
 def summary_text(info: dict) -> str:
     restarts = "; ".join(f"{r['cause'] or 'restart'} -> resumed at {r['iteration']}" for r in info["restarts"])
-    goodput = (f"{info['goodput']:.0%} ({duration(info['useful_seconds'])} of training in "
-               f"{duration(info['held_seconds'])} on the nodes)" if info["goodput"] is not None else "-")
+    goodput = (
+        f"{info['goodput']:.0%} ({duration(info['useful_seconds'])} of training in "
+        f"{duration(info['held_seconds'])} on the nodes)"
+        if info["goodput"] is not None
+        else "-"
+    )
     of = f" of {info['train_iters']}" if info["train_iters"] else ""
     speed = f"{info['samples_per_second']:.0f} samples/s" if info["samples_per_second"] else "-"
     checkpoints = ", ".join(map(str, info["checkpoints"][-8:])) or "-"
-    return "\n".join([
-        f"iterations    {info['iterations']}{of}",
-        f"loss          {number(info['first_loss'])} -> {number(info['last_loss'])} (first/last 10 iterations)",
-        f"throughput    {speed}",
-        f"checkpoints   {checkpoints}",
-        f"restarts      {len(info['restarts'])}" + (f" ({restarts})" if restarts else ""),
-        f"goodput       {goodput}"])
+    return "\n".join(
+        [
+            f"iterations    {info['iterations']}{of}",
+            f"loss          {number(info['first_loss'])} -> {number(info['last_loss'])} (first/last 10 iterations)",
+            f"throughput    {speed}",
+            f"checkpoints   {checkpoints}",
+            f"restarts      {len(info['restarts'])}" + (f" ({restarts})" if restarts else ""),
+            f"goodput       {goodput}",
+        ]
+    )
 
 
-def report(run_dir: Path) -> int:
-    info = summary(run_dir)
+def report(run: RunDir) -> int:
+    info = summary(run)
     try:
         import matplotlib
 
@@ -69,8 +87,8 @@ def report(run_dir: Path) -> int:
         raise UserError.one("matplotlib", "is not installed", "pip install 'hpc-mm[report]'") from None
     rows, line = info["rows"], info["timeline"]
     fig, (ax_loss, ax_speed, ax_time) = plt.subplots(3, 1, figsize=(9, 8), gridspec_kw={"height_ratios": [3, 2, 1]})
-    ax_loss.plot([r["iteration"] for r in rows], [r["loss"] for r in rows], lw=1)
-    if all(r["loss"] > 0 for r in rows):
+    ax_loss.plot([r.iteration for r in rows], [r.loss for r in rows], lw=1)
+    if all(r.loss > 0 for r in rows):
         ax_loss.set_yscale("log")
     ax_loss.set_ylabel("loss")
     for it in info["checkpoints"]:
@@ -78,11 +96,18 @@ def report(run_dir: Path) -> int:
     for r in info["restarts"]:
         if isinstance(r["iteration"], int):
             ax_loss.axvline(r["iteration"], color="tab:red", lw=1.2)
-            ax_loss.annotate(f"restart {r['restart']}: {r['cause'] or '?'}", (r["iteration"], 0.95),
-                             xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right", fontsize=7,
-                             color="tab:red")
-    speed = [r for r in rows if isinstance(r.get("samples_per_second"), (int, float))]
-    ax_speed.plot([r["iteration"] for r in speed], [r["samples_per_second"] for r in speed], lw=0.8, color="tab:green")
+            ax_loss.annotate(
+                f"start {r['start']}: {r['cause'] or '?'}",
+                (r["iteration"], 0.95),
+                xycoords=("data", "axes fraction"),
+                rotation=90,
+                va="top",
+                ha="right",
+                fontsize=7,
+                color="tab:red",
+            )
+    speed = [r for r in rows if r.samples_per_second is not None]
+    ax_speed.plot([r.iteration for r in speed], [r.samples_per_second for r in speed], lw=0.8, color="tab:green")
     ax_speed.set_ylabel("samples/s")
     ax_speed.set_xlabel("iteration")
     origin = min((i.start for i in line.intervals), default=0)
@@ -97,12 +122,96 @@ def report(run_dir: Path) -> int:
     if line.intervals:
         ax_time.legend(ncol=5, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.6))
     goodput = f", goodput {info['goodput']:.0%}" if info["goodput"] is not None else ""
-    ax_loss.set_title(f"{run_dir.name}: {info['iterations']} iterations, {len(info['restarts'])} restart(s){goodput}")
+    ax_loss.set_title(f"{run.name}: {info['iterations']} iterations, {len(info['restarts'])} restart(s){goodput}")
     fig.tight_layout()
-    out = run_dir / "report.png"
+    out = run.path / "report.png"
     try:
         fig.savefig(out, dpi=100)
     except OSError as exc:
-        raise UserError.one("RUN_DIR", f"cannot write {out} ({exc.strerror})", "check the folder's permissions") from None
+        raise UserError.one(
+            "RUN_DIR", f"cannot write {out} ({exc.strerror})", "check the folder's permissions"
+        ) from None
+    finally:
+        plt.close(fig)
     print(f"{summary_text(info)}\nfigure        {out}")
+    return 0
+
+
+def sweep_rows(tasks: list[RunDir]) -> list[dict]:
+    """One row per task of a sweep, best (lowest final loss) first; tasks without iterations last."""
+    rows = []
+    for task in tasks:
+        values = dict(task.info.values or {})
+        try:
+            info = summary(task)
+        except UserError:
+            rows.append(
+                {
+                    "run_dir": str(task.path),
+                    "task": task.info.task,
+                    "values": values,
+                    "iterations": None,
+                    "last_loss": None,
+                    "goodput": None,
+                }
+            )
+            continue
+        rows.append(
+            {
+                "run_dir": str(task.path),
+                "task": task.info.task,
+                "values": values,
+                "iterations": info["iterations"],
+                "last_loss": info["last_loss"],
+                "goodput": info["goodput"],
+            }
+        )
+    return sorted(rows, key=lambda r: (r["last_loss"] is None, r["last_loss"] or 0.0, r["task"] or 0))
+
+
+def report_sweep(folder, tasks: list[RunDir]) -> int:
+    """A sweep's tasks side by side: final loss (mean of the last 10 iterations), best first, and a
+    figure of every task's loss."""
+    rows = sweep_rows(tasks)
+    if not any(r["iterations"] for r in rows):
+        raise UserError.one(
+            "RUN_DIR",
+            f"no task of the sweep {folder} has trained yet",
+            "wait for the first iterations (hpc-mm status shows the tasks)",
+        )
+    width = max(len(" ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in r["values"].items())) for r in rows)
+    print(f"{'TASK':6}{'VALUES':{width + 2}}{'ITERATIONS':12}{'LOSS':10}GOODPUT")
+    for r in rows:
+        values = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in r["values"].items())
+        goodput = f"{r['goodput']:.0%}" if r["goodput"] is not None else "-"
+        print(
+            f"{str(r['task']):6}{values:{width + 2}}{str(r['iterations'] or '-'):12}{number(r['last_loss']):10}"
+            f"{goodput}"
+        )
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return 0  # the table is the report; the figure needs matplotlib
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for task in tasks:
+        metrics = task.metrics()
+        label = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in (task.info.values or {}).items()) or task.name
+        ax.plot([m.iteration for m in metrics], [m.loss for m in metrics], lw=1, label=label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = folder / "report.png"
+    try:
+        fig.savefig(out, dpi=100)
+    except OSError as exc:
+        raise UserError.one(
+            "RUN_DIR", f"cannot write {out} ({exc.strerror})", "check the folder's permissions"
+        ) from None
+    finally:
+        plt.close(fig)
+    print(f"figure  {out}")
     return 0

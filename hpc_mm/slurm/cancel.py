@@ -1,92 +1,109 @@
 """`hpc-mm cancel`: stop a run the way a user means it. The job's stop signal goes to the batch
 shell first, the job saves a checkpoint at the end of its iteration, and `finish` records the run
 as `cancelled` (not requeued) and ends the job; if the step has not ended once the grace has
-passed, or with `--now`, or while the job still waits in the queue, it is cancelled at once.
-A sweep (its folder or its array's id) is cancelled task by task, all at the same time."""
+passed, or with `--now`, or while the job still waits in the queue, it is cancelled at once (Slurm's
+SIGTERM still reaches the entry, which saves if it can in Slurm's KillWait). A sweep (its folder or
+its array's id) is cancelled task by task, all at the same time.
+
+The request is written for the job it was made for: a later job in the same run directory (a
+resubmission with --run-dir) is not cancelled by it.
+"""
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
+from hpc_mm.environments.slurm import is_job_id
 from hpc_mm.errors import UserError
-from hpc_mm.job.jobfile import load_job
-from hpc_mm.run import checkpoints, events, layout
+from hpc_mm.run import checkpoints
+from hpc_mm.run.events import Kind, StartKey
+from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
-from hpc_mm.slurm.status import find_run_dir, run_job_id
+from hpc_mm.slurm.runs import Sweep, find, job_of
 
-_QUEUED = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "SUSPENDED")
+POLL = 2.0
 
 
 def cancel(target: str, now: bool = False) -> int:
-    sweep = layout.find_sweep(target)
-    if sweep is not None:
-        found = [(p, run_job_id(p)) for p in sorted(sweep.glob("task-*")) if layout.is_run_dir(p)]
-        active = [(p, j) for p, j in found if j and query.job_state(j)["state"] not in query.ENDED]
+    try:
+        found = find(target)
+    except UserError:
+        if not is_job_id(target):
+            raise
+        found = None  # a job id no run directory claims: cancel the job itself
+    if isinstance(found, Sweep):
+        active = [(run, j) for run in found.tasks() if (j := job_of(run)) and not query.job(j).ended]
         if not active:
-            raise UserError.one("JOB_ID", f"every task of the sweep {sweep.name} has already ended", "nothing to cancel")
+            raise UserError.one(
+                "JOB_ID", f"every task of the sweep {found.name} has already ended", "nothing to cancel"
+            )
         return _cancel(active, now)
-    run_dir = _run_dir_of(target)
-    job_id = target if run_dir is None else run_job_id(run_dir)
+    job_id = target if found is None else job_of(found)
     if not job_id:
-        raise UserError.one("RUN_DIR", f"{run_dir} has no Slurm job recorded (it never started under Slurm)",
-                            "a local run stops with Ctrl-C; pass a job id otherwise")
-    state = query.job_state(str(job_id))["state"]
-    if state == "UNKNOWN":
+        raise UserError.one(
+            "RUN_DIR",
+            f"{found.path} has no Slurm job recorded (it never started under Slurm)",
+            "a local run stops with Ctrl-C; pass a job id otherwise",
+        )
+    state = query.job(job_id)
+    if not state.known:
         raise UserError.one("JOB_ID", f"Slurm knows no job {job_id}", "list your jobs with `squeue --me`")
-    if state in query.ENDED:
-        raise UserError.one("JOB_ID", f"job {job_id} has already ended ({state})", "nothing to cancel")
-    return _cancel([(run_dir, str(job_id))], now)
+    if state.ended:
+        raise UserError.one("JOB_ID", f"job {job_id} has already ended ({state.state.value})", "nothing to cancel")
+    return _cancel([(found, job_id)], now)
 
 
-def _cancel(jobs: list[tuple[Path | None, str]], now: bool) -> int:
+def _cancel(jobs: list[tuple[RunDir | None, str]], now: bool) -> int:
     """Signal every job that can save, wait for them together, cancel the rest at once."""
     asked, grace = [], 0
-    for run_dir, job_id in jobs:
-        state = query.job_state(job_id)["state"]
-        if run_dir is None or now or state in _QUEUED:
-            _at_once(run_dir, job_id, "while it waited in the queue" if state in _QUEUED else
-                     "at once (--now), without a last checkpoint")
+    for run, job_id in jobs:
+        queued = query.job(job_id).state.queued
+        if run is None or now or queued:
+            _at_once(run, job_id, "while it waited in the queue" if queued else "at once (--now)")
             continue
-        spec = load_job(run_dir / layout.JOB_FILE)
-        (run_dir / layout.CANCEL_FILE).write_text(json.dumps({"time": time.time()}))
+        spec = run.job
+        run.request_cancel(job_id)
         ok, err = query.signal_batch(job_id, spec.requeue.signal)
         if not ok:
             raise UserError.one("JOB_ID", f"cannot signal job {job_id}: {err}", "check `squeue --me`")
-        print(f"job {job_id}: asked to save and stop (SIG{spec.requeue.signal}); waiting up to "
-              f"{spec.requeue.grace_seconds} s", flush=True)
-        asked.append((run_dir, job_id, spec))
+        print(
+            f"job {job_id}: asked to save and stop (SIG{spec.requeue.signal}); waiting up to "
+            f"{spec.requeue.grace_seconds} s",
+            flush=True,
+        )
+        asked.append((run, job_id))
         grace = max(grace, spec.requeue.grace_seconds)
     deadline = time.time() + grace + 30
-    while asked and time.time() < deadline and any(query.job_state(j)["state"] not in query.ENDED
-                                                    for _, j, _ in asked):
-        time.sleep(2)
-    for run_dir, job_id, spec in asked:
-        if query.job_state(job_id)["state"] not in query.ENDED:
-            _at_once(run_dir, job_id, "after the grace passed without a checkpoint")
+    while asked and time.time() < deadline and not all(query.job(j).ended for _, j in asked):
+        time.sleep(POLL)
+    for run, job_id in asked:
+        if not query.job(job_id).ended:
+            _at_once(run, job_id, "after the grace passed without a checkpoint")
             continue
-        latest = checkpoints.latest_whole(layout.checkpoint_dir(spec, run_dir))
-        print(f"cancelled job {job_id}; its last checkpoint is iteration {latest}")
+        print(f"cancelled job {job_id}; its last checkpoint is iteration {_latest(run)}")
     return 0
 
 
-def _run_dir_of(target: str) -> Path | None:
-    """The run directory of a path or a job id; None for a job id no run directory claims."""
-    if target.replace("_", "").isdigit() and not Path(target).exists():
-        try:
-            return find_run_dir(target)
-        except UserError:
-            return None
-    return find_run_dir(target)
+def _latest(run: RunDir) -> int | None:
+    return checkpoints.latest_whole(run.checkpoint_dir())
 
 
-def _at_once(run_dir: Path | None, job_id: str, how: str) -> None:
+def _at_once(run: RunDir | None, job_id: str, how: str) -> None:
     ok, err = query.cancel(job_id)
     if not ok:
         raise UserError.one("JOB_ID", f"scancel {job_id} failed: {err}", "check `squeue --me`")
-    if run_dir is not None:
-        spec = load_job(run_dir / layout.JOB_FILE)
-        events.record(run_dir, "cancelled", reason=f"cancelled {how} (hpc-mm cancel)", cause="user",
-                      iteration=checkpoints.latest_whole(layout.checkpoint_dir(spec, run_dir)))
-    print(f"cancelled job {job_id}")
+    if run is None:
+        print(f"cancelled job {job_id}")
+        return
+    started = [s for s in run.starts() if s.job_id == job_id]
+    key = started[-1].key if started else StartKey(job_id, 0)
+    if started and started[-1].began is not None and started[-1].end is None:
+        # Its batch script's finish records how it ended (Slurm's SIGTERM lets it save first).
+        deadline = time.time() + 60
+        while time.time() < deadline and not query.job(job_id).ended:
+            time.sleep(POLL)
+        if run.reread().start(key).end is not None:
+            print(f"cancelled job {job_id} ({how}); its last checkpoint is iteration {_latest(run)}")
+            return
+    run.record(Kind.CANCELLED, key, reason=f"cancelled {how} (hpc-mm cancel)", cause="user", iteration=_latest(run))
+    print(f"cancelled job {job_id} ({how}); its last checkpoint is iteration {_latest(run)}")

@@ -1,88 +1,133 @@
-"""Every question and order to Slurm's controller: scontrol, sacct, squeue, scancel, and
-the one table of job states.
+"""Every command hpc-mm gives Slurm (sbatch, scontrol, squeue, sacct, scancel), and what Slurm
+answers, as types: a `SlurmJob` with its `JobState`, whichever command answered.
 
-Each call has a timeout and returns None (or False) when Slurm cannot be asked, so a caller
-decides what an unreachable controller means for it.
+Every command runs through `_run`, the one place a process is started; tests replace it with
+outputs recorded on the real test cluster (tests/slurm/). Each call has a timeout; a command that
+cannot run or does not answer is None, and each caller decides what an unreachable controller means
+for it. Submission goes through submitit's SlurmExecutor (`submit`): it writes the script into its
+folder, runs sbatch and reads the job id; hpc-mm follows the job itself, with `jobs`.
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
+import os
 import shutil
 import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-# Slurm's job states, by what they mean for a run.
-FINAL_OK = frozenset({"COMPLETED"})
-ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                   "DEADLINE"})
-# A job preempted with PreemptMode=REQUEUE shows PREEMPTED for a moment and then runs
-# again, so PREEMPTED counts as unfinished (as submitit counts it).
-UNFINISHED = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "SUSPENDED",
-                        "CONFIGURING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT", "UNKNOWN", "READY"})
-_FIELD = re.compile(r"(?:^|(?<=\s))([A-Za-z][\w:/.]*)=")
+from hpc_mm.slurm.jobs import (
+    ENDED,
+    SACCT_FIELDS,
+    SQUEUE_FIELDS,
+    JobState,
+    SlurmJob,
+    from_sacct,
+    from_scontrol,
+    from_squeue,
+    parse_fields,
+)
+
+__all__ = ["ENDED", "JobState", "SlurmJob"]  # what Slurm answers, as types (slurm/jobs.py)
 
 
-def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
+@dataclass(frozen=True)
+class Answer:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def error(self) -> str:
+        return self.stderr.strip() or self.stdout.strip() or f"exit code {self.returncode}"
+
+
+def _run(cmd: list[str], timeout: float = 30) -> Answer | None:
+    """Run one Slurm command: its answer, or None when it could not run or did not answer in time."""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return None
+    return Answer(result.returncode, result.stdout, result.stderr)
 
 
 def _stdout(cmd: list[str]) -> str | None:
-    result = _run(cmd)
-    return result.stdout if result is not None and result.returncode == 0 else None
+    answer = _run(cmd)
+    return answer.stdout if answer is not None and answer.ok else None
+
+
+def _order(cmd: list[str], what: str) -> tuple[bool, str]:
+    answer = _run(cmd)
+    if answer is None:
+        return False, f"{what} did not answer"
+    return answer.ok, "" if answer.ok else answer.error
+
+
+def can_submit() -> bool:
+    """Is sbatch on PATH?"""
+    return shutil.which("sbatch") is not None
 
 
 def available() -> bool:
     """Is there a Slurm here (sbatch on PATH) whose controller answers?"""
-    if shutil.which("sbatch") is None:
+    if not can_submit():
         return False
-    result = _run(["scontrol", "ping"], timeout=20)
-    return result is not None and result.returncode == 0
+    answer = _run(["scontrol", "ping"], timeout=20)
+    return answer is not None and answer.ok
 
 
-def parse_fields(line: str) -> dict:
-    """``Key=Value Key2=Value with spaces`` (scontrol's one-line form) -> dict."""
-    starts = list(_FIELD.finditer(line.strip()))
-    text = line.strip()
-    out = {}
-    for i, match in enumerate(starts):
-        end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
-        out[match.group(1)] = text[match.end():end].rstrip()
-    return out
-
-
-def show_job(job_id: str) -> dict:
-    """`scontrol show job -o`: every field of a job Slurm still remembers; {} otherwise."""
+def show_job(job_id: str) -> SlurmJob:
+    """`scontrol show job -o`: every field of a job Slurm still remembers."""
     out = _stdout(["scontrol", "show", "job", "-o", str(job_id)])
-    return parse_fields(out.splitlines()[0]) if out and out.strip() else {}
+    return from_scontrol(str(job_id), out.splitlines()[0] if out and out.strip() else "")
 
 
-def job_state(job_id: str) -> dict:
-    """{'state', 'exit_code', 'nodes', 'nodelist', 'source'} from sacct, else scontrol, else squeue."""
+_SACCT = ["-X", "-n", "-P", "-o", SACCT_FIELDS]
+_SQUEUE = ["-h", "-r", "-o", SQUEUE_FIELDS]
+
+
+def _sacct_rows(job_ids: list[str]) -> dict[str, SlurmJob]:
+    return from_sacct(_stdout(["sacct", "-a", "-j", ",".join(job_ids), *_SACCT]) or "", job_ids)
+
+
+def _squeue_rows(job_ids: set[str]) -> dict[str, SlurmJob]:
+    return from_squeue(_stdout(["squeue", *_SQUEUE]) or "", job_ids)
+
+
+def job(job_id: str) -> SlurmJob:
+    """One job: sacct, else scontrol, else squeue; `source` None when none of them knows it."""
     job_id = str(job_id)
-    out = _stdout(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State,ExitCode,NNodes,NodeList"])
-    rows = [line.split("|") for line in (out or "").splitlines() if line.split("|")[0] == job_id]
-    if rows:
-        _, state, exit_code, nodes, nodelist = rows[-1]
-        return {"state": state.split()[0], "exit_code": exit_code, "nodes": int(nodes or 0),
-                "nodelist": nodelist, "source": "sacct"}
-    fields = show_job(job_id)
-    if fields:
-        return {"state": fields.get("JobState", "UNKNOWN"), "exit_code": fields.get("ExitCode"),
-                "nodes": int(fields.get("NumNodes", "0").split("-")[0] or 0), "nodelist": fields.get("NodeList"),
-                "source": "scontrol"}
-    out = _stdout(["squeue", "-h", "-j", job_id, "-o", "%T|%D|%N"])
-    if out and out.strip():
-        state, nodes, nodelist = out.strip().split("|")
-        return {"state": state, "exit_code": None, "nodes": int(nodes), "nodelist": nodelist, "source": "squeue"}
-    return {"state": "UNKNOWN", "exit_code": None, "nodes": None, "nodelist": None, "source": None}
+    found = _sacct_rows([job_id]).get(job_id)
+    if found is not None:
+        return found
+    shown = show_job(job_id)
+    if shown.known:
+        return shown
+    return _squeue_rows({job_id}).get(job_id) or SlurmJob(job_id)
 
 
-def batch_log(job_id: str) -> str | None:
-    """The batch log's path, while Slurm remembers the job (the run directory holds it)."""
-    return show_job(job_id).get("StdOut") or None
+def jobs(job_ids: list[str]) -> dict[str, SlurmJob]:
+    """Many jobs at once (the status table): squeue for the queued and running ones (with the
+    pending reason, time used and left), scontrol for how often a waiting one was requeued, sacct
+    for the ended ones."""
+    wanted = {str(j) for j in job_ids if j}
+    if not wanted:
+        return {}
+    out = _squeue_rows(wanted)
+    for job_id, found in list(out.items()):
+        if found.state.queued:
+            out[job_id] = replace(found, restarts=show_job(job_id).restarts)
+    ended = sorted(wanted - set(out))
+    if ended:
+        out.update(_sacct_rows(ended))
+    return out
 
 
 def queued_jobs_writing_to(folder: str) -> list[str]:
@@ -108,103 +153,102 @@ def node_states(nodes: list[str]) -> dict[str, str]:
     return states
 
 
-def hostnames(nodelist: str) -> list[str]:
-    out = _stdout(["scontrol", "show", "hostnames", nodelist]) if nodelist else None
-    return out.split() if out else []
-
-
 def partition_nodes(partition: str) -> int | None:
     """How many nodes a partition has (None if Slurm cannot say)."""
     fields = parse_fields((_stdout(["scontrol", "show", "partition", "-o", partition]) or "").strip())
-    value = fields.get("TotalNodes", "")
-    return int(value) if value.isdigit() else None
+    total = fields.get("TotalNodes", "")
+    return int(total) if total.isdigit() else None
 
 
 def exclude_nodes(job_id: str, nodes: list[str]) -> tuple[bool, str]:
     """Keep a pending job off these nodes."""
-    result = _run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(nodes)}"])
-    if result is None:
-        return False, "scontrol did not answer"
-    return result.returncode == 0, result.stderr.strip()
+    return _order(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(nodes)}"], "scontrol")
+
+
+def requeue(job_id: str) -> tuple[bool, str]:
+    return _order(["scontrol", "requeue", str(job_id)], "scontrol")
+
+
+def release_hold(job_id: str) -> tuple[bool, str]:
+    """Let a requeued job start as soon as it has nodes: Slurm holds a requeued job back for about
+    two minutes (Reason=BeginTime); its owner may set its start time to now."""
+    return _order(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], "scontrol")
+
+
+def signal_batch(job_id: str, name: str) -> tuple[bool, str]:
+    """Send signal `name` (USR1, ...) to the job's batch shell only, as Slurm's --signal=B: does."""
+    return _order(["scancel", "--batch", f"--signal={name}", str(job_id)], "scancel")
+
+
+def cancel(job_id: str) -> tuple[bool, str]:
+    return _order(["scancel", str(job_id)], "scancel")
+
+
+def test_only(script: str) -> tuple[bool, str]:
+    """`sbatch --test-only`: Slurm checks partition, account, gres and size without queueing."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sbatch", delete=False) as f:
+        f.write(script)
+    try:
+        answer = _run(["sbatch", "--test-only", f.name], timeout=60)
+    finally:
+        Path(f.name).unlink()
+    if answer is None:
+        return False, "sbatch did not answer"
+    return answer.ok, (answer.stderr or answer.stdout).strip()
 
 
 def submit_continuation(script: str, name: str, restart: int, exclude: list[str]) -> tuple[str | None, str]:
     """A new job for the next start of a run (requeue.mode: chain): it waits for the current one
     to end (--dependency=singleton: same name and user), and counts its start itself."""
-    cmd = ["sbatch", "--parsable", "--dependency=singleton", f"--job-name={name}",
-           f"--export=ALL,HPC_MM_RESTART={restart}"]
+    cmd = [
+        "sbatch",
+        "--parsable",
+        "--dependency=singleton",
+        f"--job-name={name}",
+        f"--export=ALL,HPC_MM_RESTART={restart}",
+    ]
     if exclude:
         cmd.append(f"--exclude={','.join(exclude)}")
-    result = _run([*cmd, script], timeout=60)
-    if result is None:
+    answer = _run([*cmd, script], timeout=60)
+    if answer is None:
         return None, "sbatch did not answer"
-    if result.returncode != 0:
-        return None, result.stderr.strip()
-    return result.stdout.strip().split(";")[0], ""
+    if not answer.ok:
+        return None, answer.error
+    return answer.stdout.strip().split(";")[0], ""
 
 
-def requeue(job_id: str) -> tuple[bool, str]:
-    result = _run(["scontrol", "requeue", str(job_id)])
-    if result is None:
-        return False, "scontrol did not answer"
-    return result.returncode == 0, result.stderr.strip()
+class Refused(Exception):
+    """sbatch refused a submission; the message is its last line."""
 
 
-def signal_batch(job_id: str, name: str) -> tuple[bool, str]:
-    """Send signal `name` (USR1, ...) to the job's batch shell only, as Slurm's --signal=B: does."""
-    result = _run(["scancel", "--batch", f"--signal={name}", str(job_id)])
-    if result is None:
-        return False, "scancel did not answer"
-    return result.returncode == 0, result.stderr.strip()
+def submit(folder: Path, script: str) -> str:
+    """Submit `script` through submitit (its files under `folder`); the job id. Raises `Refused`."""
+    import submitit
+    from submitit.core.utils import FailedJobError
+
+    class ScriptExecutor(submitit.SlurmExecutor):
+        """submitit's executor, submitting hpc-mm's script instead of its pickle runner."""
+
+        def _make_submission_file_text(self, command: str, uid: str) -> str:
+            return script
+
+    folder.mkdir(exist_ok=True)
+    with tempfile.TemporaryFile("w+") as stderr:
+        try:
+            with _stderr_to(stderr):  # sbatch's own complaints: the caller turns them into one line
+                return ScriptExecutor(folder=folder)._submit_command("hpc-mm launch").job_id
+        except FailedJobError as exc:  # submitit's wrapper around sbatch's refusal
+            raise Refused(str(exc)) from None
 
 
-def cancel(job_id: str) -> tuple[bool, str]:
-    result = _run(["scancel", str(job_id)])
-    if result is None:
-        return False, "scancel did not answer"
-    return result.returncode == 0, result.stderr.strip()
-
-
-def _clock_seconds(value: str) -> float | None:
-    """squeue's times: [D-]HH:MM:SS or MM:SS; None for UNLIMITED, INVALID, NOT_SET."""
-    days, _, clock = value.rpartition("-")
-    parts = clock.split(":")
-    if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3 or (days and not days.isdigit()):
-        return None
-    seconds = 0
-    for part in parts:
-        seconds = seconds * 60 + int(part)
-    return seconds + int(days or 0) * 86400
-
-
-def jobs(job_ids: list[str]) -> dict[str, dict]:
-    """Many jobs at once (the status table): squeue for the queued and running ones (with the
-    pending reason, time used and left, restarts), sacct for the ended ones."""
-    wanted = {str(j) for j in job_ids if j}
-    out: dict[str, dict] = {}
-    if not wanted:
-        return out
-    for line in (_stdout(["squeue", "-h", "-r", "-o", "%i|%T|%r|%M|%L|%D|%N"]) or "").splitlines():
-        job_id, state, reason, used, left, nodes, nodelist = (line.split("|") + [""] * 7)[:7]
-        if job_id in wanted:
-            out[job_id] = {"state": state, "reason": None if reason in ("None", "") else reason,
-                           "elapsed_seconds": _clock_seconds(used), "left_seconds": _clock_seconds(left),
-                           "nodes": int(nodes) if nodes.isdigit() else None, "nodelist": nodelist or None,
-                           "exit_code": None, "source": "squeue"}
-    for job_id, info in out.items():
-        if info["state"] in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
-            restarts = show_job(job_id).get("Restarts", "")
-            info["restarts"] = int(restarts) if restarts.isdigit() else None
-    ended = sorted(wanted - set(out))
-    if ended:
-        rows = _stdout(["sacct", "-X", "-n", "-P", "-j", ",".join(ended), "-o",
-                        "JobID,State,ExitCode,NNodes,NodeList,ElapsedRaw"]) or ""
-        for line in rows.splitlines():
-            job_id, state, exit_code, nodes, nodelist, elapsed = (line.split("|") + [""] * 6)[:6]
-            if job_id in wanted:
-                out[job_id] = {"state": state.split()[0] if state else "UNKNOWN", "reason": None,
-                               "exit_code": exit_code or None, "nodes": int(nodes) if nodes.isdigit() else None,
-                               "nodelist": nodelist or None,
-                               "elapsed_seconds": float(elapsed) if elapsed.isdigit() else None,
-                               "left_seconds": None, "source": "sacct"}
-    return out
+@contextlib.contextmanager
+def _stderr_to(file):
+    """Point file descriptor 2 (inherited by sbatch) at `file` for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(file.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

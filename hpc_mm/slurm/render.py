@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from hpc_mm import __version__
 from hpc_mm.errors import UserError
-from hpc_mm.job.rules.fields import sbatch_value_problem
+from hpc_mm.job.rules.slurm import sbatch_value_problem
 from hpc_mm.job.signals import STOP_SIGNALS
 from hpc_mm.job.spec import JobSpec, devices_requested
 from hpc_mm.run.layout import BATCH_LOG, LOGS, task_log_parts
@@ -52,9 +52,14 @@ def template_dirs(user_dir: Path | None) -> list[str]:
 def environment(user_dir: Path | None = None) -> jinja2.Environment:
     import jinja2  # here, not above: `validate` checks a script without rendering it
 
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(template_dirs(user_dir)),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                              trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(template_dirs(user_dir)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
 
 
 def tasks_per_node(spec: JobSpec) -> int:
@@ -64,8 +69,11 @@ def tasks_per_node(spec: JobSpec) -> int:
     if n == "auto":
         n = devices_requested(spec)
         if n is None:
-            raise UserError.one("distributed.nproc_per_node", "auto needs slurm.gres (e.g. npu:8) with launcher srun",
-                                "set a number, or use launcher torchrun")
+            raise UserError.one(
+                "distributed.nproc_per_node",
+                "auto needs slurm.gres (e.g. npu:8) with launcher srun",
+                "set a number, or use launcher torchrun",
+            )
     return n
 
 
@@ -95,10 +103,12 @@ def sbatch_options(spec: JobSpec, run_dir: Path, array: int | None = None) -> li
         opts.append("--exclusive")
     # Slurm sends the signal to the batch shell (B:) grace_seconds before the time limit,
     # and at preemption (preempt_send_user_signal); the script forwards it to every rank.
-    opts += [f"--signal=B:{spec.requeue.signal}@{spec.requeue.grace_seconds}",
-             "--requeue" if spec.requeue.enabled and spec.requeue.mode == "requeue" else "--no-requeue",
-             "--open-mode=append",
-             f"--output={logs}/{BATCH_LOG}"]
+    opts += [
+        f"--signal=B:{spec.requeue.signal}@{spec.requeue.grace_seconds}",
+        "--requeue" if spec.requeue.enabled and spec.requeue.mode == "requeue" else "--no-requeue",
+        "--open-mode=append",
+        f"--output={logs}/{BATCH_LOG}",
+    ]
     for key, value in s.extra_sbatch.items():
         if value is True:
             opts.append(f"--{key}")
@@ -116,20 +126,28 @@ def context(spec: JobSpec, run_dir: Path, python: str | None = None, array: int 
         srun.append(f"--cpus-per-task={spec.slurm.cpus_per_task}")  # 22.05+: srun no longer inherits it
     srun += spec.slurm.srun_args
     # The preflight: one task per node, each checks itself; a failure there is recorded, not killed.
-    check = ["--ntasks-per-node=1", "--kill-on-bad-exit=0", "--wait=30", "--unbuffered"]
+    # srun line-buffers its output (no --unbuffered), so the nodes' lines never run together.
+    check = ["--ntasks-per-node=1", "--kill-on-bad-exit=0", "--wait=30"]
     if spec.slurm.cpus_per_task:
         check.append(f"--cpus-per-task={spec.slurm.cpus_per_task}")
     check += spec.slurm.srun_args
     env = [(k, shlex.quote(v)) for k, v in spec.env.items()]
-    head, tail = task_log_parts(spec.name)
+    head, tail = task_log_parts(spec.name, array=bool(array))
     logs = '"$RUN_DIR"/' + shlex.quote(f"{LOGS}/{head}") + '"$RESTART"' + shlex.quote(tail)
     where = shlex.quote(str(run_dir)) + ('/task-"$SLURM_ARRAY_TASK_ID"' if array else "")
     return ScriptContext(
-        name=spec.name, version=__version__, sbatch=sbatch_options(spec, run_dir, array), run_dir=where,
-        setup=list(spec.setup), env=env,
+        name=spec.name,
+        version=__version__,
+        sbatch=sbatch_options(spec, run_dir, array),
+        run_dir=where,
+        setup=list(spec.setup),
+        env=env,
         hpc_mm=" ".join(shlex.quote(a) for a in [python or spec.slurm.python or sys.executable, "-m", "hpc_mm"]),
-        srun=" ".join(shlex.quote(a) for a in srun), log_pattern=logs, traps=STOP_SIGNALS,
-        preflight=" ".join(shlex.quote(a) for a in check) if spec.fault.preflight else "")
+        srun=" ".join(shlex.quote(a) for a in srun),
+        log_pattern=logs,
+        traps=STOP_SIGNALS,
+        preflight=" ".join(shlex.quote(a) for a in check) if spec.fault.preflight else "",
+    )
 
 
 def check_script(spec: JobSpec, run_dir: Path, template_dir: Path | None = None) -> None:
@@ -141,13 +159,15 @@ def check_script(spec: JobSpec, run_dir: Path, template_dir: Path | None = None)
         context(spec, run_dir)
 
 
-def render_script(spec: JobSpec, run_dir: Path, template_dir: Path | None = None, python: str | None = None,
-                  array: int | None = None) -> str:
+def render_script(
+    spec: JobSpec, run_dir: Path, template_dir: Path | None = None, python: str | None = None, array: int | None = None
+) -> str:
     import jinja2
 
     if template_dir is not None and not (Path(template_dir) / TEMPLATE).is_file():
-        raise UserError.one("--template-dir", f"no {TEMPLATE} in {template_dir}",
-                            "copy templates/sbatch.sh.j2 there and edit it")
+        raise UserError.one(
+            "--template-dir", f"no {TEMPLATE} in {template_dir}", "copy templates/sbatch.sh.j2 there and edit it"
+        )
     try:
         template = environment(template_dir).get_template(TEMPLATE)
     except jinja2.TemplateNotFound:  # an installation without its templates: a packaging bug
@@ -155,5 +175,8 @@ def render_script(spec: JobSpec, run_dir: Path, template_dir: Path | None = None
     try:
         return template.render(ctx=context(spec, run_dir, python, array))
     except jinja2.UndefinedError as exc:
-        raise UserError.one("--template-dir", f"the template uses an unknown value: {exc.message}",
-                            "templates get `ctx` with: " + ", ".join(ScriptContext.__dataclass_fields__)) from None
+        raise UserError.one(
+            "--template-dir",
+            f"the template uses an unknown value: {exc.message}",
+            "templates get `ctx` with: " + ", ".join(ScriptContext.__dataclass_fields__),
+        ) from None

@@ -12,11 +12,15 @@ record, in this order:
     whatever the signal) is requeued whenever training is unfinished and is not counted; SIGTERM
     otherwise is scancel: cancelled; the job's own signal at the time limit, or sent by hand, is
     requeued with restarts left (requeue.max_restarts) and if the checkpoint moved this start;
+  - the entry refused the job with an `error:` line (a schedule the checkpoint refuses, a model
+    file it cannot build from): failed, never retried: it would fail the same way;
   - a crash (non-zero exit, no stop signal) is requeued requeue.on_failure times, but the same
     failure at the same iteration twice in a row ends the job;
   - an exit 0 with training unfinished and no stop signal is a failure, never a completion.
 Whatever is requeued, requeue.max_restarts_without_progress starts in a row that moved no
 checkpoint end the job (preemptions aside). A job that gives up ends with exit code 3.
+The limits count the starts of this submission (`submission`): a run resubmitted with --run-dir
+starts counting again; a chain of jobs (requeue.mode: chain) is one submission.
 Slurm may requeue a preempted job itself before `finish` runs; the next start then records that
 requeue (`note_requeue_by_slurm`).
 """
@@ -25,17 +29,19 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from hpc_mm.job.spec import JobSpec
-from hpc_mm.run import checkpoints, events
-from hpc_mm.run.layout import checkpoint_dir
+from hpc_mm.run import checkpoints
+from hpc_mm.run.events import Kind, StartKey
+from hpc_mm.run.rundir import RunDir, Start
+from hpc_mm.slurm.query import SlurmJob
 
 PREEMPTION, TIME_LIMIT, SIGNAL, BY_SLURM = "preemption", "time-limit", "signal", "slurm"
-HANG, NODE_FAILURE, PREFLIGHT, CRASH = "hang", "node-failure", "preflight", "crash"
+HANG, NODE_FAILURE, PREFLIGHT, CRASH, ERROR = "hang", "node-failure", "preflight", "crash", "error"
 # Requeues that are not the job's doing: they never use up requeue.max_restarts.
 NOT_COUNTED = (PREEMPTION, BY_SLURM, NODE_FAILURE, PREFLIGHT)
 GAVE_UP_EXIT = 3
+clock = dt.datetime.now  # Slurm's times are local times
 
 
 @dataclass(frozen=True)
@@ -43,12 +49,13 @@ class Facts:
     returncode: int
     signal: str | None = None  # USR1, TERM, ... (to the batch shell, or seen by the launchers)
     cause: str = SIGNAL  # for a signal: preemption, time-limit or signal (classify)
-    restart: int = 0
+    start: StartKey = StartKey(None, 0)  # this start
     nodes: tuple[str, ...] = ()  # the nodes of this start
     iteration: int | None = None  # the last iteration this start logged
     preflight_failed: dict[str, list[str]] | None = None  # node -> problems (None: it passed or did not run)
     failed_nodes: tuple[str, ...] = ()  # nodes Slurm marks down or not responding
     hang: dict | None = None  # the watchdog's hang event of this start
+    error: str | None = None  # the entry's own `error:` line (a job it refuses: never retried)
 
 
 @dataclass(frozen=True)
@@ -64,117 +71,196 @@ class Decision:
         return self.action == "requeue"
 
 
-def classify(job_fields: dict, grace_seconds: int, now: dt.datetime | None = None) -> str:
-    """Why a signalled job stopped, from the job's fields as Slurm shows them."""
-    if job_fields.get("PreemptTime") not in (None, "", "None", "Unknown"):
+def classify(job: SlurmJob, grace_seconds: int, now: dt.datetime | None = None) -> str:
+    """Why a signalled job stopped, from the job as Slurm shows it: Slurm set its PreemptTime, or
+    its end is near (the time-limit signal comes up to a minute earlier than asked), or neither."""
+    if job.preempt_time:
         return PREEMPTION
-    end = job_fields.get("EndTime")
     try:
-        left = (dt.datetime.fromisoformat(end) - (now or dt.datetime.now())).total_seconds()
-    except (TypeError, ValueError):
+        left = (dt.datetime.fromisoformat(job.end_time or "") - (now or clock())).total_seconds()
+    except ValueError:
         return SIGNAL
     return TIME_LIMIT if left <= grace_seconds + 60 else SIGNAL
 
 
-def decide(spec: JobSpec, run_dir: Path, facts: Facts) -> Decision:
-    latest = checkpoints.latest_whole(checkpoint_dir(spec, run_dir)) or 0
+def submission(run: RunDir, key: StartKey) -> list[Start]:
+    """The starts of this submission up to this one, oldest first: since the last job the user
+    submitted (a resubmission with --run-dir gets fresh limits; a chain of jobs is one submission)."""
+    starts = run.starts()
+    here = next((i for i, s in enumerate(starts) if s.key == key), None)
+    before = starts[: here + 1] if here is not None else [*starts, run.start(key)]
+    begin = max((i for i, s in enumerate(before) if s.submitted), default=0)
+    return before[begin:]
+
+
+def decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
+    latest = run.latest_checkpoint(spec) or 0
     if latest >= spec.gpt.train_iters:
         return Decision("complete", f"training finished (checkpoint at iteration {latest})")
-    record = events.read(run_dir)
+    starts = submission(run, facts.start)
     if facts.preflight_failed is not None:
         failed = sorted(facts.preflight_failed)
         if set(facts.preflight_failed) >= set(facts.nodes):  # no node to leave out would help
-            return Decision("fail", "the preflight failed on every node: " + "; ".join(
-                sorted({p for ps in facts.preflight_failed.values() for p in ps})), PREFLIGHT)
-        return _requeue(spec, record, facts, PREFLIGHT, f"the preflight failed on {', '.join(failed)}", latest,
-                        exclude=failed)
+            return Decision(
+                "fail",
+                "the preflight failed on every node: "
+                + "; ".join(sorted({p for ps in facts.preflight_failed.values() for p in ps})),
+                PREFLIGHT,
+            )
+        return _requeue(
+            spec, starts, facts, PREFLIGHT, f"the preflight failed on {', '.join(failed)}", latest, exclude=failed
+        )
     if facts.hang:
-        blamed = ", ".join(f"rank {b['rank']} on {b['host']}" for b in facts.hang.get("blamed", [])) or "no rank in particular"
-        return _requeue(spec, record, facts, HANG, f"hung in {facts.hang.get('phase')} for "
-                        f"{facts.hang.get('stalled_seconds')} s (stopped first: {blamed})", latest,
-                        exclude=facts.hang.get("nodes", []))
+        blamed = (
+            ", ".join(f"rank {b['rank']} on {b['host']}" for b in facts.hang.get("blamed", []))
+            or "no rank in particular"
+        )
+        return _requeue(
+            spec,
+            starts,
+            facts,
+            HANG,
+            f"hung in {facts.hang.get('phase')} for {facts.hang.get('stalled_seconds')} s (stopped first: {blamed})",
+            latest,
+            exclude=facts.hang.get("nodes", []),
+        )
     if facts.failed_nodes:
-        return _requeue(spec, record, facts, NODE_FAILURE, f"node {', '.join(facts.failed_nodes)} failed", latest,
-                        exclude=list(facts.failed_nodes))
+        return _requeue(
+            spec,
+            starts,
+            facts,
+            NODE_FAILURE,
+            f"node {', '.join(facts.failed_nodes)} failed",
+            latest,
+            exclude=list(facts.failed_nodes),
+        )
     if facts.signal:
-        return _signalled(spec, record, facts, latest)
+        return _signalled(spec, starts, facts, latest)
+    if facts.error:
+        return Decision("fail", facts.error, ERROR)
     if facts.returncode != 0:
-        return _crashed(spec, record, facts, latest)
-    return Decision("fail", f"the step ended (exit 0) at checkpoint {latest} of {spec.gpt.train_iters} without a "
-                            "stop signal; training is unfinished", CRASH)
+        return _crashed(spec, starts, facts, latest)
+    return Decision(
+        "fail",
+        f"the step ended (exit 0) at checkpoint {latest} of {spec.gpt.train_iters} without a "
+        "stop signal; training is unfinished",
+        CRASH,
+    )
 
 
-def _signalled(spec: JobSpec, record: list[dict], facts: Facts, latest: int) -> Decision:
+def _signalled(spec: JobSpec, starts: list[Start], facts: Facts, latest: int) -> Decision:
     r, cause = spec.requeue, facts.cause
     if cause != PREEMPTION and facts.signal == "TERM":
         return Decision("cancel", f"cancelled (SIGTERM: scancel or the hard time limit) at checkpoint {latest}", cause)
     if cause != PREEMPTION and facts.signal != r.signal:
         return Decision("fail", f"stopped by SIG{facts.signal}, not by requeue.signal {r.signal}", cause)
-    return _requeue(spec, record, facts, cause, f"stopped by {cause} (SIG{facts.signal}) at checkpoint {latest}"
-                    if cause != PREEMPTION else f"preempted; resuming from checkpoint {latest}", latest)
+    return _requeue(
+        spec,
+        starts,
+        facts,
+        cause,
+        f"stopped by {cause} (SIG{facts.signal}) at checkpoint {latest}"
+        if cause != PREEMPTION
+        else f"preempted; resuming from checkpoint {latest}",
+        latest,
+    )
 
 
-def _crashed(spec: JobSpec, record: list[dict], facts: Facts, latest: int) -> Decision:
-    crashes = [e for e in record if e["event"] in ("requeued", "failed", "gave_up") and e.get("cause") == CRASH]
+def _ended(starts: list[Start], kind: Kind, *causes: str) -> list[Start]:
+    """The starts before this one that ended with `kind` (and one of `causes`, if given)."""
+    return [s for s in starts[:-1] if s.end and s.end.kind is kind and (not causes or s.end.cause in causes)]
+
+
+def _crashed(spec: JobSpec, starts: list[Start], facts: Facts, latest: int) -> Decision:
     this = f"a crash after iteration {facts.iteration}"  # its signature (exit codes vary with which task srun saw)
-    if crashes and crashes[-1].get("failure") == this and crashes[-1].get("restart") == facts.restart - 1:
+    previous = starts[-2].end if len(starts) > 1 else None
+    if previous and previous.cause == CRASH and previous.get("failure") == this:
         return Decision("give-up", f"the same failure twice in a row ({this}); it would repeat", CRASH, failure=this)
-    used = sum(1 for e in crashes if e["event"] == "requeued")
+    used = len(_ended(starts, Kind.REQUEUED, CRASH))
     if used >= spec.requeue.on_failure:
-        return Decision("fail", f"{this}; not requeued (requeue.on_failure = {spec.requeue.on_failure})", CRASH,
-                        failure=this)
-    decision = _requeue(spec, record, facts, CRASH, f"{this}; retry {used + 1} of requeue.on_failure = "
-                        f"{spec.requeue.on_failure}", latest, counted=False)
+        return Decision(
+            "fail", f"{this}; not requeued (requeue.on_failure = {spec.requeue.on_failure})", CRASH, failure=this
+        )
+    decision = _requeue(
+        spec,
+        starts,
+        facts,
+        CRASH,
+        f"{this}; retry {used + 1} of requeue.on_failure = {spec.requeue.on_failure}",
+        latest,
+        counted=False,
+    )
     return Decision(decision.action, decision.reason, decision.cause, decision.exclude, this)
 
 
-def _requeue(spec: JobSpec, record: list[dict], facts: Facts, cause: str, reason: str, latest: int,
-             exclude: list[str] = (), counted: bool = True) -> Decision:
+def _requeue(
+    spec: JobSpec,
+    starts: list[Start],
+    facts: Facts,
+    cause: str,
+    reason: str,
+    latest: int,
+    exclude: list[str] = (),
+    counted: bool = True,
+) -> Decision:
     r = spec.requeue
     if not r.enabled:
         return Decision("fail", f"{reason}; requeue.enabled is false", cause)
     if cause != PREEMPTION:
-        stalled = _starts_without_progress(record, facts.restart, latest)
+        stalled = _starts_without_progress(starts, latest)
         if stalled >= r.max_restarts_without_progress:
-            return Decision("give-up", f"{reason}; {stalled} starts in a row moved no checkpoint (still at "
-                            f"{latest}; requeue.max_restarts_without_progress = {r.max_restarts_without_progress})", cause)
+            return Decision(
+                "give-up",
+                f"{reason}; {stalled} starts in a row moved no checkpoint (still at "
+                f"{latest}; requeue.max_restarts_without_progress = {r.max_restarts_without_progress})",
+                cause,
+            )
     if counted and cause not in NOT_COUNTED and cause != CRASH:
-        used = sum(1 for e in record if e["event"] == "requeued" and e.get("cause") not in NOT_COUNTED + (CRASH,))
+        used = len([s for s in _ended(starts, Kind.REQUEUED) if s.end.cause not in NOT_COUNTED + (CRASH,)])
         if used >= r.max_restarts:
-            return Decision("fail", f"{reason}; restart limit reached ({used} of requeue.max_restarts = "
-                            f"{r.max_restarts})", cause)
-        if cause in (TIME_LIMIT, SIGNAL) and latest <= _checkpoint_at_start(record, facts.restart):
-            return Decision("fail", f"no progress this restart (checkpoint still at iteration {latest}); "
-                            "raise requeue.grace_seconds if the save did not fit in it", cause)
+            return Decision(
+                "fail", f"{reason}; restart limit reached ({used} of requeue.max_restarts = {r.max_restarts})", cause
+            )
+        if cause in (TIME_LIMIT, SIGNAL) and latest <= _checkpoint_at_start(starts[-1]):
+            return Decision(
+                "fail",
+                f"no progress this restart (checkpoint still at iteration {latest}); "
+                "raise requeue.grace_seconds if the save did not fit in it",
+                cause,
+            )
     return Decision("requeue", reason, cause, tuple(exclude))
 
 
-def _checkpoint_at_start(record: list[dict], restart: int) -> int:
-    return next((e.get("checkpoint") or 0 for e in record if e["event"] == "started" and e.get("restart") == restart), 0)
+def _checkpoint_at_start(start: Start) -> int:
+    return (start.started.get("checkpoint") if start.started else 0) or 0
 
 
-def _starts_without_progress(record: list[dict], restart: int, latest: int) -> int:
+def _starts_without_progress(starts: list[Start], latest: int) -> int:
     """How many starts in a row, this one included, ended with the checkpoint where they began."""
-    starts = {e.get("restart"): e.get("checkpoint") or 0 for e in record if e["event"] == "started"}
     count, moved_to = 0, latest
-    for number in range(restart, -1, -1):
-        if number not in starts:
+    for start in reversed(starts):
+        if start.started is None:
             break
-        if moved_to > starts[number]:
+        at = _checkpoint_at_start(start)
+        if moved_to > at:
             break
         count += 1
-        moved_to = starts[number]
+        moved_to = at
     return count
 
 
-def note_requeue_by_slurm(spec: JobSpec, run_dir: Path, restart: int) -> None:
+def note_requeue_by_slurm(spec: JobSpec, run: RunDir, key: StartKey) -> None:
     """On a restart, record the requeue if Slurm did it without us (so the record has every restart)."""
-    if restart < 1:
+    if key.restart < 1:
         return
-    previous = [e for e in events.read(run_dir) if e.get("restart") == restart - 1]
-    if any(e["event"] in events.TERMINAL for e in previous):
+    previous = run.start(StartKey(key.job_id, key.restart - 1))
+    if not previous.events or previous.end is not None:
         return
-    events.record(run_dir, "requeued", restart=restart - 1, cause=BY_SLURM,
-                  reason="requeued by Slurm (preemption with PreemptMode=REQUEUE, a failed batch host, or an "
-                         "administrator); the previous start ended without a word from hpc-mm",
-                  iteration=checkpoints.latest_iteration(checkpoint_dir(spec, run_dir)))
+    run.record(
+        Kind.REQUEUED,
+        previous.key,
+        cause=BY_SLURM,
+        reason="requeued by Slurm (preemption with PreemptMode=REQUEUE, a failed batch host, or an "
+        "administrator); the previous start ended without a word from hpc-mm",
+        iteration=checkpoints.latest_iteration(run.checkpoint_dir(spec)),
+    )

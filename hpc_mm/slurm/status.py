@@ -1,5 +1,9 @@
-"""Follow runs: the table of runs under runs/, or one run with its timeline; state from Slurm
-(through `query`, in one call for every run), progress from each run directory."""
+"""Follow runs: the table of runs under runs/, or one run with the timeline of its starts; state
+from Slurm (through `query`, one call for every run), progress from each run directory.
+
+A run directory may hold several jobs (a resubmission with --run-dir, a chain); its state is the
+newest job's, and its restarts count every start after the first, across all of them.
+"""
 
 from __future__ import annotations
 
@@ -9,206 +13,217 @@ from pathlib import Path
 
 from hpc_mm.errors import UserError
 from hpc_mm.job import slurmtime
-from hpc_mm.job.jobfile import load_job
-from hpc_mm.run import checkpoints, events, layout, metrics, timeline
-from hpc_mm.run.format import DASH, duration, number, text
+from hpc_mm.run import layout, timeline
+from hpc_mm.run.events import Kind
+from hpc_mm.run.format import DASH, duration, text
+from hpc_mm.run.rundir import RunDir, Start
 from hpc_mm.slurm import query
+from hpc_mm.slurm.query import SlurmJob
+from hpc_mm.slurm.runs import Sweep, find, job_of, runs
+from hpc_mm.slurm.table import COLUMNS, RunStatus, format_table, grouped_rows, table_row
 
-_LOCAL_STATES = {"started": "RUNNING", "completed": "COMPLETED", "failed": "FAILED", "signal": "STOPPED",
-                 "stopped": "STOPPED", "cancelled": "CANCELLED", "gave_up": "GAVE_UP", "requeued": "REQUEUED",
-                 "submitted": "STARTING"}
-COLUMNS = ("run", "job", "state", "nodes", "restarts", "iteration", "loss", "checkpoint", "elapsed", "left", "eta")
-
-
-def find_run_dir(target: str | None) -> Path:
-    """A run directory from a path, a Slurm job id, or (None) the newest run under runs/."""
-    if target is None:
-        return layout.newest_run()
-    found = layout.find_local_run(target)
-    if found:
-        return found
-    if target.replace("_", "").isdigit():
-        log = query.batch_log(target)  # <run dir>/logs/<batch log>, while Slurm remembers the job
-        if log and layout.is_run_dir(Path(log).parent.parent):
-            return Path(log).parent.parent.resolve()
-        raise UserError.one("JOB_ID", f"no run under ./{layout.RUNS} was submitted as job {target}",
-                            "pass the run directory instead (printed by submit)")
-    raise UserError.one("RUN_DIR", f"{target} is not a run directory (no {layout.JOB_FILE})",
-                        "pass the run directory printed by submit, or a job id")
+# A run Slurm does not know (local, or long forgotten): its state from its newest start's record.
+_LOCAL_STATES = {
+    Kind.STARTED: "RUNNING",
+    Kind.EXITED: "RUNNING",
+    Kind.COMPLETED: "COMPLETED",
+    Kind.FAILED: "FAILED",
+    Kind.SIGNAL: "STOPPED",
+    Kind.STOPPED: "STOPPED",
+    Kind.CANCELLED: "CANCELLED",
+    Kind.GAVE_UP: "GAVE_UP",
+    Kind.REQUEUED: "REQUEUED",
+    Kind.SUBMITTED: "STARTING",
+}
 
 
-def run_job_id(run_dir: Path) -> str | None:
-    """The run's Slurm job: recorded at submit or at start, else (plain sbatch, still queued)
-    the queued job whose batch log goes into the run's log folder."""
-    job_id = layout.read_run_file(run_dir).get("job_id")
-    if job_id:
-        return str(job_id)
-    queued = query.queued_jobs_writing_to(str(Path(run_dir).resolve() / layout.LOGS))
-    return queued[-1] if queued else None
+def restarts(starts: list[Start], slurm: SlurmJob | None) -> tuple[int, str | None]:
+    """The record's count of restarts (timeline.restarts), and Slurm's: it counts a requeue the
+    moment it happens, so a job it requeued itself and that still waits counts already."""
+    count, cause = timeline.restarts(starts)
+    newest = starts[-1] if starts else None
+    if (
+        slurm is not None
+        and slurm.state.queued
+        and slurm.restarts
+        and newest is not None
+        and newest.began is not None
+        and newest.end is None
+    ):
+        count, cause = count + 1, "requeued by Slurm"
+    return count, cause
 
 
-def run_status(run_dir: Path, slurm: dict | None = None, now: float | None = None) -> dict:
-    """One run as a row: Slurm's view (`slurm`: this run's entry of `query.jobs`) and the record's."""
+def run_status(run: RunDir, slurm: SlurmJob | None = None, now: float | None = None) -> RunStatus:
+    """One run as a row: Slurm's view of its newest job and its record's."""
     now = now or time.time()
-    spec = load_job(run_dir / layout.JOB_FILE)
-    record = events.read(run_dir)
-    job_id = run_job_id(run_dir)
+    spec = run.job
+    job_id = job_of(run)
     if slurm is None and job_id:
         slurm = query.jobs([job_id]).get(job_id)
-    rows = metrics.rows(run_dir)
+    slurm = slurm if slurm is not None and slurm.known else None
+    starts = run.starts()
+    newest = starts[-1] if starts else None
+    rows = run.metrics()
     last = rows[-1] if rows else None
-    terminal = next((e for e in reversed(record) if e["event"] in events.TERMINAL), None)
-    requeues = [e for e in record if e["event"] == "requeued"]
-    # Slurm counts a requeue the moment it happens: a requeued job still waiting shows it.
-    restarts = max(events.restarts(record), (slurm or {}).get("restarts") or 0)
-    state = (slurm or {}).get("state") or _local_state(record)
-    iteration = (last or {}).get("iteration")
-    step = timeline.step_seconds(rows)
+    state = slurm.state.value if slurm else _local_state(newest)
     running = state == "RUNNING"
+    step = timeline.step_seconds(rows)
+    elapsed = slurm.elapsed_seconds if slurm else None
+    if elapsed is None and running and newest is not None and newest.began:
+        elapsed = now - newest.began
+    left = slurm.time_left_seconds if slurm else None
     limit = _limit_seconds(spec.slurm.time)
-    elapsed = (slurm or {}).get("elapsed_seconds")
-    if elapsed is None and running:
-        started = next((e["time"] for e in reversed(record) if e["event"] == "started"), None)
-        elapsed = now - started if started else None
-    left = (slurm or {}).get("left_seconds")
     if left is None and running and limit and elapsed is not None:
         left = limit - elapsed
-    return {
-        "run_dir": str(run_dir), "name": spec.name, "job_id": job_id, "state": state,
-        "reason": (slurm or {}).get("reason") if state == "PENDING" else None,
-        "exit_code": (slurm or {}).get("exit_code"), "nodes": (slurm or {}).get("nodes") or spec.nnodes,
-        "nodelist": (slurm or {}).get("nodelist"), "restarts": restarts,
-        "restart_cause": (requeues[-1].get("cause") if requeues and restarts == events.restarts(record)
-                          else "requeued by Slurm" if restarts else None),
-        "last_iteration": iteration, "train_iters": spec.gpt.train_iters,
-        "last_loss": (last or {}).get("loss"),
-        "last_checkpoint": checkpoints.latest_whole(layout.checkpoint_dir(spec, run_dir)),
-        "elapsed_seconds": elapsed, "time_left_seconds": left,
-        "eta_seconds": step * (spec.gpt.train_iters - iteration) if step and iteration is not None and running else None,
-        "step_seconds": step, "last_event": record[-1]["event"] if record else None,
-        "outcome": terminal.get("reason") if terminal and terminal["event"] != "requeued" else None,
-        **{key: layout.read_run_file(run_dir).get(key) for key in ("array", "task", "values")},
-    }
+    count, cause = restarts(starts, slurm)
+    end = newest.end if newest else None
+    iteration = last.iteration if last else None
+    return RunStatus(
+        run_dir=str(run.path.resolve()),
+        name=spec.name,
+        job_id=job_id,
+        state=state,
+        reason=slurm.reason if slurm and slurm.state.queued else None,
+        exit_code=slurm.exit_code if slurm else None,
+        nodes=(slurm.nodes if slurm else None) or spec.nnodes,
+        nodelist=slurm.nodelist if slurm else None,
+        restarts=count,
+        restart_cause=cause,
+        last_iteration=iteration,
+        train_iters=spec.gpt.train_iters,
+        last_loss=last.loss if last else None,
+        last_checkpoint=run.latest_checkpoint(spec),
+        elapsed_seconds=elapsed,
+        time_left_seconds=left,
+        eta_seconds=step * (spec.gpt.train_iters - iteration) if step and iteration is not None and running else None,
+        step_seconds=step,
+        last_event=newest.events[-1].kind.value if newest and newest.events else None,
+        outcome=end.reason if end and end.kind is not Kind.REQUEUED else None,
+        array=run.info.array,
+        task=run.info.task,
+        values=dict(run.info.values) if run.info.values else None,
+    )
 
 
 def _limit_seconds(time_text: str) -> float | None:
     try:
-        return slurmtime.seconds(time_text)
+        return slurmtime.parse(time_text)
     except ValueError:
         return None
 
 
-def _local_state(record: list[dict]) -> str:
-    last = next((e["event"] for e in reversed(record) if e["event"] in _LOCAL_STATES), None)
+def _local_state(newest: Start | None) -> str:
+    last = next((e.kind for e in reversed(newest.events) if e.kind in _LOCAL_STATES), None) if newest else None
     return _LOCAL_STATES.get(last, "UNKNOWN")
 
 
-def table_row(info: dict) -> list[str]:
-    state = info["state"] + (f" ({info['reason']})" if info.get("reason") else "")
-    restarts = str(info["restarts"]) + (f" ({info['restart_cause']})" if info["restarts"] and info.get("restart_cause")
-                                        else "")
-    iteration = f"{text(info['last_iteration'])}/{info['train_iters']}"
-    return [Path(info["run_dir"]).name, text(info["job_id"]), state, text(info["nodes"]), restarts, iteration,
-            number(info["last_loss"]), text(info["last_checkpoint"]), duration(info["elapsed_seconds"]),
-            duration(info["time_left_seconds"]), duration(info["eta_seconds"])]
+def _entries(folder: Path) -> list[RunDir | Sweep]:
+    """What the table lists, newest first: each run, and each sweep as one entry."""
+    entries, seen = [], set()
+    for run in runs(folder):
+        sweep = Sweep.at(run.path.parent) if run.info.array else None
+        if sweep is None:
+            entries.append(run)
+        elif sweep.path not in seen:
+            seen.add(sweep.path)
+            entries.append(sweep)
+    return entries
 
 
-def format_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def runs(folder: Path = layout.RUNS) -> list[Path]:
-    """Run directories under `folder` (a sweep's tasks included), newest first."""
-    found = [p for p in folder.glob("*") if layout.is_run_dir(p)]
-    found += [p for sweep in folder.glob("*") if (sweep / layout.SWEEP_FILE).is_file() for p in sweep.glob("task-*")
-              if layout.is_run_dir(p)]
-    return sorted(found, key=lambda p: layout.read_run_file(p).get("created") or p.stat().st_mtime, reverse=True)
-
-
-def print_status(target: str | None, as_json: bool = False, show_all: bool = False, limit: int = 20) -> int:
-    sweep = layout.find_sweep(target) if target is not None else None
-    if target is not None and sweep is None:
-        return _print_one(find_run_dir(target), as_json)
-    found = sorted(p for p in sweep.glob("task-*") if layout.is_run_dir(p)) if sweep else runs()
-    if not found:
-        raise UserError.one("RUN_DIR", f"no runs under ./{layout.RUNS}", "submit one, or pass a run directory")
-    shown = found if show_all else found[:limit]
-    ids = [j for j in (run_job_id(p) for p in shown) if j]
-    slurm = query.jobs(ids)
-    infos = []
-    for path in shown:
+def statuses(found: list[RunDir]) -> list[RunStatus]:
+    ids = {run: job_of(run) for run in found}
+    slurm = query.jobs([j for j in ids.values() if j])
+    out = []
+    for run in found:
         try:
-            infos.append(run_status(path, slurm.get(run_job_id(path) or "")))
+            out.append(run_status(run, slurm.get(ids[run] or "")))
         except UserError:
             continue  # a run directory whose job file no longer reads: not one to show
+    return out
+
+
+def print_status(
+    target: str | None, as_json: bool = False, show_all: bool = False, limit: int = 20, folder: Path = layout.RUNS
+) -> int:
+    if target is not None:
+        found = find(target, folder)
+        if isinstance(found, RunDir):
+            return _print_one(found, as_json)
+        entries = [found]
+    else:
+        entries = _entries(folder)
+        if not entries:
+            raise UserError.one("RUN_DIR", f"no runs under ./{folder}", "submit one, or pass a run directory")
+    shown = entries if show_all or target is not None else entries[:limit]
+    infos = statuses([r for e in shown for r in (e.tasks() if isinstance(e, Sweep) else [e])])
     if as_json:
-        print(json.dumps(infos, sort_keys=True))
+        print(json.dumps([i.to_json() for i in infos], sort_keys=True))
         return 0
-    print(format_table(COLUMNS, _grouped_rows(infos)))
-    if len(found) > len(shown):
-        print(f"({len(found) - len(shown)} older runs: --all shows them)")
+    print(format_table(COLUMNS, grouped_rows(infos)))
+    if len(entries) > len(shown):
+        print(f"({len(entries) - len(shown)} older runs: --all shows them)")
     return 0
 
 
-def _grouped_rows(infos: list[dict]) -> list[list[str]]:
-    """Table rows; the tasks of a sweep under one row for their array, in task order."""
-    rows, done = [], set()
-    for info in infos:
-        array = info.get("array")
-        if not array:
-            rows.append(table_row(info))
-            continue
-        if array in done:
-            continue
-        done.add(array)
-        tasks = sorted((i for i in infos if i.get("array") == array), key=lambda i: i.get("task") or 0)
-        states: dict[str, int] = {}
-        for task in tasks:
-            states[task["state"]] = states.get(task["state"], 0) + 1
-        rows.append([Path(tasks[0]["run_dir"]).parent.name, str(array),
-                     ", ".join(f"{n} {state}" for state, n in states.items())] + [""] * (len(COLUMNS) - 3))
-        for task in tasks:
-            row = table_row(task)
-            values = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in (task.get("values") or {}).items())
-            rows.append([f"  {row[0]} {values}".rstrip()] + row[1:])
-    return rows
-
-
-def _print_one(run_dir: Path, as_json: bool) -> int:
-    info = run_status(run_dir)
-    line = timeline.build(run_dir, time.time())
-    starts = _starts(run_dir)
+def _print_one(run: RunDir, as_json: bool) -> int:
+    info = run_status(run)
+    line = timeline.build(run, time.time())
+    starts = start_rows(run)
     if as_json:
-        print(json.dumps({**info, "starts": starts, "goodput": line.goodput}, sort_keys=True))
+        print(json.dumps({**info.to_json(), "starts": starts, "goodput": line.goodput}, sort_keys=True))
         return 0
     print(format_table(COLUMNS, [table_row(info)]))
     print()
-    print(format_table(("start", "job", "began", "ran", "from", "to", "ended", "why"),
-                       [[str(s["restart"]), text(s["job_id"]), time.strftime("%m-%d %H:%M:%S", time.localtime(s["time"])),
-                         duration(s["seconds"]), text(s["from"]), text(s["to"]), s["ended"], s["why"]] for s in starts]))
-    if info["outcome"]:
-        print(f"\n{info['last_event']}: {info['outcome']}")
-    print(f"run directory: {run_dir}")
+    print(
+        format_table(
+            ("start", "job", "began", "ran", "from", "to", "ended", "why"),
+            [
+                [
+                    str(s["start"]),
+                    text(s["job_id"]),
+                    time.strftime("%m-%d %H:%M:%S", time.localtime(s["time"])) if s["time"] else DASH,
+                    duration(s["seconds"]),
+                    text(s["from"]),
+                    text(s["to"]),
+                    s["ended"],
+                    s["why"],
+                ]
+                for s in starts
+            ],
+        )
+    )
+    if info.outcome:
+        print(f"\n{info.last_event}: {info.outcome}")
+    print(f"run directory: {run.path}")
     return 0
 
 
-def _starts(run_dir: Path) -> list[dict]:
-    """Each start of the run: when, how long, from and to which iteration, how it ended and why."""
-    record = events.read(run_dir)
-    rows = metrics.rows(run_dir)
+def start_rows(run: RunDir) -> list[dict]:
+    """Each start of the run, numbered across the run directory: which job, when, how long, from
+    and to which iteration, how it ended and why."""
+    rows = run.metrics()
     out = []
-    for start in [e for e in record if e["event"] == "started"]:
-        restart = start.get("restart", 0)
-        end = next((e for e in record if e.get("restart") == restart and e["event"] in events.TERMINAL
-                    and e["time"] >= start["time"]), None)
-        mine = [r["iteration"] for r in rows if r.get("time", 0) >= start["time"]
-                and (end is None or r.get("time", 0) <= end["time"])]
-        out.append({"restart": restart, "job_id": start.get("job_id"), "time": start["time"],
-                    "seconds": ((end or {}).get("time") or time.time()) - start["time"],
-                    "from": start.get("checkpoint"), "to": mine[-1] if mine else None,
-                    "ended": end["event"] if end else "running",
-                    "why": text((end or {}).get("cause") or (end or {}).get("reason")) if end else DASH})
+    for start in run.starts():
+        end = start.end
+        began = start.began
+        mine = [
+            r.iteration
+            for r in rows
+            if began is not None and (r.time or 0) >= began and (end is None or (r.time or 0) <= end.time)
+        ]
+        finished = end.time if end else time.time()
+        out.append(
+            {
+                "start": start.number,
+                "job_id": start.job_id,
+                "restart": start.key.restart,
+                "time": began,
+                "seconds": finished - began if began is not None else None,
+                "from": start.started.get("checkpoint") if start.started else None,
+                "to": mine[-1] if mine else None,
+                "ended": end.kind.value if end else ("running" if began else "queued"),
+                "why": text(end.cause or end.reason) if end else DASH,
+            }
+        )
     return out

@@ -17,7 +17,9 @@ from typing import Callable
 
 from hpc_mm.errors import UserError
 from hpc_mm.job.spec import JobSpec
-from hpc_mm.run import events, layout
+from hpc_mm.run import layout
+from hpc_mm.run.events import Kind, StartKey
+from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm.render import render_script, sbatch_options
 
 
@@ -46,19 +48,23 @@ def tasks(load: Callable[[list[str]], JobSpec], sweeps: list[str]) -> list[tuple
     return out
 
 
-def prepare(base: JobSpec, combos: list[tuple[dict, JobSpec]], parent: Path,
-            template_dir: Path | None) -> tuple[str, list[layout.RunFiles]]:
+def prepare(
+    base: JobSpec, combos: list[tuple[dict, JobSpec]], parent: Path, template_dir: Path | None
+) -> tuple[str, list[layout.RunFiles]]:
     """The array's script, and every task's run directory (in memory)."""
     probe = parent / "task-0"
     wanted = sbatch_options(base, probe)
     for i, (values, spec) in enumerate(combos):
         if sbatch_options(spec, probe) != wanted:
-            raise UserError.one("--sweep", f"task {i} ({', '.join(f'{k}={v}' for k, v in values.items())}) asks Slurm "
-                                "for other resources than the rest", "a job array's tasks share one script: sweep "
-                                "training values, not slurm.* or the number of nodes")
+            raise UserError.one(
+                "--sweep",
+                f"task {i} ({', '.join(f'{k}={v}' for k, v in values.items())}) asks Slurm "
+                "for other resources than the rest",
+                "a job array's tasks share one script: sweep training values, not slurm.* or the number of nodes",
+            )
     script = render_script(base, parent, template_dir, array=len(combos))
     runs = []
-    for i, (values, spec) in enumerate(combos):
+    for i, (_values, spec) in enumerate(combos):
         run = layout.plan_run(spec, parent / f"task-{i}")
         runs.append(layout.RunFiles(run.run_dir, {**run.files, layout.SCRIPT_FILE: script}))
     return script, runs
@@ -68,8 +74,10 @@ def record(parent: Path, array_id: str, combos: list[tuple[dict, JobSpec]], runs
     listing = []
     for i, ((values, spec), run) in enumerate(zip(combos, runs)):
         job_id = f"{array_id}_{i}"
-        layout.record_job_id(run.run_dir, job_id, array=array_id, task=i, values=values, submitted=time.time(),
-                             nodes=spec.nnodes, name=spec.name)
-        events.record(run.run_dir, "submitted", job_id=job_id, restart=0, nodes=spec.nnodes, values=values)
+        rundir = RunDir(run.run_dir)
+        rundir.record_job_id(
+            job_id, array=array_id, task=i, values=values, submitted=time.time(), nodes=spec.nnodes, name=spec.name
+        )
+        rundir.record(Kind.SUBMITTED, StartKey(job_id, 0), nodes=spec.nnodes, values=values)
         listing.append({"task": i, "job_id": job_id, "values": values, "run_dir": str(run.run_dir)})
     (parent / layout.SWEEP_FILE).write_text(json.dumps({"array": array_id, "tasks": listing}))

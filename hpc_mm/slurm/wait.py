@@ -1,5 +1,6 @@
 """`submit --wait`: follow a job (or a sweep's tasks) until it ends, with one line of progress,
-then print the run's summary. Exit status 0 only if every task completed."""
+then print the run's summary. Exit status 0 only if every task completed. Ctrl-C stops following,
+not the job: it says so, and how to find the job again."""
 
 from __future__ import annotations
 
@@ -10,26 +11,46 @@ from pathlib import Path
 from hpc_mm.errors import UserError
 from hpc_mm.run.follow import Follower
 from hpc_mm.run.report import summary, summary_text
+from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
+from hpc_mm.slurm.query import JobState
 
 POLL = 3.0
 
 
-def wait(tasks: list[tuple[str, Path, int]], quiet: bool = False) -> dict[str, str]:
+def wait(tasks: list[tuple[str, Path, int]], quiet: bool = False) -> dict[str, JobState]:
     """Follow (job id, run directory, train_iters) until every job has ended; {job id: final state}."""
+    try:
+        return _wait(tasks, quiet)
+    except KeyboardInterrupt:
+        ids = [job_id for job_id, _, _ in tasks]
+        print(
+            f"\nhpc-mm: stopped following; job {', '.join(ids)} keeps running "
+            f"(hpc-mm status {ids[0]}; hpc-mm cancel {ids[0]} stops it)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
+
+
+def _wait(tasks: list[tuple[str, Path, int]], quiet: bool) -> dict[str, JobState]:
     followers = {job_id: Follower(run_dir, iters, stream=sys.stderr) for job_id, run_dir, iters in tasks}
-    states: dict[str, str] = {}
+    states: dict[str, JobState] = {}
+    released: set[tuple[str, int | None]] = set()
     while True:
-        found = query.jobs(list(followers))
-        for job_id, info in found.items():
-            state = info["state"].rstrip("+")
-            if state != states.get(job_id) and len(tasks) > 1 and not quiet:
-                print(f"{time.strftime('%H:%M:%S')} job {job_id}: {state}", file=sys.stderr, flush=True)
-            states[job_id] = state
+        for job_id, found in query.jobs(list(followers)).items():
+            if found.state != states.get(job_id) and len(tasks) > 1 and not quiet:
+                print(f"{time.strftime('%H:%M:%S')} job {job_id}: {found.state.value}", file=sys.stderr, flush=True)
+            states[job_id] = found.state
+            if found.reason == "BeginTime" and found.restarts and (job_id, found.restarts) not in released:
+                # requeued, and held back by Slurm: where the job's own helper could not lift the hold
+                # (finish.spawn_release), the one who follows it does
+                released.add((job_id, found.restarts))
+                query.release_hold(job_id)
         if len(tasks) == 1 and not quiet:
             job_id = tasks[0][0]
-            followers[job_id].update(states.get(job_id, "SUBMITTED"))
-        if states and all(states.get(j) in query.ENDED for j in followers):
+            followers[job_id].update(states[job_id].value if job_id in states else "SUBMITTED")
+        if states and all(states.get(j, JobState.UNKNOWN).ended for j in followers):
             break
         time.sleep(POLL)
     if len(tasks) == 1 and not quiet:
@@ -37,9 +58,9 @@ def wait(tasks: list[tuple[str, Path, int]], quiet: bool = False) -> dict[str, s
     if not quiet:
         for job_id, run_dir, _ in tasks:
             try:
-                text = summary_text(summary(run_dir))
+                text = summary_text(summary(RunDir(run_dir)))
             except UserError:
                 text = "no training iterations (see hpc-mm logs)"
-            header = f"job {job_id}: {states[job_id]}"
-            print(f"{header}\n{text}" if len(tasks) > 1 or states[job_id] != "COMPLETED" else text, flush=True)
+            header = f"job {job_id}: {states[job_id].value}"
+            print(f"{header}\n{text}" if len(tasks) > 1 or states[job_id] != JobState.COMPLETED else text, flush=True)
     return states

@@ -25,9 +25,19 @@ import time
 from pathlib import Path
 
 from hpc_mm.errors import UserError
+from hpc_mm.run.checkpoints import (
+    FILENAME,
+    TRACKER,
+    checkpoint_file,
+    fsync_dir,
+    iter_dir,
+    latest_iteration,
+    saved_iterations,
+    verify,
+    write_manifest,
+    write_tracker,
+)
 from hpc_mm.run.durable import DurableWriter
-from hpc_mm.run.checkpoints import (FILENAME, TRACKER, checkpoint_file, fsync_dir, iter_dir,
-                                    latest_iteration, saved_iterations, verify, write_manifest, write_tracker)
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 _TMP = re.compile(r"^\.tmp\.iter_\d{7}\.(?P<host>.+)\.(?P<pid>\d+)$")
@@ -95,12 +105,17 @@ def save_error(save_dir: Path, iteration: int, exc: BaseException) -> UserError:
     previous = latest_iteration(save_dir)
     kept = f"checkpoint {previous} stays the resume point" if previous is not None else "no checkpoint yet"
     if full:
-        return UserError.one("checkpoint.dir", f"no space left to save iteration {iteration} in {save_dir} "
-                             f"({(free or 0) / 2**20:.0f} MiB free); {kept}",
-                             "free space there, or point checkpoint.dir at a larger filesystem")
+        return UserError.one(
+            "checkpoint.dir",
+            f"no space left to save iteration {iteration} in {save_dir} ({(free or 0) / 2**20:.0f} MiB free); {kept}",
+            "free space there, or point checkpoint.dir at a larger filesystem",
+        )
     reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
-    return UserError.one("checkpoint.dir", f"cannot save iteration {iteration} in {save_dir} ({reason}); {kept}",
-                         "check that the folder is writable from every node")
+    return UserError.one(
+        "checkpoint.dir",
+        f"cannot save iteration {iteration} in {save_dir} ({reason}); {kept}",
+        "check that the folder is writable from every node",
+    )
 
 
 def remove_dead_temporaries(save_dir: Path) -> None:
@@ -154,13 +169,17 @@ def safe_load(path: Path, map_location: str = "cpu") -> dict:
                 raise
             match = re.search(r"GLOBAL (\S+)", str(exc))
             what = match.group(1) if match else "a Python object"
-            raise UserError.one("--load", f"{path} asks to run {what} when loaded; refusing it (a checkpoint "
-                                "holds only tensors and plain values)",
-                                "it was not written by a trainer: remove it, and check who can write there") from None
+            raise UserError.one(
+                "--load",
+                f"{path} asks to run {what} when loaded; refusing it (a checkpoint "
+                "holds only tensors and plain values)",
+                "it was not written by a trainer: remove it, and check who can write there",
+            ) from None
 
 
-def load_latest(load_dir: str | os.PathLike | None, map_location: str = "cpu",
-                repair: bool = False) -> tuple[int, dict] | None:
+def load_latest(
+    load_dir: str | os.PathLike | None, map_location: str = "cpu", repair: bool = False
+) -> tuple[int, dict] | None:
     """The newest whole, loadable checkpoint as (iteration, state); None for an empty or absent folder.
 
     A corrupt latest checkpoint falls back to an older one with a warning (and, with `repair`,
@@ -177,11 +196,15 @@ def load_latest(load_dir: str | os.PathLike | None, map_location: str = "cpu",
     found = saved_iterations(load_dir)
     if tracked is None and not found:
         if (load_dir / TRACKER).exists():
-            raise UserError.one("--load", f"{load_dir / TRACKER} does not hold an iteration number",
-                                "restore it, or delete it to start from the newest iter_* folder")
+            raise UserError.one(
+                "--load",
+                f"{load_dir / TRACKER} does not hold an iteration number",
+                "restore it, or delete it to start from the newest iter_* folder",
+            )
         return None  # nothing there yet: a fresh start
-    candidates = ([tracked] if tracked is not None else []) + [i for i in reversed(found)
-                                                               if tracked is None or i < tracked]
+    candidates = ([tracked] if tracked is not None else []) + [
+        i for i in reversed(found) if tracked is None or i < tracked
+    ]
     for iteration in candidates:
         path = checkpoint_file(load_dir, iteration)
         verdict = verify(load_dir, iteration, deep=True)
@@ -200,8 +223,11 @@ def load_latest(load_dir: str | os.PathLike | None, map_location: str = "cpu",
             if repair:
                 write_tracker(load_dir, iteration)
         return iteration, state
-    raise UserError.one("--load", f"no loadable checkpoint in {load_dir} (tried iterations {candidates})",
-                        "the checkpoints are corrupt or missing; point --load elsewhere or move them away")
+    raise UserError.one(
+        "--load",
+        f"no loadable checkpoint in {load_dir} (tried iterations {candidates})",
+        "the checkpoints are corrupt or missing; point --load elsewhere or move them away",
+    )
 
 
 def _warn(message: str) -> None:
@@ -250,8 +276,12 @@ def _copy(obj, into, torch):
     earlier copy, where shape, dtype and device agree."""
     if isinstance(obj, torch.Tensor):
         obj = obj.detach()
-        if (isinstance(into, torch.Tensor) and into.shape == obj.shape and into.dtype == obj.dtype
-                and into.device == obj.device):
+        if (
+            isinstance(into, torch.Tensor)
+            and into.shape == obj.shape
+            and into.dtype == obj.dtype
+            and into.device == obj.device
+        ):
             return into.copy_(obj)
         return obj.clone()
     if isinstance(obj, dict):

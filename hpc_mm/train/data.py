@@ -19,9 +19,19 @@ from torch.utils.data import Dataset, Sampler
 
 
 class SyntheticCaptionDataset(Dataset):
-    def __init__(self, num_samples: int, num_classes: int, image_size: int, caption_length: int, vocab_size: int,
-                 in_channels: int = 3, noise: float = 0.5, seed: int = 1234, read_latency_ms: float = 0.0,
-                 **_ignored):
+    def __init__(
+        self,
+        num_samples: int,
+        num_classes: int,
+        image_size: int,
+        caption_length: int,
+        vocab_size: int,
+        in_channels: int = 3,
+        noise: float = 0.5,
+        seed: int = 1234,
+        read_latency_ms: float = 0.0,
+        **_ignored,
+    ):
         if vocab_size < 3:
             raise ValueError("vocab_size must be at least 3 (padding, BOS and one word)")
         if read_latency_ms < 0:
@@ -51,8 +61,16 @@ class PretrainingBatchSampler(Sampler):
     generator seeded by (seed, epoch) when `shuffle` is set, and drops the incomplete tail.
     """
 
-    def __init__(self, num_samples: int, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int,
-                 shuffle: bool, seed: int):
+    def __init__(
+        self,
+        num_samples: int,
+        consumed_samples: int,
+        micro_batch_size: int,
+        dp_rank: int,
+        dp_size: int,
+        shuffle: bool,
+        seed: int,
+    ):
         self.n, self.consumed, self.mbs = num_samples, consumed_samples, micro_batch_size
         self.rank, self.dp, self.shuffle, self.seed = dp_rank, dp_size, shuffle, seed
         self.chunk = micro_batch_size * dp_size
@@ -74,7 +92,7 @@ class PretrainingBatchSampler(Sampler):
             if e != epoch:
                 epoch, order = e, self._order(e)
             start = offset + self.rank * self.mbs
-            yield order[start:start + self.mbs]
+            yield order[start : start + self.mbs]
             position += self.chunk
 
     def __len__(self) -> int:  # endless; the trainer stops by iteration count

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import faulthandler
 import json
-import os
 import random
 import socket
 import time
@@ -29,19 +28,20 @@ import torch.distributed as dist
 
 from hpc_mm.errors import UserError, print_problems
 from hpc_mm.job.signals import STACK_SIGNAL
-from hpc_mm.run import events
-from hpc_mm.run.layout import METRICS
+from hpc_mm.run.events import Kind
+from hpc_mm.run.records import Metric
+from hpc_mm.run.rundir import RunDir
 from hpc_mm.train import checkpoint
 from hpc_mm.train.data import PretrainingBatchSampler, SyntheticCaptionDataset
-from hpc_mm.train.optim import build_scheduler, param_groups
 from hpc_mm.train.model import TinyVLM
-from hpc_mm.train.runtime import (ExitSignal, allreduce_gradients, bind_device, ignore_stop_signals, rng_state,
-                                  set_rng_state)
-
-
-def log(message: str) -> None:
-    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
-    print(f"[rank {rank}] {message}", flush=True)
+from hpc_mm.train.optim import build_scheduler, param_groups
+from hpc_mm.train.runtime import (
+    ExitSignal,
+    allreduce_gradients,
+    bind_device,
+    ignore_stop_signals,
+)
+from hpc_mm.train.saving import Checkpointing, log
 
 
 def _read_json(path: str, what: str) -> dict:
@@ -51,18 +51,20 @@ def _read_json(path: str, what: str) -> dict:
         raise UserError.one(what, f"cannot read {path}: {exc}") from None
 
 
-class Trainer:
+class Trainer(Checkpointing):
     def __init__(self, args):
         self.args = args
         if max(args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size) > 1:
-            raise UserError.one("gpt.tensor_model_parallel_size",
-                                "the built-in trainer's model is data-parallel only (TP, PP and CP must be 1)",
-                                "use a MindSpeed-MM entry (e.g. pretrain_vlm.py) for model parallelism")
+            raise UserError.one(
+                "gpt.tensor_model_parallel_size",
+                "the built-in trainer's model is data-parallel only (TP, PP and CP must be 1)",
+                "use a MindSpeed-MM entry (e.g. pretrain_vlm.py) for model parallelism",
+            )
         self.model_config = _read_json(args.mm_model, "--mm-model")
         self.data_config = _read_json(args.mm_data, "--mm-data")
         if args.mm_tool and Path(args.mm_tool).exists():
             _read_json(args.mm_tool, "--mm-tool")
-        self.run_dir = Path(args.run_dir) if args.run_dir else None
+        self.run = RunDir(args.run_dir) if args.run_dir else None
         self.device, backend = bind_device(args.distributed_backend)
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=args.distributed_timeout_minutes))
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
@@ -72,8 +74,11 @@ class Trainer:
         mbs, dp = args.micro_batch_size, self.dp_size
         self.gbs = args.global_batch_size or mbs * dp
         if self.gbs % (mbs * dp):
-            raise UserError.one("gpt.global_batch_size", f"{self.gbs} is not a multiple of micro_batch_size x DP "
-                                f"= {mbs} x {dp}", "fix the job file (hpc-mm validate checks this)")
+            raise UserError.one(
+                "gpt.global_batch_size",
+                f"{self.gbs} is not a multiple of micro_batch_size x DP = {mbs} x {dp}",
+                "fix the job file (hpc-mm validate checks this)",
+            )
         self.grad_acc = self.gbs // (mbs * dp)
         self.exit_signal = ExitSignal(args.exit_signal_handler)
         self.saver = checkpoint.AsyncSaver() if args.async_save else None
@@ -87,14 +92,21 @@ class Trainer:
         try:
             self.model = TinyVLM(self.model_config).to(self.device)
         except (KeyError, TypeError, ValueError) as exc:
-            raise UserError.one("mm.model", f"the built-in trainer cannot build its model from {args.mm_model}: "
-                                f"{exc.__class__.__name__}: {exc}",
-                                "see jobs/tiny-vlm/model.json for the keys it reads") from None
+            raise UserError.one(
+                "mm.model",
+                f"the built-in trainer cannot build its model from {args.mm_model}: {exc.__class__.__name__}: {exc}",
+                "see jobs/tiny-vlm/model.json for the keys it reads",
+            ) from None
         self.params = list(self.model.parameters())
         for p in self.params:  # every DP rank starts from rank 0's weights
             dist.broadcast(p.data, src=dist.get_global_rank(self.dp_group, 0), group=self.dp_group)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
-                                           eps=args.adam_eps, weight_decay=args.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model),
+            lr=args.lr,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_eps,
+            weight_decay=args.weight_decay,
+        )
         self.scheduler = build_scheduler(self.optimizer, args, self.gbs)
         self.iteration, self.consumed = 0, 0
         self._resume()
@@ -104,118 +116,44 @@ class Trainer:
         try:
             self.dataset = SyntheticCaptionDataset(vocab_size=vocab, in_channels=in_channels, **dp)
         except (KeyError, TypeError, ValueError) as exc:
-            raise UserError.one("mm.data", f"the built-in trainer cannot build its dataset from {args.mm_data}: "
-                                f"{exc.__class__.__name__}: {exc}",
-                                "see jobs/tiny-vlm/data.json for the dataset_param keys it reads") from None
+            raise UserError.one(
+                "mm.data",
+                f"the built-in trainer cannot build its dataset from {args.mm_data}: {exc.__class__.__name__}: {exc}",
+                "see jobs/tiny-vlm/data.json for the dataset_param keys it reads",
+            ) from None
         loader = self.data_config.get("dataloader_param", {})
-        sampler = PretrainingBatchSampler(len(self.dataset), self.consumed, args.micro_batch_size, self.dp_rank,
-                                          self.dp_size, bool(loader.get("shuffle", True)), args.seed)
+        sampler = PretrainingBatchSampler(
+            len(self.dataset),
+            self.consumed,
+            args.micro_batch_size,
+            self.dp_rank,
+            self.dp_size,
+            bool(loader.get("shuffle", True)),
+            args.seed,
+        )
         # An explicit generator keeps the loader from drawing on the global RNG, which is
         # checkpointed: a resumed run must see the same global RNG stream as an unbroken one.
-        self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=args.num_workers,
-                                                  pin_memory=bool(loader.get("pin_memory", False)),
-                                                  generator=torch.Generator(),
-                                                  worker_init_fn=ignore_stop_signals,
-                                                  persistent_workers=args.num_workers > 0)
-
-    def _resume(self) -> None:
-        args = self.args
-        loaded = checkpoint.load_latest(args.load, repair=self.rank == 0)
-        if loaded is None:
-            if self.rank == 0:
-                log(f"no checkpoint in {args.load}: starting from scratch" if args.load else "starting from scratch")
-            return
-        iteration, state = loaded
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:  # a shape or a name that changed
-            detail = " ".join(str(exc).split())[:300]
-            raise UserError.one("mm.model", f"the checkpoint at iteration {iteration} in {args.load} was saved for "
-                                f"another model: {detail}", "resume with the model file it was saved with, or "
-                                "start a new run directory") from None
-        if state.get("model_config") not in (None, self.model_config) and self.rank == 0:
-            log(f"WARNING: {args.mm_model} changed since the checkpoint (the weights still fit); the job file wins")
-        if not args.no_load_optim:
-            self.optimizer.load_state_dict(state["optimizer"])
-            decided = self.scheduler.load_state_dict(state["opt_param_scheduler"])
-            if decided and self.rank == 0:
-                log(f"schedule changed since the checkpoint; {decided}")
-        if not args.no_load_rng:
-            states = state["rng_state"]
-            set_rng_state(states[self.rank] if len(states) == self.world else states[0])
-        saved_dp = state.get("data_parallel_size", self.dp_size)
-        if saved_dp != self.dp_size and self.rank == 0:
-            log(f"WARNING: data-parallel size changed from {saved_dp} to {self.dp_size}: training resumes at "
-                f"consumed samples {state['consumed_samples']}, not bit for bit as an unbroken run would")
-        self.iteration, self.consumed = iteration, state["consumed_samples"]
-        if self.rank == 0:
-            log(f"resumed from {args.load} at iteration {iteration} (consumed samples {self.consumed})")
-            events.record(self.run_dir, "resumed", iteration=iteration)
-            if iteration >= args.train_iters:
-                log(f"nothing left to train: the checkpoint is at iteration {iteration} of train_iters "
-                    f"{args.train_iters}")
-
-    # ------------------------------------------------------------------ checkpoint
-    def save(self, reason: str) -> bool:
-        """Save on rank 0; every rank learns whether it worked. A failed interval save is a warning
-        (training goes on, the previous checkpoint stays the resume point, the next save tries
-        again); a failed save on the exit signal or at the end is an error."""
-        args = self.args
-        if not args.save:
-            return True
-        gathered: list = [None] * self.world
-        dist.all_gather_object(gathered, rng_state())  # each rank resumes its own RNG streams
-        error: UserError | None = None
-        if self.rank == 0:
-            try:
-                self._write(reason, gathered)
-            except UserError as exc:
-                error = exc
-        failed = torch.tensor([1 if error else 0], dtype=torch.int32)
-        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
-        if not failed.item():
-            return True
-        if reason == "interval" and self.rank == 0:
-            log(f"WARNING: {error}; training goes on and the next save tries again")
-            return False
-        if reason == "interval":
-            return False
-        raise error or UserError.one("checkpoint.dir", f"rank 0 could not save iteration {self.iteration}")
-
-    def _write(self, reason: str, gathered: list) -> None:
-        args = self.args
-        state = {"iteration": self.iteration, "consumed_samples": self.consumed, "checkpoint_version": 3.0,
-                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "opt_param_scheduler": self.scheduler.state_dict(), "rng_state": gathered,
-                 "model_config": self.model_config, "data_parallel_size": self.dp_size,
-                 "args": {k: v for k, v in vars(args).items()}}
-        iteration = self.iteration
-
-        def done(it: int, seconds: float) -> None:
-            events.record(self.run_dir, "checkpoint", iteration=it, reason=reason, seconds=round(seconds, 3))
-            log(f"saved checkpoint from iteration {it:7d} to {args.save} [{reason}, {seconds:.2f} s]")
-
-        if self.saver:
-            try:
-                self.saver.wait()  # a failed background save: this one may still succeed
-            except UserError as exc:
-                log(f"WARNING: {exc}")
-        if self.saver and reason == "interval":
-            self.saver.save(args.save, iteration, state, args.keep_last, on_done=done)
-        else:
-            done(iteration, checkpoint.save(args.save, iteration, state, args.keep_last))
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=args.num_workers,
+            pin_memory=bool(loader.get("pin_memory", False)),
+            generator=torch.Generator(),
+            worker_init_fn=ignore_stop_signals,
+            persistent_workers=args.num_workers > 0,
+        )
 
     # ------------------------------------------------------------------ loop
-    def train(self) -> int:
-        if self.run_dir and self.rank == 0:
-            with open(self.run_dir / METRICS, "a") as metrics:
-                return self._train(metrics)
-        return self._train(None)
+    def _record(self, kind: Kind, **data) -> None:
+        if self.run is not None:
+            self.run.record(kind, **data)
 
-    def _train(self, metrics) -> int:
+    def train(self) -> int:
         args = self.args
-        log(f"data-parallel rank {self.dp_rank}/{self.dp_size} on {socket.gethostname()} ({self.device}): "
-            f"iteration {self.iteration}, {self.consumed} samples consumed")
+        log(
+            f"data-parallel rank {self.dp_rank}/{self.dp_size} on {socket.gethostname()} ({self.device}): "
+            f"iteration {self.iteration}, {self.consumed} samples consumed"
+        )
         data = iter(self.loader)
         last_saved = self.iteration
         tick = time.monotonic()
@@ -226,16 +164,25 @@ class Trainer:
             self.scheduler.step(increment=self.gbs)
             lr = self.optimizer.param_groups[0]["lr"]
             elapsed, tick = time.monotonic() - tick, time.monotonic()
-            if metrics:
-                metrics.write(json.dumps({"iteration": self.iteration, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                          "consumed_samples": self.consumed, "samples_per_second": self.gbs / elapsed,
-                                          "time": round(time.time(), 3)}) + "\n")
-                metrics.flush()
+            if self.run is not None and self.rank == 0:
+                self.run.write_metric(
+                    Metric(
+                        iteration=self.iteration,
+                        loss=loss,
+                        lr=lr,
+                        grad_norm=grad_norm,
+                        consumed_samples=self.consumed,
+                        samples_per_second=self.gbs / elapsed,
+                        time=round(time.time(), 3),
+                    )
+                )
             if self.rank == 0 and self.iteration % args.log_interval == 0:
-                log(f" iteration {self.iteration:8d}/{args.train_iters:8d} | consumed samples: {self.consumed:12d} | "
+                log(
+                    f" iteration {self.iteration:8d}/{args.train_iters:8d} | consumed samples: {self.consumed:12d} | "
                     f"elapsed time per iteration (ms): {elapsed * 1000:.1f} | learning rate: {lr:.6E} | "
                     f"global batch size: {self.gbs:5d} | lm loss: {loss:.6E} | loss scale: 1.0 | "
-                    f"grad norm: {grad_norm:.3f} | number of skipped iterations:   0 | number of nan iterations:   0 |")
+                    f"grad norm: {grad_norm:.3f} | number of skipped iterations:   0 | number of nan iterations:   0 |"
+                )
             if args.save_interval and self.iteration % args.save_interval == 0:
                 if self.save("interval"):
                     last_saved = self.iteration

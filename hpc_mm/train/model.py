@@ -19,8 +19,17 @@ def _layers(hidden: int, heads: int, ffn: int, num_layers: int, dropout: float) 
 
 
 class VisionEncoder(nn.Module):
-    def __init__(self, image_size: int, patch_size: int, in_channels: int, hidden_size: int,
-                 num_layers: int, num_attention_heads: int, dropout: float = 0.0, **_ignored):
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        in_channels: int,
+        hidden_size: int,
+        num_layers: int,
+        num_attention_heads: int,
+        dropout: float = 0.0,
+        **_ignored,
+    ):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
@@ -45,8 +54,17 @@ class VisionProjector(nn.Module):
 
 
 class TextDecoder(nn.Module):
-    def __init__(self, num_layers: int, hidden_size: int, ffn_hidden_size: int, num_attention_heads: int,
-                 vocab_size: int, max_position_embeddings: int, hidden_dropout: float = 0.0, **_ignored):
+    def __init__(
+        self,
+        num_layers: int,
+        hidden_size: int,
+        ffn_hidden_size: int,
+        num_attention_heads: int,
+        vocab_size: int,
+        max_position_embeddings: int,
+        hidden_dropout: float = 0.0,
+        **_ignored,
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, hidden_size)
         self.position = nn.Embedding(max_position_embeddings, hidden_size)
@@ -72,8 +90,9 @@ class TinyVLM(nn.Module):
         projector = config["image_encoder"].get("vision_projector", {})
         decoder = config["text_decoder"]
         self.vision_encoder = VisionEncoder(**vision)
-        self.vision_projector = VisionProjector(vision["hidden_size"], decoder["hidden_size"],
-                                                projector.get("hidden_size"))
+        self.vision_projector = VisionProjector(
+            vision["hidden_size"], decoder["hidden_size"], projector.get("hidden_size")
+        )
         self.text_decoder = TextDecoder(**decoder)
         self.vocab_size = decoder["vocab_size"]
 
@@ -82,5 +101,5 @@ class TinyVLM(nn.Module):
         prefix = self.vision_projector(self.vision_encoder(images))
         bos = torch.full_like(captions[:, :1], BOS)
         logits = self.text_decoder(prefix, torch.cat([bos, captions[:, :-1]], dim=1))
-        logits = logits[:, prefix.shape[1]:]
+        logits = logits[:, prefix.shape[1] :]
         return nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size), captions.reshape(-1))

@@ -4,8 +4,9 @@ out here so that the trainer starts without importing megatron (seconds per rest
 test suite checks it against megatron-core's own at every decay style.
 
 It counts in samples, as Megatron's training loop does, and resumes with Megatron's rule for a
-schedule that changed since the checkpoint: refused, unless `--override-opt_param-scheduler`
-(the job's values win) or `--use-checkpoint-opt_param-scheduler` (the checkpoint's win).
+schedule that changed since the checkpoint (checked by run/resume.py, as on the login node):
+refused, unless `--override-opt_param-scheduler` (the job's values win) or
+`--use-checkpoint-opt_param-scheduler` (the checkpoint's win).
 """
 
 from __future__ import annotations
@@ -15,12 +16,6 @@ import math
 import torch
 
 from hpc_mm.errors import UserError
-
-# state_dict key -> what the job file calls it (for the message when a resume changes it)
-_CHECKED = {"max_lr": "gpt.lr", "min_lr": "gpt.min_lr", "lr_warmup_steps": "gpt.lr_warmup_iters",
-            "lr_decay_steps": "gpt.lr_decay_iters (default train_iters)", "lr_decay_style": "gpt.lr_decay_style",
-            "start_wd": "gpt.weight_decay", "end_wd": "gpt.weight_decay",
-            "wd_incr_steps": "gpt.train_iters", "wd_incr_style": "(weight decay increment style)"}
 
 
 def param_groups(model: torch.nn.Module) -> list[dict]:
@@ -34,18 +29,40 @@ def param_groups(model: torch.nn.Module) -> list[dict]:
 class Scheduler:
     """Megatron's OptimizerParamScheduler, same arithmetic, same state_dict."""
 
-    def __init__(self, optimizer, init_lr: float, max_lr: float, min_lr: float, lr_warmup_steps: int,
-                 lr_decay_steps: int, lr_decay_style: str, start_wd: float, end_wd: float, wd_incr_steps: int,
-                 wd_incr_style: str, wsd_decay_steps: int | None = None, lr_wsd_decay_style: str | None = None,
-                 override: bool = False, use_checkpoint: bool = False):
+    def __init__(
+        self,
+        optimizer,
+        init_lr: float,
+        max_lr: float,
+        min_lr: float,
+        lr_warmup_steps: int,
+        lr_decay_steps: int,
+        lr_decay_style: str,
+        start_wd: float,
+        end_wd: float,
+        wd_incr_steps: int,
+        wd_incr_style: str,
+        wsd_decay_steps: int | None = None,
+        lr_wsd_decay_style: str | None = None,
+        override: bool = False,
+        use_checkpoint: bool = False,
+    ):
         if override and use_checkpoint:
-            raise UserError.one("gpt.extra.override_opt_param_scheduler",
-                                "and use_checkpoint_opt_param_scheduler are both set", "choose one")
+            raise UserError.one(
+                "gpt.extra.override_opt_param_scheduler",
+                "and use_checkpoint_opt_param_scheduler are both set",
+                "choose one",
+            )
         self.optimizer = optimizer
         self.init_lr, self.max_lr, self.min_lr = init_lr, float(max_lr), min_lr
         self.lr_warmup_steps, self.lr_decay_steps, self.lr_decay_style = lr_warmup_steps, lr_decay_steps, lr_decay_style
         self.wsd_decay_steps, self.lr_wsd_decay_style = wsd_decay_steps, lr_wsd_decay_style
-        self.start_wd, self.end_wd, self.wd_incr_steps, self.wd_incr_style = start_wd, end_wd, wd_incr_steps, wd_incr_style
+        self.start_wd, self.end_wd, self.wd_incr_steps, self.wd_incr_style = (
+            start_wd,
+            end_wd,
+            wd_incr_steps,
+            wd_incr_style,
+        )
         self.override, self.use_checkpoint = override, use_checkpoint
         self.num_steps = 0
         self.step(0)
@@ -79,9 +96,12 @@ class Scheduler:
                 coeff = 1.0
             else:
                 ratio = float(self.num_steps - anneal_start) / float(self.wsd_decay_steps)
-                coeff = {"linear": lambda: 1.0 - ratio, "cosine": lambda: 0.5 * (math.cos(math.pi * ratio) + 1.0),
-                         "exponential": lambda: (2.0 * math.pow(0.5, ratio)) - 1.0,
-                         "minus_sqrt": lambda: 1.0 - math.sqrt(ratio)}[self.lr_wsd_decay_style]()
+                coeff = {
+                    "linear": lambda: 1.0 - ratio,
+                    "cosine": lambda: 0.5 * (math.cos(math.pi * ratio) + 1.0),
+                    "exponential": lambda: (2.0 * math.pow(0.5, ratio)) - 1.0,
+                    "minus_sqrt": lambda: 1.0 - math.sqrt(ratio),
+                }[self.lr_wsd_decay_style]()
         return min_lr + coeff * (max_lr - min_lr)
 
     def step(self, increment: int) -> None:
@@ -92,33 +112,29 @@ class Scheduler:
             group["weight_decay"] = wd * group.get("wd_mult", 1.0)
 
     def state_dict(self) -> dict:
-        return {"max_lr": self.max_lr, "lr_warmup_steps": self.lr_warmup_steps, "num_steps": self.num_steps,
-                "lr_decay_style": self.lr_decay_style, "lr_decay_steps": self.lr_decay_steps, "min_lr": self.min_lr,
-                "start_wd": self.start_wd, "end_wd": self.end_wd, "wd_incr_style": self.wd_incr_style,
-                "wd_incr_steps": self.wd_incr_steps}
+        return {
+            "max_lr": self.max_lr,
+            "lr_warmup_steps": self.lr_warmup_steps,
+            "num_steps": self.num_steps,
+            "lr_decay_style": self.lr_decay_style,
+            "lr_decay_steps": self.lr_decay_steps,
+            "min_lr": self.min_lr,
+            "start_wd": self.start_wd,
+            "end_wd": self.end_wd,
+            "wd_incr_style": self.wd_incr_style,
+            "wd_incr_steps": self.wd_incr_steps,
+        }
 
-    def changes(self, state: dict) -> list[str]:
-        """What the job changed since the checkpoint, as `key: checkpoint -> job` lines."""
-        mine = self.state_dict()
-        return [f"{_CHECKED[k]}: {state[k]} -> {mine[k]} ({k})" for k in _CHECKED if k in state and state[k] != mine[k]]
-
-    def load_state_dict(self, state: dict) -> str:
-        """Resume; return what won when the schedule changed ('' when nothing did)."""
-        changes = self.changes(state)
-        if changes and not (self.override or self.use_checkpoint):
-            raise UserError.one("gpt", "the learning-rate schedule changed since the checkpoint: " + "; ".join(changes),
-                                "set gpt.extra.override_opt_param_scheduler: true to use the job's values, or "
-                                "use_checkpoint_opt_param_scheduler: true to keep the checkpoint's (Megatron's rule)")
-        if not self.override:  # the checkpoint's values (equal, or chosen)
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at the checkpoint's step, with the checkpoint's schedule unless the job's wins
+        (the trainer checked the change first: run/resume.py)."""
+        if not self.override:
             for key in ("max_lr", "min_lr", "lr_warmup_steps", "lr_decay_steps", "lr_decay_style"):
                 setattr(self, key, state[key])
         self.step(increment=state["num_steps"])
         if not self.override:
             for key in ("start_wd", "end_wd", "wd_incr_steps", "wd_incr_style"):
                 setattr(self, key, state[key])
-        if not changes:
-            return ""
-        return ("the job's values win: " if self.override else "the checkpoint's values win: ") + "; ".join(changes)
 
 
 def build_scheduler(optimizer, args, global_batch_size: int) -> Scheduler:
@@ -126,9 +142,19 @@ def build_scheduler(optimizer, args, global_batch_size: int) -> Scheduler:
     decay_iters = args.lr_decay_iters or args.train_iters
     wsd = args.lr_wsd_decay_iters * global_batch_size if args.lr_wsd_decay_iters else None
     return Scheduler(
-        optimizer, init_lr=args.lr_warmup_init, max_lr=args.lr, min_lr=args.min_lr,
-        lr_warmup_steps=args.lr_warmup_iters * global_batch_size, lr_decay_steps=decay_iters * global_batch_size,
-        lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay, end_wd=args.weight_decay,
-        wd_incr_steps=args.train_iters * global_batch_size, wd_incr_style="constant",
-        wsd_decay_steps=wsd, lr_wsd_decay_style=args.lr_wsd_decay_style,
-        override=args.override_opt_param_scheduler, use_checkpoint=args.use_checkpoint_opt_param_scheduler)
+        optimizer,
+        init_lr=args.lr_warmup_init,
+        max_lr=args.lr,
+        min_lr=args.min_lr,
+        lr_warmup_steps=args.lr_warmup_iters * global_batch_size,
+        lr_decay_steps=decay_iters * global_batch_size,
+        lr_decay_style=args.lr_decay_style,
+        start_wd=args.weight_decay,
+        end_wd=args.weight_decay,
+        wd_incr_steps=args.train_iters * global_batch_size,
+        wd_incr_style="constant",
+        wsd_decay_steps=wsd,
+        lr_wsd_decay_style=args.lr_wsd_decay_style,
+        override=args.override_opt_param_scheduler,
+        use_checkpoint=args.use_checkpoint_opt_param_scheduler,
+    )

@@ -48,8 +48,11 @@ def bind_device(backend: str) -> tuple[torch.device, str]:
     if device.kind == "cuda":
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank), "nccl"
-    raise UserError.one("--distributed-backend", f"{backend} needs an NPU or a GPU and this node has neither",
-                        "use gloo on CPU (backend: auto in the job file)")
+    raise UserError.one(
+        "--distributed-backend",
+        f"{backend} needs an NPU or a GPU and this node has neither",
+        "use gloo on CPU (backend: auto in the job file)",
+    )
 
 
 def ignore_stop_signals(_worker_id: int) -> None:
@@ -75,8 +78,11 @@ def allreduce_gradients(params: list[torch.Tensor], group, dp_size: int) -> None
 
 
 def rng_state() -> dict:
-    state = {"random_rng_state": random.getstate(), "np_rng_state": np.random.get_state(),
-             "torch_rng_state": torch.get_rng_state()}
+    state = {
+        "random_rng_state": random.getstate(),
+        "np_rng_state": np.random.get_state(),
+        "torch_rng_state": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda_rng_state"] = torch.cuda.get_rng_state()
     return state

@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from hpc_mm.train import checkpoint
 from hpc_mm.errors import UserError
+from hpc_mm.train import checkpoint
 
 WRITER = """
 import sys, torch
@@ -28,7 +28,7 @@ def test_kill_9_during_writes_leaves_previous_loadable(tmp_path):
     save_dir = tmp_path / "ckpt"
     rng = random.Random(0)
     interrupted_mid_write = 0
-    for round_ in range(6):
+    for _round in range(6):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(save_dir)], stdout=subprocess.PIPE, text=True)
         proc.stdout.readline()  # at least one commit this round
         time.sleep(rng.uniform(0.05, 0.6))

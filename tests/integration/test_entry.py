@@ -9,8 +9,9 @@ import time
 
 import torch
 
-from conftest import JOBS, ROOT, run_cli
 from hpc_mm.run import events
+
+from conftest import JOBS, ROOT, run_cli
 from test_slurm import preempt_and_resume, wait_for
 
 STANDIN = ROOT / "tests" / "fixtures" / "standin.yaml"
@@ -28,12 +29,28 @@ def pretrained_weights(folder, value: float):
 def test_standin_entry_from_pretrained_weights_survives_preemption(slurm_cluster, tmp_path):
     pretrained = pretrained_weights(tmp_path / "pretrained", 0.5)
     run_dir = tmp_path / "run"
-    result = run_cli("submit", STANDIN, "--run-dir", run_dir, "--json", "--set", f"checkpoint.pretrained={pretrained}",
-                     "--set", "slurm.exclusive=true", "--set", "slurm.partition=low", cwd=tmp_path, check=True)
+    result = run_cli(
+        "submit",
+        STANDIN,
+        "--run-dir",
+        run_dir,
+        "--json",
+        "--set",
+        f"checkpoint.pretrained={pretrained}",
+        "--set",
+        "slurm.exclusive=true",
+        "--set",
+        "slurm.partition=low",
+        cwd=tmp_path,
+        check=True,
+    )
     job_id = json.loads(result.stdout)["job_id"]
     deadline = time.time() + 300
-    while time.time() < deadline and len((run_dir / "metrics.jsonl").read_text().splitlines()
-                                         if (run_dir / "metrics.jsonl").exists() else []) < 20:
+    while (
+        time.time() < deadline
+        and len((run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else [])
+        < 20
+    ):
         time.sleep(0.5)
     preempt_and_resume(job_id, run_dir)
     assert wait_for(job_id, timeout=600) == "COMPLETED", [e["event"] for e in events.read(run_dir)]
@@ -54,7 +71,11 @@ def test_standin_entry_from_pretrained_weights_survives_preemption(slurm_cluster
     assert status["state"] == "COMPLETED" and status["last_iteration"] == 300 and status["last_checkpoint"] == 300
     assert isinstance(status["last_loss"], float) and status["restarts"] == 1
     report = run_cli("report", run_dir, check=True)
-    assert "iterations    300 of 300" in report.stdout and "restarts      1 (" in report.stdout and (run_dir / "report.png").stat().st_size > 1000
+    assert (
+        "iterations    300 of 300" in report.stdout
+        and "restarts      1 (" in report.stdout
+        and (run_dir / "report.png").stat().st_size > 1000
+    )
     rank1 = run_cli("logs", run_dir, "--rank", "1", "--restart", "0", check=True).stdout
     assert "rank 1: 4 ranks, data parallel, starting at iteration 0" in rank1
     assert not re.search(r"^\[default0\]", rank1, re.M) and "rank 2:" not in rank1
@@ -70,23 +91,57 @@ def fake_npu_node(tmp_path):
 
 def test_npu_job_without_torch_npu_stops_before_torchrun(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli("launch", STANDIN, "--run-dir", run_dir, "--nodes", "1", "--set", "slurm.gres=npu:2",
-                     "--set", "distributed.nproc_per_node=auto", "--set", "gpt.global_batch_size=null",
-                     env=fake_npu_node(tmp_path))
+    result = run_cli(
+        "launch",
+        STANDIN,
+        "--run-dir",
+        run_dir,
+        "--nodes",
+        "1",
+        "--set",
+        "slurm.gres=npu:2",
+        "--set",
+        "distributed.nproc_per_node=auto",
+        "--set",
+        "gpt.global_batch_size=null",
+        env=fake_npu_node(tmp_path),
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert re.search(r"^error: entry\.python: \S+python\S* on \S+ cannot import torch_npu, which this job needs",
-                     result.stderr, re.M), result.stderr
+    assert re.search(
+        r"^error: entry\.python: \S+python\S* on \S+ cannot import torch_npu, which this job needs", result.stderr, re.M
+    ), result.stderr
     assert "torch.distributed.run" not in result.stderr and not (run_dir / "events.jsonl").exists()
 
 
 def test_npu_job_on_a_node_without_npus_is_one_error(tmp_path):
-    result = run_cli("launch", JOBS / "qwen2vl-7b.yaml", "--run-dir", tmp_path / "run", "--nodes", "1",
-                     "--set", f"entry.workdir={tmp_path}", env={"HPC_MM_DEVICE_ROOT": str(tmp_path)})
+    result = run_cli(
+        "launch",
+        JOBS / "qwen2vl-7b.yaml",
+        "--run-dir",
+        tmp_path / "run",
+        "--nodes",
+        "1",
+        "--set",
+        f"entry.workdir={tmp_path}",
+        env={"HPC_MM_DEVICE_ROOT": str(tmp_path)},
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: distributed.device: the job runs on npu but node"), result.stderr
 
 
 def test_the_standins_parser_refuses_what_megatron_refuses(tmp_path):
-    result = run_cli("launch", STANDIN, "--run-dir", tmp_path / "run", "--nodes", "1", "--nproc-per-node", "1",
-                     "--set", "gpt.global_batch_size=4", "--set", "entry.extra_args=[--no-such-megatron-option]")
+    result = run_cli(
+        "launch",
+        STANDIN,
+        "--run-dir",
+        tmp_path / "run",
+        "--nodes",
+        "1",
+        "--nproc-per-node",
+        "1",
+        "--set",
+        "gpt.global_batch_size=4",
+        "--set",
+        "entry.extra_args=[--no-such-megatron-option]",
+    )
     assert result.returncode != 0 and "unrecognized arguments: --no-such-megatron-option" in result.stderr

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import JOBS, ROOT, run_cli
 from hpc_mm.run import events
+
+from conftest import JOBS, ROOT, run_cli
 from test_slurm import preempt, sacct, wait_for
 
 STANDIN = ROOT / "tests" / "fixtures" / "standin.yaml"
@@ -20,8 +21,16 @@ TINY = JOBS / "tiny-vlm.yaml"
 
 
 def submit(run_dir, *overrides, job=TINY):
-    result = run_cli("submit", job, "--run-dir", run_dir, "--json", *[a for o in overrides for a in ("--set", o)],
-                     cwd=run_dir.parent, check=True)
+    result = run_cli(
+        "submit",
+        job,
+        "--run-dir",
+        run_dir,
+        "--json",
+        *[a for o in overrides for a in ("--set", o)],
+        cwd=run_dir.parent,
+        check=True,
+    )
     return json.loads(result.stdout)["job_id"]
 
 
@@ -39,8 +48,12 @@ def until(predicate, timeout=300, poll=0.5, job_id=None):
 
 
 def finished(job_id, timeout=600):
-    until(lambda: sacct(job_id)[0] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"), timeout,
-          poll=1, job_id=job_id)
+    until(
+        lambda: sacct(job_id)[0] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"),
+        timeout,
+        poll=1,
+        job_id=job_id,
+    )
     return sacct(job_id)[0]
 
 
@@ -57,20 +70,28 @@ def processes(node: str, training_only: bool = False) -> list[int]:
             values = environ.read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"SLURMD_NODENAME={node}".encode() in values and (not training_only or any(v.startswith(b"RANK=") for v in values)):
+        if f"SLURMD_NODENAME={node}".encode() in values and (
+            not training_only or any(v.startswith(b"RANK=") for v in values)
+        ):
             if int(environ.parent.name) != os.getpid():
                 found.append(int(environ.parent.name))
     return found
 
 
 def weights(run_dir, iteration):
-    state = torch.load(run_dir / "checkpoints" / f"iter_{iteration:07d}" / "mp_rank_00" / "model_optim_rng.pt",
-                       weights_only=False)
+    state = torch.load(
+        run_dir / "checkpoints" / f"iter_{iteration:07d}" / "mp_rank_00" / "model_optim_rng.pt", weights_only=False
+    )
     return state["model"]
 
 
-HANG_JOB = ["gpt.train_iters=300", "checkpoint.save_interval=50", "fault.hang_floor_step=20",
-            "fault.hang_floor_startup=120", "slurm.partition=low"]
+HANG_JOB = [
+    "gpt.train_iters=300",
+    "checkpoint.save_interval=50",
+    "fault.hang_floor_step=20",
+    "fault.hang_floor_startup=120",
+    "slurm.partition=low",
+]
 
 
 def test_a_hung_rank_is_found_the_node_left_out_and_the_run_resumes_bitwise(slurm_cluster, tmp_path):
@@ -107,8 +128,8 @@ def test_a_hung_rank_is_found_the_node_left_out_and_the_run_resumes_bitwise(slur
     assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise the uninterrupted run
 
 
-def restore(node: str) -> None:
-    subprocess.run(["/usr/sbin/slurmd", "-N", node], capture_output=True)
+def restore(cluster, node: str) -> None:
+    subprocess.run(cluster.slurmd(node), capture_output=True)
     for _ in range(30):
         subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
         state = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%t"], capture_output=True, text=True).stdout
@@ -125,46 +146,54 @@ def test_a_dead_node_ends_the_step_and_the_job_runs_elsewhere(slurm_cluster, tmp
     try:
         for pid in processes(dead):
             os.kill(pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-9", "-f", f"slurmd -N {dead}$"], check=False)
+        subprocess.run(["pkill", "-9", "-f", f"^{' '.join(slurm_cluster.slurmd(dead))}$"], check=False)
         killed = time.time()
-        ended = until(lambda: next((e for e in events.read(run_dir) if e["event"] in ("requeued", "failed")), None),
-                      timeout=120)
+        ended = until(
+            lambda: next((e for e in events.read(run_dir) if e["event"] in ("requeued", "failed")), None), timeout=120
+        )
         assert ended["event"] == "requeued" and ended["cause"] == "node-failure" and ended["exclude"] == [dead]
         assert ended["time"] - killed < 60  # no rank hangs waiting for the dead node
     finally:
-        restore(dead)
+        restore(slurm_cluster, dead)
     assert finished(job_id) == "COMPLETED", [e["event"] for e in events.read(run_dir)]
     restarted = [e for e in events.read(run_dir) if e["event"] == "started" and e["restart"] == 1][0]
     assert dead not in restarted["hosts"]
 
 
 @pytest.fixture
-def fake_gpu_nodes(tmp_path):
-    """n1, n3, n4 have (fake) GPUs; n2 has none."""
+def fake_gpu_nodes(tmp_path, slurm_cluster):
+    """The cluster's first, third and fourth node have (fake) GPUs; the second has none."""
     root = tmp_path / "nodes"
-    for node in ("n1", "n3", "n4"):
+    first, second, third, fourth = slurm_cluster.nodes
+    for node in (first, third, fourth):
         (root / node / "dev").mkdir(parents=True)
         (root / node / "dev" / "nvidia0").touch()
-    (root / "n2" / "dev").mkdir(parents=True)
+    (root / second / "dev").mkdir(parents=True)
     return f"{root}/{{node}}"
 
 
 def test_a_node_that_fails_the_preflight_is_left_out(slurm_cluster, tmp_path, fake_gpu_nodes):
+    n2 = slurm_cluster.nodes[1]
     run_dir = tmp_path / "run"
-    job_id = submit(run_dir, "gpt.train_iters=60", "distributed.device=cuda", "distributed.backend=gloo",
-                    f"env={{HPC_MM_DEVICE_ROOT: '{fake_gpu_nodes}', OMP_NUM_THREADS: '1'}}")
+    job_id = submit(
+        run_dir,
+        "gpt.train_iters=60",
+        "distributed.device=cuda",
+        "distributed.backend=gloo",
+        f"env={{HPC_MM_DEVICE_ROOT: '{fake_gpu_nodes}', OMP_NUM_THREADS: '1'}}",
+    )
     assert finished(job_id) == "COMPLETED", [e["event"] for e in events.read(run_dir)]
     record = events.read(run_dir)
     preflight = next(e for e in record if e["event"] == "preflight")
-    assert list(preflight["failed"]) == ["n2"] and "n2: distributed.device" in preflight["failed"]["n2"][0]
+    assert list(preflight["failed"]) == [n2] and f"{n2}: distributed.device" in preflight["failed"][n2][0]
     first = [e["event"] for e in record if e["restart"] == 0]
     assert "started" not in first  # nothing trained before the preflight passed
     requeued = next(e for e in record if e["event"] == "requeued")
-    assert requeued["cause"] == "preflight" and requeued["exclude"] == ["n2"]
+    assert requeued["cause"] == "preflight" and requeued["exclude"] == [n2]
     started = next(e for e in record if e["event"] == "started")
-    assert "n2" not in started["hosts"] and record[-1]["event"] == "completed"
+    assert n2 not in started["hosts"] and record[-1]["event"] == "completed"
     batch_log = next((run_dir / "logs").glob("*.batch.out")).read_text()
-    assert "hpc-mm preflight: error: n2: distributed.device: the job runs on cuda but node n2 has no" in batch_log
+    assert f"hpc-mm preflight: error: {n2}: distributed.device: the job runs on cuda but node {n2} has no" in batch_log
 
 
 def test_a_preflight_failure_on_every_node_fails_the_job(slurm_cluster, tmp_path):
@@ -188,16 +217,23 @@ def crashing_standin(tmp_path, **knobs):
 
 def test_a_crash_that_repeats_stops_the_job(slurm_cluster, tmp_path):
     run_dir = tmp_path / "run"
-    job_id = submit(run_dir, crashing_standin(tmp_path, crash_at_iteration=30), "gpt.train_iters=100",
-                    "checkpoint.save_interval=20", "requeue.on_failure=3", job=STANDIN)
+    job_id = submit(
+        run_dir,
+        crashing_standin(tmp_path, crash_at_iteration=30),
+        "gpt.train_iters=100",
+        "checkpoint.save_interval=20",
+        "requeue.on_failure=3",
+        job=STANDIN,
+    )
     assert finished(job_id) == "FAILED"
     record = events.read(run_dir)
     assert [e["event"] for e in record if e["event"] in ("requeued", "gave_up")] == ["requeued", "gave_up"]
     gave_up = record[-1]
     assert gave_up["event"] == "gave_up" and "the same failure twice in a row" in gave_up["reason"]
     assert gave_up["restart"] == 1 and gave_up["failure"] == "a crash after iteration 29"
-    exit_code = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "ExitCode"], capture_output=True,
-                               text=True).stdout.split()[-1]
+    exit_code = subprocess.run(
+        ["sacct", "-a", "-j", job_id, "-X", "-n", "-P", "-o", "ExitCode"], capture_output=True, text=True
+    ).stdout.split()[-1]
     assert exit_code == "3:0"
     status = json.loads(run_cli("status", run_dir, "--json", check=True).stdout)
     assert status["last_event"] == "gave_up"
@@ -205,9 +241,14 @@ def test_a_crash_that_repeats_stops_the_job(slurm_cluster, tmp_path):
 
 def test_a_one_off_crash_is_retried_and_the_run_completes(slurm_cluster, tmp_path):
     run_dir = tmp_path / "run"
-    job_id = submit(run_dir, crashing_standin(tmp_path, crash_at_iteration=30,
-                                              crash_once_marker=str(tmp_path / "crashed")),
-                    "gpt.train_iters=60", "checkpoint.save_interval=20", "requeue.on_failure=1", job=STANDIN)
+    job_id = submit(
+        run_dir,
+        crashing_standin(tmp_path, crash_at_iteration=30, crash_once_marker=str(tmp_path / "crashed")),
+        "gpt.train_iters=60",
+        "checkpoint.save_interval=20",
+        "requeue.on_failure=1",
+        job=STANDIN,
+    )
     assert finished(job_id) == "COMPLETED"
     record = events.read(run_dir)
     requeued = [e for e in record if e["event"] == "requeued"]
@@ -216,8 +257,14 @@ def test_a_one_off_crash_is_retried_and_the_run_completes(slurm_cluster, tmp_pat
 
 def test_chain_mode_continues_a_preempted_job_as_a_new_job(slurm_cluster, tmp_path):
     run_dir = tmp_path / "run"
-    job_id = submit(run_dir, "requeue.mode=chain", "slurm.exclusive=true", "slurm.partition=low",
-                    "gpt.train_iters=400", "checkpoint.save_interval=1000")
+    job_id = submit(
+        run_dir,
+        "requeue.mode=chain",
+        "slurm.exclusive=true",
+        "slurm.partition=low",
+        "gpt.train_iters=400",
+        "checkpoint.save_interval=1000",
+    )
     until(lambda: metrics_rows(run_dir) >= 60)
     high = preempt()
     requeued = until(lambda: next((e for e in events.read(run_dir) if e["event"] == "requeued"), None))
@@ -242,12 +289,17 @@ def test_every_end_is_recorded_and_a_stop_to_the_step_alone_is_no_completion(slu
     job_id = submit(run_dir, "gpt.train_iters=600", "checkpoint.save_interval=1000", "requeue.max_restarts=1")
     until(lambda: metrics_rows(run_dir) >= 40)
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True)  # to the steps only
-    requeued = until(lambda: next((e for e in events.read(run_dir) if e["event"] in ("requeued", "completed",
-                                                                                      "failed")), None))
+    requeued = until(
+        lambda: next((e for e in events.read(run_dir) if e["event"] in ("requeued", "completed", "failed")), None)
+    )
     assert requeued["event"] == "requeued" and requeued["cause"] == "signal", requeued
     until(lambda: metrics_rows(run_dir) >= 80, job_id=job_id)
-    rank = until(lambda: processes(next(e for e in events.read(run_dir) if e["event"] == "started"
-                                        and e["restart"] == 1)["hosts"][0], training_only=True))[0]
+    rank = until(
+        lambda: processes(
+            next(e for e in events.read(run_dir) if e["event"] == "started" and e["restart"] == 1)["hosts"][0],
+            training_only=True,
+        )
+    )[0]
     os.kill(rank, signal.SIGKILL)
     assert finished(job_id) == "FAILED"
     last = events.read(run_dir)[-1]

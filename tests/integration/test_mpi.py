@@ -4,14 +4,16 @@ import json
 import os
 import subprocess
 
-from conftest import HPC_MM, JOBS, run_cli
 from hpc_mm.run import events
+
+from conftest import HPC_MM, JOBS, run_cli
 
 
 def mpirun(np_: int, *cmd):
     root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-    return subprocess.run(["mpirun", "-np", str(np_), "--oversubscribe", *root, *cmd],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        ["mpirun", "-np", str(np_), "--oversubscribe", *root, *cmd], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_mpirun_env_agrees_on_master(tmp_path):
@@ -26,8 +28,18 @@ def test_mpirun_env_agrees_on_master(tmp_path):
 
 def test_local_emulates_two_nodes(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli("local", JOBS / "tiny-vlm.yaml", "--run-dir", run_dir, "--set", "gpt.train_iters=20",
-                     "--set", "gpt.lr_warmup_iters=5", "--set", "checkpoint.save_interval=10")
+    result = run_cli(
+        "local",
+        JOBS / "tiny-vlm.yaml",
+        "--run-dir",
+        run_dir,
+        "--set",
+        "gpt.train_iters=20",
+        "--set",
+        "gpt.lr_warmup_iters=5",
+        "--set",
+        "checkpoint.save_interval=10",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = run_cli("logs", run_dir, check=True).stdout  # each emulated node's own log, as on Slurm
     assert "mpi agent node 0/2 world 4" in out and "mpi agent node 1/2 world 4" in out

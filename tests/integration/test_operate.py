@@ -9,8 +9,9 @@ import subprocess
 import pytest
 import torch
 
-from conftest import JOBS, run_cli
 from hpc_mm.run import events
+
+from conftest import JOBS, run_cli
 from test_faults import finished, metrics_rows, until, weights
 from test_slurm import preempt, sacct
 
@@ -33,21 +34,58 @@ def no_traceback(run_dir):
 
 def test_status_table_matches_squeue_and_sacct_and_cancel_saves_first(slurm_cluster, tmp_path):
     """Three runs: one completed, one running, one pending (BeginTime); then the running one is cancelled."""
-    done = json.loads(run_cli("submit", TINY, "--run-dir", "runs/done", "--json", "--wait", "-N", "1",
-                              *sets("gpt.train_iters=30"), cwd=tmp_path, check=True).stdout)
-    running = json.loads(run_cli("submit", TINY, "--run-dir", "runs/running", "--json", "-p", "low",
-                                 *sets("gpt.train_iters=100000", "checkpoint.save_interval=100000"),
-                                 cwd=tmp_path, check=True).stdout)
-    pending = json.loads(run_cli("submit", TINY, "--run-dir", "runs/pending", "--json",
-                                 *sets("slurm.extra_sbatch={begin: now+1hour}"), cwd=tmp_path, check=True).stdout)
+    done = json.loads(
+        run_cli(
+            "submit",
+            TINY,
+            "--run-dir",
+            "runs/done",
+            "--json",
+            "--wait",
+            "-N",
+            "1",
+            *sets("gpt.train_iters=30"),
+            cwd=tmp_path,
+            check=True,
+        ).stdout
+    )
+    running = json.loads(
+        run_cli(
+            "submit",
+            TINY,
+            "--run-dir",
+            "runs/running",
+            "--json",
+            "-p",
+            "low",
+            *sets("gpt.train_iters=100000", "checkpoint.save_interval=100000"),
+            cwd=tmp_path,
+            check=True,
+        ).stdout
+    )
+    pending = json.loads(
+        run_cli(
+            "submit",
+            TINY,
+            "--run-dir",
+            "runs/pending",
+            "--json",
+            *sets("slurm.extra_sbatch={begin: now+1hour}"),
+            cwd=tmp_path,
+            check=True,
+        ).stdout
+    )
     until(lambda: metrics_rows(tmp_path / "runs" / "running") >= 5)
 
     table = json.loads(run_cli("status", "--json", cwd=tmp_path, check=True).stdout)
     rows = {r["job_id"]: r for r in table}
     assert set(rows) == {done["job_id"], running["job_id"], pending["job_id"]}
     assert [r["job_id"] for r in table][0] == pending["job_id"]  # newest first
-    assert (rows[pending["job_id"]]["state"], rows[pending["job_id"]]["reason"]) == squeue(pending["job_id"]) \
+    assert (
+        (rows[pending["job_id"]]["state"], rows[pending["job_id"]]["reason"])
+        == squeue(pending["job_id"])
         == ("PENDING", "BeginTime")
+    )
     assert rows[running["job_id"]]["state"] == squeue(running["job_id"])[0] == "RUNNING"
     assert rows[done["job_id"]]["state"] == sacct(done["job_id"])[0] == "COMPLETED"
     assert (rows[done["job_id"]]["nodes"], rows[done["job_id"]]["last_iteration"]) == (1, 30)
@@ -123,20 +161,39 @@ def test_local_preempt_at_resumes_bitwise_with_per_rank_logs(tmp_path):
     assert f"[rank 3] exiting on signal after iteration {signal_save['iteration']}" in first
 
 
-@pytest.mark.parametrize("bad,message", [
-    (["--preempt-at", "0"], "error: hpc-mm local: argument --preempt-at: 0 must be at least 1"),
-    (["--preempt-at", "x"], "error: hpc-mm local: argument --preempt-at: 'x' is not an integer"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (["--preempt-at", "0"], "error: hpc-mm local: argument --preempt-at: 0 must be at least 1"),
+        (["--preempt-at", "x"], "error: hpc-mm local: argument --preempt-at: 'x' is not an integer"),
+    ],
+)
 def test_local_preempt_at_bad_values(tmp_path, bad, message):
     result = local(tmp_path / "run", *bad)
     assert result.returncode == 2 and result.stderr.startswith(message) and not (tmp_path / "run").exists()
 
 
 def test_sweep_is_one_array_and_only_the_preempted_task_requeues(slurm_cluster, tmp_path):
-    result = run_cli("submit", TINY, "-N", "1", "--nproc-per-node", "1", "-p", "low", "--json",
-                     "--sweep", "gpt.lr=1e-3,2e-3", "--sweep", "gpt.seed=1,2", "--run-dir", "runs/sweep",
-                     *sets("slurm.exclusive=true", "gpt.train_iters=400", "checkpoint.save_interval=1000"),
-                     cwd=tmp_path, check=True)
+    result = run_cli(
+        "submit",
+        TINY,
+        "-N",
+        "1",
+        "--nproc-per-node",
+        "1",
+        "-p",
+        "low",
+        "--json",
+        "--sweep",
+        "gpt.lr=1e-3,2e-3",
+        "--sweep",
+        "gpt.seed=1,2",
+        "--run-dir",
+        "runs/sweep",
+        *sets("slurm.exclusive=true", "gpt.train_iters=400", "checkpoint.save_interval=1000"),
+        cwd=tmp_path,
+        check=True,
+    )
     submitted = json.loads(result.stdout)
     array, tasks = submitted["job_id"], submitted["tasks"]
     assert [t["job_id"] for t in tasks] == [f"{array}_{i}" for i in range(4)]

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import HPC_MM, JOBS, run_cli
 from hpc_mm.errors import UserError
 from hpc_mm.run import checkpoints, events
 from hpc_mm.train import checkpoint
+
+from conftest import HPC_MM, JOBS, run_cli
 
 ONE_PROC = ["--nodes", "1", "--nproc-per-node", "1", "--set", "entry.launcher=srun", "--set", "gpt.global_batch_size=4"]
 
@@ -43,8 +44,15 @@ def test_a_planted_pickle_never_runs(tmp_path):
     plant(tmp_path / "ckpt", 10, canary)
     with pytest.raises(UserError, match="asks to run posix.system"):
         checkpoint.load_latest(tmp_path / "ckpt")
-    result = run_cli("launch", JOBS / "tiny-vlm.yaml", "--run-dir", tmp_path / "run", *ONE_PROC,
-                     "--set", f"checkpoint.dir={tmp_path / 'ckpt'}")
+    result = run_cli(
+        "launch",
+        JOBS / "tiny-vlm.yaml",
+        "--run-dir",
+        tmp_path / "run",
+        *ONE_PROC,
+        "--set",
+        f"checkpoint.dir={tmp_path / 'ckpt'}",
+    )
     assert result.returncode != 0 and "asks to run posix.system" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not canary.exists()
@@ -59,8 +67,16 @@ def launch(run_dir, *extra, timeout=600):
 
 def test_a_corrupt_final_checkpoint_is_rewritten(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["--set", "gpt.train_iters=20", "--set", "gpt.lr_warmup_iters=2", "--set", "checkpoint.save_interval=10",
-            "--set", "checkpoint.keep_last=null"]
+    args = [
+        "--set",
+        "gpt.train_iters=20",
+        "--set",
+        "gpt.lr_warmup_iters=2",
+        "--set",
+        "checkpoint.save_interval=10",
+        "--set",
+        "checkpoint.keep_last=null",
+    ]
     assert launch(run_dir, *args).returncode == 0
     ckpt = run_dir / "checkpoints"
     final = checkpoints.checkpoint_file(ckpt, 20)
@@ -115,9 +131,22 @@ def test_a_dead_writers_leftovers_are_cleaned_before_the_next_save(tmp_path):
 
 def test_one_run_directory_one_run(tmp_path):
     run_dir = tmp_path / "run"
-    first = subprocess.Popen([*HPC_MM, "launch", str(JOBS / "tiny-vlm.yaml"), "--run-dir", str(run_dir), *ONE_PROC,
-                              "--set", "gpt.train_iters=100000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True)
+    first = subprocess.Popen(
+        [
+            *HPC_MM,
+            "launch",
+            str(JOBS / "tiny-vlm.yaml"),
+            "--run-dir",
+            str(run_dir),
+            *ONE_PROC,
+            "--set",
+            "gpt.train_iters=100000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not any(e["event"] == "started" for e in events.read(run_dir)):
@@ -161,8 +190,12 @@ def processes_of(run_dir: Path) -> list[str]:
 def test_local_stops_stop(tmp_path, stop):
     run_dir = tmp_path / "run"
     tmp_before = {p.name for p in Path("/tmp").iterdir() if p.name.startswith(("torchelastic_", "ompi."))}
-    proc = subprocess.Popen([*HPC_MM, "local", str(JOBS / "tiny-vlm.yaml"), "--run-dir", str(run_dir),
-                             "--set", "gpt.train_iters=100000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*HPC_MM, "local", str(JOBS / "tiny-vlm.yaml"), "--run-dir", str(run_dir), "--set", "gpt.train_iters=100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 180
     while time.time() < deadline and not (run_dir / "metrics.jsonl").exists():
         time.sleep(0.2)
@@ -187,14 +220,33 @@ def test_a_resume_that_changes_the_schedule_says_what_wins(tmp_path):
     base = ["--set", "gpt.train_iters=10", "--set", "gpt.lr_warmup_iters=2", "--set", "checkpoint.save_interval=5"]
     assert launch(run_dir, *base).returncode == 0
     changed = launch(run_dir, *base[:-2], "--set", "gpt.train_iters=20", "--set", "gpt.lr=1.0e-3")
-    assert changed.returncode == 2 and "error: gpt: the learning-rate schedule changed since the checkpoint" in changed.stderr
+    assert (
+        changed.returncode == 2
+        and "error: gpt: the learning-rate schedule changed since the checkpoint" in changed.stderr
+    )
     assert "gpt.lr: 0.002 -> 0.001" in changed.stderr and "override_opt_param_scheduler" in changed.stderr
-    override = launch(run_dir, *base[:-2], "--set", "gpt.train_iters=20", "--set", "gpt.lr=1.0e-3",
-                      "--set", "gpt.extra={override_opt_param_scheduler: true}")
+    override = launch(
+        run_dir,
+        *base[:-2],
+        "--set",
+        "gpt.train_iters=20",
+        "--set",
+        "gpt.lr=1.0e-3",
+        "--set",
+        "gpt.extra={override_opt_param_scheduler: true}",
+    )
     assert override.returncode == 0 and "the job's values win: gpt.lr: 0.002 -> 0.001" in override.stdout
     assert checkpoints.latest_iteration(run_dir / "checkpoints") == 20
-    done = launch(run_dir, *base[:-2], "--set", "gpt.train_iters=20", "--set", "gpt.lr=1.0e-3",
-                  "--set", "gpt.extra={override_opt_param_scheduler: true}")
+    done = launch(
+        run_dir,
+        *base[:-2],
+        "--set",
+        "gpt.train_iters=20",
+        "--set",
+        "gpt.lr=1.0e-3",
+        "--set",
+        "gpt.extra={override_opt_param_scheduler: true}",
+    )
     assert done.returncode == 0 and "nothing left to train" in done.stdout
 
 
@@ -204,8 +256,17 @@ def test_a_model_that_changed_shape_is_one_line(tmp_path):
     model = json.loads((JOBS / "tiny-vlm" / "model.json").read_text())
     model["text_decoder"]["hidden_size"] = 48
     (tmp_path / "model.json").write_text(json.dumps(model))
-    result = launch(run_dir, "--set", "gpt.train_iters=10", "--set", "gpt.lr_warmup_iters=1",
-                    "--set", f"mm.model={tmp_path / 'model.json'}", "--set", "gpt.extra={override_opt_param_scheduler: true}")
+    result = launch(
+        run_dir,
+        "--set",
+        "gpt.train_iters=10",
+        "--set",
+        "gpt.lr_warmup_iters=1",
+        "--set",
+        f"mm.model={tmp_path / 'model.json'}",
+        "--set",
+        "gpt.extra={override_opt_param_scheduler: true}",
+    )
     assert result.returncode == 2 and "error: mm.model: the checkpoint at iteration 5" in result.stderr
     assert "was saved for another model" in result.stderr and "Traceback" not in result.stderr
 
@@ -227,9 +288,26 @@ def test_read_only_and_full_folders_are_refused_before_training(tmp_path, small_
 def test_ctrl_c_to_launch_saves_like_sigterm(tmp_path):
     run_dir = tmp_path / "run"
     tmp_before = {p.name for p in Path("/tmp").iterdir() if p.name.startswith("torchelastic_")}
-    proc = subprocess.Popen([*HPC_MM, "launch", str(JOBS / "tiny-vlm.yaml"), "--run-dir", str(run_dir), "--nodes", "1",
-                             "--nproc-per-node", "2", "--set", "gpt.train_iters=100000", "--set", "gpt.global_batch_size=16"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            *HPC_MM,
+            "launch",
+            str(JOBS / "tiny-vlm.yaml"),
+            "--run-dir",
+            str(run_dir),
+            "--nodes",
+            "1",
+            "--nproc-per-node",
+            "2",
+            "--set",
+            "gpt.train_iters=100000",
+            "--set",
+            "gpt.global_batch_size=16",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 180
     while time.time() < deadline and not (run_dir / "metrics.jsonl").exists():
         time.sleep(0.2)

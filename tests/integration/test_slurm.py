@@ -4,14 +4,19 @@ import json
 import subprocess
 import time
 
+from hpc_mm.run import events
 
 from conftest import HPC_MM, JOBS, run_cli
-from hpc_mm.run import events
 
 
 def sacct(job_id: str) -> tuple[str, int]:
-    out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State,NNodes"],
-                         capture_output=True, text=True).stdout.strip().splitlines()
+    out = (
+        subprocess.run(
+            ["sacct", "-a", "-j", job_id, "-X", "-n", "-P", "-o", "State,NNodes"], capture_output=True, text=True
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     state, nodes = out[-1].split("|") if out else ("UNKNOWN", "0")
     return state.split()[0], int(nodes)
 
@@ -29,9 +34,25 @@ def wait_for(job_id: str, timeout: float = 600) -> str:
 def preempt(nodes: int = 4, hold: int = 2, nodelist: str | None = None) -> str:
     """A real preemption: an exclusive job in partition `high` on `nodes` nodes for `hold` seconds."""
     where = ["-w", nodelist] if nodelist else []
-    return subprocess.run(["sbatch", "--parsable", "-p", "high", "--exclusive", "-N", str(nodes), *where,
-                           "-o", "/dev/null", "--wrap", f"sleep {hold}"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "-p",
+            "high",
+            "--exclusive",
+            "-N",
+            str(nodes),
+            *where,
+            "-o",
+            "/dev/null",
+            "--wrap",
+            f"sleep {hold}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def preempt_and_resume(job_id: str, run_dir, hold: int = 2) -> None:
@@ -46,13 +67,20 @@ def preempt_and_resume(job_id: str, run_dir, hold: int = 2) -> None:
 
 
 def test_srun_env_ranks(slurm_cluster):
-    result = subprocess.run(["srun", "-N", "4", "--ntasks-per-node", "2", *HPC_MM, "env", "--json"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["srun", "-N", "4", "--ntasks-per-node", "2", *HPC_MM, "env", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert sorted(r["rank"] for r in rows) == list(range(8))
-    hosts = subprocess.run(["scontrol", "show", "hostnames", rows[0]["hosts"] and ",".join(rows[0]["hosts"])],
-                           capture_output=True, text=True).stdout.split()
+    hosts = subprocess.run(
+        ["scontrol", "show", "hostnames", rows[0]["hosts"] and ",".join(rows[0]["hosts"])],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert all(r["hosts"] == hosts for r in rows) and len(hosts) == 4
     for r in rows:
         assert r["world_size"] == 8 and r["nnodes"] == 4 and r["launcher"] == "slurm"
@@ -80,8 +108,19 @@ def test_submit_wait_completes_on_two_nodes(slurm_cluster, tmp_path):
 def test_rendered_script_with_plain_sbatch(slurm_cluster, hostile_tmp):
     run_dir = hostile_tmp / "run"
     script = hostile_tmp / "job.sbatch"
-    run_cli("render", JOBS / "tiny-vlm.yaml", "--run-dir", run_dir, "-o", script,
-            "--set", "gpt.train_iters=60", "--set", "checkpoint.save_interval=30", check=True)
+    run_cli(
+        "render",
+        JOBS / "tiny-vlm.yaml",
+        "--run-dir",
+        run_dir,
+        "-o",
+        script,
+        "--set",
+        "gpt.train_iters=60",
+        "--set",
+        "checkpoint.save_interval=30",
+        check=True,
+    )
     out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, cwd=hostile_tmp)
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip().split(";")[0]
@@ -101,8 +140,9 @@ def test_rendered_script_with_plain_sbatch(slurm_cluster, hostile_tmp):
 def test_cancel_a_queued_plain_sbatch_run_by_its_directory(slurm_cluster, tmp_path):
     run_dir = tmp_path / "run"
     run_cli("render", JOBS / "tiny-vlm.yaml", "--run-dir", run_dir, "-o", tmp_path / "job.sbatch", check=True)
-    job_id = subprocess.run(["sbatch", "--parsable", "--hold", str(tmp_path / "job.sbatch")], capture_output=True,
-                            text=True, check=True).stdout.strip()
+    job_id = subprocess.run(
+        ["sbatch", "--parsable", "--hold", str(tmp_path / "job.sbatch")], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert json.loads(run_cli("status", run_dir, "--json", check=True).stdout)["job_id"] == job_id
     result = run_cli("cancel", run_dir)
     assert result.returncode == 0 and f"cancelled job {job_id}" in result.stdout, result.stderr
@@ -128,9 +168,23 @@ def test_dry_run_reports_bad_partition_without_submitting(slurm_cluster, tmp_pat
 
 def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, tmp_path):
     """Real preemption: a `high` job needs the nodes; ours saves, requeues, resumes, finishes."""
-    result = run_cli("submit", JOBS / "tiny-vlm.yaml", "--run-dir", tmp_path / "run", "--json",
-                     "--set", "slurm.exclusive=true", "--set", "slurm.partition=low",
-                     "--set", "gpt.train_iters=300", "--set", "checkpoint.save_interval=1000", cwd=tmp_path, check=True)
+    result = run_cli(
+        "submit",
+        JOBS / "tiny-vlm.yaml",
+        "--run-dir",
+        tmp_path / "run",
+        "--json",
+        "--set",
+        "slurm.exclusive=true",
+        "--set",
+        "slurm.partition=low",
+        "--set",
+        "gpt.train_iters=300",
+        "--set",
+        "checkpoint.save_interval=1000",
+        cwd=tmp_path,
+        check=True,
+    )
     job_id = json.loads(result.stdout)["job_id"]
     run_dir = tmp_path / "run"
     deadline = time.time() + 300
@@ -166,10 +220,27 @@ def test_time_limit_saves_requeues_and_finishes(slurm_cluster, tmp_path):
     data["dataset_param"]["read_latency_ms"] = 25
     (tmp_path / "data.json").write_text(json.dumps(data))
     run_dir = tmp_path / "run"
-    result = run_cli("submit", JOBS / "tiny-vlm.yaml", "--run-dir", run_dir, "--json",
-                     "--set", "slurm.time=2", "--set", "requeue.grace_seconds=30", "--set", "requeue.max_restarts=5",
-                     "--set", f"mm.data={tmp_path / 'data.json'}", "--set", "gpt.train_iters=500",
-                     "--set", "checkpoint.save_interval=1000", cwd=tmp_path, check=True)
+    result = run_cli(
+        "submit",
+        JOBS / "tiny-vlm.yaml",
+        "--run-dir",
+        run_dir,
+        "--json",
+        "--set",
+        "slurm.time=2",
+        "--set",
+        "requeue.grace_seconds=30",
+        "--set",
+        "requeue.max_restarts=5",
+        "--set",
+        f"mm.data={tmp_path / 'data.json'}",
+        "--set",
+        "gpt.train_iters=500",
+        "--set",
+        "checkpoint.save_interval=1000",
+        cwd=tmp_path,
+        check=True,
+    )
     job_id = json.loads(result.stdout)["job_id"]
     deadline = time.time() + 600
     extended = False

@@ -9,17 +9,23 @@ import time
 import pytest
 import torch
 
-from conftest import HPC_MM, JOBS, run_cli
 from hpc_mm.run import events
 from hpc_mm.train import checkpoint
+
+from conftest import HPC_MM, JOBS, run_cli
 
 FOUR_PROCS = ["--nodes", "1", "--nproc-per-node", "4"]
 LOG_LINE = "iteration      200/     200 | consumed samples:         6400 |"
 
 
 def launch(run_dir, *extra, **kwargs):
-    return subprocess.Popen([*HPC_MM, "launch", str(JOBS / "tiny-vlm.yaml"), "--run-dir", str(run_dir), *FOUR_PROCS,
-                             *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [*HPC_MM, "launch", str(JOBS / "tiny-vlm.yaml"), "--run-dir", str(run_dir), *FOUR_PROCS, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def metrics(run_dir):
@@ -88,25 +94,61 @@ def test_exact_resume_after_exit_signal(full_run, tmp_path):
 
 def test_async_save_and_built_in_limits(tmp_path):
     run_dir = tmp_path / "run"
-    proc = launch(run_dir, "--set", "gpt.train_iters=20", "--set", "gpt.lr_warmup_iters=5", "--set", "checkpoint.save_interval=5",
-                  "--set", "checkpoint.async_save=true", "--set", "checkpoint.keep_last=null")
+    proc = launch(
+        run_dir,
+        "--set",
+        "gpt.train_iters=20",
+        "--set",
+        "gpt.lr_warmup_iters=5",
+        "--set",
+        "checkpoint.save_interval=5",
+        "--set",
+        "checkpoint.async_save=true",
+        "--set",
+        "checkpoint.keep_last=null",
+    )
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     assert checkpoint.saved_iterations(run_dir / "checkpoints") == [5, 10, 15, 20]
     assert checkpoint.load_latest(run_dir / "checkpoints")[0] == 20
-    result = run_cli("launch", JOBS / "tiny-vlm.yaml", "--run-dir", tmp_path / "tp", *FOUR_PROCS,
-                     "--set", "gpt.tensor_model_parallel_size=2", "--set", "gpt.global_batch_size=16")
+    result = run_cli(
+        "launch",
+        JOBS / "tiny-vlm.yaml",
+        "--run-dir",
+        tmp_path / "tp",
+        *FOUR_PROCS,
+        "--set",
+        "gpt.tensor_model_parallel_size=2",
+        "--set",
+        "gpt.global_batch_size=16",
+    )
     assert result.returncode != 0
-    assert "error: gpt.tensor_model_parallel_size: the built-in trainer's model is data-parallel only" in result.stdout + result.stderr
+    assert (
+        "error: gpt.tensor_model_parallel_size: the built-in trainer's model is data-parallel only"
+        in result.stdout + result.stderr
+    )
 
 
 def test_model_json_it_cannot_build_is_one_line(tmp_path):
     model = json.loads((JOBS / "tiny-vlm" / "model.json").read_text())
     del model["image_encoder"]["vision_encoder"]["image_size"]
     (tmp_path / "model.json").write_text(json.dumps(model))
-    result = run_cli("launch", JOBS / "tiny-vlm.yaml", "--run-dir", tmp_path / "run", "--nodes", "1",
-                     "--nproc-per-node", "1", "--set", f"mm.model={tmp_path / 'model.json'}",
-                     "--set", "entry.launcher=srun", "--set", "gpt.global_batch_size=4")
+    result = run_cli(
+        "launch",
+        JOBS / "tiny-vlm.yaml",
+        "--run-dir",
+        tmp_path / "run",
+        "--nodes",
+        "1",
+        "--nproc-per-node",
+        "1",
+        "--set",
+        f"mm.model={tmp_path / 'model.json'}",
+        "--set",
+        "entry.launcher=srun",
+        "--set",
+        "gpt.global_batch_size=4",
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "error: mm.model: the built-in trainer cannot build its model from" in result.stderr
     assert "Traceback" not in result.stderr

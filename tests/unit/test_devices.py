@@ -2,10 +2,11 @@
 
 import pytest
 
-from conftest import JOBS
 from hpc_mm.environments.devices import check_device
 from hpc_mm.errors import UserError
 from hpc_mm.launch.plan import resolve_plan
+
+from conftest import JOBS
 
 
 def node(tmp_path, *devices, **env):
@@ -52,26 +53,45 @@ def test_device_table(tmp_path, declared, files, env, expected):
 
 
 def slurm(**extra):
-    return {"SLURM_JOB_ID": "77", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS": "2",
-            "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "n[7-8]", "SLURM_TASKS_PER_NODE": "1(x2)", **extra}
+    return {
+        "SLURM_JOB_ID": "77",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NTASKS": "2",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NODELIST": "n[7-8]",
+        "SLURM_TASKS_PER_NODE": "1(x2)",
+        **extra,
+    }
 
 
-@pytest.mark.parametrize("gres,files,env,expected", [
-    ("npu:8", DAVINCI, {}, (8, "npu", "hccl")),  # gres npu does not set ASCEND_RT_VISIBLE_DEVICES: the node counts
-    ("npu:8", DAVINCI, {"ASCEND_RT_VISIBLE_DEVICES": "0,1,2,3"}, (4, "npu", "hccl")),
-    ("gpu:4", [], {"SLURM_GPUS_ON_NODE": "4"}, (4, "cuda", "nccl")),
-])
+@pytest.mark.parametrize(
+    "gres,files,env,expected",
+    [
+        ("npu:8", DAVINCI, {}, (8, "npu", "hccl")),  # gres npu does not set ASCEND_RT_VISIBLE_DEVICES: the node counts
+        ("npu:8", DAVINCI, {"ASCEND_RT_VISIBLE_DEVICES": "0,1,2,3"}, (4, "npu", "hccl")),
+        ("gpu:4", [], {"SLURM_GPUS_ON_NODE": "4"}, (4, "cuda", "nccl")),
+    ],
+)
 def test_nproc_auto_counts_the_nodes_devices(tmp_path, gres, files, env, expected):
     variables = node(tmp_path, *files, **slurm(**env))
-    plan = resolve_plan(str(JOBS / "tiny-vlm.yaml"), [f"slurm.gres={gres}", "distributed.nproc_per_node=auto",
-                                                       "gpt.global_batch_size=null"], tmp_path / "run", env=variables)
+    plan = resolve_plan(
+        str(JOBS / "tiny-vlm.yaml"),
+        [f"slurm.gres={gres}", "distributed.nproc_per_node=auto", "gpt.global_batch_size=null"],
+        tmp_path / "run",
+        env=variables,
+    )
     assert (plan.nproc_per_node, plan.device, plan.backend) == expected
     assert plan.world_size == 2 * expected[0]
 
 
 def test_a_job_for_npus_on_a_cpu_node_is_one_error_naming_the_node(tmp_path):
     with pytest.raises(UserError) as err:
-        resolve_plan(str(JOBS / "tiny-vlm.yaml"), ["slurm.gres=npu:8", "distributed.nproc_per_node=auto",
-                                                   "gpt.global_batch_size=null"], tmp_path / "run",
-                     env=node(tmp_path, **slurm()))
+        resolve_plan(
+            str(JOBS / "tiny-vlm.yaml"),
+            ["slurm.gres=npu:8", "distributed.nproc_per_node=auto", "gpt.global_batch_size=null"],
+            tmp_path / "run",
+            env=node(tmp_path, **slurm()),
+        )
     assert str(err.value).startswith("distributed.device: the job runs on npu but node n7 has no /dev/davinci*")

@@ -34,7 +34,7 @@ def test_bytes_and_checksum_are_exact_in_any_chunking(tmp_path, size):
         chunks, at, rng = [], 0, random.Random(7)
         while at < size:  # torch.save-like: small pickle pieces and big tensor buffers
             n = rng.choice([1, 17, 4096, BLOCK // 3, BLOCK + 5])
-            chunks.append(data[at:at + n])
+            chunks.append(data[at : at + n])
             at += n
         with durable.DurableWriter(path) as writer:
             for chunk in chunks:

@@ -12,17 +12,21 @@ import threading
 import pytest
 import yaml
 
-from conftest import HPC_MM, JOBS, cli_in_process as cli, setting
+from conftest import HPC_MM, JOBS, setting
+from conftest import cli_in_process as cli
 
 TINY = JOBS / "tiny-vlm"
 COMMANDS = [["validate"], ["args"], ["render", "-o", os.devnull], ["submit", "--dry-run"]]
 
 
 def base_job() -> dict:
-    return {"name": "t", "slurm": {"nodes": 2}, "distributed": {"nproc_per_node": 2},
-            "mm": {"data": str(TINY / "data.json"), "model": str(TINY / "model.json"), "tool": str(TINY / "tools.json")},
-            "gpt": {"lr": 1.0e-4, "train_iters": 100, "micro_batch_size": 2}}
-
+    return {
+        "name": "t",
+        "slurm": {"nodes": 2},
+        "distributed": {"nproc_per_node": 2},
+        "mm": {"data": str(TINY / "data.json"), "model": str(TINY / "model.json"), "tool": str(TINY / "tools.json")},
+        "gpt": {"lr": 1.0e-4, "train_iters": 100, "micro_batch_size": 2},
+    }
 
 
 def job_file(tmp_path, job, extra_text: str = "") -> str:
@@ -47,20 +51,29 @@ def accepted_everywhere(tmp_path, path, extra=()):
         assert rc == 0, (command, err)
 
 
-
 def text_job(lines: str) -> str:
     """A job file written as text, for what yaml.safe_dump cannot produce (unquoted YAML 1.1)."""
-    return (f"name: t\nslurm:\n  nodes: 2\ndistributed:\n  nproc_per_node: 2\nmm:\n  data: {TINY}/data.json\n"
-            f"  model: {TINY}/model.json\n  tool: {TINY}/tools.json\n" + lines)
+    return (
+        f"name: t\nslurm:\n  nodes: 2\ndistributed:\n  nproc_per_node: 2\nmm:\n  data: {TINY}/data.json\n"
+        f"  model: {TINY}/model.json\n  tool: {TINY}/tools.json\n" + lines
+    )
 
 
 GPT = "gpt:\n  lr: 1.0e-4\n  train_iters: 100\n  micro_batch_size: 2\n"
 
 # ---------------------------------------------------------------- zero where a divisor is expected
-ZEROS = [("slurm.nodes", 0), ("distributed.nnodes", 0), ("distributed.nproc_per_node", 0),
-         ("gpt.micro_batch_size", 0), ("gpt.tensor_model_parallel_size", 0), ("gpt.pipeline_model_parallel_size", 0),
-         ("gpt.context_parallel_size", 0), ("gpt.gradient_accumulation_steps", 0), ("gpt.global_batch_size", 0),
-         ("gpt.tensor_model_parallel_size", -2)]
+ZEROS = [
+    ("slurm.nodes", 0),
+    ("distributed.nnodes", 0),
+    ("distributed.nproc_per_node", 0),
+    ("gpt.micro_batch_size", 0),
+    ("gpt.tensor_model_parallel_size", 0),
+    ("gpt.pipeline_model_parallel_size", 0),
+    ("gpt.context_parallel_size", 0),
+    ("gpt.gradient_accumulation_steps", 0),
+    ("gpt.global_batch_size", 0),
+    ("gpt.tensor_model_parallel_size", -2),
+]
 
 
 @pytest.mark.parametrize("key,value", ZEROS, ids=[f"{k}={v}" for k, v in ZEROS])
@@ -117,14 +130,28 @@ AMBIGUOUS = [
 
 @pytest.mark.parametrize("lines,field,words", [c[1:] for c in AMBIGUOUS], ids=[c[0] for c in AMBIGUOUS])
 def test_yaml_11_numbers(tmp_path, lines, field, words):
-    text = text_job(lines).replace("slurm:\n  nodes: 2\n", "", 1) if "slurm:\n  nodes: 2\n  time" in lines else text_job(lines)
+    text = (
+        text_job(lines).replace("slurm:\n  nodes: 2\n", "", 1)
+        if "slurm:\n  nodes: 2\n  time" in lines
+        else text_job(lines)
+    )
     refused_everywhere(tmp_path, job_file(tmp_path, text), field, words)
 
 
-@pytest.mark.parametrize("value,extra", [('"1:00:00"', ()), ("'2-12'", ()), ("90", ()), ('"1-00:30:00"', ()),
-                                          ('"00:20:00"', ("--set", "slurm.time=1:00:00"))])
+@pytest.mark.parametrize(
+    "value,extra",
+    [
+        ('"1:00:00"', ()),
+        ("'2-12'", ()),
+        ("90", ()),
+        ('"1-00:30:00"', ()),
+        ('"00:20:00"', ("--set", "slurm.time=1:00:00")),
+    ],
+)
 def test_slurm_times_written_as_text_are_accepted(tmp_path, value, extra):
-    path = job_file(tmp_path, text_job(GPT + f"slurm:\n  nodes: 2\n  time: {value}\n").replace("slurm:\n  nodes: 2\n", "", 1))
+    path = job_file(
+        tmp_path, text_job(GPT + f"slurm:\n  nodes: 2\n  time: {value}\n").replace("slurm:\n  nodes: 2\n", "", 1)
+    )
     accepted_everywhere(tmp_path, path, extra)
     rc, out, _ = cli("render", path, "--run-dir", tmp_path / "r", *extra)
     expected = "1:00:00" if extra else value.strip("'\"")
@@ -133,18 +160,38 @@ def test_slurm_times_written_as_text_are_accepted(tmp_path, value, extra):
 
 # ---------------------------------------------------------------- flags hpc-mm owns
 OWNED = [
-    ("extra-args-save", {"entry": {"script": "pretrain_vlm.py", "extra_args": ["--save", "/elsewhere"]}},
-     "entry.extra_args[0]", "checkpoint.dir"),
-    ("extra-args-lr-equals", {"entry": {"script": "pretrain_vlm.py", "extra_args": ["--bf16", "--lr=1e-3"]}},
-     "entry.extra_args[1]", "gpt.lr"),
-    ("extra-args-backend", {"entry": {"script": "pretrain_vlm.py", "extra_args": ["--distributed-backend", "gloo"]}},
-     "entry.extra_args[0]", "distributed.backend"),
-    ("extra-args-alias", {"entry": {"script": "pretrain_vlm.py", "extra_args": ["--persistent-save-interval", "5"]}},
-     "entry.extra_args[0]", "checkpoint.save_interval"),
+    (
+        "extra-args-save",
+        {"entry": {"script": "pretrain_vlm.py", "extra_args": ["--save", "/elsewhere"]}},
+        "entry.extra_args[0]",
+        "checkpoint.dir",
+    ),
+    (
+        "extra-args-lr-equals",
+        {"entry": {"script": "pretrain_vlm.py", "extra_args": ["--bf16", "--lr=1e-3"]}},
+        "entry.extra_args[1]",
+        "gpt.lr",
+    ),
+    (
+        "extra-args-backend",
+        {"entry": {"script": "pretrain_vlm.py", "extra_args": ["--distributed-backend", "gloo"]}},
+        "entry.extra_args[0]",
+        "distributed.backend",
+    ),
+    (
+        "extra-args-alias",
+        {"entry": {"script": "pretrain_vlm.py", "extra_args": ["--persistent-save-interval", "5"]}},
+        "entry.extra_args[0]",
+        "checkpoint.save_interval",
+    ),
     ("gpt-extra-load", {"gpt": {"extra": {"load": "/elsewhere"}}}, "gpt.extra.load", "checkpoint.dir"),
     ("gpt-extra-dashes", {"gpt": {"extra": {"train-iters": 5}}}, "gpt.extra.train-iters", "gpt.train_iters"),
-    ("gpt-extra-value-is-a-flag", {"gpt": {"extra": {"mrope_section": [16, "--save", "/x"]}}},
-     "gpt.extra.mrope_section", "option of its own"),
+    (
+        "gpt-extra-value-is-a-flag",
+        {"gpt": {"extra": {"mrope_section": [16, "--save", "/x"]}}},
+        "gpt.extra.mrope_section",
+        "option of its own",
+    ),
 ]
 
 
@@ -159,15 +206,31 @@ def test_flags_hpc_mm_owns(tmp_path, change, field, words):
 # ---------------------------------------------------------------- ranges, agreement, the field the user wrote
 RANGES = [
     ("node-rank-vs-slurm-nodes", {"distributed": {"nproc_per_node": 2, "node_rank": 2}}, "distributed.node_rank", ()),
-    ("node-rank-vs-flag", {"distributed": {"nproc_per_node": 2, "node_rank": 3}}, "distributed.node_rank",
-     ("--nodes", "3")),
+    (
+        "node-rank-vs-flag",
+        {"distributed": {"nproc_per_node": 2, "node_rank": 3}},
+        "distributed.node_rank",
+        ("--nodes", "3"),
+    ),
     ("nodes-disagree", {"slurm": {"nodes": 1}, "distributed": {"nproc_per_node": 2, "nnodes": 4}}, "slurm.nodes", ()),
-    ("backend-for-another-device", {"slurm": {"gres": "npu:2"}, "distributed": {"nproc_per_node": 2, "backend": "nccl"}},
-     "distributed.backend", ()),
-    ("backend-for-declared-cpu", {"distributed": {"nproc_per_node": 2, "device": "cpu", "backend": "hccl"}},
-     "distributed.backend", ()),
-    ("srun-auto-without-gres", {"entry": {"launcher": "srun"}, "distributed": {"nproc_per_node": "auto"}},
-     "distributed.nproc_per_node", ()),
+    (
+        "backend-for-another-device",
+        {"slurm": {"gres": "npu:2"}, "distributed": {"nproc_per_node": 2, "backend": "nccl"}},
+        "distributed.backend",
+        (),
+    ),
+    (
+        "backend-for-declared-cpu",
+        {"distributed": {"nproc_per_node": 2, "device": "cpu", "backend": "hccl"}},
+        "distributed.backend",
+        (),
+    ),
+    (
+        "srun-auto-without-gres",
+        {"entry": {"launcher": "srun"}, "distributed": {"nproc_per_node": "auto"}},
+        "distributed.nproc_per_node",
+        (),
+    ),
     ("pp-breaks-the-world", {"gpt": {"pipeline_model_parallel_size": 3}}, "gpt.pipeline_model_parallel_size", ()),
     ("cp-breaks-the-world", {"gpt": {"context_parallel_size": 3}}, "gpt.context_parallel_size", ()),
     ("tp-breaks-the-world", {"gpt": {"tensor_model_parallel_size": 3}}, "gpt.tensor_model_parallel_size", ()),
@@ -186,11 +249,14 @@ def test_ranges_and_agreement(tmp_path, change, field, extra):
 
 def test_validate_agrees_with_args_on_the_ascend_job(tmp_path):
     rc, _, err = cli("validate", JOBS / "qwen2vl-7b.yaml", "--set", "distributed.backend=nccl")
-    assert rc == 2 and err.startswith("error: distributed.backend: nccl needs a cuda device, but the job runs on npu"), err
+    assert rc == 2 and err.startswith(
+        "error: distributed.backend: nccl needs a cuda device, but the job runs on npu"
+    ), err
 
 
 def _model_with_stages(tmp_path, stages: int):
     import json
+
     model = json.loads((TINY / "model.json").read_text())
     model["text_decoder"].update(num_layers=stages, pipeline_num_layers=[1] * stages)
     path = tmp_path / "model-pp.json"
@@ -231,19 +297,27 @@ def test_anchors_merge_keys_strings_and_spaces_are_accepted(tmp_path):
     folder.mkdir()
     for name in ("data", "model", "tools"):
         (folder / f"{name}.json").write_text((TINY / f"{name}.json").read_text())
-    text = (f"name: t\nslurm: {{nodes: 2, time: \"0:30:00\"}}\ndistributed: {{nproc_per_node: \"2\"}}\n"
-            f"mm: {{data: '{folder}/data.json', model: '{folder}/model.json', tool: '{folder}/tools.json'}}\n"
-            "defaults: &defaults\n  lr: \"1.0e-4\"\n  train_iters: \"100\"\n"
-            "gpt:\n  <<: *defaults\n  micro_batch_size: 2\n  min_lr: 1e-6\n")
+    text = (
+        f'name: t\nslurm: {{nodes: 2, time: "0:30:00"}}\ndistributed: {{nproc_per_node: "2"}}\n'
+        f"mm: {{data: '{folder}/data.json', model: '{folder}/model.json', tool: '{folder}/tools.json'}}\n"
+        'defaults: &defaults\n  lr: "1.0e-4"\n  train_iters: "100"\n'
+        "gpt:\n  <<: *defaults\n  micro_batch_size: 2\n  min_lr: 1e-6\n"
+    )
     text = text.replace("defaults: &defaults\n  lr", "x-defaults: &defaults\n  lr")
     path = job_file(tmp_path, text)
     rc, _, err = cli("validate", path)
     assert rc == 2 and "x-defaults: unknown key" in err  # extra top-level keys are still unknown keys
-    path = job_file(tmp_path, text.replace("x-defaults: &defaults\n  lr: \"1.0e-4\"\n  train_iters: \"100\"\n", "")
-                    .replace("gpt:\n  <<: *defaults\n", "gpt:\n  <<: {lr: \"1.0e-4\", train_iters: \"100\"}\n"))
+    path = job_file(
+        tmp_path,
+        text.replace('x-defaults: &defaults\n  lr: "1.0e-4"\n  train_iters: "100"\n', "").replace(
+            "gpt:\n  <<: *defaults\n", 'gpt:\n  <<: {lr: "1.0e-4", train_iters: "100"}\n'
+        ),
+    )
     accepted_everywhere(tmp_path, path)
-    anchored = text_job("gpt: &g\n  lr: 1.0e-4\n  train_iters: 100\n  micro_batch_size: 2\n"
-                        "checkpoint:\n  save_interval: 10\nrequeue: {max_restarts: 1}\n")
+    anchored = text_job(
+        "gpt: &g\n  lr: 1.0e-4\n  train_iters: 100\n  micro_batch_size: 2\n"
+        "checkpoint:\n  save_interval: 10\nrequeue: {max_restarts: 1}\n"
+    )
     accepted_everywhere(tmp_path, job_file(tmp_path, anchored))
 
 
@@ -256,9 +330,17 @@ def bomb(levels: int = 9, width: int = 10) -> str:
 
 PATHOLOGICAL = [
     ("deep-nesting", text_job(GPT) + "env: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than"),
-    ("deep-in-extra", text_job(GPT) + "  extra:\n    x: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n", "nested more than"),
+    (
+        "deep-in-extra",
+        text_job(GPT) + "  extra:\n    x: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n",
+        "nested more than",
+    ),
     ("alias-bomb", text_job(GPT) + bomb() + "\n", "expands to more than"),
-    ("alias-bomb-in-extra", text_job(GPT) + "  extra:\n    " + bomb().replace("\n", "\n    ") + "\n", "expands to more than"),
+    (
+        "alias-bomb-in-extra",
+        text_job(GPT) + "  extra:\n    " + bomb().replace("\n", "\n    ") + "\n",
+        "expands to more than",
+    ),
     ("alias-cycle", text_job(GPT) + "  extra:\n    loop: &a [*a]\n", "refers to a value that contains it"),
     ("huge-file", text_job(GPT) + "# " + "x" * 300_000 + "\n", "larger than"),
 ]
@@ -271,9 +353,11 @@ def test_pathological_yaml(tmp_path, text, words):
 
 def peak_rss_mb(argv, stdin=None) -> tuple[float, subprocess.CompletedProcess]:
     """Run the CLI as its own process; its peak resident memory, measured by a parent of its own."""
-    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True, "
-             "timeout=60); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
-             "sys.stderr.write(r.stderr); sys.exit(r.returncode)")
+    probe = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True, "
+        "timeout=60); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+        "sys.stderr.write(r.stderr); sys.exit(r.returncode)"
+    )
     result = subprocess.run([sys.executable, "-c", probe, *HPC_MM, *argv], capture_output=True, text=True, timeout=120)
     return int(result.stdout.split()[-1]) / 1024, result
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import JOBS, run_cli
 from hpc_mm.errors import UserError
 from hpc_mm.job.megatron import command_line_backend, resolve_backend
 from hpc_mm.job.options import parser as megatron_parser
 from hpc_mm.job.options import table
+
+from conftest import JOBS, run_cli
 
 
 def megatron_validate(args, world_size: int) -> None:
@@ -54,7 +55,12 @@ def test_qwen_args_carry_every_seed_flag_with_file_values():
     assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (1, 4)
     assert (args.micro_batch_size, args.global_batch_size, args.num_workers) == (1, 768, 8)
     assert (args.lr, args.min_lr, args.adam_beta1, args.adam_beta2, args.adam_eps) == (1e-5, 0.0, 0.9, 0.999, 1e-8)
-    assert (args.lr_decay_style, args.weight_decay, args.lr_warmup_init, args.lr_warmup_iters) == ("cosine", 0.0, 0.0, 0)
+    assert (args.lr_decay_style, args.weight_decay, args.lr_warmup_init, args.lr_warmup_iters) == (
+        "cosine",
+        0.0,
+        0.0,
+        0,
+    )
     assert (args.clip_grad, args.train_iters, args.seed) == (0.0, 10000, 42)
     assert args.mm_data.endswith("jobs/qwen2vl-7b/data.json") and args.mm_model.endswith("qwen2vl-7b/model.json")
     assert args.mm_tool.endswith("qwen2vl-7b/tools.json")
@@ -69,12 +75,26 @@ def test_qwen_args_are_mindspeed_mms_finetune_script(tmp_path):
     is on the line with the script's value, but the four that break exact resume (and --load,
     which is checkpoint.pretrained here)."""
     args = megatron_parser().parse_args(argv_of(JOBS / "qwen2vl-7b.yaml"))
-    script = {"context_parallel_algo": "ulysses_cp_algo", "tokenizer_type": "NullTokenizer", "vocab_size": 152064,
-              "seq_length": 1024, "make_vocab_size_divisible_by": 1, "normalization": "RMSNorm",
-              "use_fused_rmsnorm": True, "swiglu": True, "use_fused_swiglu": True, "masked_softmax_fusion": False,
-              "lr_warmup_fraction": 0.1, "gradient_accumulation_fusion": False, "variable_seq_lengths": True,
-              "use_flash_attn": True, "eval_interval": 10000, "eval_iters": 5000, "ckpt_format": "torch",
-              "log_interval": 1}
+    script = {
+        "context_parallel_algo": "ulysses_cp_algo",
+        "tokenizer_type": "NullTokenizer",
+        "vocab_size": 152064,
+        "seq_length": 1024,
+        "make_vocab_size_divisible_by": 1,
+        "normalization": "RMSNorm",
+        "use_fused_rmsnorm": True,
+        "swiglu": True,
+        "use_fused_swiglu": True,
+        "masked_softmax_fusion": False,
+        "lr_warmup_fraction": 0.1,
+        "gradient_accumulation_fusion": False,
+        "variable_seq_lengths": True,
+        "use_flash_attn": True,
+        "eval_interval": 10000,
+        "eval_iters": 5000,
+        "ckpt_format": "torch",
+        "log_interval": 1,
+    }
     assert {k: getattr(args, k) for k in script} == script
     assert not (args.no_save_optim or args.no_save_rng or args.no_load_optim or args.no_load_rng or args.finetune)
 
@@ -101,17 +121,28 @@ def test_qwen_args_pass_megatron_and_mindspeed_checks():
 def test_seed_defaults_are_passed_explicitly(tmp_path):
     """Megatron's defaults differ (weight decay 0.01, num-workers 2): the seed's must be on the line."""
     job = tmp_path / "j.yaml"
-    job.write_text((JOBS / "tiny-vlm.yaml").read_text().replace("weight_decay: 0.01", "")
-                   .replace("tiny-vlm/", str(JOBS / "tiny-vlm") + "/").replace("num_workers: 1", ""))
+    job.write_text(
+        (JOBS / "tiny-vlm.yaml")
+        .read_text()
+        .replace("weight_decay: 0.01", "")
+        .replace("tiny-vlm/", str(JOBS / "tiny-vlm") + "/")
+        .replace("num_workers: 1", "")
+    )
     argv = argv_of(job)
     assert argv[argv.index("--weight-decay") + 1] == "0.1"
     assert argv[argv.index("--num-workers") + 1] == "1"
 
 
-@pytest.mark.parametrize("requested,device,runs,on_line", [
-    ("auto", "npu", "hccl", "nccl"), ("auto", "cuda", "nccl", "nccl"), ("auto", "cpu", "gloo", "gloo"),
-    ("hccl", "npu", "hccl", "nccl"), ("gloo", "cuda", "gloo", "gloo"),
-])
+@pytest.mark.parametrize(
+    "requested,device,runs,on_line",
+    [
+        ("auto", "npu", "hccl", "nccl"),
+        ("auto", "cuda", "nccl", "nccl"),
+        ("auto", "cpu", "gloo", "gloo"),
+        ("hccl", "npu", "hccl", "nccl"),
+        ("gloo", "cuda", "gloo", "gloo"),
+    ],
+)
 def test_backend_translation(requested, device, runs, on_line):
     assert resolve_backend(requested, device) == runs
     assert command_line_backend(runs) == on_line
@@ -126,10 +157,17 @@ def test_backend_refusals():
 
 def test_the_table_is_honest_about_where_options_come_from():
     assert table().versions["megatron"] == "core_v0.12.1"
-    sources = {flag: table().find(flag).source for flag in
-               ("--lr", "--variable-seq-lengths", "--use-fused-rmsnorm", "--mm-data", "--exit-signal-handler")}
-    assert sources == {"--lr": "megatron", "--variable-seq-lengths": "mindspeed", "--use-fused-rmsnorm": "mindspeed",
-                       "--mm-data": "mindspeed_mm", "--exit-signal-handler": "megatron"}
+    sources = {
+        flag: table().find(flag).source
+        for flag in ("--lr", "--variable-seq-lengths", "--use-fused-rmsnorm", "--mm-data", "--exit-signal-handler")
+    }
+    assert sources == {
+        "--lr": "megatron",
+        "--variable-seq-lengths": "mindspeed",
+        "--use-fused-rmsnorm": "mindspeed",
+        "--mm-data": "mindspeed_mm",
+        "--exit-signal-handler": "megatron",
+    }
     assert table().find("--use-mcore-models").dest == "deprecated_use_mcore_models"
     assert table().find("persistent_save_interval").dest == "save_interval"  # an alias
     assert table().find("override_opt_param_scheduler").flag == "--override-opt_param-scheduler"

@@ -8,19 +8,33 @@ import json
 import pytest
 
 from hpc_mm.cli.parser import build_parser, shortcut_overrides
-from hpc_mm.run import events, metrics
+from hpc_mm.run import metrics, timeline
+from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.follow import Follower
 from hpc_mm.run.format import duration, number, text
+from hpc_mm.run.rundir import RunDir
 
 
-@pytest.mark.parametrize("seconds,shown", [(None, "-"), (float("nan"), "-"), (-1, "-"), (0, "0s"), (59.6, "1m00s"),
-                                           (3725, "1h02m"), (90061, "1d01h")])
+@pytest.mark.parametrize(
+    "seconds,shown",
+    [(None, "-"), (float("nan"), "-"), (-1, "-"), (0, "0s"), (59.6, "1m00s"), (3725, "1h02m"), (90061, "1d01h")],
+)
 def test_duration(seconds, shown):
     assert duration(seconds) == shown
 
 
-@pytest.mark.parametrize("value,shown", [(None, "-"), (True, "-"), (float("inf"), "-"), (0.30000000000000004, "0.3"),
-                                         (3.14159265358979, "3.142"), (12, "12"), (1.0e-7, "1e-07")])
+@pytest.mark.parametrize(
+    "value,shown",
+    [
+        (None, "-"),
+        (True, "-"),
+        (float("inf"), "-"),
+        (0.30000000000000004, "0.3"),
+        (3.14159265358979, "3.142"),
+        (12, "12"),
+        (1.0e-7, "1e-07"),
+    ],
+)
 def test_number(value, shown):
     assert number(value) == shown
 
@@ -69,11 +83,20 @@ def test_progress_is_plain_lines_elsewhere(tmp_path):
     assert "iteration 20/100" in lines[2]
 
 
-def test_restarts_count_a_requeue_before_the_next_start():
-    rec = [{"event": "started", "restart": 0, "time": 1}, {"event": "requeued", "restart": 0, "time": 2}]
-    assert events.restarts(rec) == 1
-    assert events.restarts(rec + [{"event": "started", "restart": 1, "time": 3}]) == 1
-    assert events.restarts([]) == 0 and events.restarts(rec[:1]) == 0
+def test_restarts_count_a_requeue_before_the_next_start(tmp_path):
+    run = RunDir(tmp_path)
+    assert timeline.restarts(run.starts()) == (0, None)
+    run.record(Kind.STARTED, StartKey("7", 0))
+    assert timeline.restarts(run.starts()) == (0, None)
+    run.record(Kind.REQUEUED, StartKey("7", 0), cause="preemption")
+    assert timeline.restarts(run.starts()) == (1, "preemption")
+    run.record(Kind.STARTED, StartKey("7", 1))
+    assert timeline.restarts(run.starts()) == (1, "preemption")
+    run.record(Kind.CANCELLED, StartKey("7", 1))
+    run.record(Kind.SUBMITTED, StartKey("9", 0))  # a new job in the same run directory
+    assert timeline.restarts(run.starts()) == (1, "preemption")  # it has not started yet
+    run.record(Kind.STARTED, StartKey("9", 0))
+    assert timeline.restarts(run.starts()) == (2, "resubmitted")
 
 
 def test_metrics_tail_waits_for_whole_lines(tmp_path):
@@ -81,28 +104,67 @@ def test_metrics_tail_waits_for_whole_lines(tmp_path):
     assert tail.read() == []  # no file yet
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"iteration": 1, "loss": 2.0}\n{"iteration": 2, "lo')
-    assert [r["iteration"] for r in tail.read()] == [1]
+    assert [r.iteration for r in tail.read()] == [1]
     with open(path, "a") as f:
         f.write('ss": 1.5}\nnot json\n{"iteration": "3", "loss": 1}\n{"iteration": 4, "loss": 1.0}\n')
-    assert [r["iteration"] for r in tail.read()] == [1, 2, 4]
-    assert tail.read() == metrics.rows(tmp_path)
+    assert [r.iteration for r in tail.read()] == [1, 2, 4]
+    assert tail.read() == RunDir(tmp_path).metrics()
 
 
 def test_sbatch_shortcuts_become_job_file_values():
-    args = build_parser().parse_args(["submit", "job.yaml", "-N", "3", "-p", "gpu", "-t", "1-00:00:00", "-A", "proj",
-                                      "-q", "high", "--gpus-per-node", "a100:4"])
+    args = build_parser().parse_args(
+        [
+            "submit",
+            "job.yaml",
+            "-N",
+            "3",
+            "-p",
+            "gpu",
+            "-t",
+            "1-00:00:00",
+            "-A",
+            "proj",
+            "-q",
+            "high",
+            "--gpus-per-node",
+            "a100:4",
+        ]
+    )
     assert args.nodes == 3
-    assert shortcut_overrides(args) == ['slurm.partition="gpu"', 'slurm.time="1-00:00:00"', 'slurm.account="proj"',
-                                        'slurm.qos="high"', 'slurm.gpus_per_node="a100:4"']
+    assert shortcut_overrides(args) == [
+        'slurm.partition="gpu"',
+        'slurm.time="1-00:00:00"',
+        'slurm.account="proj"',
+        'slurm.qos="high"',
+        'slurm.gpus_per_node="a100:4"',
+    ]
     assert shortcut_overrides(build_parser().parse_args(["render", "job.yaml"])) == []
 
 
 def test_shortcuts_reach_the_script_and_bad_ones_name_the_field(tmp_path, capsys):
-    from conftest import JOBS
     from hpc_mm.cli import main
 
-    assert main(["render", str(JOBS / "tiny-vlm.yaml"), "--run-dir", str(tmp_path / "r"), "-N", "4", "-p", "high",
-                 "-t", "25:00", "-q", "normal"]) == 0
+    from conftest import JOBS
+
+    assert (
+        main(
+            [
+                "render",
+                str(JOBS / "tiny-vlm.yaml"),
+                "--run-dir",
+                str(tmp_path / "r"),
+                "-N",
+                "4",
+                "-p",
+                "high",
+                "-t",
+                "25:00",
+                "-q",
+                "normal",
+            ]
+        )
+        == 0
+    )
     script = capsys.readouterr().out
     for line in ("#SBATCH --nodes=4", "#SBATCH --partition=high", "#SBATCH --time=25:00", "#SBATCH --qos=normal"):
         assert line in script.splitlines()
@@ -115,4 +177,6 @@ def test_status_without_runs_is_one_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     assert main(["status"]) == 2
-    assert capsys.readouterr().err == "error: RUN_DIR: no runs under ./runs (hint: submit one, or pass a run directory)\n"
+    assert (
+        capsys.readouterr().err == "error: RUN_DIR: no runs under ./runs (hint: submit one, or pass a run directory)\n"
+    )

@@ -9,10 +9,11 @@ import sys
 
 import pytest
 
-from conftest import HPC_MM, JOBS, cli_in_process as cli
 from hpc_mm.environments.local import LocalEnvironment
 from hpc_mm.job.rules.fields import is_secret_name
 
+from conftest import HPC_MM, JOBS
+from conftest import cli_in_process as cli
 
 
 @pytest.fixture(scope="module")
@@ -20,20 +21,26 @@ def good_run(tmp_path_factory):
     """A run directory as a finished 2 x 2 run leaves it (written here, without training)."""
     run_dir = tmp_path_factory.mktemp("runs") / "run"
     assert cli("render", JOBS / "tiny-vlm.yaml", "--run-dir", run_dir, "-o", os.devnull)[0] == 0
-    events = [{"event": "started", "time": 1.0, "job_id": None, "restart": 0, "nnodes": 2, "world_size": 4},
-              {"event": "checkpoint", "time": 2.0, "job_id": None, "restart": 0, "iteration": 10, "reason": "final"},
-              {"event": "completed", "time": 3.0, "job_id": None, "restart": 0, "returncode": 0}]
+    events = [
+        {"event": "started", "time": 1.0, "job_id": "1", "restart": 0, "nnodes": 2, "world_size": 4},
+        {"event": "checkpoint", "time": 2.0, "job_id": "1", "restart": 0, "iteration": 10, "reason": "final"},
+        {"event": "completed", "time": 3.0, "job_id": "1", "restart": 0, "returncode": 0},
+    ]
     (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    (run_dir / "metrics.jsonl").write_text("".join(
-        json.dumps({"iteration": i, "loss": 3.0 / i, "lr": 1e-3, "samples_per_second": 100.0, "time": i}) + "\n"
-        for i in range(1, 11)))
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"iteration": i, "loss": 3.0 / i, "lr": 1e-3, "samples_per_second": 100.0, "time": i}) + "\n"
+            for i in range(1, 11)
+        )
+    )
     ckpt = run_dir / "checkpoints" / "iter_0000010" / "mp_rank_00"
     ckpt.mkdir(parents=True)
     (ckpt / "model_optim_rng.pt").write_bytes(b"x" * 100)
     (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("10")
     (run_dir / "logs" / "tiny-vlm-1-r0-t0.out").write_text(
         "hpc-mm launch: torchrun agent node 0/2\n[rank 0] iteration 10/10\n[rank 1] a warning\n"
-        "Traceback (most recent call last):\nValueError: boom\n")
+        "Traceback (most recent call last):\nValueError: boom\n"
+    )
     (run_dir / "logs" / "tiny-vlm-1-r0-t1.out").write_text("[rank 2] hello\nunprefixed on node 1\n")
     return run_dir
 
@@ -87,11 +94,18 @@ def test_corrupt_run_directory_files(good_run, tmp_path, name, data):
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         _write(path, data)
-    for argv in (["status", run_dir], ["status", run_dir, "--json"], ["logs", run_dir], ["logs", run_dir, "--rank", "1"],
-                 ["report", run_dir]):
+    for argv in (
+        ["status", run_dir],
+        ["status", run_dir, "--json"],
+        ["logs", run_dir],
+        ["logs", run_dir, "--rank", "1"],
+        ["report", run_dir],
+    ):
         rc, out, err = cli(*argv)
         assert rc in (0, 2), (argv, rc, err)
-        assert "Traceback" not in err and "Traceback" not in out.replace("Traceback (most recent call last):\nValueError", "")
+        assert "Traceback" not in err and "Traceback" not in out.replace(
+            "Traceback (most recent call last):\nValueError", ""
+        )
         if rc == 2:
             assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, (argv, err)
 
@@ -110,17 +124,38 @@ def test_logs_into_head_end_quietly(good_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(good_run, run_dir)
     (run_dir / "logs" / "tiny-vlm-1-r0-t0.out").write_text("[rank 0] line\n" * 200_000)
-    result = subprocess.run(f"{' '.join(HPC_MM)} logs '{run_dir}' | head -1", shell=True, capture_output=True,
-                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    result = subprocess.run(
+        f"{' '.join(HPC_MM)} logs '{run_dir}' | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert result.stdout == "[rank 0] line\n" and result.stderr == "", result.stderr
 
 
-@pytest.mark.parametrize("name,secret", [
-    ("HF_TOKEN", True), ("WANDB_API_KEY", True), ("AWS_SECRET_ACCESS_KEY", True), ("GITHUB_PAT", True),
-    ("DB_PASSWORD", True), ("SMTP_PASS", True), ("MY_SECRET_FILE", True), ("SSH_KEY", True), ("OPENAI_APIKEY", True),
-    ("TOKENIZERS_PARALLELISM", False), ("HCCL_CONNECT_TIMEOUT", False), ("CUDA_DEVICE_MAX_CONNECTIONS", False),
-    ("PATH", False), ("PYTORCH_NPU_ALLOC_CONF", False), ("KEYBOARD_LAYOUT", False), ("PASSAGE_COUNT", False),
-])
+@pytest.mark.parametrize(
+    "name,secret",
+    [
+        ("HF_TOKEN", True),
+        ("WANDB_API_KEY", True),
+        ("AWS_SECRET_ACCESS_KEY", True),
+        ("GITHUB_PAT", True),
+        ("DB_PASSWORD", True),
+        ("SMTP_PASS", True),
+        ("MY_SECRET_FILE", True),
+        ("SSH_KEY", True),
+        ("OPENAI_APIKEY", True),
+        ("TOKENIZERS_PARALLELISM", False),
+        ("HCCL_CONNECT_TIMEOUT", False),
+        ("CUDA_DEVICE_MAX_CONNECTIONS", False),
+        ("PATH", False),
+        ("PYTORCH_NPU_ALLOC_CONF", False),
+        ("KEYBOARD_LAYOUT", False),
+        ("PASSAGE_COUNT", False),
+    ],
+)
 def test_secret_names(name, secret):
     assert is_secret_name(name) is secret
 

@@ -4,9 +4,10 @@ import dataclasses
 import re
 import typing
 
-from conftest import ROOT
-from hpc_mm.job.spec import JobSpec
 from hpc_mm.job.coerce import field_names
+from hpc_mm.job.spec import JobSpec
+
+from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
 

@@ -9,19 +9,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import JOBS, ROOT, run_cli
 from hpc_mm.errors import UserError
-from hpc_mm.slurm.render import render_script
 from hpc_mm.job.jobfile import load_job
+from hpc_mm.slurm.render import render_script
+
+from conftest import JOBS, ROOT, run_cli
 
 GOLDEN = ROOT / "tests" / "golden"
 GOLDEN_RUN_DIR = Path("/tmp/hpc-mm-golden/run")
 
 
 # A site's Ascend cluster: aarch64 compute nodes with their own Python, containers through pyxis.
-SITE = ["slurm.python=/opt/conda/envs/mm/bin/python", "slurm.srun_args=[--mpi=pmix, --container-image=/images/mm.sqsh]",
-        "entry.wrapper=[apptainer, exec, /images/mm.sif]", "setup=[source /usr/local/Ascend/ascend-toolkit/set_env.sh, "
-        "conda activate mm]"]
+SITE = [
+    "slurm.python=/opt/conda/envs/mm/bin/python",
+    "slurm.srun_args=[--mpi=pmix, --container-image=/images/mm.sqsh]",
+    "entry.wrapper=[apptainer, exec, /images/mm.sif]",
+    "setup=[source /usr/local/Ascend/ascend-toolkit/set_env.sh, conda activate mm]",
+]
 GOLDEN_JOBS = {"tiny-vlm": ("tiny-vlm", []), "qwen2vl-7b": ("qwen2vl-7b", []), "qwen2vl-7b-site": ("qwen2vl-7b", SITE)}
 
 
@@ -46,8 +50,15 @@ def test_bash_n_on_every_rendered_script(tmp_path, job):
 def test_sbatch_options():
     spec = load_job(JOBS / "qwen2vl-7b.yaml", ["slurm.extra_sbatch={mail-type: END, requeue: true}"])
     text = render_script(spec, GOLDEN_RUN_DIR, python="python3")
-    for line in ("#SBATCH --gres=npu:8", "#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --exclusive",
-                 "#SBATCH --signal=B:USR1@300", "#SBATCH --mail-type=END", "#SBATCH --open-mode=append"):
+    for line in (
+        "#SBATCH --gres=npu:8",
+        "#SBATCH --nodes=4",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --exclusive",
+        "#SBATCH --signal=B:USR1@300",
+        "#SBATCH --mail-type=END",
+        "#SBATCH --open-mode=append",
+    ):
         assert line in text
     srun = load_job(JOBS / "tiny-vlm.yaml", ["entry.launcher=srun"])
     assert "#SBATCH --ntasks-per-node=2" in render_script(srun, GOLDEN_RUN_DIR, python="python3")
@@ -60,8 +71,15 @@ def test_unsafe_sbatch_values_are_refused():
         render_script(load_job(JOBS / "tiny-vlm.yaml"), Path("/tmp/a$(touch x)"))
 
 
-HOSTILE = ["$(touch {canary})", "`touch {canary}`", "x; touch {canary}", "it's \"quoted\"",
-           "two words", "$HOME ${{PATH}}", "tab\there"]
+HOSTILE = [
+    "$(touch {canary})",
+    "`touch {canary}`",
+    "x; touch {canary}",
+    'it\'s "quoted"',
+    "two words",
+    "$HOME ${{PATH}}",
+    "tab\there",
+]
 
 
 def test_injection_canary_never_runs(hostile_tmp):
@@ -81,11 +99,20 @@ def test_injection_canary_never_runs(hostile_tmp):
     bin_dir = hostile_tmp / "bin"
     bin_dir.mkdir()
     fake_srun = bin_dir / "srun"
-    fake_srun.write_text("#!/bin/bash\nenv | grep '^V[0-9]=' > \"$HPC_MM_RUN_DIR/seen.env\"\nprintf '%s\\n' \"$@\" > \"$HPC_MM_RUN_DIR/srun.args\"\n")
+    fake_srun.write_text(
+        "#!/bin/bash\n"
+        "env | grep '^V[0-9]=' > \"$HPC_MM_RUN_DIR/seen.env\"\n"
+        'printf \'%s\\n\' "$@" > "$HPC_MM_RUN_DIR/srun.args"\n'
+    )
     fake_srun.chmod(fake_srun.stat().st_mode | stat.S_IEXEC)
     run_dir.mkdir()
-    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "1"})
+    result = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert not canary.exists()
     seen = (run_dir / "seen.env").read_text()
@@ -110,8 +137,9 @@ def test_render_keeps_the_script_in_the_run_directory(tmp_path):
     recorded = yaml.safe_load((tmp_path / "run" / "job.yaml").read_text())["mm"]
     for name in ("data", "model", "tool"):
         assert recorded[name] == str(tmp_path / "run" / "mm" / f"{name}.json")
-        assert (tmp_path / "run" / "mm" / f"{name}.json").read_text() == \
-            (JOBS / "tiny-vlm" / f"{'tools' if name == 'tool' else name}.json").read_text()
+        assert (tmp_path / "run" / "mm" / f"{name}.json").read_text() == (
+            JOBS / "tiny-vlm" / f"{'tools' if name == 'tool' else name}.json"
+        ).read_text()
 
 
 def test_requeue_can_be_turned_off():
@@ -127,21 +155,28 @@ def test_user_template_dir(tmp_path):
     (tmp_path / "sbatch.sh.j2").write_text("#!/bin/bash\n#SBATCH --job-name={{ ctx.name }}\n{{ ctx.nope }}\n")
     with pytest.raises(UserError, match="unknown value"):
         render_script(spec, GOLDEN_RUN_DIR, template_dir=tmp_path)
-    (tmp_path / "sbatch.sh.j2").write_text("#!/bin/bash\n# site header\n{% for o in ctx.sbatch %}#SBATCH {{ o }}\n{% endfor %}")
+    (tmp_path / "sbatch.sh.j2").write_text(
+        "#!/bin/bash\n# site header\n{% for o in ctx.sbatch %}#SBATCH {{ o }}\n{% endfor %}"
+    )
     assert "# site header\n#SBATCH --job-name=tiny-vlm\n" in render_script(spec, GOLDEN_RUN_DIR, template_dir=tmp_path)
 
 
 def _newline_cases(canary):
     touch = f"touch {canary}"
     return [
-        ("name", "name", "tiny\n"), ("slurm.partition", "slurm.partition", "low\n"),
-        ("slurm.time", "slurm.time", "01:00:00\n"), ("slurm.gres", "slurm.gres", "npu:8\n"),
+        ("name", "name", "tiny\n"),
+        ("slurm.partition", "slurm.partition", "low\n"),
+        ("slurm.time", "slurm.time", "01:00:00\n"),
+        ("slurm.gres", "slurm.gres", "npu:8\n"),
         ("extra-key", "slurm.extra_sbatch", {"comment\n": "x"}),
         ("extra-value", "slurm.extra_sbatch", {"comment": f"x\n#SBATCH --wrap={touch}"}),
         ("extra-hash", "slurm.extra_sbatch", {"comment": "a # the rest is a comment to sbatch"}),
-        ("env-key", "env", {"X\n": "1"}), ("env-value", "env", {"X": f"a\n{touch}"}),
-        ("master-addr", "distributed.master_addr", "n1\n"), ("entry-script", "entry.script", "pretrain_vlm.py\n"),
-        ("setup-carriage-return", "setup", [f"echo ok\r{touch}"]), ("checkpoint-dir", "checkpoint.dir", "/tmp/x\n"),
+        ("env-key", "env", {"X\n": "1"}),
+        ("env-value", "env", {"X": f"a\n{touch}"}),
+        ("master-addr", "distributed.master_addr", "n1\n"),
+        ("entry-script", "entry.script", "pretrain_vlm.py\n"),
+        ("setup-carriage-return", "setup", [f"echo ok\r{touch}"]),
+        ("checkpoint-dir", "checkpoint.dir", "/tmp/x\n"),
     ]
 
 
@@ -160,8 +195,9 @@ def test_trailing_newline_canaries_never_run(tmp_path, case):
     path.write_text(yaml.safe_dump(job))
     for command in (["validate"], ["render", "--run-dir", tmp_path / "run"], ["submit", "--dry-run"]):
         result = run_cli(command[0], path, *command[1:])
-        assert result.returncode == 2 and result.stderr.startswith("error: ") and field.split(".")[0] in result.stderr, \
-            (cid, result.stderr)
+        assert (
+            result.returncode == 2 and result.stderr.startswith("error: ") and field.split(".")[0] in result.stderr
+        ), (cid, result.stderr)
         assert "Traceback" not in result.stderr
     assert not canary.exists() and not (tmp_path / "run").exists()
 
@@ -169,32 +205,52 @@ def test_trailing_newline_canaries_never_run(tmp_path, case):
 def run_script(tmp_path, setup: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
     """Render the tiny job with these setup lines and run it with bash and a fake srun."""
     run_dir = tmp_path / "run"
-    assert run_cli("render", JOBS / "tiny-vlm.yaml", "--run-dir", run_dir, "-o", tmp_path / "job.sbatch",
-                   "--set", f"setup={json.dumps(setup)}").returncode == 0
+    assert (
+        run_cli(
+            "render",
+            JOBS / "tiny-vlm.yaml",
+            "--run-dir",
+            run_dir,
+            "-o",
+            tmp_path / "job.sbatch",
+            "--set",
+            f"setup={json.dumps(setup)}",
+        ).returncode
+        == 0
+    )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text("#!/bin/bash\necho srun ran > \"$HPC_MM_RUN_DIR/srun.ran\"\n")
+    (bin_dir / "srun").write_text('#!/bin/bash\necho srun ran > "$HPC_MM_RUN_DIR/srun.ran"\n')
     (bin_dir / "srun").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    result = subprocess.run(["bash", str(tmp_path / "job.sbatch")], capture_output=True, text=True, timeout=120,
-                            env={**env, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "5"})
+    result = subprocess.run(
+        ["bash", str(tmp_path / "job.sbatch")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "5"},
+    )
     return result, run_dir
 
 
 def test_setup_lines_run_in_a_tolerant_shell(tmp_path):
-    result, run_dir = run_script(tmp_path, ['echo "unset reads are fine: ${HPC_MM_SURELY_UNSET_X}"',
-                                            'test -z "$HPC_MM_SURELY_UNSET_Y" || false'])
+    result, run_dir = run_script(
+        tmp_path, ['echo "unset reads are fine: ${HPC_MM_SURELY_UNSET_X}"', 'test -z "$HPC_MM_SURELY_UNSET_Y" || false']
+    )
     assert (run_dir / "srun.ran").exists() and "unset reads are fine" in result.stdout, result.stdout + result.stderr
     # The fake step trained nothing: finish says so (exit 0 with training unfinished is no completion).
     last = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
     assert last["event"] == "failed" and "training is unfinished" in last["reason"]
 
 
-@pytest.mark.parametrize("setup,code,words", [
-    (["true", "false"], 1, "setup line 2 failed with exit code 1"),
-    (["(exit 7)"], 7, "setup line 1 failed with exit code 7"),
-    (["exit 3"], 3, "the batch script ended before the training step (exit code 3)"),
-])
+@pytest.mark.parametrize(
+    "setup,code,words",
+    [
+        (["true", "false"], 1, "setup line 2 failed with exit code 1"),
+        (["(exit 7)"], 7, "setup line 1 failed with exit code 7"),
+        (["exit 3"], 3, "the batch script ended before the training step (exit code 3)"),
+    ],
+)
 def test_a_failing_setup_line_is_a_recorded_failure(tmp_path, setup, code, words):
     result, run_dir = run_script(tmp_path, setup)
     assert result.returncode == code and not (run_dir / "srun.ran").exists()

@@ -6,10 +6,11 @@ import json
 import pytest
 import yaml
 
-from conftest import JOBS, run_cli, setting
 from hpc_mm.errors import UserError
 from hpc_mm.job.jobfile import load_job
 from hpc_mm.job.spec import derive
+
+from conftest import JOBS, run_cli, setting
 
 TINY = JOBS / "tiny-vlm"
 
@@ -46,25 +47,37 @@ def test_seed_defaults(tmp_path):
     assert spec.mm.tool == str(TINY / "tools.json")
 
 
-@pytest.mark.parametrize("nodes,nproc,tp,pp,mbs,acc,expected", [
-    (2, 4, 1, 1, 2, 1, (8, 8, 16, 1, 8)),      # GBS = MBS x acc x DP
-    (2, 4, 2, 1, 2, 3, (8, 4, 24, 3, 12)),
-    (4, 8, 1, 4, 1, 8, (32, 8, 64, 8, 64)),
-    (1, 8, 2, 2, 4, 2, (8, 2, 16, 2, 4)),
-])
+@pytest.mark.parametrize(
+    "nodes,nproc,tp,pp,mbs,acc,expected",
+    [
+        (2, 4, 1, 1, 2, 1, (8, 8, 16, 1, 8)),  # GBS = MBS x acc x DP
+        (2, 4, 2, 1, 2, 3, (8, 4, 24, 3, 12)),
+        (4, 8, 1, 4, 1, 8, (32, 8, 64, 8, 64)),
+        (1, 8, 2, 2, 4, 2, (8, 2, 16, 2, 4)),
+    ],
+)
 def test_derived_figures(tmp_path, nodes, nproc, tp, pp, mbs, acc, expected):
     job = base_job()
     job["slurm"]["nodes"], job["distributed"]["nproc_per_node"] = nodes, nproc
-    job["gpt"].update(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, micro_batch_size=mbs,
-                      gradient_accumulation_steps=acc)
+    job["gpt"].update(
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        micro_batch_size=mbs,
+        gradient_accumulation_steps=acc,
+    )
     if pp > 1:
         model = json.loads((TINY / "model.json").read_text())
         model["text_decoder"].update(num_layers=pp * 2, pipeline_num_layers=[2] * pp)
         (tmp_path / "model.json").write_text(json.dumps(model))
         job["mm"]["model"] = str(tmp_path / "model.json")
     d = derive(load_job(write(tmp_path, job)))
-    assert (d.world_size, d.data_parallel_size, d.global_batch_size, d.gradient_accumulation_steps,
-            d.micro_batches_per_step) == expected
+    assert (
+        d.world_size,
+        d.data_parallel_size,
+        d.global_batch_size,
+        d.gradient_accumulation_steps,
+        d.micro_batches_per_step,
+    ) == expected
 
 
 def test_overrides_and_shortcuts(tmp_path):
@@ -90,13 +103,13 @@ def test_every_problem_is_listed(tmp_path):
     assert {"gpt.min_lr", "gpt.adam_beta1", "distributed.master_port"} <= fields
 
 
-
 def _mm_file(key: str, text: str):
     def change(job, tmp_path):
         f = tmp_path / f"{key}.json"
         f.write_text(text)
         job["mm"][key] = str(f)
         return job
+
     return change
 
 
@@ -108,6 +121,7 @@ def _pipeline(layers, num_layers, pp):
         job["mm"]["model"] = str(tmp_path / "m.json")
         job["gpt"]["pipeline_model_parallel_size"] = pp
         return job
+
     return change
 
 
@@ -128,17 +142,31 @@ BAD_JOBS = [
     ("bad-decay-style", setting("gpt.lr_decay_style", "cosin"), "gpt.lr_decay_style", "did you mean 'cosine'"),
     ("bad-backend", setting("distributed.backend", "ncl"), "distributed.backend", "did you mean 'nccl'"),
     ("bad-launcher", setting("entry.launcher", "mpirun"), "entry.launcher", "allowed values"),
-    ("world-not-divisible", setting("gpt.tensor_model_parallel_size", 3), "gpt.tensor_model_parallel_size", "not divisible"),
+    (
+        "world-not-divisible",
+        setting("gpt.tensor_model_parallel_size", 3),
+        "gpt.tensor_model_parallel_size",
+        "not divisible",
+    ),
     ("gbs-not-multiple", setting("gpt.global_batch_size", 30), "gpt.global_batch_size", "not a multiple"),
     ("min-lr-above-lr", setting("gpt.min_lr", 1.0), "gpt.min_lr", "larger than gpt.lr"),
     ("warmup-init-above-lr", setting("gpt.lr_warmup_init", 1.0), "gpt.lr_warmup_init", "larger than gpt.lr"),
     ("warmup-too-long", setting("gpt.lr_warmup_iters", 100), "gpt.lr_warmup_iters", "not shorter than the decay span"),
     ("wsd-without-iters", setting("gpt.lr_decay_style", "WSD"), "gpt.lr_wsd_decay_iters", "required"),
-    ("wsd-iters-too-long", lambda j: setting("gpt.lr_wsd_decay_iters", 500)(setting("gpt.lr_decay_style", "WSD")(j)),
-     "gpt.lr_wsd_decay_iters", "longer than train_iters"),
+    (
+        "wsd-iters-too-long",
+        lambda j: setting("gpt.lr_wsd_decay_iters", 500)(setting("gpt.lr_decay_style", "WSD")(j)),
+        "gpt.lr_wsd_decay_iters",
+        "longer than train_iters",
+    ),
     ("port-privileged", setting("distributed.master_port", 80), "distributed.master_port", "1024-65535"),
     ("port-too-high", setting("distributed.master_port", 70000), "distributed.master_port", "1024-65535"),
-    ("port-not-int", setting("distributed.master_port", "any"), "distributed.master_port", "is not an integer or 'auto'"),
+    (
+        "port-not-int",
+        setting("distributed.master_port", "any"),
+        "distributed.master_port",
+        "is not an integer or 'auto'",
+    ),
     ("negative-workers", setting("gpt.num_workers", -1), "gpt.num_workers", "0 or more"),
     ("beta-out-of-range", setting("gpt.adam_beta2", 1.0), "gpt.adam_beta2", "[0, 1)"),
     ("unsafe-name", setting("name", "x; rm -rf ~"), "name", "safe Slurm job name"),
@@ -147,17 +175,35 @@ BAD_JOBS = [
     ("partition-injection", setting("slurm.partition", "low$(id)"), "slurm.partition", "characters"),
     ("secret-in-env", setting("env.HF_TOKEN", "abc"), "env.HF_TOKEN", "looks like a secret"),
     ("bad-env-name", setting("env.1BAD", "x"), "env.1BAD", "not a valid environment variable name"),
-    ("mpi-on-megatron", lambda j: setting("entry.script", "pretrain_vlm.py")(setting("distributed.backend", "mpi")(j)),
-     "distributed.backend", "only nccl or gloo"),
+    (
+        "mpi-on-megatron",
+        lambda j: setting("entry.script", "pretrain_vlm.py")(setting("distributed.backend", "mpi")(j)),
+        "distributed.backend",
+        "only nccl or gloo",
+    ),
     ("extra-duplicates-field", setting("gpt.extra", {"lr": 1}), "gpt.extra.lr", "set by hpc-mm"),
     ("mm-data-missing-file", setting("mm.data", "/nonexistent/data.json"), "mm.data", "does not exist"),
-    ("mm-json-syntax", _mm_file("data", '{"dataset_param": {},\n "x": ]\n}'), "mm.data", "JSON syntax error at line 2, column"),
+    (
+        "mm-json-syntax",
+        _mm_file("data", '{"dataset_param": {},\n "x": ]\n}'),
+        "mm.data",
+        "JSON syntax error at line 2, column",
+    ),
     ("mm-data-no-dataloader", _mm_file("data", '{"dataset_param": {}}'), "mm.data", "dataloader_param"),
-    ("pipeline-wrong-length", _pipeline([1, 1], 2, 4), "mm.model", "has 2 entries but pipeline_model_parallel_size is 4"),
+    (
+        "pipeline-wrong-length",
+        _pipeline([1, 1], 2, 4),
+        "mm.model",
+        "has 2 entries but pipeline_model_parallel_size is 4",
+    ),
     ("pipeline-zero-stage", _pipeline([2, 0], 2, 2), "mm.model", "a stage with no layers"),
     ("pipeline-wrong-sum", _pipeline([1, 2], 4, 2), "mm.model", "sums to 3, not num_layers = 4"),
-    ("node-rank-outside", lambda j: setting("distributed.nnodes", 2)(setting("distributed.node_rank", 5)(j)),
-     "distributed.node_rank", "outside"),
+    (
+        "node-rank-outside",
+        lambda j: setting("distributed.nnodes", 2)(setting("distributed.node_rank", 5)(j)),
+        "distributed.node_rank",
+        "outside",
+    ),
 ]
 
 
@@ -182,10 +228,12 @@ def test_bad_job_files(tmp_path, case):
 
 
 def test_bad_flags_are_one_line(tmp_path):
-    for args in (["validate", JOBS / "tiny-vlm.yaml", "--nodes", "zero"],
-                 ["args", JOBS / "tiny-vlm.yaml", "--set", "novalue"],
-                 ["validate", tmp_path / "missing.yaml"],
-                 ["frobnicate"]):
+    for args in (
+        ["validate", JOBS / "tiny-vlm.yaml", "--nodes", "zero"],
+        ["args", JOBS / "tiny-vlm.yaml", "--set", "novalue"],
+        ["validate", tmp_path / "missing.yaml"],
+        ["frobnicate"],
+    ):
         result = run_cli(*args)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.startswith("error: "), result.stderr

@@ -11,22 +11,35 @@ from __future__ import annotations
 
 from hpc_mm.errors import Problem
 from hpc_mm.job.rules import fields, gpt, mm
+from hpc_mm.job.schema import keys
 from hpc_mm.job.spec import JobSpec
 
-# The fields the cross-field arithmetic divides by or multiplies with.
-ARITHMETIC_INPUTS = {
-    "slurm.nodes", "distributed.nnodes", "distributed.nproc_per_node", "gpt.tensor_model_parallel_size",
-    "gpt.pipeline_model_parallel_size", "gpt.context_parallel_size", "gpt.micro_batch_size",
-    "gpt.global_batch_size", "gpt.gradient_accumulation_steps", "gpt.train_iters", "gpt.lr_decay_iters",
-    "gpt.lr_warmup_iters", "gpt.lr_wsd_decay_iters",
-}
+# The fields the cross-field arithmetic divides by or multiplies with (marked in spec.py).
+ARITHMETIC_INPUTS = {key for key, f in keys().items() if f.metadata.get("arithmetic")}
 
 
 def validate(spec: JobSpec) -> list[Problem]:
-    problems = fields.check(spec) + gpt.check(spec)
+    problems = bounds(spec) + fields.check(spec) + gpt.check(spec)
     if not {p.field for p in problems} & ARITHMETIC_INPUTS:
         problems += gpt.arithmetic(spec)
     return problems + mm.check(spec)
+
+
+def bounds(spec: JobSpec) -> list[Problem]:
+    """Each key's smallest valid value, as spec.py declares it (`at_least`)."""
+    out = []
+    for key, f in keys().items():
+        least = f.metadata.get("at_least")
+        if least is None:
+            continue
+        value = spec
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is None or isinstance(value, (str, bool)) or value >= least:
+            continue
+        what = "a positive integer" if least == 1 else f"{least} or more"
+        out.append(Problem(key, f"must be {what}, got {value}", f.metadata.get("bound_hint", "")))
+    return out
 
 
 def advice(spec: JobSpec) -> list[Problem]:

@@ -25,8 +25,13 @@ def control_characters(where: str, text: str | None, allowed: str = "") -> list[
     """Line breaks and other control characters in a value that reaches the batch script."""
     bad = [c for c in _CONTROL.findall(text or "") if c not in allowed]
     if bad:
-        return [Problem(where, f"{text!r} contains control characters ({', '.join(map(repr, sorted(set(bad))))})",
-                        "a value in a job file is one line of printable text")]
+        return [
+            Problem(
+                where,
+                f"{text!r} contains control characters ({', '.join(map(repr, sorted(set(bad))))})",
+                "a value in a job file is one line of printable text",
+            )
+        ]
     return []
 
 

@@ -7,46 +7,37 @@ import re
 from pathlib import Path
 
 from hpc_mm.errors import Problem, UserError
-from hpc_mm.job import slurmtime
-from hpc_mm.job.megatron import BREAK_EXACT_RESUME, declared_device, owner, resolve_backend
-from hpc_mm.job.rules.common import at_least_zero, control_characters, positive, shown
+from hpc_mm.job.megatron import (
+    BREAK_EXACT_RESUME,
+    declared_device,
+    owner,
+    resolve_backend,
+)
 from hpc_mm.job.options import normal
+from hpc_mm.job.rules import slurm as slurm_rules
+from hpc_mm.job.rules.common import control_characters, positive, shown
 from hpc_mm.job.spec import BUILTIN_TRAINER, JobSpec, devices_requested
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MODULE = re.compile(r"[A-Za-z_][\w.]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_GPUS = re.compile(r"([A-Za-z0-9_.-]+:)?\d+")
-# srun options hpc-mm sets for the training step itself (slurm.srun_args may add any other).
-_SRUN_OWNED = ("--ntasks", "--ntasks-per-node", "--nodes", "--output", "--error", "--kill-on-bad-exit", "-N", "-n",
-               "-o", "-e", "--cpus-per-task", "-c")
-_GRES = re.compile(r"[a-z][a-z0-9_]*(:[A-Za-z0-9_.-]+)?:\d+(,[a-z][a-z0-9_]*(:[A-Za-z0-9_.-]+)?:\d+)*")
-_SBATCH_KEY = re.compile(r"[a-z][a-z0-9-]*")
-_SLURM_WORD = re.compile(r"[A-Za-z0-9_.,:|&()\[\]*!-]+")
 _HOST = re.compile(r"[A-Za-z0-9_.:-]+")
 # Names that look like secrets never go into a script or a record: *_KEY, *_TOKEN, *_PAT,
 # *_PASS*, *_SECRET*, and the usual spellings of API keys, passwords and credentials.
-_SECRET = re.compile(r"_(KEY|TOKEN|PAT|CREDENTIALS?)$|_(PASS|SECRET)|(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|"
-                     r"API_?KEY|ACCESS_?KEY|PRIVATE_?KEY)(_|$)", re.I)
-# What may not appear in a value sbatch reads from an #SBATCH line: quotes and shell
-# characters (the line must mean the same to sbatch and to a reader), '#' (sbatch reads the
-# rest of the line as a comment), and line breaks (they end the line early).
-_SBATCH_UNSAFE = set("\"'\\`$;#")
+_SECRET = re.compile(
+    r"_(KEY|TOKEN|PAT|CREDENTIALS?)$|_(PASS|SECRET)|(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|"
+    r"API_?KEY|ACCESS_?KEY|PRIVATE_?KEY)(_|$)",
+    re.I,
+)
 
 
 def is_secret_name(name: str) -> bool:
     return bool(_SECRET.search(name))
 
 
-def sbatch_value_problem(value: str) -> str | None:
-    if any(c in _SBATCH_UNSAFE for c in value) or not value.isprintable():
-        return f"{value!r} contains quotes, '$', '`', ';', '#', a backslash or a control character"
-    return None
-
-
 def check(spec: JobSpec) -> list[Problem]:
     out: list[Problem] = []
-    for rule in (_name, _entry, _slurm, _distributed, _checkpoint, _requeue, _env, _setup):
+    for rule in (_name, _entry, slurm_rules.check, _distributed, _checkpoint, _requeue, _env, _setup):
         out += rule(spec)
     return out
 
@@ -56,21 +47,41 @@ def advice(spec: JobSpec) -> list[Problem]:
     out = []
     workdir = Path(spec.entry.workdir)
     if not workdir.is_dir():
-        out.append(Problem("entry.workdir", f"{workdir} does not exist on this machine",
-                           "fine if it exists on the compute nodes; otherwise point it at your MindSpeed-MM checkout"))
+        out.append(
+            Problem(
+                "entry.workdir",
+                f"{workdir} does not exist on this machine",
+                "fine if it exists on the compute nodes; otherwise point it at your MindSpeed-MM checkout",
+            )
+        )
     elif spec.entry.script.endswith(".py") and not (workdir / spec.entry.script).is_file():
-        out.append(Problem("entry.script", f"{workdir / spec.entry.script} does not exist on this machine",
-                           "fine if it exists on the compute nodes"))
+        out.append(
+            Problem(
+                "entry.script",
+                f"{workdir / spec.entry.script} does not exist on this machine",
+                "fine if it exists on the compute nodes",
+            )
+        )
     if spec.checkpoint.pretrained and not Path(spec.checkpoint.pretrained).exists():
-        out.append(Problem("checkpoint.pretrained", f"{spec.checkpoint.pretrained} does not exist on this machine",
-                           "fine if it exists on the compute nodes"))
+        out.append(
+            Problem(
+                "checkpoint.pretrained",
+                f"{spec.checkpoint.pretrained} does not exist on this machine",
+                "fine if it exists on the compute nodes",
+            )
+        )
     return out
 
 
 def _name(spec: JobSpec) -> list[Problem]:
     if spec.name and not _JOB_NAME.fullmatch(spec.name):
-        return [Problem("name", f"{spec.name!r} is not a safe Slurm job name",
-                        "use letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit)")]
+        return [
+            Problem(
+                "name",
+                f"{spec.name!r} is not a safe Slurm job name",
+                "use letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit)",
+            )
+        ]
     return []
 
 
@@ -80,78 +91,76 @@ def _entry(spec: JobSpec) -> list[Problem]:
     if not e.script.strip():
         out.append(Problem("entry.script", "is empty", f"e.g. pretrain_vlm.py or {BUILTIN_TRAINER}"))
     elif not e.script.endswith(".py") and not _MODULE.fullmatch(e.script):
-        out.append(Problem("entry.script", f"{e.script!r} is neither a .py file nor a Python module name",
-                           f"e.g. pretrain_vlm.py or {BUILTIN_TRAINER}"))
+        out.append(
+            Problem(
+                "entry.script",
+                f"{e.script!r} is neither a .py file nor a Python module name",
+                f"e.g. pretrain_vlm.py or {BUILTIN_TRAINER}",
+            )
+        )
     for i, word in enumerate(e.wrapper):
         out += control_characters(f"entry.wrapper[{i}]", word)
     if spec.builtin and e.extra_args:
-        out.append(Problem("entry.extra_args", "the built-in trainer takes no extra arguments",
-                           "use gpt.* keys; extra_args are for MindSpeed-MM entry points"))
+        out.append(
+            Problem(
+                "entry.extra_args",
+                "the built-in trainer takes no extra arguments",
+                "use gpt.* keys; extra_args are for MindSpeed-MM entry points",
+            )
+        )
     for i, arg in enumerate(e.extra_args):
         out += control_characters(f"entry.extra_args[{i}]", arg)
         key = owner(arg.split("=", 1)[0]) if arg.startswith("--") else None
         if key:
-            out.append(Problem(f"entry.extra_args[{i}]", f"{arg} is set by hpc-mm from the job file; "
-                               "passed here it would override the checked value", f"set {key} instead"))
-    return out
-
-
-def _slurm(spec: JobSpec) -> list[Problem]:
-    s, d = spec.slurm, spec.distributed
-    out = positive("slurm.nodes", s.nodes) + positive("slurm.cpus_per_task", s.cpus_per_task)
-    if s.nodes and d.nnodes and s.nodes != d.nnodes:
-        out.append(Problem("slurm.nodes", f"{s.nodes} disagrees with distributed.nnodes = {d.nnodes}",
-                           "give the number of nodes once: slurm.nodes (or --nodes)"))
-    try:
-        slurmtime.seconds(s.time)
-    except ValueError as exc:
-        out.append(Problem("slurm.time", str(exc), f"use {slurmtime.FORMATS}"))
-    if s.gres is not None and not _GRES.fullmatch(s.gres):
-        out.append(Problem("slurm.gres", f"{s.gres!r} is not a gres request", "e.g. npu:8 or gpu:a100:4"))
-    if s.gpus_per_node is not None and not _GPUS.fullmatch(s.gpus_per_node):
-        out.append(Problem("slurm.gpus_per_node", f"{s.gpus_per_node!r} is not a GPU count", "e.g. 8 or a100:8"))
-    elif s.gpus_per_node and s.gres and s.gres.split(":")[0] in ("gpu", "npu"):
-        out.append(Problem("slurm.gpus_per_node", f"and slurm.gres = {s.gres!r} both ask for accelerators",
-                           "give one of them"))
-    out += control_characters("slurm.python", s.python)
-    for i, arg in enumerate(s.srun_args):
-        out += control_characters(f"slurm.srun_args[{i}]", arg)
-        if arg.split("=", 1)[0] in _SRUN_OWNED:
-            out.append(Problem(f"slurm.srun_args[{i}]", f"{arg} is set by hpc-mm for the training step",
-                               "use slurm.nodes, distributed.nproc_per_node or slurm.cpus_per_task"))
-    for key in ("partition", "account", "qos", "constraint", "mem"):
-        value = getattr(s, key)
-        if value is not None and not _SLURM_WORD.fullmatch(value):
-            out.append(Problem(f"slurm.{key}", f"{value!r} has characters Slurm does not accept here",
-                               "use letters, digits and . _ - , :"))
-    for key, value in s.extra_sbatch.items():
-        if not _SBATCH_KEY.fullmatch(key):
-            out.append(Problem(f"slurm.extra_sbatch.{shown(key)}", "is not an sbatch long option name",
-                               "write it without dashes, e.g. `mail-type: END`"))
-        elif not isinstance(value, bool) and (why := sbatch_value_problem(str(value))):
-            out.append(Problem(f"slurm.extra_sbatch.{key}", why, "sbatch options take plain values"))
+            out.append(
+                Problem(
+                    f"entry.extra_args[{i}]",
+                    f"{arg} is set by hpc-mm from the job file; passed here it would override the checked value",
+                    f"set {key} instead",
+                )
+            )
     return out
 
 
 def _distributed(spec: JobSpec) -> list[Problem]:
     d = spec.distributed
-    out = positive("distributed.nnodes", d.nnodes)
+    out = []
     if isinstance(d.nproc_per_node, int):
         out += positive("distributed.nproc_per_node", d.nproc_per_node)
     elif spec.entry.launcher == "srun" and devices_requested(spec) is None:
-        out.append(Problem("distributed.nproc_per_node", "auto needs slurm.gres (e.g. npu:8) or slurm.gpus_per_node "
-                           "with launcher srun", "set a number, or use launcher torchrun"))
+        out.append(
+            Problem(
+                "distributed.nproc_per_node",
+                "auto needs slurm.gres (e.g. npu:8) or slurm.gpus_per_node with launcher srun",
+                "set a number, or use launcher torchrun",
+            )
+        )
     if spec.nnodes >= 1 and not 0 <= d.node_rank < spec.nnodes:
-        out.append(Problem("distributed.node_rank", f"{d.node_rank} is outside 0..{spec.nnodes - 1}",
-                           f"the job has {spec.nnodes} node(s)"))
+        out.append(
+            Problem(
+                "distributed.node_rank",
+                f"{d.node_rank} is outside 0..{spec.nnodes - 1}",
+                f"the job has {spec.nnodes} node(s)",
+            )
+        )
     if isinstance(d.master_port, int) and not 1024 <= d.master_port <= 65535:
-        out.append(Problem("distributed.master_port", f"{d.master_port} is outside 1024-65535",
-                           "use `auto` (derived from the job id) or a free unprivileged port such as 6000"))
+        out.append(
+            Problem(
+                "distributed.master_port",
+                f"{d.master_port} is outside 1024-65535",
+                "use `auto` (derived from the job id) or a free unprivileged port such as 6000",
+            )
+        )
     if not _HOST.fullmatch(d.master_addr):
         out.append(Problem("distributed.master_addr", f"{d.master_addr!r} is not a host name or address"))
     if d.backend == "mpi" and not spec.builtin:
-        out.append(Problem("distributed.backend", "Megatron's --distributed-backend accepts only nccl or gloo",
-                           "use auto; mpi works only with the built-in trainer and a PyTorch built with MPI"))
+        out.append(
+            Problem(
+                "distributed.backend",
+                "Megatron's --distributed-backend accepts only nccl or gloo",
+                "use auto; mpi works only with the built-in trainer and a PyTorch built with MPI",
+            )
+        )
     elif declared_device(spec):
         try:
             resolve_backend(d.backend, declared_device(spec))
@@ -162,9 +171,7 @@ def _distributed(spec: JobSpec) -> list[Problem]:
 
 def _checkpoint(spec: JobSpec) -> list[Problem]:
     c = spec.checkpoint
-    out = (positive("checkpoint.save_interval", c.save_interval)
-           + positive("checkpoint.keep_last", c.keep_last, "leave it unset (null) to keep every checkpoint")
-           + control_characters("checkpoint.dir", c.dir) + control_characters("checkpoint.pretrained", c.pretrained))
+    out = control_characters("checkpoint.dir", c.dir) + control_characters("checkpoint.pretrained", c.pretrained)
     if spec.requeue.enabled:
         out += _exact_resume(spec)
     return out
@@ -172,8 +179,10 @@ def _checkpoint(spec: JobSpec) -> list[Problem]:
 
 def _exact_resume(spec: JobSpec) -> list[Problem]:
     """While requeue is on, every restart must resume what the last one saved, whole."""
-    hint = ("to start from pretrained weights set checkpoint.pretrained (loaded only while the run has no "
-            "checkpoint of its own); or set requeue.enabled: false")
+    hint = (
+        "to start from pretrained weights set checkpoint.pretrained (loaded only while the run has no "
+        "checkpoint of its own); or set requeue.enabled: false"
+    )
     out = []
     for key, value in spec.gpt.extra.items():
         if value is True and normal(key) in BREAK_EXACT_RESUME:
@@ -186,16 +195,23 @@ def _exact_resume(spec: JobSpec) -> list[Problem]:
 
 def _requeue(spec: JobSpec) -> list[Problem]:
     r, f = spec.requeue, spec.fault
-    out = (at_least_zero("requeue.max_restarts", r.max_restarts) + at_least_zero("requeue.on_failure", r.on_failure)
-           + positive("requeue.max_restarts_without_progress", r.max_restarts_without_progress))
+    out = []
     if f.hang_factor < 1:
-        out.append(Problem("fault.hang_factor", f"{f.hang_factor} is less than 1",
-                           "a phase may take this many times its slowest observed duration; 5-20 is usual"))
-    for name in ("hang_floor_startup", "hang_floor_step", "hang_floor_checkpoint"):
-        out += positive(f"fault.{name}", getattr(f, name), "seconds")
+        out.append(
+            Problem(
+                "fault.hang_factor",
+                f"{f.hang_factor} is less than 1",
+                "a phase may take this many times its slowest observed duration; 5-20 is usual",
+            )
+        )
     if not 10 <= r.grace_seconds <= 3600:
-        out.append(Problem("requeue.grace_seconds", f"{r.grace_seconds} is outside 10-3600",
-                           "seconds before the time limit/preemption to save; allow for one checkpoint write"))
+        out.append(
+            Problem(
+                "requeue.grace_seconds",
+                f"{r.grace_seconds} is outside 10-3600",
+                "seconds before the time limit/preemption to save; allow for one checkpoint write",
+            )
+        )
     return out
 
 
@@ -203,11 +219,21 @@ def _env(spec: JobSpec) -> list[Problem]:
     out = []
     for key, value in spec.env.items():
         if not _ENV_NAME.fullmatch(key):
-            out.append(Problem(f"env.{shown(key)}", "is not a valid environment variable name",
-                               "use letters, digits and underscores, not starting with a digit"))
+            out.append(
+                Problem(
+                    f"env.{shown(key)}",
+                    "is not a valid environment variable name",
+                    "use letters, digits and underscores, not starting with a digit",
+                )
+            )
         elif is_secret_name(key):
-            out.append(Problem(f"env.{key}", "looks like a secret; hpc-mm never writes secrets into scripts",
-                               "export it in your shell before `hpc-mm submit` (sbatch passes your environment)"))
+            out.append(
+                Problem(
+                    f"env.{key}",
+                    "looks like a secret; hpc-mm never writes secrets into scripts",
+                    "export it in your shell before `hpc-mm submit` (sbatch passes your environment)",
+                )
+            )
         else:
             out += control_characters(f"env.{key}", value, allowed="\t")
     want = spec.env.get("CUDA_DEVICE_MAX_CONNECTIONS")

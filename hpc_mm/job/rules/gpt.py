@@ -10,23 +10,20 @@ from hpc_mm.errors import Problem
 from hpc_mm.job.coerce import ambiguous
 from hpc_mm.job.megatron import owner
 from hpc_mm.job.options import table, value_problem
-from hpc_mm.job.rules.common import at_least_zero, positive
 from hpc_mm.job.spec import JobSpec, derive
 from hpc_mm.job.yamlfile import AmbiguousNumber
 
-_POSITIVE = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
-             "micro_batch_size", "global_batch_size", "gradient_accumulation_steps", "train_iters",
-             "log_interval", "lr_decay_iters", "lr_wsd_decay_iters")
 # The factors of the model-parallel size, in the order they are multiplied.
-_PARALLEL = (("tensor_model_parallel_size", "TP"), ("pipeline_model_parallel_size", "PP"),
-             ("context_parallel_size", "CP"))
+_PARALLEL = (
+    ("tensor_model_parallel_size", "TP"),
+    ("pipeline_model_parallel_size", "PP"),
+    ("context_parallel_size", "CP"),
+)
 
 
 def check(spec: JobSpec) -> list[Problem]:
     g = spec.gpt
-    out = [p for name in _POSITIVE for p in positive(f"gpt.{name}", getattr(g, name))]
-    for name in ("num_workers", "lr_warmup_iters", "min_lr", "lr_warmup_init", "weight_decay", "clip_grad"):
-        out += at_least_zero(f"gpt.{name}", getattr(g, name))
+    out = []
     if g.lr is not None and g.lr <= 0:
         out.append(Problem("gpt.lr", f"must be positive, got {g.lr}"))
     for name in ("adam_beta1", "adam_beta2"):
@@ -34,11 +31,16 @@ def check(spec: JobSpec) -> list[Problem]:
             out.append(Problem(f"gpt.{name}", f"must be in [0, 1), got {getattr(g, name)}"))
     if g.adam_eps <= 0:
         out.append(Problem("gpt.adam_eps", f"must be positive, got {g.adam_eps}"))
-    if g.lr and g.min_lr > g.lr:
+    if g.lr and g.lr > 0 and g.min_lr > g.lr:  # against a valid lr only: no follow-on errors
         out.append(Problem("gpt.min_lr", f"{g.min_lr} is larger than gpt.lr = {g.lr}", "min_lr must be <= lr"))
-    if g.lr and g.lr_warmup_init > g.lr:
-        out.append(Problem("gpt.lr_warmup_init", f"{g.lr_warmup_init} is larger than gpt.lr = {g.lr}",
-                           "warmup starts at lr_warmup_init and rises to lr"))
+    if g.lr and g.lr > 0 and g.lr_warmup_init > g.lr:
+        out.append(
+            Problem(
+                "gpt.lr_warmup_init",
+                f"{g.lr_warmup_init} is larger than gpt.lr = {g.lr}",
+                "warmup starts at lr_warmup_init and rises to lr",
+            )
+        )
     for key, value in g.extra.items():
         out += _extra(f"gpt.extra.{key}", key, value)
     return out
@@ -47,8 +49,13 @@ def check(spec: JobSpec) -> list[Problem]:
 def _extra(where: str, key: str, value: Any) -> list[Problem]:
     owned = owner(key)
     if owned:
-        return [Problem(where, "is set by hpc-mm from the job file; here it would override the checked value",
-                        f"set {owned} instead")]
+        return [
+            Problem(
+                where,
+                "is set by hpc-mm from the job file; here it would override the checked value",
+                f"set {owned} instead",
+            )
+        ]
     bad = _bad_value(value)
     if bad:
         return [bad(where)]
@@ -56,8 +63,13 @@ def _extra(where: str, key: str, value: Any) -> list[Problem]:
     if option is None:
         close = table().close(key)
         if close:
-            return [Problem(where, "is not an option of Megatron, MindSpeed or MindSpeed-MM",
-                            f"did you mean {close[2:].replace('-', '_')!r} ({close})?")]
+            return [
+                Problem(
+                    where,
+                    "is not an option of Megatron, MindSpeed or MindSpeed-MM",
+                    f"did you mean {close[2:].replace('-', '_')!r} ({close})?",
+                )
+            ]
         return []  # unknown and not close to a known one: a warning (advice), passed as written
     problem = value_problem(option, value)
     return [Problem(where, problem, f"see `{option.flag}` ({option.source})")] if problem else []
@@ -72,8 +84,9 @@ def _bad_value(value: Any):
         if isinstance(item, float) and not math.isfinite(item):
             return lambda where, item=item: Problem(where, f"{item!r} is not a finite number")
         if isinstance(item, str) and item.startswith("--"):
-            return lambda where, item=item: Problem(where, f"the value {item!r} is an option of its own",
-                                                    "give each option its own gpt.extra key")
+            return lambda where, item=item: Problem(
+                where, f"the value {item!r} is an option of its own", "give each option its own gpt.extra key"
+            )
     return None
 
 
@@ -82,8 +95,13 @@ def advice(spec: JobSpec) -> list[Problem]:
     for key in spec.gpt.extra:
         if owner(key) is None and table().find(key) is None and table().close(key) is None:
             versions = ", ".join(f"{k} {v}" for k, v in table().versions.items())
-            out.append(Problem(f"gpt.extra.{key}", f"is not an option of {versions}; passed as written",
-                               "check the spelling; options of other entry points are fine"))
+            out.append(
+                Problem(
+                    f"gpt.extra.{key}",
+                    f"is not an option of {versions}; passed as written",
+                    "check the spelling; options of other entry points are fine",
+                )
+            )
     return out
 
 
@@ -104,23 +122,39 @@ def _world(spec: JobSpec) -> list[Problem]:
         product *= getattr(g, name)
         if ws % product:
             sizes = " x ".join(str(getattr(g, n)) for n, _ in _PARALLEL)
-            return [Problem(f"gpt.{name}", f"world size {ws} ({spec.nnodes} nodes x {ws // spec.nnodes}) is not "
-                            f"divisible by TP x PP x CP = {sizes}: {short} = {getattr(g, name)} breaks it",
-                            "change the parallel sizes or the number of nodes/devices")]
+            return [
+                Problem(
+                    f"gpt.{name}",
+                    f"world size {ws} ({spec.nnodes} nodes x {ws // spec.nnodes}) is not "
+                    f"divisible by TP x PP x CP = {sizes}: {short} = {getattr(g, name)} breaks it",
+                    "change the parallel sizes or the number of nodes/devices",
+                )
+            ]
     dp = derived.data_parallel_size
     step = g.micro_batch_size * dp
     if g.global_batch_size and g.global_batch_size % step:
-        return [Problem("gpt.global_batch_size",
-                        f"{g.global_batch_size} is not a multiple of micro_batch_size x DP = "
-                        f"{g.micro_batch_size} x {dp} = {step}",
-                        f"use a multiple such as {step * max(1, g.global_batch_size // step)}, "
-                        "or leave it unset to get MBS x gradient_accumulation_steps x DP")]
-    if (g.global_batch_size and g.gradient_accumulation_steps != 1
-            and g.global_batch_size != step * g.gradient_accumulation_steps):
-        return [Problem("gpt.gradient_accumulation_steps",
-                        f"{g.gradient_accumulation_steps} disagrees with global_batch_size {g.global_batch_size} "
-                        f"= MBS {g.micro_batch_size} x DP {dp} x {g.global_batch_size // step}",
-                        "set only one of global_batch_size and gradient_accumulation_steps")]
+        return [
+            Problem(
+                "gpt.global_batch_size",
+                f"{g.global_batch_size} is not a multiple of micro_batch_size x DP = "
+                f"{g.micro_batch_size} x {dp} = {step}",
+                f"use a multiple such as {step * max(1, g.global_batch_size // step)}, "
+                "or leave it unset to get MBS x gradient_accumulation_steps x DP",
+            )
+        ]
+    if (
+        g.global_batch_size
+        and g.gradient_accumulation_steps != 1
+        and g.global_batch_size != step * g.gradient_accumulation_steps
+    ):
+        return [
+            Problem(
+                "gpt.gradient_accumulation_steps",
+                f"{g.gradient_accumulation_steps} disagrees with global_batch_size {g.global_batch_size} "
+                f"= MBS {g.micro_batch_size} x DP {dp} x {g.global_batch_size // step}",
+                "set only one of global_batch_size and gradient_accumulation_steps",
+            )
+        ]
     return []
 
 
@@ -129,16 +163,34 @@ def _schedule(spec: JobSpec) -> list[Problem]:
     decay = g.lr_decay_iters or g.train_iters
     out = []
     if g.lr_warmup_iters and decay and g.lr_warmup_iters >= decay:
-        out.append(Problem("gpt.lr_warmup_iters", f"{g.lr_warmup_iters} is not shorter than the decay span {decay}",
-                           "warmup must end before lr_decay_iters (default: train_iters)"))
+        out.append(
+            Problem(
+                "gpt.lr_warmup_iters",
+                f"{g.lr_warmup_iters} is not shorter than the decay span {decay}",
+                "warmup must end before lr_decay_iters (default: train_iters)",
+            )
+        )
     if g.lr_warmup_iters and g.extra.get("lr_warmup_fraction") is not None:
-        out.append(Problem("gpt.extra.lr_warmup_fraction", "and gpt.lr_warmup_iters are both set",
-                           "Megatron takes one of them: set lr_warmup_iters to 0, or drop the fraction"))
+        out.append(
+            Problem(
+                "gpt.extra.lr_warmup_fraction",
+                "and gpt.lr_warmup_iters are both set",
+                "Megatron takes one of them: set lr_warmup_iters to 0, or drop the fraction",
+            )
+        )
     if g.lr_decay_style == "WSD":
         if g.lr_wsd_decay_iters is None:
-            out.append(Problem("gpt.lr_wsd_decay_iters", "is required when lr_decay_style is WSD",
-                               "the number of final iterations spent annealing, e.g. 10% of train_iters"))
+            out.append(
+                Problem(
+                    "gpt.lr_wsd_decay_iters",
+                    "is required when lr_decay_style is WSD",
+                    "the number of final iterations spent annealing, e.g. 10% of train_iters",
+                )
+            )
         elif g.train_iters and g.lr_wsd_decay_iters > g.train_iters:
-            out.append(Problem("gpt.lr_wsd_decay_iters",
-                               f"{g.lr_wsd_decay_iters} is longer than train_iters = {g.train_iters}"))
+            out.append(
+                Problem(
+                    "gpt.lr_wsd_decay_iters", f"{g.lr_wsd_decay_iters} is longer than train_iters = {g.train_iters}"
+                )
+            )
     return out

@@ -11,8 +11,11 @@ from hpc_mm.errors import Problem, UserError
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.job.yamlfile import MAX_JSON_BYTES, read_capped
 
-_HINTS = {"tool": "set mm.tool to a tools.json (top level: profile, memory_profile)",
-          "data": "check the path (relative to the job file)", "model": "check the path (relative to the job file)"}
+_HINTS = {
+    "tool": "set mm.tool to a tools.json (top level: profile, memory_profile)",
+    "data": "check the path (relative to the job file)",
+    "model": "check the path (relative to the job file)",
+}
 
 
 def read_json(where: str, path: Path, hint: str = "") -> Any:
@@ -24,8 +27,9 @@ def read_json(where: str, path: Path, hint: str = "") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError.one(where, f"{path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: "
-                                   f"{exc.msg}") from None
+        raise UserError.one(
+            where, f"{path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
     except RecursionError:
         raise UserError.one(where, f"{path}: values nested too deeply") from None
 
@@ -44,8 +48,13 @@ def check(spec: JobSpec) -> list[Problem]:
     if isinstance(data, dict):
         for key in ("dataset_param", "dataloader_param"):
             if key not in data:
-                out.append(Problem("mm.data", f"{spec.mm.data} has no top-level {key!r}",
-                                   "mm-data JSON needs dataset_param and dataloader_param"))
+                out.append(
+                    Problem(
+                        "mm.data",
+                        f"{spec.mm.data} has no top-level {key!r}",
+                        "mm-data JSON needs dataset_param and dataloader_param",
+                    )
+                )
     elif data is not None:
         out.append(Problem("mm.data", f"{spec.mm.data} must hold a JSON object"))
     model = docs.get("model")
@@ -71,11 +80,21 @@ def _pipeline_layers(spec: JobSpec, part: Any, name: str, empty_stages: bool) ->
     if not isinstance(layers, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in layers):
         return [Problem("mm.model", f"{key} must be a list of integers, got {layers!r}")]
     if len(layers) != pp:
-        return [Problem("mm.model", f"{key} has {len(layers)} entries but pipeline_model_parallel_size is {pp}",
-                        "give one layer count per pipeline stage")]
+        return [
+            Problem(
+                "mm.model",
+                f"{key} has {len(layers)} entries but pipeline_model_parallel_size is {pp}",
+                "give one layer count per pipeline stage",
+            )
+        ]
     if any(n < 0 for n in layers) or (not empty_stages and any(n == 0 for n in layers)):
-        return [Problem("mm.model", f"{key} {layers} has a stage with no layers",
-                        "every pipeline stage needs at least one layer")]
+        return [
+            Problem(
+                "mm.model",
+                f"{key} {layers} has a stage with no layers",
+                "every pipeline stage needs at least one layer",
+            )
+        ]
     total = part.get("num_layers")
     if isinstance(total, int) and sum(layers) != total:
         return [Problem("mm.model", f"{key} {layers} sums to {sum(layers)}, not num_layers = {total}")]

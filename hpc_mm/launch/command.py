@@ -1,0 +1,103 @@
+"""The entry's command line and environment for this process's part of the job (its plan):
+torchrun for a node's agent, the entry itself for one rank; the backends' own timeouts set above
+the hang budget."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from hpc_mm.job.megatron import training_argv
+from hpc_mm.launch.plan import Plan
+
+
+def interpreter(plan: Plan) -> list[str]:
+    """The entry's interpreter, behind its wrapper (apptainer exec IMAGE, ...)."""
+    return [*plan.spec.entry.wrapper, plan.spec.entry.python or sys.executable]
+
+
+# torchrun, ending as soon as its agent is done: the interpreter's own teardown of torch takes
+# about half a second of a stopping job's grace on every node and does nothing durable (the
+# workers have exited, their checkpoint is committed). Runs in the entry's interpreter (which
+# need not have hpc-mm), so it is code, not a module of ours; its exit status is torchrun's.
+TORCHRUN = """# torchrun (hpc-mm: no interpreter teardown after the agent)
+import os, sys
+from torch.distributed.run import main
+sys.argv[0] = "torchrun"
+try:
+    main()
+    rc = 0
+except SystemExit as exc:
+    rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(rc)
+"""
+
+
+def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[str]:
+    spec = plan.spec
+    argv = training_argv(
+        spec,
+        run_dir=plan.run_dir,
+        checkpoint_dir=plan.checkpoint_dir,
+        backend=plan.backend,
+        world_size=plan.world_size,
+        collective_timeout_minutes=collective_timeout_minutes,
+    )
+    target = ["-m", spec.entry.script] if not spec.entry.script.endswith(".py") else [spec.entry.script]
+    if plan.mode == "agent":
+        # An entry other than ours prints no rank: torchrun prefixes each line with its local rank.
+        tee = [] if spec.builtin else ["--tee", "3"]
+        return [
+            *interpreter(plan),
+            "-c",
+            TORCHRUN,
+            *plan.distributed_args(),
+            "--max-restarts",
+            "0",
+            *tee,
+            *target,
+            *argv,
+        ]
+    return [*interpreter(plan), "-u", *target, *argv]
+
+
+def collective_timeouts(device: str, budget_seconds: float) -> dict:
+    """The backends' own timeouts, set above the hang budget (so the watchdog ends a hung step),
+    where the job does not set them: HCCL's execution timeout (whole steps of 68 s, at most 17340 s)
+    and its connect timeout on NPUs; error handling that makes NCCL's timeout abort on GPUs."""
+    if device == "npu":
+        execution = min(17340, 68 * math.ceil(2 * budget_seconds / 68))
+        return {"HCCL_EXEC_TIMEOUT": str(execution), "HCCL_CONNECT_TIMEOUT": str(min(7200, max(120, execution)))}
+    if device == "cuda":
+        return {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+    return {}
+
+
+def child_env(plan: Plan, budget_seconds: float | None = None) -> dict:
+    env = dict(plan.environment.env)
+    if budget_seconds and plan.spec.fault.hang_detection:
+        env.update(
+            {k: v for k, v in collective_timeouts(plan.device, budget_seconds).items() if k not in plan.spec.env}
+        )
+    env.update(plan.spec.env)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["HPC_MM_RUN_DIR"] = str(plan.run_dir)
+    if plan.mode == "worker":
+        if plan.nproc_per_node > 1 and "OMP_NUM_THREADS" not in env:
+            # What torchrun does for several ranks a node: one thread each (or the CPUs Slurm
+            # gave the task), not every core each, which oversubscribes the node many times over.
+            env["OMP_NUM_THREADS"] = env.get("SLURM_CPUS_PER_TASK") or "1"
+        env.update(
+            {
+                "RANK": str(plan.rank),
+                "WORLD_SIZE": str(plan.world_size),
+                "LOCAL_RANK": str(plan.local_rank),
+                "LOCAL_WORLD_SIZE": str(plan.nproc_per_node),
+                "GROUP_RANK": str(plan.node_rank),
+                "MASTER_ADDR": plan.master_addr,
+                "MASTER_PORT": str(plan.master_port),
+            }
+        )
+    return env

@@ -1,0 +1,87 @@
+"""The processes under a launcher, read from /proc (no psutil on compute nodes): one table of
+pid -> (parent, state, CPU seconds), and the walks over it that supervise.py and watchdog.py use."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    parent: int
+    state: str  # R, S, D, T, Z, ... as /proc/<pid>/stat says
+    cpu: float  # user + system seconds
+
+
+def table() -> dict[int, Proc]:
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        pid = int(stat.parent.name)
+        out[pid] = Proc(pid, int(fields[1]), fields[0], (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def children_of(procs: dict[int, Proc]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for proc in procs.values():
+        out.setdefault(proc.parent, []).append(proc.pid)
+    return out
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid`."""
+    return children_of(table()).get(pid, [])
+
+
+def descendants(root: int) -> list[int]:
+    """`root` and every process under it (torchrun puts each worker in a session of its own, so a
+    process group is not enough to reach them)."""
+    kids = children_of(table())
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += kids.get(pid, [])
+    return found
+
+
+def kill_tree(root: int) -> None:
+    for pid in descendants(root):  # listed first: killed parents' children would move to init
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def rank_of(pid: int) -> int | None:
+    """The RANK a training process was started with (torchrun and hpc-mm set it)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    value = next((v[5:] for v in environ if v.startswith(b"RANK=")), None)
+    return int(value) if value and value.isdigit() else None
+
+
+def ranks_under(root: int) -> list[dict]:
+    """The training processes under `root` (torchrun's workers, or the rank itself): the
+    descendants that have a RANK, with their state and CPU time."""
+    procs = table()
+    kids = children_of(procs)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid in procs and (rank := rank_of(pid)) is not None:
+            found.append({"rank": rank, "pid": pid, "state": procs[pid].state, "cpu": round(procs[pid].cpu, 2)})
+            continue  # a rank's own children (data loader workers) are part of it
+        todo += kids.get(pid, [])
+    return sorted(found, key=lambda r: r["rank"])

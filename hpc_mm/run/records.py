@@ -1,0 +1,207 @@
+"""The records a run directory keeps besides its events (events.py), as types: metrics rows,
+heartbeats, preflight results, the cancel request and run.json; and the JSON reading they share.
+
+Readers skip what a crash or a concurrent writer can leave behind; a record that does not parse is
+not one (see `read_objects`).
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of metrics.jsonl: a training iteration as the entry logged it."""
+
+    iteration: int
+    loss: float
+    time: float | None = None
+    train_iters: int | None = None
+    lr: float | None = None
+    grad_norm: float | None = None
+    consumed_samples: int | None = None
+    global_batch_size: int | None = None
+    step_ms: float | None = None
+    samples_per_second: float | None = None
+
+    @classmethod
+    def from_json(cls, value: dict) -> Metric | None:
+        iteration, loss = integer(value.get("iteration")), number(value.get("loss"))
+        if iteration is None or loss is None:
+            return None
+        ints = ("train_iters", "consumed_samples", "global_batch_size")
+        extra = {
+            f.name: (integer if f.name in ints else number)(value.get(f.name))
+            for f in fields(cls)
+            if f.name not in ("iteration", "loss")
+        }
+        return cls(iteration, loss, **extra)
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """One launcher's heartbeat (launch/watchdog.py): what its ranks last logged, their states."""
+
+    node: int
+    host: str
+    pid: int
+    time: float
+    iteration: int | None = None
+    last_progress: float = 0.0
+    phase: str = "startup"
+    ranks: tuple[dict, ...] = ()  # {"rank", "pid", "state", "cpu"}
+    dumped: bool = False
+    ended: bool = False
+
+    @classmethod
+    def from_json(cls, value: dict) -> Heartbeat | None:
+        try:
+            return cls(
+                node=int(value["node"]),
+                host=str(value.get("host")),
+                pid=int(value.get("pid", 0)),
+                time=float(value.get("time", 0)),
+                iteration=integer(value.get("iteration")),
+                last_progress=float(value.get("last_progress") or 0.0),
+                phase=str(value.get("phase")),
+                ranks=tuple(r for r in value.get("ranks", []) if isinstance(r, dict)),
+                dumped=bool(value.get("dumped")),
+                ended=bool(value.get("ended")),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def to_json(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class PreflightResult:
+    """One node's preflight (launch/preflight.py): its problems, one line each; none when it passed."""
+
+    node: str
+    problems: tuple[str, ...]
+    seconds: float = 0.0
+
+    @classmethod
+    def from_json(cls, value: dict) -> PreflightResult | None:
+        problems = value.get("problems", [])
+        if not isinstance(value.get("node"), str) or not isinstance(problems, list):
+            return None
+        return cls(value["node"], tuple(str(p) for p in problems), float(number(value.get("seconds")) or 0.0))
+
+    def to_json(self) -> dict:
+        return {"node": self.node, "problems": list(self.problems), "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """`hpc-mm cancel` asked this job to stop (finish then records `cancelled`, not a requeue)."""
+
+    job_id: str | None
+    time: float
+
+    @classmethod
+    def from_json(cls, value: dict) -> CancelRequest | None:
+        when = number(value.get("time"))
+        if when is None:
+            return None
+        job_id = value.get("job_id")
+        return cls(str(job_id) if job_id not in (None, "") else None, when)
+
+    def to_json(self) -> dict:
+        return {"job_id": self.job_id, "time": self.time}
+
+    def applies_to(self, job_id: str | None, began: float | None) -> bool:
+        """A request belongs to the job it was made for (an old file without a job id: to the start
+        it was made during)."""
+        if self.job_id is not None:
+            return self.job_id == job_id
+        return began is not None and self.time >= began
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """run.json: marks a folder as a run directory, and which Slurm jobs ran it."""
+
+    job_id: str | None = None  # the newest job
+    job_ids: tuple[str, ...] = ()  # every job, oldest first
+    created: float | None = None
+    submitted: float | None = None
+    name: str | None = None
+    nodes: int | None = None
+    array: str | None = None  # a sweep's task: its array, task index and swept values
+    task: int | None = None
+    values: Mapping[str, Any] | None = None
+    hpc_mm: str | None = None
+
+    @classmethod
+    def from_json(cls, value: dict) -> RunInfo:
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in value.items() if k in names}
+        for key in ("job_id", "array"):
+            if known.get(key) is not None:
+                known[key] = str(known[key])
+        known["job_ids"] = tuple(str(j) for j in known.get("job_ids") or () if j)
+        try:
+            return cls(**known)
+        except TypeError:
+            return cls()
+
+    def to_json(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) not in (None, ())}
+        if self.job_ids:
+            out["job_ids"] = list(self.job_ids)
+        return out
+
+
+def read_objects(path: Path) -> list[dict]:
+    """Every line of a JSON-lines file that is a JSON object; anything else is skipped."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:  # absent, a folder, unreadable
+        return []
+    out = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
+
+
+def read_object(path: Path) -> dict | None:
+    """A small JSON file holding one object; None when absent, unreadable or something else."""
+    try:
+        value = json.loads(Path(path).read_text(errors="replace"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def ended_by_host(beats: list[Heartbeat]) -> dict[str, bool]:
+    """Per host: did every launcher there say goodbye (`ended`)?"""
+    out: dict[str, bool] = {}
+    for beat in beats:
+        out[beat.host] = out.get(beat.host, True) and beat.ended
+    return out

@@ -1,0 +1,181 @@
+"""What Slurm says about a job, as types: its `JobState` and a `SlurmJob`, whichever of squeue,
+sacct or scontrol answered, read from their text (`query.py` asks them)."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from hpc_mm.job import slurmtime
+
+_FIELD = re.compile(r"(?:^|(?<=\s))([A-Za-z][\w:/.]*)=")
+SACCT_FIELDS = "JobID,State,ExitCode,NNodes,NodeList,ElapsedRaw"
+SQUEUE_FIELDS = "%i|%T|%r|%M|%L|%D|%N"
+
+
+class JobState(str, enum.Enum):
+    """Slurm's job states (squeue's long names, sacct's, scontrol's JobState)."""
+
+    PENDING = "PENDING"
+    CONFIGURING = "CONFIGURING"
+    RUNNING = "RUNNING"
+    COMPLETING = "COMPLETING"
+    SUSPENDED = "SUSPENDED"
+    REQUEUED = "REQUEUED"
+    REQUEUE_HOLD = "REQUEUE_HOLD"
+    REQUEUE_FED = "REQUEUE_FED"
+    RESIZING = "RESIZING"
+    SIGNALING = "SIGNALING"
+    STAGE_OUT = "STAGE_OUT"
+    PREEMPTED = "PREEMPTED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    NODE_FAIL = "NODE_FAIL"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    BOOT_FAIL = "BOOT_FAIL"
+    DEADLINE = "DEADLINE"
+    UNKNOWN = "UNKNOWN"  # Slurm does not (or no longer) know the job, or could not be asked
+
+    @classmethod
+    def parse(cls, text: str | None) -> JobState:
+        """sacct prints `CANCELLED by 0`, squeue `COMPLETING+`: the first word, without the `+`."""
+        word = (text or "").split()[0].rstrip("+") if (text or "").split() else ""
+        try:
+            return cls(word)
+        except ValueError:
+            return cls.UNKNOWN
+
+    @property
+    def ended(self) -> bool:
+        return self in ENDED
+
+    @property
+    def queued(self) -> bool:
+        """Waiting to start (again)."""
+        return self in (JobState.PENDING, JobState.REQUEUED, JobState.REQUEUE_HOLD, JobState.SUSPENDED)
+
+
+ENDED = frozenset(
+    {
+        JobState.COMPLETED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+        JobState.TIMEOUT,
+        JobState.NODE_FAIL,
+        JobState.OUT_OF_MEMORY,
+        JobState.BOOT_FAIL,
+        JobState.DEADLINE,
+    }
+)
+# A job preempted with PreemptMode=REQUEUE shows PREEMPTED for a moment and then runs again, so
+# PREEMPTED is unfinished (as submitit counts it); UNKNOWN is neither.
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """One job as Slurm sees it. Which fields are known depends on the command that answered."""
+
+    job_id: str
+    state: JobState = JobState.UNKNOWN
+    source: str | None = None  # "squeue", "sacct" or "scontrol"; None when Slurm does not know the job
+    reason: str | None = None  # why it is pending
+    exit_code: str | None = None
+    nodes: int | None = None
+    nodelist: str | None = None
+    elapsed_seconds: float | None = None
+    time_left_seconds: float | None = None
+    restarts: int | None = None
+    partition: str | None = None
+    end_time: str | None = None  # ISO time of the (expected) end
+    preempt_time: str | None = None  # set when Slurm preempted the job
+    stdout: str | None = None  # the batch log's path
+
+    @property
+    def ended(self) -> bool:
+        return self.state.ended
+
+    @property
+    def known(self) -> bool:
+        return self.source is not None
+
+
+def parse_fields(line: str) -> dict[str, str]:
+    """``Key=Value Key2=Value with spaces`` (scontrol's one-line form) -> dict."""
+    text = line.strip()
+    starts = list(_FIELD.finditer(text))
+    out = {}
+    for i, match in enumerate(starts):
+        end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
+        out[match.group(1)] = text[match.end() : end].rstrip()
+    return out
+
+
+def _int(text: str | None) -> int | None:
+    text = (text or "").split("-")[0]
+    return int(text) if text.isdigit() else None
+
+
+def _set(value: str | None) -> str | None:
+    return None if value in (None, "", "None", "Unknown", "(null)", "N/A") else value
+
+
+def from_scontrol(job_id: str, line: str) -> SlurmJob:
+    """A job from `scontrol show job -o`'s line ("" when Slurm does not know it)."""
+    fields = parse_fields(line) if line.strip() else {}
+    if not fields:
+        return SlurmJob(job_id)
+    return SlurmJob(
+        job_id,
+        JobState.parse(fields.get("JobState")),
+        "scontrol",
+        reason=_set(fields.get("Reason")),
+        exit_code=_set(fields.get("ExitCode")),
+        nodes=_int(fields.get("NumNodes")),
+        nodelist=_set(fields.get("NodeList")),
+        elapsed_seconds=slurmtime.printed_seconds(fields.get("RunTime")),
+        restarts=_int(fields.get("Restarts")),
+        partition=_set(fields.get("Partition")),
+        end_time=_set(fields.get("EndTime")),
+        preempt_time=_set(fields.get("PreemptTime")),
+        stdout=_set(fields.get("StdOut")),
+    )
+
+
+def from_sacct(text: str, job_ids: list[str]) -> dict[str, SlurmJob]:
+    """Jobs from sacct's parsable lines (SACCT_FIELDS); the last line of a requeued job is its newest."""
+    found: dict[str, SlurmJob] = {}
+    for line in text.splitlines():
+        job_id, state, exit_code, nodes, nodelist, elapsed = (line.split("|") + [""] * 6)[:6]
+        if job_id in job_ids:
+            found[job_id] = SlurmJob(
+                job_id,
+                JobState.parse(state),
+                "sacct",
+                exit_code=exit_code or None,
+                nodes=_int(nodes),
+                nodelist=_set(nodelist),
+                elapsed_seconds=float(elapsed) if elapsed.isdigit() else None,
+            )
+    return found
+
+
+def from_squeue(text: str, job_ids: set[str]) -> dict[str, SlurmJob]:
+    """Jobs from squeue's lines (SQUEUE_FIELDS): the queue's state, pending reason, time used and left."""
+    found = {}
+    for line in text.splitlines():
+        job_id, state, reason, used, left, nodes, nodelist = (line.split("|") + [""] * 7)[:7]
+        if job_id in job_ids:
+            found[job_id] = SlurmJob(
+                job_id,
+                JobState.parse(state),
+                "squeue",
+                reason=_set(reason),
+                elapsed_seconds=slurmtime.printed_seconds(used),
+                time_left_seconds=slurmtime.printed_seconds(left),
+                nodes=_int(nodes),
+                nodelist=_set(nodelist),
+            )
+    return found
