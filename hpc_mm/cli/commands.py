@@ -28,26 +28,33 @@ def _load(args: argparse.Namespace, job: str | None = None):
 def _login_argv(spec, run_dir: Path | None) -> list[str]:
     """The entry's argv as the launcher will give it, as far as a login node can know (the
     device's backend and, with nproc_per_node: auto, the world size are the node's to say)."""
-    from hpc_mm.job.megatron import login_backend, training_argv
-    from hpc_mm.job.spec import derive
-    from hpc_mm.launch.watchdog import collective_timeout
+    from hpc_mm.job.entries import contract
+
+    return contract(spec).argv(*_login_context(spec, _login_paths(spec, run_dir)))
+
+
+def _login_paths(spec, run_dir: Path | None):
+    from hpc_mm.job.entries.base import Paths
+    from hpc_mm.run.checkpoints import latest_whole
     from hpc_mm.run.layout import CHECKPOINTS, checkpoint_dir
-    from hpc_mm.run.rundir import RunDir
 
     run_dir = Path(run_dir).resolve() if run_dir else Path(PLACEHOLDER)
     ckpt = checkpoint_dir(spec, run_dir) if run_dir.is_absolute() or spec.checkpoint.dir else run_dir / CHECKPOINTS
-    return training_argv(
-        spec,
-        run_dir=run_dir,
-        checkpoint_dir=ckpt,
-        backend=login_backend(spec),
-        world_size=derive(spec).world_size,
-        collective_timeout_minutes=collective_timeout(spec.fault, RunDir(run_dir)),
-    )
+    return Paths(run_dir, ckpt, latest_whole(ckpt) if run_dir.is_absolute() else None)
+
+
+def _login_context(spec, paths) -> tuple:
+    from hpc_mm.job.megatron import login_backend
+    from hpc_mm.job.spec import derive
+    from hpc_mm.launch.watchdog import collective_timeout
+    from hpc_mm.run.rundir import RunDir
+
+    timeout = collective_timeout(spec.fault, RunDir(paths.run_dir))
+    return spec, paths, login_backend(spec), derive(spec).world_size, timeout
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from hpc_mm.job.spec import derive
+    from hpc_mm.job.entries import contract
     from hpc_mm.slurm.submit import check
 
     problems, results = [], {}
@@ -59,9 +66,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except UserError as exc:
             problems += exc.problems
             continue
-        d = derive(spec)
+        entry = contract(spec)
+        d = entry.derived(spec)
         results[job] = {
             "name": spec.name,
+            "entry": entry.kind,
+            "contract": entry.describe(spec),
+            "worst_case_loss": _worst_case_loss(spec, args.run_dir),
             "nnodes": spec.nnodes,
             "world_size": d.world_size,
             "data_parallel_size": d.data_parallel_size,
@@ -77,14 +88,46 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for job, r in results.items():
         if r["world_size"] is None:
             print(f"ok {job}: {r['nnodes']} nodes; world size decided at launch (nproc_per_node: auto)")
-            continue
-        print(
-            f"ok {job}: world size {r['world_size']} = {r['nnodes']} nodes x {r['world_size'] // r['nnodes']}, "
-            f"DP {r['data_parallel_size']}, global batch {r['global_batch_size']}, "
-            f"gradient accumulation {r['gradient_accumulation_steps']}, "
-            f"micro-batches per step {r['micro_batches_per_step']}"
-        )
+        elif r["data_parallel_size"] is None:
+            print(f"ok {job}: world size {r['world_size']} = {r['nnodes']} nodes x {r['world_size'] // r['nnodes']}")
+        else:
+            print(
+                f"ok {job}: world size {r['world_size']} = {r['nnodes']} nodes x {r['world_size'] // r['nnodes']}, "
+                f"DP {r['data_parallel_size']}, global batch {r['global_batch_size']}, "
+                f"gradient accumulation {r['gradient_accumulation_steps']}, "
+                f"micro-batches per step {r['micro_batches_per_step']}"
+            )
+        print(f"  entry {r['contract']}")
+        loss = r["worst_case_loss"]
+        if loss:
+            took = (
+                f", about {loss['minutes']:.0f} min at the measured {loss['step_seconds']:.1f} s/iteration"
+                if (loss.get("minutes") is not None)
+                else " (its time is known once the run has logged iterations)"
+            )
+            print(f"  a stop (preemption, time limit) loses up to {loss['iterations']} iterations{took}")
     return 0
+
+
+def _worst_case_loss(spec, run_dir: Path | None) -> dict | None:
+    """For an entry that does not save on a stop signal: what a stop just before a save loses, in
+    iterations, and in minutes from the run's measured step time (with --run-dir of a run that has
+    logged iterations)."""
+    from hpc_mm.job.entries import contract
+
+    entry = contract(spec)
+    if not entry.trains or entry.saves_on_signal(spec):
+        return None
+    iterations = entry.save_interval(spec)
+    out = {"iterations": iterations, "step_seconds": None, "minutes": None}
+    if run_dir is not None and Path(run_dir).is_dir():
+        from hpc_mm.run.rundir import RunDir
+        from hpc_mm.run.timeline import step_seconds
+
+        step = step_seconds(RunDir(Path(run_dir)).metrics())
+        if step:
+            out.update(step_seconds=step, minutes=iterations * step / 60)
+    return out
 
 
 # Where `args` has no run directory to show: the one `submit` will create (its name has the time).

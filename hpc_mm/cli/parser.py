@@ -10,9 +10,10 @@ from pathlib import Path
 from hpc_mm import __version__
 
 DESCRIPTION = """\
-Run MindSpeed-MM / Megatron training jobs from one YAML job file: validate it,
-render an sbatch script, submit to Slurm, launch on every node, emulate a
-multi-node job on one machine with mpirun, and follow the run.
+Run MindSpeed-MM jobs (Megatron-argument entries, the FSDP2 trainer of MindSpeed-MM
+26, inference and other commands) from one YAML job file: validate it, render an
+sbatch script, submit to Slurm, launch on every node, emulate a multi-node job on
+one machine with mpirun, and follow the run.
 
 typical use:
   hpc-mm validate jobs/tiny-vlm.yaml          check the job before it queues
@@ -98,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     _job_options(p, many=True)
     p.add_argument("--json", action="store_true", help="print the derived figures as JSON")
 
-    p = sub.add_parser("args", help="print the training arguments the entry point receives (one shell line)")
+    p = sub.add_parser(
+        "args",
+        help="print the arguments the entry receives, exactly as launch gives them (one shell line); "
+        "for the FSDP2 trainer, the path of the YAML hpc-mm writes for it at every start",
+    )
     _job_options(p)
 
     p = sub.add_parser("env", help="print what this process resolved: ranks, master address/port, backend")

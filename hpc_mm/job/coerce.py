@@ -82,6 +82,8 @@ def coerce(tp: Any, value: Any, where: str, problems: list[Problem]) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own problem (e.g. "not a finite number")
+            return coerce(options[0], value, where, problems)
         scratch: list[Problem] = []
         for option in options:
             scratch.clear()

@@ -16,6 +16,7 @@ import yaml
 from hpc_mm.errors import Problem, UserError
 from hpc_mm.job import yamlfile
 from hpc_mm.job.coerce import build
+from hpc_mm.job.entries import CONTRACTS, recognise
 from hpc_mm.job.rules import validate
 from hpc_mm.job.spec import SEED_TOOLS_JSON, JobSpec
 
@@ -39,7 +40,8 @@ def load_job(
     if problems or spec is None:
         raise UserError(problems)
     source = Path(path).resolve()
-    spec = _resolve_paths(dataclasses.replace(spec, source=str(source)), source.parent)
+    spec = _resolve_kind(dataclasses.replace(spec, source=str(source)))
+    spec = _resolve_paths(spec, source.parent)
     problems = validate(spec)
     if problems:
         raise UserError(problems)
@@ -81,16 +83,30 @@ def _absolute(base: Path, value: str) -> str:
     return str((base / os.path.expanduser(value)).resolve())
 
 
+def _resolve_kind(spec: JobSpec) -> JobSpec:
+    """entry.kind (auto: recognised from the script) and what follows from it: requeue.enabled
+    (unset: on for an entry that trains, off for a command)."""
+    kind = spec.entry.kind if spec.entry.kind != "auto" else recognise(spec.entry.script)
+    enabled = spec.requeue.enabled if spec.requeue.enabled is not None else CONTRACTS[kind].trains
+    return dataclasses.replace(
+        spec,
+        entry=dataclasses.replace(spec.entry, kind=kind),
+        requeue=dataclasses.replace(spec.requeue, enabled=enabled),
+    )
+
+
 def _resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
     """Relative paths are relative to the job file's folder (the seed's tools.json to workdir)."""
     workdir = _absolute(base, spec.entry.workdir)
     mm = {name: _absolute(base, getattr(spec.mm, name)) for name in ("data", "model", "tool") if getattr(spec.mm, name)}
-    mm.setdefault("tool", str(Path(workdir) / SEED_TOOLS_JSON))
+    if spec.entry.kind == "megatron":
+        mm.setdefault("tool", str(Path(workdir) / SEED_TOOLS_JSON))
     ckpt = spec.checkpoint.dir and _absolute(base, spec.checkpoint.dir)
     pretrained = spec.checkpoint.pretrained and _absolute(base, spec.checkpoint.pretrained)
+    config = spec.entry.config and _absolute(base, spec.entry.config)
     return dataclasses.replace(
         spec,
-        entry=dataclasses.replace(spec.entry, workdir=workdir),
+        entry=dataclasses.replace(spec.entry, workdir=workdir, config=config),
         mm=dataclasses.replace(spec.mm, **mm),
         checkpoint=dataclasses.replace(spec.checkpoint, dir=ckpt, pretrained=pretrained),
     )

@@ -39,6 +39,18 @@ def owner(flag_or_key: str) -> str | None:
     return next((owned[normal(f)] for f in flags if normal(f) in owned), None)
 
 
+def owned_hint(flag_or_key: str, owned: str) -> str:
+    """What to set instead of a flag hpc-mm owns. `--load` is where a run resumes from (its own
+    checkpoints, which hpc-mm writes): weights to start from are checkpoint.pretrained, never
+    written to; setting checkpoint.dir to them would make the run's saves overwrite their tracker."""
+    if normal(flag_or_key) == normal("--load"):
+        return (
+            "to start from converted weights, set checkpoint.pretrained (read only; hpc-mm never writes "
+            "there); a run resumes from its own checkpoints by itself"
+        )
+    return f"set {owned} instead"
+
+
 DEVICE_BACKEND = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 BACKEND_DEVICE = {"hccl": "npu", "nccl": "cuda", "gloo": "cpu"}
 
@@ -109,7 +121,7 @@ def training_argv(
     g = spec.gpt
     gbs = g.global_batch_size or derive(spec, world_size).global_batch_size
     argv = _section_flags(spec, "gpt", {"global_batch_size": gbs})  # gbs unknown only with nproc_per_node: auto
-    argv += _extra_flags(g.extra)
+    argv += _extra_flags(g.extra, spec.entry.mindspeed_mm)
     argv += _section_flags(spec, "mm")
     ckpt = str(checkpoint_dir)
     save, load = flags("checkpoint.dir")
@@ -134,7 +146,6 @@ def training_argv(
             argv += ["--keep-last", str(spec.checkpoint.keep_last)]
         if spec.checkpoint.async_save:
             argv.append("--async-save")
-    argv += spec.entry.extra_args
     return argv
 
 
@@ -173,12 +184,12 @@ def shell_line(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
-def _extra_flags(extra: dict) -> list[str]:
+def _extra_flags(extra: dict, release: str) -> list[str]:
     """gpt.extra as flags, spelled as Megatron spells them (`override_opt_param_scheduler` is
     `--override-opt_param-scheduler`); `false` and `null` add nothing."""
     out: list[str] = []
     for key, value in extra.items():
-        option = table().find(key)
+        option = table(release).find(key)
         flag = option.flag if option else normal(key)
         if value is False or value is None:
             continue
@@ -186,6 +197,10 @@ def _extra_flags(extra: dict) -> list[str]:
             out += [flag, "True"]
         elif value is True:
             out.append(flag)
+        elif isinstance(value, str) and option is not None and option.nargs in ("+", "*"):
+            # An option of several values given as one string ("linear_qkv linear_proj"): one word
+            # each, as the shell gives them to the scripts that pass it unquoted.
+            out += [flag, *shlex.split(value)]
         else:
             out += [flag, *(_word(v) for v in (value if isinstance(value, list) else [value]))]
     return out

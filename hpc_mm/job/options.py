@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TABLE_FILE = Path(__file__).resolve().parent / "megatron_options.json"
+TABLES = Path(__file__).resolve().parent
+# The release whose table checks a job that names none (every later table holds the earlier ones'
+# options: 2.3.0 and 26.x only add).
+LATEST = "26.1.0"
+
+
+def table_file(release: str) -> Path:
+    """One table a supported MindSpeed-MM release (scripts/megatron-options --release writes it)."""
+    return TABLES / f"megatron_options-{release}.json"
 
 
 @dataclass(frozen=True)
@@ -63,9 +71,10 @@ class OptionTable:
         return match[0] if match else None
 
 
-@functools.lru_cache(maxsize=1)
-def table() -> OptionTable:
-    data = json.loads(TABLE_FILE.read_text())
+@functools.lru_cache(maxsize=None)
+def table(release: str = LATEST) -> OptionTable:
+    """The options of Megatron + MindSpeed + MindSpeed-MM as `release` of MindSpeed-MM has them."""
+    data = json.loads(table_file(release).read_text())
     options = tuple(
         Option(
             flags=tuple(o["flags"]),

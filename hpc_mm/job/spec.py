@@ -15,9 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from hpc_mm.job.coerce import REQUIRED
+from hpc_mm.job.declare import option
 from hpc_mm.job.signals import DEFAULT_STOP_SIGNAL, STOP_SIGNALS
 
-Launcher = Literal["torchrun", "srun"]
+Launcher = Literal["torchrun", "srun", "msrun"]  # msrun: MindSpore's launcher (MindSpeed-MM's MindSpore examples)
+# What the entry is (job/entries/): Megatron arguments (pretrain_vlm.py, pretrain_sora.py, ...), the
+# FSDP2 trainer driven by one YAML file, or any other command; auto: recognised from entry.script.
+EntryKind = Literal["auto", "megatron", "fsdp2", "command"]
+# The MindSpeed-MM releases whose option tables hpc-mm ships (job/options.py, job/fsdp2.py).
+Release = Literal["2.2.0", "2.3.0", "26.0.0", "26.1.0"]
+LATEST_RELEASE = "26.1.0"
 Backend = Literal["auto", "hccl", "nccl", "gloo", "mpi"]
 Device = Literal["auto", "npu", "cuda", "cpu"]
 DecayStyle = Literal["constant", "linear", "cosine", "inverse-square-root", "WSD"]
@@ -29,27 +36,8 @@ BUILTIN_TRAINER = "hpc_mm.train"
 SEED_TOOLS_JSON = "./mindspeed_mm/tools/tools.json"
 
 
-def option(
-    flag: str | tuple[str, ...],
-    default: Any = dataclasses.MISSING,
-    *,
-    at_least: float | None = None,
-    arithmetic: bool = False,
-    hint: str = "",
-    only_with: tuple[str, str] | None = None,
-) -> Any:
-    """A job-file key that hpc-mm passes to the entry as `flag` (one or several flags). This is the
-    one place a flag is named: the argv builder, the table of flags hpc-mm owns, the rules and the
-    built-in trainer's parser read it from here. `at_least`: the smallest valid value (a rule);
-    `arithmetic`: the cross-field arithmetic uses it; `only_with` (key, value): passed only then."""
-    metadata = {"flag": flag, "arithmetic": arithmetic}
-    if at_least is not None:
-        metadata["at_least"] = at_least
-    if hint:
-        metadata["hint"] = hint
-    if only_with:
-        metadata["only_with"] = only_with
-    return field(default=default, metadata=metadata)
+# The launchers that run one agent a node, which starts the ranks.
+AGENTS = ("torchrun", "msrun")
 
 
 @dataclass(frozen=True)
@@ -60,6 +48,16 @@ class Entry:
     python: Optional[str] = None  # default: the Python that runs `hpc-mm launch` on the node
     extra_args: list[str] = field(default_factory=list)
     wrapper: list[str] = field(default_factory=list)  # command prefix: apptainer exec IMAGE, ...
+    kind: EntryKind = "auto"
+    # fsdp2: the trainer's YAML file; megatron: the --fsdp2-config-path file (FSDP2 settings)
+    config: Optional[str] = None
+    mindspeed_mm: Release = LATEST_RELEASE  # the release the entry is from: its option tables check the job
+    save_on_signal: bool = False  # fsdp2: run the trainer through hpc-mm's adapter, which saves on a stop
+
+    @property
+    def agent(self) -> bool:
+        """One launcher agent a node (torchrun, msrun) that starts the node's ranks; srun starts each rank."""
+        return self.launcher in AGENTS
 
 
 @dataclass(frozen=True)
@@ -93,8 +91,10 @@ class Distributed:
 
 @dataclass(frozen=True)
 class MM:
-    data: str = option("--mm-data", REQUIRED, hint="path of the mm-data JSON (dataset_param, dataloader_param)")
-    model: str = option("--mm-model", REQUIRED, hint="path of the mm-model JSON")
+    data: Optional[str] = option(
+        "--mm-data", None, required_for=("megatron",), hint="path of the mm-data JSON (dataset_param, dataloader_param)"
+    )
+    model: Optional[str] = option("--mm-model", None, required_for=("megatron",), hint="path of the mm-model JSON")
     tool: Optional[str] = option("--mm-tool", None)  # seed default: ./mindspeed_mm/tools/tools.json in entry.workdir
 
 
@@ -109,7 +109,9 @@ class GPT:
     # hpc-mm only (no flag): used to derive global_batch_size
     gradient_accumulation_steps: int = field(default=1, metadata={"at_least": 1, "arithmetic": True})
     num_workers: int = option("--num-workers", 1, at_least=0)
-    lr: float = option("--lr", REQUIRED, hint="the maximum learning rate, e.g. `lr: 1.0e-5`")
+    lr: Optional[float] = option(
+        "--lr", None, required_for=("megatron",), hint="the maximum learning rate, e.g. `lr: 1.0e-5`"
+    )
     min_lr: float = option("--min-lr", 0.0, at_least=0)
     adam_beta1: float = option("--adam-beta1", 0.9)
     adam_beta2: float = option("--adam-beta2", 0.999)
@@ -126,8 +128,14 @@ class GPT:
         "--lr-wsd-decay-iters", None, at_least=1, arithmetic=True, only_with=("lr_decay_style", "WSD")
     )
     clip_grad: float = option("--clip-grad", 1.0, at_least=0)
-    train_iters: int = option(
-        "--train-iters", REQUIRED, at_least=1, arithmetic=True, hint="number of training iterations"
+    # fsdp2: training.train_iters of its YAML, unless given here
+    train_iters: Optional[int] = option(
+        "--train-iters",
+        None,
+        at_least=1,
+        arithmetic=True,
+        required_for=("megatron",),
+        hint="number of training iterations",
     )
     seed: int = option("--seed", 1234)
     log_interval: int = option("--log-interval", 1, at_least=1)
@@ -148,7 +156,7 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class Requeue:
-    enabled: bool = True
+    enabled: Optional[bool] = None  # default: on for entries that train, off for a command
     mode: Literal["requeue", "chain"] = (
         "requeue"  # chain: a new job (--dependency=singleton) where requeue is forbidden
     )
@@ -191,6 +199,8 @@ class JobSpec:
     fault: Fault = field(default_factory=Fault)
     env: dict[str, str] = field(default_factory=dict)
     setup: list[str] = field(default_factory=list)
+    # fsdp2: keys of the trainer's YAML (entry.config) to set, as its sections nest them
+    config: dict[str, Any] = field(default_factory=dict)
     source: str = field(default="", metadata={"internal": True})
 
     @property

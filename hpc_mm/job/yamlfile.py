@@ -229,6 +229,11 @@ def load(text: str, field: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, first = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and problem == "second occurrence":  # a duplicate anchor: say which, and where first
+            problem = (
+                f"{context.replace('; first occurrence', '')} (first at line {first.line + 1})" if first else context
+            )
         raise YamlSyntaxError(
             Problem(field, f"YAML syntax error at {where}{problem}", "check indentation and quoting on that line")
         ) from None

@@ -5,10 +5,14 @@ the hang budget."""
 from __future__ import annotations
 
 import math
+import os
 import sys
+from pathlib import Path
 
-from hpc_mm.job.megatron import training_argv
+from hpc_mm.job.entries import contract
+from hpc_mm.job.entries.base import Paths
 from hpc_mm.launch.plan import Plan
+from hpc_mm.run.checkpoints import latest_whole
 
 
 def interpreter(plan: Plan) -> list[str]:
@@ -36,16 +40,15 @@ os._exit(rc)
 
 
 def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[str]:
+    """The entry's command line for this process: its node's torchrun (or msrun) as the agent, or the
+    entry itself as one rank; the entry's arguments from its contract (job/entries/)."""
     spec = plan.spec
-    argv = training_argv(
-        spec,
-        run_dir=plan.run_dir,
-        checkpoint_dir=plan.checkpoint_dir,
-        backend=plan.backend,
-        world_size=plan.world_size,
-        collective_timeout_minutes=collective_timeout_minutes,
-    )
-    target = ["-m", spec.entry.script] if not spec.entry.script.endswith(".py") else [spec.entry.script]
+    entry = contract(spec)
+    paths = Paths(plan.run_dir, plan.checkpoint_dir)
+    argv = entry.argv(spec, paths, plan.backend, plan.world_size, collective_timeout_minutes)
+    target = entry.target(spec)
+    if plan.mode == "agent" and spec.entry.launcher == "msrun":
+        return [*spec.entry.wrapper, "msrun", *msrun_args(plan), *target, *argv]
     if plan.mode == "agent":
         # An entry other than ours prints no rank: torchrun prefixes each line with its local rank.
         tee = [] if spec.builtin else ["--tee", "3"]
@@ -61,6 +64,39 @@ def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[s
             *argv,
         ]
     return [*interpreter(plan), "-u", *target, *argv]
+
+
+def msrun_args(plan: Plan) -> list[str]:
+    """MindSpore's msrun for this node, from the same variables torchrun gets (its workers' own logs go
+    into the run's log folder, one folder a start)."""
+    logs = Path(plan.run_dir) / "logs" / f"msrun-{plan.start.tag if plan.start else 'local'}"
+    return [
+        "--worker_num",
+        str(plan.world_size),
+        "--local_worker_num",
+        str(plan.nproc_per_node),
+        "--master_addr",
+        plan.master_addr,
+        "--master_port",
+        str(plan.master_port),
+        "--node_rank",
+        str(plan.node_rank),
+        f"--log_dir={logs}",
+        "--join=True",
+    ]
+
+
+def write_start_files(plan: Plan) -> None:
+    """What the entry reads at this start, written into the run directory by every node alike
+    (atomically: a node reading it sees the whole file)."""
+    entry = contract(plan.spec)
+    paths = Paths(plan.run_dir, plan.checkpoint_dir, latest_whole(plan.checkpoint_dir))
+    for name, text in entry.start_files(plan.spec, paths).items():
+        target = Path(plan.run_dir) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, target)
 
 
 def collective_timeouts(device: str, budget_seconds: float) -> dict:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from hpc_mm.environments.base import restart_from
 from hpc_mm.errors import UserError
+from hpc_mm.job.entries import contract
 from hpc_mm.job.spec import JobSpec, nproc_hint
 from hpc_mm.run import layout, lock
 from hpc_mm.run.events import LOCAL_JOB_VARIABLE, Kind, StartKey
@@ -44,8 +45,8 @@ STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 
 
 def mpirun_command(spec: JobSpec, run_dir: Path, mpirun: str = "mpirun") -> list[str]:
-    if spec.entry.launcher == "torchrun":
-        processes = spec.nnodes  # one agent per emulated node; torchrun starts the ranks
+    if spec.entry.agent:
+        processes = spec.nnodes  # one agent per emulated node (torchrun, msrun) starts the ranks
     else:
         processes = spec.nnodes * (nproc_hint(spec) or 1)
     cmd = [mpirun, "-np", str(processes), "--oversubscribe", "--bind-to", "none"]
@@ -82,7 +83,7 @@ def run_local(spec: JobSpec, run_dir: Path | None, mpirun: str = "mpirun", preem
         print(f"run directory: {run_dir}\nlogs: hpc-mm logs {run_dir} [--rank N]", flush=True)
         restart, pending = restart_from(os.environ), sorted(set(preempt_at))
         run.record(Kind.SUBMITTED, StartKey(job_id, restart), mode="local", nnodes=spec.nnodes)
-        follower = Follower(run_dir, spec.gpt.train_iters)
+        follower = Follower(run_dir, contract(spec).train_iters(spec))
         while True:
             pending = [p for p in pending if p > follower.iteration()]
             key = StartKey(job_id, restart)
@@ -96,6 +97,7 @@ def run_local(spec: JobSpec, run_dir: Path | None, mpirun: str = "mpirun", preem
                 emulated=True,
                 reason=f"emulated preemption at iteration {pending[0]} (--preempt-at)",
                 iteration=run.reread().latest_checkpoint(spec),
+                **_lost(run, key),
             )
             restart += 1
         follower.close()
@@ -174,6 +176,7 @@ def _record_end(run: RunDir, rc: int, received: int | None, key: StartKey) -> No
             key,
             name=name,
             returncode=rc,
+            **_lost(run, key),
             reason=f"stopped by {name}; continue it with `hpc-mm local JOB --run-dir {run.path}`",
         )
         print(f"hpc-mm local: stopped by {name}; the run can continue from its last checkpoint", flush=True)
@@ -184,5 +187,13 @@ def _record_end(run: RunDir, rc: int, received: int | None, key: StartKey) -> No
             Kind.COMPLETED if rc == 0 else Kind.FAILED,
             key,
             returncode=rc,
+            **({} if rc == 0 else _lost(run, key)),
             reason="" if rc == 0 else error or f"mpirun ended with exit code {rc}",
         )
+
+
+def _lost(run: RunDir, key: StartKey) -> dict:
+    """The iterations this start trained past its last checkpoint, as its leader recorded them."""
+    exited = run.reread().start(key).last(Kind.EXITED)
+    lost = exited.get("lost_iterations") if exited else None
+    return {"lost_iterations": lost} if lost is not None else {}

@@ -162,7 +162,7 @@ def resolve_plan(
         restart_count=environment.restart_count(),
         start=this_start(env),
     )
-    if spec is not None and spec.entry.launcher == "torchrun" and environment.name != "torchrun":
+    if spec is not None and spec.entry.agent and environment.name != "torchrun":
         nproc = _nproc_per_node(spec, environment, device.count)
         nnodes, node_rank = environment.world_size(), environment.global_rank()
         return Plan(

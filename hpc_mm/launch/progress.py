@@ -9,6 +9,13 @@ and Megatron's own log lines tell hpc-mm how training goes, for any Megatron-sty
     successfully loaded checkpoint from DIR [ t 1/1, p 1/1 ] at iteration 100
     [exiting program after receiving SIGTERM.] datetime: ...
 
+and the FSDP2 trainer's (MindSpeed-MM 26), which logs the same iteration line, says nothing before
+a save (it saves every `save_interval` iterations and at the end, right after that iteration's
+line), and names folders instead of iterations:
+
+    Saved checkpoint to DIR/iter_0000100
+    Loaded checkpoint from DIR/iter_0000100        (or DIR/release: converted weights)
+
 They become metrics.jsonl rows and `checkpoint` / `resumed` events (the built-in trainer writes
 its own, exact to the bit, so for it they only keep the watch). Lines may carry torchrun's
 `[default3]:` or the built-in trainer's `[rank 3] ` prefix.
@@ -31,6 +38,9 @@ ITERATION = re.compile(r"\biteration\s+(?P<it>\d+)\s*/\s*(?P<total>\d+)\s*\|(?P<
 SAVING = re.compile(r"saving checkpoint at iteration\s+(?P<it>\d+) to (?P<dir>\S+)")
 SAVED = re.compile(r"saved checkpoint from iteration\s+(?P<it>\d+) to (?P<dir>\S+)")
 LOADED = re.compile(r"successfully loaded checkpoint from (?P<dir>\S+).*\bat iteration (?P<it>\d+)")
+SAVED_TO = re.compile(r"\bSaved checkpoint to (?P<dir>\S+)")  # the FSDP2 trainer's
+LOADED_FROM = re.compile(r"\bLoaded checkpoint from (?P<dir>\S+)")
+_ITER_DIR = re.compile(r"(?:^|/)iter_(?P<it>\d+)/?$")
 EXITING = re.compile(r"exiting program after receiving SIGTERM")
 ERROR = re.compile(r"^error: (?P<text>.+)$")  # hpc-mm's one-line user errors (the built-in trainer, ...)
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
@@ -67,6 +77,9 @@ class Progress:
     clock: Callable[[], float] = time.time
     iteration: int | None = None  # the last iteration logged
     train_iters: int | None = None
+    # An entry that does not announce its saves (the FSDP2 trainer) saves after the iteration
+    # lines of every `save_interval`-th iteration and of the last one.
+    save_interval: int | None = None
     last_progress: float = field(default_factory=time.time)  # when training last moved
     saving: dict[int, float] = field(default_factory=dict)  # checkpoint saves under way
     exited_on_signal: bool = False
@@ -84,6 +97,10 @@ class Progress:
             self._saved(int(m["it"]), now)
         elif (m := LOADED.search(line)) is not None:
             self._loaded(int(m["it"]), m["dir"], now)
+        elif (m := SAVED_TO.search(line)) is not None and (it := _iteration_of(m["dir"])) is not None:
+            self._saved(it, now)
+        elif (m := LOADED_FROM.search(line)) is not None and (it := _iteration_of(m["dir"])) is not None:
+            self._loaded(it, str(Path(m["dir"]).parent), now)
         elif EXITING.search(line):
             self.exited_on_signal = True
         elif self.error is None and (m := ERROR.match(line.strip())) is not None:
@@ -91,6 +108,8 @@ class Progress:
 
     def _iteration(self, iteration: int, total: int, values: dict, now: float) -> None:
         self.iteration, self.train_iters, self.last_progress = iteration, total, now
+        if self.save_interval and (iteration % self.save_interval == 0 or iteration >= total):
+            self.saving[iteration] = now  # the save follows this line
         loss = _loss(values)
         if not self.record or self.run is None or loss is None:
             return
@@ -131,3 +150,11 @@ class Progress:
         if self.record and self.run is not None:
             source = "pretrained" if self.pretrained and Path(folder) == Path(self.pretrained) else "run"
             self.run.record(Kind.RESUMED, self.start, iteration=iteration, source=source, path=folder)
+
+
+def _iteration_of(folder: str) -> int | None:
+    """The iteration of a checkpoint folder in Megatron's layout: iter_0000100 -> 100, release -> 0."""
+    if Path(folder).name == "release":
+        return 0
+    m = _ITER_DIR.search(folder)
+    return int(m["it"]) if m else None

@@ -17,9 +17,10 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from hpc_mm.job.entries import contract
 from hpc_mm.job.signals import EXIT_SIGNAL, FORWARDED, IGNORED_BY_ENTRY
 from hpc_mm.launch import preflight, watchdog
-from hpc_mm.launch.command import child_env, command, interpreter
+from hpc_mm.launch.command import child_env, command, interpreter, write_start_files
 from hpc_mm.launch.plan import Plan, resolve_plan
 from hpc_mm.launch.procs import children
 from hpc_mm.launch.progress import Progress
@@ -77,6 +78,8 @@ def _log_to_task_file(plan: Plan) -> None:
 def _run(plan: Plan) -> int:
     run = plan.run
     limits = watchdog.budgets(plan.spec.fault, run)
+    entry = contract(plan.spec)
+    write_start_files(plan)  # by every process, before its own command: the entry reads them at once
     cmd = command(plan, watchdog.collective_timeout(plan.spec.fault, run))
     print(
         f"hpc-mm launch: {plan.environment.name} {plan.mode} node {plan.node_rank}/{plan.nnodes} "
@@ -102,6 +105,7 @@ def _run(plan: Plan) -> int:
         plan.spec.checkpoint.pretrained,
         record=not plan.spec.builtin,
         stop_requested=lambda: bool(stops),
+        save_interval=None if entry.announces_saves else entry.save_interval(plan.spec),
     )
     dogs: list[watchdog.Watchdog] = []
 
@@ -137,16 +141,22 @@ def _run(plan: Plan) -> int:
             dog.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     if plan.leader:
-        _record_exit(plan, rc, received, dogs[0].hung if dogs else None, progress.error)
+        _record_exit(plan, rc, received, dogs[0].hung if dogs else None, progress)
     return rc
 
 
-def _record_exit(plan: Plan, rc: int, received: int | None, hung: dict | None, error: str | None) -> None:
-    """How the step ended, as the leader saw it (the stop signal, a hang, the entry's error line);
-    `finish` (or `hpc-mm local`) turns it into the start's terminal event."""
+def _record_exit(plan: Plan, rc: int, received: int | None, hung: dict | None, progress: Progress) -> None:
+    """How the step ended, as the leader saw it (the stop signal, a hang, the entry's error line,
+    how far it got and what of that a checkpoint kept); `finish` (or `hpc-mm local`) turns it into
+    the start's terminal event."""
     run, said = plan.run, {"returncode": rc}
-    if error:
-        said["error"] = error
+    if progress.error:
+        said["error"] = progress.error
+    committed = checkpoints.latest_whole(plan.checkpoint_dir)
+    if progress.iteration is not None:
+        said.update(reached=progress.iteration, checkpoint=committed)
+        if rc != 0 or received:
+            said["lost_iterations"] = events.lost_iterations(progress.iteration, committed)
     if received:
         run.record(Kind.SIGNAL, plan.start, name=signal.Signals(received).name, **said)
     elif hung:
@@ -157,7 +167,7 @@ def _record_exit(plan: Plan, rc: int, received: int | None, hung: dict | None, e
             Kind.COMPLETED if rc == 0 and not received else Kind.STOPPED if received else Kind.FAILED,
             plan.start,
             returncode=rc,
-            reason=error or hung and said.get("reason") or "",
+            reason=progress.error or hung and said.get("reason") or "",
         )
 
 
@@ -167,6 +177,8 @@ def _start_record(plan: Plan) -> None:
     if not layout.is_run_dir(plan.run_dir):
         layout.create(layout.plan_run(plan.spec, plan.run_dir))
     preflight.storage(plan.run_dir, plan.checkpoint_dir)
+    if contract(plan.spec).tracker_in_place and (said := checkpoints.repair_tracker(plan.checkpoint_dir)):
+        print(f"hpc-mm: {said}", file=sys.stderr, flush=True)
     run = plan.run
     if plan.start.job_id and plan.environment.name == "slurm":
         run.record_job_id(plan.start.job_id)
@@ -182,24 +194,8 @@ def _start_record(plan: Plan) -> None:
         hosts=plan.hosts,
         **events.batch_times(os.environ, "batch_started_at"),
         checkpoint=checkpoints.latest_whole(plan.checkpoint_dir),
-        **workdir_commit(Path(plan.spec.entry.workdir)),
+        **preflight.workdir_commit(Path(plan.spec.entry.workdir)),
     )
-
-
-def workdir_commit(workdir: Path) -> dict:
-    """The entry's source as it ran: the commit of its checkout, and whether it had local changes."""
-
-    def git(*args: str) -> str | None:
-        try:
-            result = subprocess.run(["git", "-C", str(workdir), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return result.stdout.strip() if result.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {}
-    return {"workdir_commit": commit, "workdir_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def _ignore_user_signals() -> None:

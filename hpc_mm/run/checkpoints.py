@@ -25,6 +25,7 @@ from hpc_mm.run.durable import DurableWriter, crc32_of
 TRACKER = "latest_checkpointed_iteration.txt"
 FILENAME = "model_optim_rng.pt"
 MANIFEST = "manifest.json"
+DCP_METADATA = ".metadata"
 _ITER_DIR = re.compile(r"^iter_(\d{7})$")
 
 
@@ -126,7 +127,16 @@ def verify(save_dir: str | os.PathLike, iteration: int, deep: bool = False) -> V
         if not isinstance(files, dict) or not files:
             raise ValueError("no files")
     except FileNotFoundError:
-        models = list(folder.glob("mp_rank_*/*.pt")) + list(folder.glob("*.distcp"))
+        shards = list(folder.glob("*.distcp"))
+        if shards or (folder / DCP_METADATA).exists():
+            # torch.distributed.checkpoint (the FSDP2 trainer): its coordinator writes .metadata once
+            # every rank's shards are written.
+            if not (folder / DCP_METADATA).is_file() or (folder / DCP_METADATA).stat().st_size == 0:
+                return Verdict(False, f"{folder} has no {DCP_METADATA}: its save did not finish")
+            if any(p.stat().st_size == 0 for p in shards):
+                return Verdict(False, f"{folder} has an empty shard")
+            return Verdict(True, "a DCP checkpoint (written by the entry itself)")
+        models = list(folder.glob("mp_rank_*/*.pt"))
         if not models or any(p.stat().st_size == 0 for p in models):
             return Verdict(False, f"{folder} has no model file, or an empty one")
         return Verdict(True, "no manifest (written by the entry itself)")
@@ -154,3 +164,15 @@ def latest_whole(save_dir: str | os.PathLike) -> int | None:
         i for i in reversed(saved_iterations(save_dir)) if tracked is None or i < tracked
     ]
     return next((i for i in candidates if verify(save_dir, i).ok), None)
+
+
+def repair_tracker(save_dir: str | os.PathLike) -> str | None:
+    """Point a tracker that an entry writes in place (not atomically) at the newest whole checkpoint,
+    atomically, before a start reads it: a stop during a save can leave it empty, or naming a folder
+    whose save did not finish. Returns what it did, or None when the tracker was right."""
+    whole, tracked = latest_whole(save_dir), latest_iteration(save_dir)
+    if whole is None or whole == tracked:
+        return None
+    said = f"said {tracked}" if tracked is not None else "was missing or unreadable"
+    write_tracker(Path(save_dir), whole)
+    return f"the checkpoint tracker {said}; it names {whole} now, the newest whole checkpoint"

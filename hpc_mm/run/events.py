@@ -174,3 +174,11 @@ def batch_times(env: Mapping[str, str], *keys: str) -> dict:
         if 0 < value < float("inf"):
             out[key] = round(value, 3)
     return out
+
+
+def lost_iterations(reached: int | None, committed: int | None) -> int:
+    """Iterations a stopped start trained beyond its last committed checkpoint: the next start does
+    them again. (`reached` is the last iteration logged, so with log_interval > 1 a lower bound.)"""
+    if reached is None:
+        return 0
+    return max(0, reached - (committed or 0))

@@ -4,7 +4,8 @@ is defined here and nowhere else.
     runs/<name>-<time>/
       job.yaml          the resolved job (absolute paths, every default filled)
       job.sbatch        the script that was submitted or rendered (plain `sbatch` works on it)
-      mm/               copies of the mm JSON files (data, model, tool) the job file points at
+      mm/, config/      copies of the files the entry reads (the mm JSON files, the FSDP2 trainer's YAML:
+                        job/entries/), and what it reads at each start (config/trainer.yaml)
       run.json          marks the folder as a run directory; the Slurm job id (recorded at submit,
                         or at start for plain sbatch)
       run.lock          held by the run's leader while it runs (lock.py)
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from hpc_mm import __version__
 from hpc_mm.errors import UserError
+from hpc_mm.job.entries import contract
 from hpc_mm.job.jobfile import job_text
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.run.records import RunInfo, read_object
@@ -40,7 +42,6 @@ LOGS = "logs"
 EVENTS = "events.jsonl"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
-MM_COPIES = "mm"
 HEARTBEATS = "heartbeats"  # one small file per node and start, while the step runs (launch/watchdog.py)
 PREFLIGHT = "preflight"  # one result per node and start (launch/preflight.py)
 CANCEL_FILE = "cancel.json"  # `hpc-mm cancel` asked the run to stop (finish then records `cancelled`)
@@ -98,17 +99,19 @@ class RunFiles:
 
 
 def plan_run(spec: JobSpec, run_dir: Path | None) -> RunFiles:
-    """The resolved job file, and copies of the mm JSON files it uses, which the run's job file
-    points at: every restart of the run reads the same configuration, whatever happens to the
-    originals. (Paths inside them stay relative to entry.workdir, as MindSpeed-MM reads them.)"""
+    """The resolved job file, and copies of the files its entry reads (the mm JSON files, the FSDP2
+    trainer's YAML, ...: job/entries/), which the run's job file points at: every restart of the run
+    reads the same configuration, whatever happens to the originals. (Paths inside them stay relative
+    to entry.workdir, as MindSpeed-MM reads them.)"""
     run_dir = Path(run_dir or default_run_dir(spec)).resolve()
-    copies, paths = {}, {}
-    for name in ("data", "model", "tool"):
-        original = getattr(spec.mm, name)
+    copies, recorded = {}, spec
+    for key, name in contract(spec).copies(spec).items():
+        section, field_name = key.split(".")
+        original = getattr(getattr(spec, section), field_name)
         if original and Path(original).is_file():
-            copies[f"{MM_COPIES}/{name}.json"] = Path(original).read_text()
-            paths[name] = str(run_dir / MM_COPIES / f"{name}.json")
-    recorded = dataclasses.replace(spec, mm=dataclasses.replace(spec.mm, **paths))
+            copies[name] = Path(original).read_text()
+            part = dataclasses.replace(getattr(recorded, section), **{field_name: str(run_dir / name)})
+            recorded = dataclasses.replace(recorded, **{section: part})
     return RunFiles(run_dir, {JOB_FILE: job_text(recorded), **copies})
 
 

@@ -28,7 +28,8 @@ def summary(run: RunDir) -> dict:
     first = [r.loss for r in rows[:10]]
     last = [r.loss for r in rows[-10:]]
     speeds = [r.samples_per_second for r in rows[-10:] if r.samples_per_second is not None]
-    total = next((r.train_iters for r in reversed(rows) if r.train_iters), None) or _train_iters(run)
+    # The job's own, else the log's (an adapter that stops a run early shortens the log's)
+    total = _train_iters(run) or next((r.train_iters for r in reversed(rows) if r.train_iters), None)
     return {
         "iterations": rows[-1].iteration,
         "train_iters": total,
@@ -37,6 +38,8 @@ def summary(run: RunDir) -> dict:
         "samples_per_second": sum(speeds) / len(speeds) if speeds else None,
         "checkpoints": sorted({e.iteration for e in record if e.kind is Kind.CHECKPOINT and e.iteration is not None}),
         "restarts": line.restarts,
+        "lost_iterations": timeline.lost_iterations(run.starts()),
+        "step_seconds": timeline.step_seconds(rows),
         "goodput": line.goodput,
         "useful_seconds": line.useful_seconds,
         "held_seconds": line.held_seconds,
@@ -48,13 +51,18 @@ def summary(run: RunDir) -> dict:
 
 def _train_iters(run: RunDir) -> int | None:
     try:
-        return run.job.gpt.train_iters
+        from hpc_mm.job.entries import contract
+
+        return contract(run.job).train_iters(run.job)
     except UserError:
         return None
 
 
 def summary_text(info: dict) -> str:
-    restarts = "; ".join(f"{r['cause'] or 'restart'} -> resumed at {r['iteration']}" for r in info["restarts"])
+    restarts = "; ".join(
+        f"{r['cause'] or 'restart'} -> resumed at {r['iteration']}" + (f" ({r['lost']} lost)" if r.get("lost") else "")
+        for r in info["restarts"]
+    )
     goodput = (
         f"{info['goodput']:.0%} ({duration(info['useful_seconds'])} of training in "
         f"{duration(info['held_seconds'])} on the nodes)"
@@ -71,9 +79,20 @@ def summary_text(info: dict) -> str:
             f"throughput    {speed}",
             f"checkpoints   {checkpoints}",
             f"restarts      {len(info['restarts'])}" + (f" ({restarts})" if restarts else ""),
+            f"lost          {lost_text(info)}",
             f"goodput       {goodput}",
         ]
     )
+
+
+def lost_text(info: dict) -> str:
+    """The iterations trained twice because a stop came between checkpoints, and their time."""
+    lost = info["lost_iterations"]
+    if not lost:
+        return "0 iterations"
+    step = info.get("step_seconds")
+    took = f" (about {duration(lost * step)} of training done again)" if step else " (done again)"
+    return f"{lost} iteration{'s' if lost != 1 else ''}{took}"
 
 
 def report(run: RunDir) -> int:

@@ -96,6 +96,7 @@ def build(run: RunDir, now: float) -> Timeline:
                     "time": began,
                     "cause": _why_again(previous),
                     "iteration": resumed.iteration if resumed else start.started.get("checkpoint"),
+                    "lost": _lost(previous),
                 }
             )
         previous = start
@@ -113,6 +114,18 @@ def restarts(starts: list[Start]) -> tuple[int, str | None]:
     if newest is not None and newest.began is not None and newest.end and newest.end.kind is Kind.REQUEUED:
         count, cause = count + 1, _why_again(newest)
     return count, cause
+
+
+def _lost(start: Start) -> int:
+    value = start.end.get("lost_iterations") if start.end else None
+    return value if isinstance(value, int) else 0
+
+
+def lost_iterations(starts: list[Start]) -> int:
+    """Iterations trained past the last checkpoint by starts that were stopped (done again by the next
+    start): what an entry that cannot save on a stop signal loses at each preemption, and any entry
+    at a crash."""
+    return sum(_lost(s) for s in starts)
 
 
 def _why_again(previous: Start) -> str:

@@ -153,6 +153,8 @@ def _act(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: F
     }
     if decision.failure:
         said["failure"] = decision.failure
+    if decision.action != "complete" and facts.iteration is not None:
+        said["lost_iterations"] = events.lost_iterations(facts.iteration, latest)
     print(f"hpc-mm: {decision.action}: {decision.reason}", flush=True)
     if decision.action == "complete":
         run.record(Kind.COMPLETED, key, **said)

@@ -63,8 +63,8 @@ def environment(user_dir: Path | None = None) -> jinja2.Environment:
 
 
 def tasks_per_node(spec: JobSpec) -> int:
-    if spec.entry.launcher == "torchrun":
-        return 1  # one torchrun agent per node starts the ranks
+    if spec.entry.agent:
+        return 1  # one agent per node (torchrun, msrun) starts the ranks
     n = spec.distributed.nproc_per_node
     if n == "auto":
         n = devices_requested(spec)

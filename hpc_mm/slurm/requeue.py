@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from hpc_mm.job.entries import contract
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import checkpoints
 from hpc_mm.run.events import Kind, StartKey
@@ -95,7 +96,11 @@ def submission(run: RunDir, key: StartKey) -> list[Start]:
 
 def decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
     latest = run.latest_checkpoint(spec) or 0
-    if latest >= spec.gpt.train_iters:
+    train_iters = contract(spec).train_iters(spec)
+    if train_iters is None:  # a command: it is done when it ends well
+        if facts.returncode == 0 and not facts.signal and facts.preflight_failed is None and not facts.hang:
+            return Decision("complete", "the command ended (exit 0)")
+    elif latest >= train_iters:
         return Decision("complete", f"training finished (checkpoint at iteration {latest})")
     starts = submission(run, facts.start)
     if facts.preflight_failed is not None:
@@ -142,7 +147,7 @@ def decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
         return _crashed(spec, starts, facts, latest)
     return Decision(
         "fail",
-        f"the step ended (exit 0) at checkpoint {latest} of {spec.gpt.train_iters} without a "
+        f"the step ended (exit 0) at checkpoint {latest} of {train_iters} without a "
         "stop signal; training is unfinished",
         CRASH,
     )

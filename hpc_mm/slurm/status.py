@@ -13,10 +13,12 @@ from pathlib import Path
 
 from hpc_mm.errors import UserError
 from hpc_mm.job import slurmtime
+from hpc_mm.job.entries import contract
 from hpc_mm.run import layout, timeline
 from hpc_mm.run.events import Kind
 from hpc_mm.run.format import DASH, duration, text
 from hpc_mm.run.rundir import RunDir, Start
+from hpc_mm.run.timeline import lost_iterations
 from hpc_mm.slurm import query
 from hpc_mm.slurm.query import SlurmJob
 from hpc_mm.slurm.runs import Sweep, find, job_of, runs
@@ -78,6 +80,7 @@ def run_status(run: RunDir, slurm: SlurmJob | None = None, now: float | None = N
         left = limit - elapsed
     count, cause = restarts(starts, slurm)
     end = newest.end if newest else None
+    train_iters = contract(spec).train_iters(spec)
     iteration = last.iteration if last else None
     return RunStatus(
         run_dir=str(run.path.resolve()),
@@ -91,18 +94,21 @@ def run_status(run: RunDir, slurm: SlurmJob | None = None, now: float | None = N
         restarts=count,
         restart_cause=cause,
         last_iteration=iteration,
-        train_iters=spec.gpt.train_iters,
+        train_iters=train_iters,
         last_loss=last.loss if last else None,
         last_checkpoint=run.latest_checkpoint(spec),
         elapsed_seconds=elapsed,
         time_left_seconds=left,
-        eta_seconds=step * (spec.gpt.train_iters - iteration) if step and iteration is not None and running else None,
+        eta_seconds=step * (train_iters - iteration)
+        if step and train_iters and iteration is not None and running
+        else None,
         step_seconds=step,
         last_event=newest.events[-1].kind.value if newest and newest.events else None,
         outcome=end.reason if end and end.kind is not Kind.REQUEUED else None,
         array=run.info.array,
         task=run.info.task,
         values=dict(run.info.values) if run.info.values else None,
+        lost_iterations=lost_iterations(starts),
     )
 
 
@@ -177,7 +183,7 @@ def _print_one(run: RunDir, as_json: bool) -> int:
     print()
     print(
         format_table(
-            ("start", "job", "began", "ran", "from", "to", "ended", "why"),
+            ("start", "job", "began", "ran", "from", "to", "lost", "ended", "why"),
             [
                 [
                     str(s["start"]),
@@ -186,6 +192,7 @@ def _print_one(run: RunDir, as_json: bool) -> int:
                     duration(s["seconds"]),
                     text(s["from"]),
                     text(s["to"]),
+                    text(s["lost"]) if s["lost"] else DASH,
                     s["ended"],
                     s["why"],
                 ]
@@ -193,6 +200,9 @@ def _print_one(run: RunDir, as_json: bool) -> int:
             ],
         )
     )
+    if info.lost_iterations:
+        step = f", about {duration(info.lost_iterations * info.step_seconds)}" if info.step_seconds else ""
+        print(f"\nlost: {info.lost_iterations} iterations trained past a checkpoint and done again{step}")
     if info.outcome:
         print(f"\n{info.last_event}: {info.outcome}")
     print(f"run directory: {run.path}")
@@ -222,6 +232,7 @@ def start_rows(run: RunDir) -> list[dict]:
                 "seconds": finished - began if began is not None else None,
                 "from": start.started.get("checkpoint") if start.started else None,
                 "to": mine[-1] if mine else None,
+                "lost": end.get("lost_iterations") if end else None,
                 "ended": end.kind.value if end else ("running" if began else "queued"),
                 "why": text(end.cause or end.reason) if end else DASH,
             }

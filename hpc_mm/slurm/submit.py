@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from hpc_mm.errors import UserError, warn
+from hpc_mm.job.entries import contract
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import layout, lock, resume
 from hpc_mm.run.events import Kind, StartKey
@@ -173,7 +174,7 @@ def submit(
         print(f"submitted job {job_id}\nrun directory: {run.run_dir}", flush=True)
     if not wait:
         return 0
-    state = follow([(job_id, run.run_dir, spec.gpt.train_iters)], quiet=as_json)[job_id]
+    state = follow([(job_id, run.run_dir, contract(spec).train_iters(spec))], quiet=as_json)[job_id]
     if as_json:
         print(json.dumps({"job_id": job_id, "run_dir": str(run.run_dir), "state": state.value}))
     return 0 if state is query.JobState.COMPLETED else 1
@@ -207,7 +208,8 @@ def submit_sweep(
         raise
     sweep.record(parent, array_id, combos, runs)
     tasks = [
-        (f"{array_id}_{i}", run.run_dir, spec.gpt.train_iters) for i, ((_, spec), run) in enumerate(zip(combos, runs))
+        (f"{array_id}_{i}", run.run_dir, contract(spec).train_iters(spec))
+        for i, ((_, spec), run) in enumerate(zip(combos, runs))
     ]
     if as_json and not wait:
         print(

@@ -24,7 +24,7 @@ class RunStatus:
     restarts: int
     restart_cause: str | None
     last_iteration: int | None
-    train_iters: int
+    train_iters: int | None  # None: a command, which runs once
     last_loss: float | None
     last_checkpoint: int | None
     elapsed_seconds: float | None
@@ -36,6 +36,7 @@ class RunStatus:
     array: str | None = None
     task: int | None = None
     values: dict | None = None
+    lost_iterations: int = 0  # trained past the last checkpoint by starts that were stopped, done again
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -44,7 +45,7 @@ class RunStatus:
 def table_row(info: RunStatus) -> list[str]:
     state = info.state + (f" ({info.reason})" if info.reason else "")
     restarts_ = str(info.restarts) + (f" ({info.restart_cause})" if info.restarts and info.restart_cause else "")
-    iteration = f"{text(info.last_iteration)}/{info.train_iters}"
+    iteration = f"{text(info.last_iteration)}/{text(info.train_iters)}"
     return [
         Path(info.run_dir).name,
         text(info.job_id),

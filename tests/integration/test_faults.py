@@ -21,6 +21,9 @@ TINY = JOBS / "tiny-vlm.yaml"
 
 
 def submit(run_dir, *overrides, job=TINY):
+    """One rank a node (the faults here are of nodes and steps: half the processes on a 2-core machine),
+    unless the test says otherwise."""
+    overrides = ("distributed.nproc_per_node=1", *overrides)
     result = run_cli(
         "submit",
         job,
@@ -96,7 +99,7 @@ HANG_JOB = [
 
 def test_a_hung_rank_is_found_the_node_left_out_and_the_run_resumes_bitwise(slurm_cluster, tmp_path):
     baseline = tmp_path / "baseline"
-    assert finished(submit(baseline, *HANG_JOB)) == "COMPLETED"
+    base_job = submit(baseline, *HANG_JOB)  # alongside: the cluster has room for both
     run_dir = tmp_path / "run"
     job_id = submit(run_dir, *HANG_JOB)
     until(lambda: metrics_rows(run_dir) >= 70)
@@ -114,6 +117,7 @@ def test_a_hung_rank_is_found_the_node_left_out_and_the_run_resumes_bitwise(slur
     assert hang["stalled_seconds"] <= hang["budget_seconds"] + 5 and hang["budget_seconds"] == 20
     assert hang["nodes"] == [second] and [(b["host"], b["state"]) for b in hang["blamed"]] == [(second, "T")]
     assert finished(job_id) == "COMPLETED", [e["event"] for e in events.read(run_dir)]
+    assert finished(base_job) == "COMPLETED"
     record = events.read(run_dir)
     requeued = next(e for e in record if e["event"] == "requeued")
     assert requeued["cause"] == "hang" and requeued["exclude"] == [second]
@@ -140,7 +144,7 @@ def restore(cluster, node: str) -> None:
 
 def test_a_dead_node_ends_the_step_and_the_job_runs_elsewhere(slurm_cluster, tmp_path):
     run_dir = tmp_path / "run"
-    job_id = submit(run_dir, "gpt.train_iters=600", "checkpoint.save_interval=50", "slurm.partition=low")
+    job_id = submit(run_dir, "gpt.train_iters=300", "checkpoint.save_interval=50", "slurm.partition=low")
     until(lambda: metrics_rows(run_dir) >= 60)
     dead = next(e for e in events.read(run_dir) if e["event"] == "started")["hosts"][1]
     try:

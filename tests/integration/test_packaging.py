@@ -28,7 +28,7 @@ def test_non_editable_install_renders(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (target / "hpc_mm" / "templates" / "sbatch.sh.j2").is_file()
-    assert (target / "hpc_mm" / "job" / "megatron_options.json").is_file()  # validate reads it
+    assert (target / "hpc_mm" / "job" / "megatron_options-26.1.0.json").is_file()  # validate reads it
     out = subprocess.run(
         [sys.executable, "-m", "hpc_mm", "render", str(JOBS / "tiny-vlm.yaml"), "--run-dir", str(tmp_path / "run")],
         capture_output=True,

@@ -184,7 +184,9 @@ OWNED = [
         "entry.extra_args[0]",
         "checkpoint.save_interval",
     ),
-    ("gpt-extra-load", {"gpt": {"extra": {"load": "/elsewhere"}}}, "gpt.extra.load", "checkpoint.dir"),
+    # `--load` is where a run resumes; converted weights are checkpoint.pretrained (checkpoint.dir
+    # there would overwrite their tracker)
+    ("gpt-extra-load", {"gpt": {"extra": {"load": "/elsewhere"}}}, "gpt.extra.load", "checkpoint.pretrained"),
     ("gpt-extra-dashes", {"gpt": {"extra": {"train-iters": 5}}}, "gpt.extra.train-iters", "gpt.train_iters"),
     (
         "gpt-extra-value-is-a-flag",

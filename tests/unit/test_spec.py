@@ -196,7 +196,7 @@ BAD_JOBS = [
         "mm.model",
         "has 2 entries but pipeline_model_parallel_size is 4",
     ),
-    ("pipeline-zero-stage", _pipeline([2, 0], 2, 2), "mm.model", "a stage with no layers"),
+    ("pipeline-negative-stage", _pipeline([3, -1], 2, 2), "mm.model", "a negative layer count"),
     ("pipeline-wrong-sum", _pipeline([1, 2], 4, 2), "mm.model", "sums to 3, not num_layers = 4"),
     (
         "node-rank-outside",

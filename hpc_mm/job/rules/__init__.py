@@ -10,19 +10,52 @@ The same rules run for `validate`, `args`, `render`, `submit` and `launch`.
 from __future__ import annotations
 
 from hpc_mm.errors import Problem
+from hpc_mm.job.entries import contract
 from hpc_mm.job.rules import fields, gpt, mm
 from hpc_mm.job.schema import keys
-from hpc_mm.job.spec import JobSpec
+from hpc_mm.job.spec import JobSpec, derive
 
 # The fields the cross-field arithmetic divides by or multiplies with (marked in spec.py).
 ARITHMETIC_INPUTS = {key for key, f in keys().items() if f.metadata.get("arithmetic")}
 
 
 def validate(spec: JobSpec) -> list[Problem]:
-    problems = bounds(spec) + fields.check(spec) + gpt.check(spec)
-    if not {p.field for p in problems} & ARITHMETIC_INPUTS:
-        problems += gpt.arithmetic(spec)
-    return problems + mm.check(spec)
+    """Every rule for the job's entry kind (job/entries/): the job file's own, Megatron's arguments and
+    the mm files for a Megatron entry, and the kind's own (the FSDP2 trainer's YAML, ...)."""
+    problems = required(spec) + bounds(spec) + fields.check(spec)
+    if spec.entry.save_on_signal and spec.entry.kind != "fsdp2":
+        problems.append(
+            Problem(
+                "entry.save_on_signal",
+                f"is for the FSDP2 trainer; a {spec.entry.kind} entry "
+                "saves on a stop itself (megatron) or does not train (command)",
+                "remove it",
+            )
+        )
+    megatron = spec.entry.kind == "megatron"
+    if megatron:
+        problems += gpt.check(spec)
+        if not {p.field for p in problems} & ARITHMETIC_INPUTS:
+            problems += gpt.arithmetic(spec)
+    if megatron or spec.entry.kind == "command":
+        problems += mm.check(spec)
+    return problems + contract(spec).check(spec, derive(spec).world_size)
+
+
+def required(spec: JobSpec) -> list[Problem]:
+    """The keys the job's entry kind cannot run without (`required_for` in spec.py)."""
+    out = []
+    for key, f in keys().items():
+        if spec.entry.kind in f.metadata.get("required_for", ()) and _value(spec, key) is None:
+            out.append(Problem(key, "is required", f.metadata.get("hint", "")))
+    return out
+
+
+def _value(spec: JobSpec, key: str):
+    value = spec
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def bounds(spec: JobSpec) -> list[Problem]:
@@ -32,9 +65,7 @@ def bounds(spec: JobSpec) -> list[Problem]:
         least = f.metadata.get("at_least")
         if least is None:
             continue
-        value = spec
-        for part in key.split("."):
-            value = getattr(value, part)
+        value = _value(spec, key)
         if value is None or isinstance(value, (str, bool)) or value >= least:
             continue
         what = "a positive integer" if least == 1 else f"{least} or more"
@@ -44,4 +75,5 @@ def bounds(spec: JobSpec) -> list[Problem]:
 
 def advice(spec: JobSpec) -> list[Problem]:
     """Warnings: things that may be right but usually are not (shown, never fatal)."""
-    return gpt.advice(spec) + fields.advice(spec)
+    megatron = gpt.advice(spec) if spec.entry.kind == "megatron" else []
+    return megatron + fields.advice(spec) + contract(spec).advice(spec)

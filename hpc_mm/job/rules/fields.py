@@ -10,6 +10,7 @@ from hpc_mm.errors import Problem, UserError
 from hpc_mm.job.megatron import (
     BREAK_EXACT_RESUME,
     declared_device,
+    owned_hint,
     owner,
     resolve_backend,
 )
@@ -110,13 +111,13 @@ def _entry(spec: JobSpec) -> list[Problem]:
         )
     for i, arg in enumerate(e.extra_args):
         out += control_characters(f"entry.extra_args[{i}]", arg)
-        key = owner(arg.split("=", 1)[0]) if arg.startswith("--") else None
+        key = owner(arg.split("=", 1)[0]) if arg.startswith("--") and spec.entry.kind == "megatron" else None
         if key:
             out.append(
                 Problem(
                     f"entry.extra_args[{i}]",
                     f"{arg} is set by hpc-mm from the job file; passed here it would override the checked value",
-                    f"set {key} instead",
+                    owned_hint(arg.split("=", 1)[0], key),
                 )
             )
     return out
@@ -172,7 +173,7 @@ def _distributed(spec: JobSpec) -> list[Problem]:
 def _checkpoint(spec: JobSpec) -> list[Problem]:
     c = spec.checkpoint
     out = control_characters("checkpoint.dir", c.dir) + control_characters("checkpoint.pretrained", c.pretrained)
-    if spec.requeue.enabled:
+    if spec.requeue.enabled and spec.entry.kind == "megatron":
         out += _exact_resume(spec)
     return out
 

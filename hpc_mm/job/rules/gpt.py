@@ -8,8 +8,8 @@ from typing import Any
 
 from hpc_mm.errors import Problem
 from hpc_mm.job.coerce import ambiguous
-from hpc_mm.job.megatron import owner
-from hpc_mm.job.options import table, value_problem
+from hpc_mm.job.megatron import owned_hint, owner
+from hpc_mm.job.options import OptionTable, table, value_problem
 from hpc_mm.job.spec import JobSpec, derive
 from hpc_mm.job.yamlfile import AmbiguousNumber
 
@@ -42,26 +42,26 @@ def check(spec: JobSpec) -> list[Problem]:
             )
         )
     for key, value in g.extra.items():
-        out += _extra(f"gpt.extra.{key}", key, value)
+        out += _extra(f"gpt.extra.{key}", key, value, table(spec.entry.mindspeed_mm))
     return out
 
 
-def _extra(where: str, key: str, value: Any) -> list[Problem]:
+def _extra(where: str, key: str, value: Any, options: OptionTable) -> list[Problem]:
     owned = owner(key)
     if owned:
         return [
             Problem(
                 where,
                 "is set by hpc-mm from the job file; here it would override the checked value",
-                f"set {owned} instead",
+                owned_hint(key, owned),
             )
         ]
     bad = _bad_value(value)
     if bad:
         return [bad(where)]
-    option = table().find(key)
+    option = options.find(key)
     if option is None:
-        close = table().close(key)
+        close = options.close(key)
         if close:
             return [
                 Problem(
@@ -93,8 +93,9 @@ def _bad_value(value: Any):
 def advice(spec: JobSpec) -> list[Problem]:
     out = []
     for key in spec.gpt.extra:
-        if owner(key) is None and table().find(key) is None and table().close(key) is None:
-            versions = ", ".join(f"{k} {v}" for k, v in table().versions.items())
+        options = table(spec.entry.mindspeed_mm)
+        if owner(key) is None and options.find(key) is None and options.close(key) is None:
+            versions = ", ".join(f"{k} {v}" for k, v in options.versions.items())
             out.append(
                 Problem(
                     f"gpt.extra.{key}",
@@ -108,7 +109,39 @@ def advice(spec: JobSpec) -> list[Problem]:
 def arithmetic(spec: JobSpec) -> list[Problem]:
     """World size vs TP x PP x CP, global batch vs MBS x DP, the schedule. Runs only when every
     field it uses is valid on its own."""
-    return _world(spec) + _schedule(spec)
+    return _world(spec) + _experts(spec) + _schedule(spec)
+
+
+def _experts(spec: JobSpec) -> list[Problem]:
+    """Expert parallelism as Megatron core 0.12 checks it: the world size divisible by expert TP x EP x
+    PP (parallel_state), and the experts by EP (arguments)."""
+    g, extra = spec.gpt, spec.gpt.extra
+    ep = extra.get("expert_model_parallel_size", 1)
+    etp = extra.get("expert_tensor_parallel_size", g.tensor_model_parallel_size)
+    experts = extra.get("num_experts")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (ep, etp)):
+        return []  # the option table reports a wrong type
+    out = []
+    ws = derive(spec).world_size
+    group = etp * ep * g.pipeline_model_parallel_size
+    if ws is not None and ws % group:
+        out.append(
+            Problem(
+                "gpt.extra.expert_model_parallel_size",
+                f"world size {ws} is not divisible by expert TP "
+                f"x EP x PP = {etp} x {ep} x {g.pipeline_model_parallel_size} = {group}",
+                "change expert_model_parallel_size (or the number of nodes/devices)",
+            )
+        )
+    if isinstance(experts, int) and not isinstance(experts, bool) and experts % ep:
+        out.append(
+            Problem(
+                "gpt.extra.num_experts",
+                f"{experts} is not divisible by expert_model_parallel_size {ep}",
+                "every expert-parallel rank holds the same number of experts",
+            )
+        )
+    return out
 
 
 def _world(spec: JobSpec) -> list[Problem]:
