@@ -30,6 +30,7 @@ def _login_argv(spec, run_dir: Path | None) -> list[str]:
     device's backend and, with nproc_per_node: auto, the world size are the node's to say)."""
     from hpc_mm.job.entries import contract
 
+    spec, _ = _with_interval(spec, run_dir)
     return contract(spec).argv(*_login_context(spec, _login_paths(spec, run_dir)))
 
 
@@ -41,6 +42,14 @@ def _login_paths(spec, run_dir: Path | None):
     run_dir = Path(run_dir).resolve() if run_dir else Path(PLACEHOLDER)
     ckpt = checkpoint_dir(spec, run_dir) if run_dir.is_absolute() or spec.checkpoint.dir else run_dir / CHECKPOINTS
     return Paths(run_dir, ckpt, latest_whole(ckpt) if run_dir.is_absolute() else None)
+
+
+def _with_interval(spec, run_dir: Path | None, preemption=None):
+    """checkpoint.save_interval: auto as it would be chosen now (with --run-dir: from that run's
+    measurements); (the spec with it, the choice or None)."""
+    from hpc_mm.launch.plan import with_interval
+
+    return with_interval(spec, Path(run_dir).resolve() if run_dir else None, dict(os.environ), preemption)
 
 
 def _login_context(spec, paths) -> tuple:
@@ -55,6 +64,7 @@ def _login_context(spec, paths) -> tuple:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from hpc_mm.job.entries import contract
+    from hpc_mm.run.interval import worst_case_loss
     from hpc_mm.slurm.submit import check
 
     problems, results = [], {}
@@ -63,16 +73,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
             spec = _load(args, job)
             _login_argv(spec, args.run_dir)  # what `args` and `render` would do, written nowhere
             check(spec, args.run_dir)  # what `render` and `submit` would refuse
+            if args.dry_run:
+                from hpc_mm.errors import warn
+                from hpc_mm.slurm.submit import grace_problems
+
+                for problem in grace_problems(spec, args.run_dir):
+                    warn(problem)
         except UserError as exc:
             problems += exc.problems
             continue
+        spec, chosen = _with_interval(spec, args.run_dir)
         entry = contract(spec)
         d = entry.derived(spec)
         results[job] = {
             "name": spec.name,
             "entry": entry.kind,
             "contract": entry.describe(spec),
-            "worst_case_loss": _worst_case_loss(spec, args.run_dir),
+            "worst_case_loss": worst_case_loss(spec, args.run_dir),
+            "save_interval": chosen.to_json() if chosen else None,
+            "save_interval_why": chosen.describe() if chosen else None,
             "nnodes": spec.nnodes,
             "world_size": d.world_size,
             "data_parallel_size": d.data_parallel_size,
@@ -98,6 +117,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 f"micro-batches per step {r['micro_batches_per_step']}"
             )
         print(f"  entry {r['contract']}")
+        if r["save_interval_why"]:
+            print(f"  checkpoint.save_interval: auto: {r['save_interval_why']}")
         loss = r["worst_case_loss"]
         if loss:
             took = (
@@ -107,27 +128,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
             )
             print(f"  a stop (preemption, time limit) loses up to {loss['iterations']} iterations{took}")
     return 0
-
-
-def _worst_case_loss(spec, run_dir: Path | None) -> dict | None:
-    """For an entry that does not save on a stop signal: what a stop just before a save loses, in
-    iterations, and in minutes from the run's measured step time (with --run-dir of a run that has
-    logged iterations)."""
-    from hpc_mm.job.entries import contract
-
-    entry = contract(spec)
-    if not entry.trains or entry.saves_on_signal(spec):
-        return None
-    iterations = entry.save_interval(spec)
-    out = {"iterations": iterations, "step_seconds": None, "minutes": None}
-    if run_dir is not None and Path(run_dir).is_dir():
-        from hpc_mm.run.rundir import RunDir
-        from hpc_mm.run.timeline import step_seconds
-
-        step = step_seconds(RunDir(Path(run_dir)).metrics())
-        if step:
-            out.update(step_seconds=step, minutes=iterations * step / 60)
-    return out
 
 
 # Where `args` has no run directory to show: the one `submit` will create (its name has the time).
@@ -224,19 +224,29 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def cmd_finish(args: argparse.Namespace) -> int:
+    from hpc_mm.slurm import query
     from hpc_mm.slurm.finish import finish
 
-    return finish(
-        Path(args.target),
-        args.returncode,
-        None if args.signal == "none" else args.signal,
-        args.failed,
-        args.preflight_failed,
-    )
+    # A requeue must not be lost to a controller that is restarting: ask it again for 5 minutes.
+    with query.patience(300):
+        return finish(
+            Path(args.target),
+            args.returncode,
+            None if args.signal == "none" else args.signal,
+            args.failed,
+            args.preflight_failed,
+        )
+
+
+def cmd_next_restart(args: argparse.Namespace) -> int:
+    from hpc_mm.slurm.finish import next_restart
+
+    print(next_restart(Path(args.target)))
+    return 0
 
 
 def cmd_release_hold(args: argparse.Namespace) -> int:
-    from hpc_mm.slurm.finish import release_hold
+    from hpc_mm.slurm.hold import release_hold
 
     return release_hold(args.job_id, Path(args.target), args.restart)
 
@@ -247,6 +257,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     found = find(args.target)
     return report_sweep(found.path, found.tasks()) if isinstance(found, Sweep) else report(found)
+
+
+def cmd_goodput(args: argparse.Namespace) -> int:
+    from hpc_mm.run.forecast import forecast
+
+    return forecast(args)
 
 
 COMMANDS = {
@@ -263,5 +279,7 @@ COMMANDS = {
     "preflight": cmd_preflight,
     "release-hold": cmd_release_hold,
     "finish": cmd_finish,
+    "next-restart": cmd_next_restart,
     "report": cmd_report,
+    "goodput": cmd_goodput,
 }

@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check job files and print the derived figures")
     _job_options(p, many=True)
     p.add_argument("--json", action="store_true", help="print the derived figures as JSON")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="also ask Slurm: does the last save fit in the partition's preemption GraceTime + KillWait",
+    )
 
     p = sub.add_parser(
         "args",
@@ -202,16 +207,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", metavar="REASON", help="the batch script failed before the step: record REASON")
     p.add_argument("--preflight-failed", action="store_true", help="the preflight step failed on some node")
 
+    p = sub.add_parser("next-restart", help="(batch script) this start's number within its job")
+    p.add_argument("target", help="run directory")
+
     p = sub.add_parser("release-hold", help="(after a requeue) let the requeued job start as soon as it has nodes")
     p.add_argument("job_id", help="the requeued job")
     p.add_argument("target", help="run directory")
     p.add_argument("--restart", type=int, default=1, help="the start the job makes next")
+
+    p = sub.add_parser(
+        "goodput",
+        help="predict the goodput of this job at scale (1k-100k accelerators), from a run's measured costs",
+        description="Simulate (event-driven, seeded) and estimate (closed form) the goodput of the job at "
+        "several scales for three strategies: requeue only, restart inside the allocation, restart inside "
+        "with spare nodes. The costs (save, stop, restart, start-up, step time) come from the run's record; "
+        "what it never did is assumed, and any of them can be declared.",
+    )
+    p.add_argument("target", help="a run directory (its measured costs), or a job file (declare the costs)")
+    p.add_argument("--accelerators", default="1024,4096,16384,65536,100000", help="scales to predict, comma-separated")
+    p.add_argument("--per-node", type=_positive_int, help="accelerators a node (default: the job's nproc_per_node)")
+    p.add_argument("--mtbf-hours", type=_positive_float, help="a measured MTBF of a job of --mtbf-at accelerators")
+    p.add_argument("--mtbf-at", type=_positive_int, default=16384, help="the scale --mtbf-hours was measured at")
+    p.add_argument(
+        "--failure-rate",
+        type=_positive_float,
+        help="failures per accelerator-hour (default: Meta's, Llama 3: 1.8 h MTBF on 16,384 GPUs)",
+    )
+    p.add_argument("--node-loss", type=float, default=0.78, help="share of failures that lose a node for good")
+    p.add_argument("--preemptions-per-day", type=float, default=0.0)
+    p.add_argument("--queue-wait-minutes", type=float, default=60.0, help="mean wait in the queue after a requeue")
+    p.add_argument("--spares", type=int, help="spare nodes held with the job (default: slurm.spare_nodes, or 1)")
+    for name in ("save", "stop", "restart", "startup", "step"):
+        p.add_argument(
+            f"--{name}-seconds", type=_positive_float, help=f"declare the {name} time instead of measuring it"
+        )
+    p.add_argument("--days", type=_positive_float, default=30.0, help="training time to simulate (days of work)")
+    p.add_argument("--seeds", type=_positive_int, default=5, help="simulations a scale and strategy (averaged)")
+    p.add_argument("--figure", type=Path, help="write the figure here (PNG); default RUN_DIR/goodput.png")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("report", help="plot a run (loss, throughput, timeline with restarts) and summarise it")
     p.add_argument(
         "target", nargs="?", help="run directory, Slurm job id, job array id or sweep folder (default: the newest run)"
     )
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -38,11 +38,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def port_for_job(job_id: str) -> int:
-    """The same port on every node of a job; consecutive job ids get different ports."""
+def port_for_job(job_id: str, restart: int = 0) -> int:
+    """The same port on every node of a start; consecutive job ids, and the starts one job makes
+    inside its allocation (whose previous step may still hold its port), get different ones."""
     digits = "".join(c for c in job_id if c.isdigit())
     number = int(digits) if digits else zlib.crc32(job_id.encode())
-    return PORT_BASE + number % PORT_SPAN
+    return PORT_BASE + (number + 997 * restart) % PORT_SPAN
 
 
 class ClusterEnvironment(ABC):
@@ -129,7 +130,7 @@ class ClusterEnvironment(ABC):
         if self._configured_port:
             return self._configured_port
         job = self.job_id()
-        return port_for_job(job) if job else 6000  # the seed's default outside any scheduler
+        return port_for_job(job, self.restart_count()) if job else 6000  # the seed's default outside a scheduler
 
     # Reading the table: a missing or malformed variable is a user error naming it, never a KeyError.
     def _first(self, key: str) -> str | None:

@@ -76,6 +76,8 @@ class Slurm:
     extra_sbatch: dict[str, Union[str, int, bool]] = field(default_factory=dict)
     srun_args: list[str] = field(default_factory=list)  # added to the training step's srun (pyxis, ...)
     python: Optional[str] = None  # runs `hpc-mm launch`/`finish` on the nodes; default: the one that rendered
+    # nodes held beyond the ones training uses: a node blamed for a fault is replaced by one of them
+    spare_nodes: int = field(default=0, metadata={"at_least": 0})
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,8 @@ class GPT:
 @dataclass(frozen=True)
 class Checkpoint:
     dir: Optional[str] = option(("--save", "--load"), None)  # default: <run dir>/checkpoints
-    save_interval: int = option("--save-interval", 100, at_least=1)
+    # iterations, or auto: chosen at every start from the measured save time and failure rate (run/interval.py)
+    save_interval: Union[int, Literal["auto"]] = option("--save-interval", 100, at_least=1)
     keep_last: Optional[int] = field(
         default=2, metadata={"at_least": 1, "bound_hint": "leave it unset (null) to keep every checkpoint"}
     )
@@ -167,6 +170,9 @@ class Requeue:
     on_failure: int = field(default=0, metadata={"at_least": 0})  # requeues after a crash (non-zero exit, no signal)
     # starts in a row that move no checkpoint: then the job stops
     max_restarts_without_progress: int = field(default=3, metadata={"at_least": 1})
+    # after a crash, a hang, a failed preflight or a dead node: start again inside the allocation
+    # (without the nodes to blame, on a spare if there is one) instead of going back through the queue
+    inside: bool = True
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,8 @@ class Fault:
     hang_floor_checkpoint: int = field(default=600, metadata={"at_least": 1, "bound_hint": "seconds"})
     # Megatron's collective timeout: by default set above the hang budget (the watchdog ends a hung step)
     collective_timeout_minutes: Optional[int] = option("--distributed-timeout-minutes", None, at_least=1)
+    # mean time between failures of this job (hours), for save_interval: auto and `hpc-mm goodput`
+    mtbf_hours: Optional[float] = field(default=None, metadata={"at_least": 0.001})
 
 
 @dataclass(frozen=True)

@@ -209,7 +209,18 @@ def _duplicate_keys(root: Node) -> list[Problem]:
 def load(text: str, field: str) -> Any:
     """Parse one YAML document with every cap and check; problems name `field` (the file) or
     the key they concern."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # PyYAML checks every character here, before parsing
+    except yaml.reader.ReaderError as exc:
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        raise YamlSyntaxError(
+            Problem(
+                field,
+                f"a control character (#x{exc.character:04x}) at line {line}, column {column}: YAML does not allow it",
+                "delete it (editors often do not show it; `cat -A FILE` does)",
+            )
+        ) from None
     try:
         root = loader.get_single_node()
         if root is None:

@@ -11,6 +11,7 @@ backend (once; everything downstream takes them from the plan):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from hpc_mm.job.megatron import (
 )
 from hpc_mm.job.rules import validate
 from hpc_mm.job.spec import JobSpec, with_world
-from hpc_mm.run import layout
+from hpc_mm.run import interval, layout
 from hpc_mm.run.events import StartKey, this_start
 from hpc_mm.run.rundir import RunDir
 
@@ -52,6 +53,7 @@ class Plan:
     job_id: str | None = None
     restart_count: int = 0
     start: StartKey | None = None  # which start of the run this is (its job and restart)
+    interval: dict | None = None  # checkpoint.save_interval: auto: what it chose for this start, and why
 
     @property
     def leader(self) -> bool:
@@ -143,6 +145,7 @@ def resolve_plan(
 ) -> Plan:
     spec, run_dir = load_target(target, overrides, run_dir, nodes, nproc_per_node)
     env = dict(os.environ if env is None else env)
+    spec, chosen = with_interval(spec, run_dir, env)
     d = spec.distributed if spec else None
     environment = environment_for(spec, env)
     environment.prepare()
@@ -161,6 +164,7 @@ def resolve_plan(
         job_id=environment.job_id(),
         restart_count=environment.restart_count(),
         start=this_start(env),
+        interval=chosen.to_json() if chosen else None,
     )
     if spec is not None and spec.entry.agent and environment.name != "torchrun":
         nproc = _nproc_per_node(spec, environment, device.count)
@@ -188,6 +192,33 @@ def resolve_plan(
         spec=spec and _checked(spec, nnodes, nproc),
         **common,
     )
+
+
+def with_interval(spec: JobSpec | None, run_dir: Path | None, env: dict, preemption=None):
+    """checkpoint.save_interval: auto, chosen for this start (run/interval.py) from what the run
+    measured before it began (the same answer on every node); (the spec with it, the choice)."""
+    if spec is None or spec.checkpoint.save_interval != interval.AUTO:
+        return spec, None
+    from hpc_mm.job.entries import contract
+
+    entry = contract(spec)
+    run = RunDir(run_dir) if run_dir is not None and layout.is_run_dir(run_dir) else None
+    before = env.get("HPC_MM_BATCH_STARTED_AT")
+    grace = None
+    if not entry.saves_on_signal(spec) and (preemption or env.get("SLURM_JOB_ID")):
+        from hpc_mm.slurm import query
+
+        found = preemption or query.preemption(env.get("SLURM_JOB_PARTITION") or spec.slurm.partition)
+        grace = found.grace_seconds if found is not None and found.preempts and found.grace_seconds else None
+    chosen = interval.choose(
+        spec.fault.mtbf_hours,
+        run,
+        before=float(before) if before and before.replace(".", "", 1).isdigit() else None,
+        grace_seconds=grace,
+        saves_on_signal=entry.saves_on_signal(spec),
+    )
+    checkpoint = dataclasses.replace(spec.checkpoint, save_interval=chosen.iterations)
+    return dataclasses.replace(spec, checkpoint=checkpoint), chosen
 
 
 def _nproc_per_node(spec: JobSpec, environment: ClusterEnvironment, visible: int) -> int:

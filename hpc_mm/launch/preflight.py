@@ -4,6 +4,7 @@ directory and the checkpoint folder writable, and room for checkpoints."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -15,7 +16,8 @@ from pathlib import Path
 
 from hpc_mm.environments.devices import MODULES
 from hpc_mm.errors import Problem, UserError
-from hpc_mm.run import checkpoints
+from hpc_mm.launch.reach import Listener, reach_master
+from hpc_mm.run import checkpoints, layout
 
 MIN_FREE = 256 * 2**20  # with no checkpoint yet to size one by
 
@@ -122,51 +124,32 @@ def interpreter(command: list[str], workdir: Path, modules: tuple[str, ...], fie
         )
 
 
-REACH_SECONDS = 8.0  # how long the nodes try to reach the master's port
-
-
-def reach_master(environment, node: str) -> list[Problem]:
-    """Node 0 listens on the master's port; every other node connects to it: the address and port
-    training will use work from every node (a wrong interface, a firewall, a port in use)."""
-    addr, port, nodes = environment.main_address(), environment.main_port(), environment.num_nodes()
-    if nodes < 2:
-        return []
-    if environment.node_rank() == 0:
-        try:
-            server = socket.create_server(("", port), reuse_port=False, backlog=nodes)
-        except OSError as exc:
-            return [
-                Problem(
-                    "distributed.master_port",
-                    f"port {port} on {node} (the master) is not free ({exc.strerror})",
-                    "set distributed.master_port to a free port, or leave it `auto`",
-                )
-            ]
-        with server:
-            server.settimeout(0.5)
-            deadline, seen = time.monotonic() + REACH_SECONDS, 0
-            while seen < nodes - 1 and time.monotonic() < deadline:
-                try:
-                    server.accept()[0].close()
-                    seen += 1
-                except socket.timeout:
-                    continue
-        return []
-    deadline, error = time.monotonic() + REACH_SECONDS, None
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((addr, port), timeout=2):
-                return []
-        except OSError as exc:
-            error = exc
-            time.sleep(0.2)
-    return [
-        Problem(
-            "distributed.master_addr",
-            f"{node} cannot reach the master {addr}:{port} ({getattr(error, 'strerror', None) or error})",
-            "check the network between the nodes (HCCL_SOCKET_IFNAME / NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME)",
-        )
-    ]
+def interpreter_once(memo: Path, command: list[str], workdir: Path, modules: tuple[str, ...]) -> None:
+    """`interpreter`, unless it passed on this node for the same interpreter (same file, same
+    modification time), modules and workdir: a restart does not pay for importing torch again."""
+    binary = shutil.which(command[-1]) or command[-1]
+    try:
+        stamp = os.stat(binary).st_mtime
+    except OSError:
+        stamp = None
+    key = {
+        "command": command,
+        "binary": os.path.realpath(binary),
+        "mtime": stamp,
+        "modules": list(modules),
+        "workdir": str(workdir),
+    }
+    try:
+        if stamp is not None and json.loads(memo.read_text()) == key:
+            return
+    except (OSError, ValueError):
+        pass
+    interpreter(command, workdir, modules)
+    if stamp is not None:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(key))
+        os.replace(tmp, memo)
 
 
 def run_checks(run_dir: Path) -> int:
@@ -187,6 +170,17 @@ def run_checks(run_dir: Path) -> int:
     env, node = dict(os.environ), node_name(os.environ)
     environment = environment_for(spec, env)
     problems: list[Problem] = []
+    # The master listens before anything slow: the other nodes must not give up on it while it checks.
+    nodes = environment.num_nodes()
+    listener = Listener(environment.main_port(), nodes - 1) if nodes > 1 and environment.node_rank() == 0 else None
+    if listener is not None and listener.error is not None:
+        problems.append(
+            Problem(
+                "distributed.master_port",
+                f"port {environment.main_port()} on {node} (the master) is not free ({listener.error.strerror})",
+                "set distributed.master_port to a free port, or leave it `auto`",
+            )
+        )
     workdir_ = Path(spec.entry.workdir)
     checks = [lambda: workdir(workdir_), lambda: script(workdir_, spec.entry.script)]
     device = None
@@ -196,7 +190,8 @@ def run_checks(run_dir: Path) -> int:
         problems += exc.problems
     if device is not None:
         checks.append(
-            lambda: interpreter(
+            lambda: interpreter_once(
+                run.path / layout.PREFLIGHT / f"interpreter-{node}.json",
                 [*spec.entry.wrapper, spec.entry.python or sys.executable],
                 workdir_,
                 needed_modules(device.kind, workdir_, spec.builtin),
@@ -208,14 +203,31 @@ def run_checks(run_dir: Path) -> int:
             check()
         except UserError as exc:
             problems += exc.problems
-    problems += reach_master(environment, node)
-    result = PreflightResult(node, tuple(f"{node}: {p}" for p in problems), round(time.monotonic() - started, 2))
+    unreached, unreached_problem = (None, None)
+    if nodes > 1 and listener is None:
+        unreached, unreached_problem = reach_master(environment, node)
+    accepted = listener.wait() if listener is not None else None
+    result = PreflightResult(
+        node,
+        tuple(f"{node}: {p}" for p in problems),  # its own: they point at this node
+        round(time.monotonic() - started, 2),
+        unreached=unreached,
+        unreached_problem=unreached_problem,
+        listening=(listener.error is None) if listener is not None else None,
+        accepted=accepted,
+    )
     run.write_preflight(this_start(env), result)
+    lines = list(result.problems)
+    if unreached_problem:
+        lines.append(
+            f"{node}: distributed.master_addr: {unreached_problem} (hint: check the network between the nodes: "
+            "HCCL_SOCKET_IFNAME / NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME)"
+        )
     _say(
-        [f"hpc-mm preflight: error: {line}" for line in result.problems]
+        [f"hpc-mm preflight: error: {line}" for line in lines]
         or [f"hpc-mm preflight: {node}: ok ({result.seconds:.1f} s)"]
     )
-    return 1 if result.problems else 0
+    return 1 if lines else 0
 
 
 def _say(lines: list[str]) -> None:

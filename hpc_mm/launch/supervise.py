@@ -194,6 +194,7 @@ def _start_record(plan: Plan) -> None:
         hosts=plan.hosts,
         **events.batch_times(os.environ, "batch_started_at"),
         checkpoint=checkpoints.latest_whole(plan.checkpoint_dir),
+        **({"save_interval": plan.interval} if plan.interval else {}),
         **preflight.workdir_commit(Path(plan.spec.entry.workdir)),
     )
 

@@ -39,7 +39,8 @@ class Kind(str, enum.Enum):
     PREFLIGHT = "preflight"  # the preflight failed on some nodes
     QUARANTINED = "quarantined"  # nodes to keep off the next start
     RELEASED = "released"  # Slurm's hold on the requeued job was lifted: this start may begin at once
-    REQUEUED = "requeued"
+    REQUEUED = "requeued"  # back through Slurm's queue (a preemption, the time limit, no healthy nodes left)
+    RESTARTED = "restarted"  # started again inside the same allocation, without the nodes to blame
     COMPLETED = "completed"
     FAILED = "failed"
     STOPPED = "stopped"
@@ -51,7 +52,11 @@ class Kind(str, enum.Enum):
         return self in TERMINAL
 
 
-TERMINAL = frozenset({Kind.REQUEUED, Kind.COMPLETED, Kind.FAILED, Kind.STOPPED, Kind.CANCELLED, Kind.GAVE_UP})
+TERMINAL = frozenset(
+    {Kind.REQUEUED, Kind.RESTARTED, Kind.COMPLETED, Kind.FAILED, Kind.STOPPED, Kind.CANCELLED, Kind.GAVE_UP}
+)
+# The ends of a start after which the run starts again (through the queue, or inside the allocation).
+AGAIN = (Kind.REQUEUED, Kind.RESTARTED)
 
 
 @dataclass(frozen=True, order=True)
@@ -134,9 +139,10 @@ class Event:
     @classmethod
     def new(cls, kind: Kind, key: StartKey | None = None, **data) -> Event:
         key = key or this_start()
+        at = data.pop("time", None)  # when it happened, if not now
         return cls(
             kind,
-            round(time.time(), 3),
+            round(at if isinstance(at, (int, float)) else time.time(), 3),
             key.job_id,
             key.restart,
             {k: v for k, v in data.items() if v is not None or k == "iteration"},

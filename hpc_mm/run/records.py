@@ -95,21 +95,41 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class PreflightResult:
-    """One node's preflight (launch/preflight.py): its problems, one line each; none when it passed."""
+    """One node's preflight (launch/preflight.py): its own problems, one line each (none when it
+    passed), and what it saw of the master's port: the master says whether it listened and how many
+    nodes reached it; another node, how its connection failed (`unreached`: ECONNREFUSED,
+    ETIMEDOUT, ...). `finish` weighs those against each other before it blames a node."""
 
     node: str
     problems: tuple[str, ...]
     seconds: float = 0.0
+    unreached: str | None = None  # this node could not reach the master: how (an errno name)
+    unreached_problem: str | None = None  # ... in one line
+    listening: bool | None = None  # the master: it listened on the port from the start of its preflight
+    accepted: int | None = None  # the master: how many nodes connected
 
     @classmethod
     def from_json(cls, value: dict) -> PreflightResult | None:
         problems = value.get("problems", [])
         if not isinstance(value.get("node"), str) or not isinstance(problems, list):
             return None
-        return cls(value["node"], tuple(str(p) for p in problems), float(number(value.get("seconds")) or 0.0))
+        text = lambda key: str(value[key]) if isinstance(value.get(key), str) else None  # noqa: E731
+        return cls(
+            value["node"],
+            tuple(str(p) for p in problems),
+            float(number(value.get("seconds")) or 0.0),
+            text("unreached"),
+            text("unreached_problem"),
+            value.get("listening") if isinstance(value.get("listening"), bool) else None,
+            integer(value.get("accepted")),
+        )
 
     def to_json(self) -> dict:
-        return {"node": self.node, "problems": list(self.problems), "seconds": self.seconds}
+        out = {"node": self.node, "problems": list(self.problems), "seconds": self.seconds}
+        for key in ("unreached", "unreached_problem", "listening", "accepted"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
 
 @dataclass(frozen=True)

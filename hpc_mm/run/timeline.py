@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from hpc_mm.run.events import Kind
+from hpc_mm.run.events import AGAIN, Kind
 from hpc_mm.run.records import Metric
 from hpc_mm.run.rundir import RunDir, Start
 
@@ -40,6 +40,9 @@ class Timeline:
 def step_seconds(rows: list[Metric]) -> float | None:
     """The typical time of one iteration lately (for ETAs), from the last rows' timestamps."""
     recent = rows[-30:]
+    reported = [r.step_ms for r in recent if r.step_ms]
+    if reported:  # the entry's own "elapsed time per iteration"
+        return statistics.median(reported) / 1000.0
     gaps = [
         (b.time - a.time) / (b.iteration - a.iteration)
         for a, b in zip(recent, recent[1:])
@@ -62,6 +65,9 @@ def build(run: RunDir, now: float) -> Timeline:
         batch = start.started.get("batch_started_at")
         earliest = waiting_since if waiting_since is not None else float("-inf")
         held_from = batch if isinstance(batch, (int, float)) and earliest <= batch <= began else began
+        if previous is not None and previous.end is not None and previous.end.kind is Kind.RESTARTED:
+            # restarted inside the allocation: the nodes were held all along (no queue)
+            held_from, waiting_since = min(previous.end.time, began), None
         ended = start.end.time if start.end and start.end.time >= began else None
         following = next((s.began for s in starts if s.began > began), None)
         end = ended or following or now
@@ -110,8 +116,8 @@ def restarts(starts: list[Start]) -> tuple[int, str | None]:
     one already (it waits in the queue, or is on its way)."""
     began = [s for s in starts if s.began is not None]
     count, cause = max(0, len(began) - 1), _why_again(began[-2]) if len(began) > 1 else None
-    newest = starts[-1] if starts else None
-    if newest is not None and newest.began is not None and newest.end and newest.end.kind is Kind.REQUEUED:
+    newest = began[-1] if began else None  # (a later start may have only its hold released so far)
+    if newest is not None and newest.end and newest.end.kind in AGAIN:
         count, cause = count + 1, _why_again(newest)
     return count, cause
 
@@ -131,8 +137,8 @@ def lost_iterations(starts: list[Start]) -> int:
 def _why_again(previous: Start) -> str:
     """Why the run started again after `previous`: the cause of its requeue, or a new submission."""
     end = previous.end
-    if end is not None and end.kind is Kind.REQUEUED:
-        return end.cause or "requeued"
+    if end is not None and end.kind in AGAIN:
+        return end.cause or end.kind.value
     return "resubmitted"
 
 

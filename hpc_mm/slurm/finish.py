@@ -14,22 +14,32 @@ job's records in the same run directory.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
-import time
 from pathlib import Path
 
 from hpc_mm.environments.slurm import expand_nodelist
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import events
 from hpc_mm.run.events import Kind, StartKey, this_start
-from hpc_mm.run.records import ended_by_host
 from hpc_mm.run.rundir import RunDir, Start
 from hpc_mm.slurm import query
-from hpc_mm.slurm.requeue import GAVE_UP_EXIT, SIGNAL, Decision, Facts, classify, decide
-
-_BAD_NODE = ("DOWN", "NOT_RESPONDING", "FAIL", "NO_RESPOND")
+from hpc_mm.slurm.blame import BAD_NODE, failed_nodes, preflight_failures, step_exclude
+from hpc_mm.slurm.hold import spawn_release
+from hpc_mm.slurm.render import AGAIN_EXIT, EXCLUDE_FILE
+from hpc_mm.slurm.requeue import (
+    CRASH,
+    ERROR,
+    GAVE_UP_EXIT,
+    HANG,
+    NODE_FAILURE,
+    PREFLIGHT,
+    SIGNAL,
+    Decision,
+    Facts,
+    classify,
+    decide,
+)
 
 
 def finish(
@@ -75,8 +85,8 @@ def finish(
         if key.job_id and signal_name
         else SIGNAL,
         iteration=_iteration_reached(run, this),
-        preflight_failed=_preflight_failures(run, key, nodes) if preflight_failed else None,
-        failed_nodes=(_failed_nodes(spec, run, key, nodes) if returncode != 0 and not (signal_name or hang) else ()),
+        preflight_failed=preflight_failures(run, key, nodes, spec.nnodes) if preflight_failed else None,
+        failed_nodes=(failed_nodes(spec, run, key, nodes) if returncode != 0 and not (signal_name or hang) else ()),
         hang=dict(hang.data) if hang else None,
         error=exited.get("error") if exited else None,
     )
@@ -91,55 +101,6 @@ def finish(
 def _iteration_reached(run: RunDir, this: Start) -> int | None:
     rows = [r.iteration for r in run.metrics() if this.began is None or (r.time or 0) >= this.began]
     return rows[-1] if rows else None
-
-
-def _preflight_failures(run: RunDir, key: StartKey, nodes: tuple[str, ...]) -> dict[str, list[str]]:
-    """node -> its problems, from the preflight's results (a node with no result did not answer)."""
-    results = run.preflight_results(key)
-    failed = {node: list(r.problems) for node, r in results.items() if r.problems}
-    for node in nodes:
-        if node not in results:
-            failed[node] = [f"{node}: no preflight result (the check did not run there)"]
-    return failed
-
-
-_SRUN_TASK = re.compile(r"^srun: error: (?P<node>\S+): task \d+: (?P<how>.+)$")
-_SRUN_NODE = re.compile(r"^srun: error: Node failure on (?P<node>\S+)")
-
-
-def _failed_nodes(spec: JobSpec, run: RunDir, key: StartKey, nodes: tuple[str, ...]) -> tuple[str, ...]:
-    """The node whose part of the step died first, when its hpc-mm launcher died with it: srun's
-    first complaint names it ("Node failure on", or its task killed while its launcher never said
-    goodbye), and Slurm's own view (down, not responding) confirms where srun says nothing."""
-    ended = ended_by_host(run.heartbeats(key))
-    first = _srun_first_failure(spec, run, key)
-    if first is not None:
-        node, how = first
-        vanished = not ended.get(node, False)
-        if how == "node failure" or (vanished and "Killed" in how):
-            return (node,)
-        return ()
-    states = query.node_states(list(nodes))
-    return tuple(
-        sorted(n for n, s in states.items() if any(word in s for word in _BAD_NODE) and not ended.get(n, False))
-    )
-
-
-def _srun_first_failure(spec: JobSpec, run: RunDir, key: StartKey) -> tuple[str, str] | None:
-    """srun's first error about a node or task in this start's part of the batch log."""
-    slurm_id = os.environ.get("SLURM_JOB_ID", str(key.job_id))
-    try:
-        lines = run.batch_log(spec.name, slurm_id).read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    marker = f"hpc-mm: job {slurm_id} restart {key.restart} "
-    begin = max((i for i, line in enumerate(lines) if line.startswith(marker)), default=0)
-    for line in lines[begin:]:
-        if (m := _SRUN_NODE.match(line)) is not None:
-            return m["node"], "node failure"
-        if (m := _SRUN_TASK.match(line)) is not None:
-            return m["node"], m["how"]
-    return None
 
 
 def _act(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: Facts) -> int:
@@ -160,8 +121,13 @@ def _act(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: F
         run.record(Kind.COMPLETED, key, **said)
         return 0
     if decision.action == "requeue" and key.job_id:
-        if _requeue(spec, run, key, decision, said):
+        exclude = _inside(spec, run, key, decision, facts)
+        if exclude is not None:
+            return _restart_inside(run, key, decision, said, exclude)
+        done, err = _requeue(spec, run, key, decision, said)
+        if done:
             return 0
+        said["reason"] = f"{decision.reason}; the requeue failed: {err}"
     if decision.action == "cancel":
         run.record(Kind.CANCELLED, key, **said)
         return 0
@@ -173,18 +139,67 @@ def _act(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: F
     return facts.returncode or 1
 
 
-def _requeue(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, said: dict) -> bool:
+# Faults a start of the step can be repeated after inside the same allocation: nothing about them
+# needs the queue (a preemption or the time limit does: the job must leave its nodes).
+INSIDE_CAUSES = (CRASH, HANG, NODE_FAILURE, PREFLIGHT, ERROR)
+
+
+def _inside(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: Facts) -> list[str] | None:
+    """The nodes to leave out if the step can start again inside this allocation (requeue.inside, a
+    fault that does not need the queue, enough healthy nodes left); None if it must be requeued."""
+    allocation = os.environ.get("SLURM_JOB_NODELIST")
+    if not (spec.requeue.inside and decision.cause in INSIDE_CAUSES and allocation and not facts.signal):
+        return None
+    nodes = expand_nodelist(allocation)
+    before = set(step_exclude(run, key))
+    blamed = set(_quarantine(spec, run, key, decision)) if spec.fault.quarantine else set()
+    states = query.node_states(nodes)
+    gone = {n for n, s in states.items() if any(word in s for word in BAD_NODE + ("DRAIN",))}
+    exclude = sorted((before | blamed | gone | set(facts.failed_nodes)) & set(nodes))
+    healthy = [n for n in nodes if n not in exclude]
+    if len(healthy) < spec.nnodes:
+        print(
+            f"hpc-mm: {len(healthy)} healthy node(s) left in the allocation for a {spec.nnodes}-node step; "
+            "back through the queue",
+            flush=True,
+        )
+        return None
+    return exclude
+
+
+def _restart_inside(run: RunDir, key: StartKey, decision: Decision, said: dict, exclude: list[str]) -> int:
+    """Record the start's end and tell the batch script to start the step again, without `exclude`."""
+    path = run.path / f"{EXCLUDE_FILE}-{os.environ.get('SLURM_JOB_ID', key.job_id)}"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(",".join(exclude))
+    os.replace(tmp, path)
+    run.record(Kind.RESTARTED, key, **said, exclude=exclude)
+    left = f" without {', '.join(exclude)}" if exclude else ""
+    print(f"hpc-mm: starting again inside job {key.job_id}{left}: {decision.reason}", flush=True)
+    return AGAIN_EXIT
+
+
+def next_restart(run_dir: Path) -> int:
+    """`hpc-mm next-restart`: this start's number within its job: Slurm's restart count (or the one
+    requeue.mode chain passed on), after every start this job has already made inside its allocation."""
+    key = this_start()
+    mine = [s.key.restart + 1 for s in RunDir(run_dir).starts() if s.job_id == key.job_id and (s.began or s.end)]
+    return max([key.restart, *mine])
+
+
+def _requeue(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, said: dict) -> tuple[bool, str]:
+    """Requeue the job (or submit the next one, requeue.mode chain); (done, the error if not)."""
     exclude = _quarantine(spec, run, key, decision)
     if spec.requeue.mode == "chain":
         new_id, err = query.submit_continuation(str(run.script), spec.name, key.restart + 1, exclude)
         if new_id is None:
             print(f"hpc-mm: the next job could not be submitted: {err}", file=sys.stderr, flush=True)
             run.record(Kind.FAILED, key, **{**said, "reason": f"{decision.reason}; sbatch refused the next job: {err}"})
-            return True  # recorded; the batch script exits with this job's failure
+            return True, ""  # recorded; the batch script exits with this job's failure
         run.record_job_id(new_id)
         run.record(Kind.REQUEUED, key, **said, next_job_id=new_id, exclude=exclude)
         print(f"hpc-mm: continues as job {new_id} (requeue.mode chain)", flush=True)
-        return True
+        return True, ""
     # Requeuing a running job ends its batch script (SIGTERM, then SIGKILL after KillWait): the
     # requeue must not cost the record of it, nor the nodes to keep off (settable only once the
     # job is pending again).
@@ -192,7 +207,7 @@ def _requeue(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, said
     ok, err = query.requeue(key.job_id)
     if not ok:
         print(f"hpc-mm: requeue of job {key.job_id} failed: {err}", file=sys.stderr, flush=True)
-        return False
+        return False, err
     if exclude:
         applied, err = query.exclude_nodes(key.job_id, exclude)
         if not applied:
@@ -202,61 +217,7 @@ def _requeue(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, said
     run.record(Kind.REQUEUED, key, **said, exclude=exclude)
     print(f"hpc-mm: requeued job {key.job_id}: {decision.reason}", flush=True)
     spawn_release(key, run)
-    return True
-
-
-def spawn_release(key: StartKey, run: RunDir) -> None:
-    """Slurm holds a requeued job back for about two minutes (it sets the job's begin time when its
-    batch script has ended: AuthInfo's cred_expire, 120 s by default), so the hold can only be lifted
-    after this script is gone: by a small process of its own session that waits for the job to be
-    pending again and then sets its start time to now (`hpc-mm release-hold`). Where Slurm ends every
-    process of the job (proctrack/cgroup), it ends too, and the job waits the hold out."""
-    import subprocess
-
-    out = os.environ.get("SLURM_JOB_ID") and run.batch_log(run.job.name, os.environ["SLURM_JOB_ID"])
-    with open(out or os.devnull, "a") as log:
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hpc_mm",
-                "release-hold",
-                str(key.job_id),
-                str(run.path),
-                "--restart",
-                str(key.restart + 1),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
-
-
-HOLD_WAIT = 300.0  # how long release-hold waits for the job to be pending again
-
-
-def release_hold(job_id: str, run_dir: Path, restart: int, clock=time.monotonic, sleep=time.sleep) -> int:
-    """`hpc-mm release-hold`: once the requeued job waits for its begin time, set it to now."""
-    deadline = clock() + HOLD_WAIT
-    while clock() < deadline:
-        job = query.show_job(job_id)
-        if job.known and not job.state.queued and job.state.value != "COMPLETING":
-            return 0  # it started already (or ended): nothing to release
-        if job.state.queued and job.reason == "BeginTime":
-            released, err = query.release_hold(job_id)
-            if released:
-                RunDir(run_dir).record(Kind.RELEASED, StartKey(job_id, restart))
-                print(
-                    f"hpc-mm: released Slurm's hold on requeued job {job_id}: it starts as soon as it has nodes",
-                    flush=True,
-                )
-                return 0
-            print(f"hpc-mm: job {job_id} waits Slurm's hold after a requeue (about 2 minutes): {err}", flush=True)
-            return 1
-        sleep(1.0)
-    return 1
+    return True, ""
 
 
 def _quarantine(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision) -> list[str]:
@@ -267,6 +228,22 @@ def _quarantine(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision) -
     new = [n for n in decision.exclude if n and n not in before]
     if not spec.fault.quarantine or not new:
         return sorted(before) if spec.fault.quarantine else []
+    if len(new) > 1:  # one fault pointing at several nodes: only those with a second piece of evidence
+        seen = {n for e in quarantined for n in e.get("nodes", [])}
+        states = query.node_states(new)
+        sure = [n for n in new if n in seen or any(w in states.get(n, "") for w in BAD_NODE + ("DRAIN",))]
+        if len(sure) < len(new):
+            run.record(
+                Kind.QUARANTINED,
+                key,
+                nodes=sorted(set(new) - set(sure)),
+                applied=False,
+                evidence=decision.reason,
+                reason="one fault pointed at several nodes and nothing else points at these; they stay in",
+            )
+        new = sure
+        if not new:
+            return sorted(before)
     wanted = sorted(before | set(new))
     partition = (query.show_job(key.job_id).partition or spec.slurm.partition or "").split(",")[0]
     total = query.partition_nodes(partition) if partition else None

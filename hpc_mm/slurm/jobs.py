@@ -3,6 +3,7 @@ sacct or scontrol answered, read from their text (`query.py` asks them)."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import re
 from dataclasses import dataclass
@@ -179,3 +180,108 @@ def from_squeue(text: str, job_ids: set[str]) -> dict[str, SlurmJob]:
                 nodelist=_set(nodelist),
             )
     return found
+
+
+@dataclass(frozen=True)
+class Answer:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def error(self) -> str:
+        return self.stderr.strip() or self.stdout.strip() or f"exit code {self.returncode}"
+
+
+# What Slurm's tools say when the controller is not there (restarting, failing over, overloaded):
+# worth asking again. A refusal (an invalid job id, a node configuration that cannot be met) is not.
+UNREACHABLE = (
+    "unable to contact slurm controller",
+    "socket timed out",
+    "connection refused",
+    "connect failure",
+    "zero bytes were transmitted or received",
+    "resource temporarily unavailable",
+    "slurm_persist_conn_open",
+    "communication connection failure",
+    "unexpected message received",  # a controller that is starting up again
+    "in standby mode",  # a backup controller, before it takes over
+)
+# How long to keep asking a controller that is not there: a command of the batch script (a requeue
+# that must not be lost) waits longer than one a person typed (`patience`).
+PATIENCE = {"seconds": 20.0}
+
+
+@contextlib.contextmanager
+def patience(seconds: float):
+    """Within this block, ask an unreachable controller again for up to `seconds`."""
+    saved = PATIENCE["seconds"]
+    PATIENCE["seconds"] = seconds
+    try:
+        yield
+    finally:
+        PATIENCE["seconds"] = saved
+
+
+def unreachable(answer: Answer | None) -> bool:
+    """Did the controller not answer (as opposed to answer no)?"""
+    if answer is None:
+        return True
+    return not answer.ok and any(words in answer.error.lower() for words in UNREACHABLE)
+
+
+@dataclass(frozen=True)
+class Preemption:
+    """How a partition preempts its jobs: Slurm signals the job, gives it GraceTime, then kills it
+    (after KillWait more seconds)."""
+
+    partition: str
+    mode: str  # PreemptMode: OFF, REQUEUE, CANCEL, SUSPEND, ...
+    grace_seconds: int
+    kill_wait_seconds: int
+
+    @property
+    def preempts(self) -> bool:
+        return self.mode.upper() not in ("OFF", "")
+
+    @property
+    def seconds_to_save(self) -> int:
+        """From the preemption's signal to the kill."""
+        return self.grace_seconds + self.kill_wait_seconds
+
+    @classmethod
+    def read(cls, config_text: str, partition_lines: str, partition: str | None) -> Preemption | None:
+        """From `scontrol show config` and `scontrol show partition -o [NAME]`; with no name, the
+        default partition (Default=YES)."""
+        config = parse_config(config_text)
+        if not config:
+            return None
+        fields: dict[str, str] = {}
+        for line in partition_lines.splitlines():
+            candidate = parse_fields(line.strip())
+            if candidate.get("PartitionName") == partition or (not partition and candidate.get("Default") == "YES"):
+                fields = candidate
+                break
+        mode = fields.get("PreemptMode") or config.get("PreemptMode", "OFF")
+        grace = fields.get("GraceTime", "0")
+        kill_wait = config.get("KillWait", "30").split()[0]
+        return cls(
+            fields.get("PartitionName", partition or ""),
+            mode.split(",")[0],
+            int(grace) if grace.isdigit() else 0,
+            int(kill_wait) if kill_wait.isdigit() else 30,
+        )
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """`scontrol show config`: `Name = value` lines."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out

@@ -16,37 +16,36 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from hpc_mm.slurm.jobs import (
     ENDED,
+    PATIENCE,
     SACCT_FIELDS,
     SQUEUE_FIELDS,
+    Answer,
     JobState,
+    Preemption,
     SlurmJob,
     from_sacct,
     from_scontrol,
     from_squeue,
+    parse_config,
     parse_fields,
+    patience,
+    unreachable,
 )
 
-__all__ = ["ENDED", "JobState", "SlurmJob"]  # what Slurm answers, as types (slurm/jobs.py)
-
-
-@dataclass(frozen=True)
-class Answer:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-    @property
-    def error(self) -> str:
-        return self.stderr.strip() or self.stdout.strip() or f"exit code {self.returncode}"
+__all__ = [
+    "ENDED",
+    "JobState",
+    "SlurmJob",
+    "Preemption",
+    "parse_config",
+    "patience",
+]  # what Slurm answers, as types (slurm/jobs.py)
 
 
 def _run(cmd: list[str], timeout: float = 30) -> Answer | None:
@@ -58,13 +57,31 @@ def _run(cmd: list[str], timeout: float = 30) -> Answer | None:
     return Answer(result.returncode, result.stdout, result.stderr)
 
 
+def _ask(cmd: list[str], timeout: float = 30) -> Answer | None:
+    """`_run`, asked again with backoff (1, 2, 4 ... 15 s) while the controller does not answer, for
+    up to PATIENCE seconds; the last answer (None: it never answered)."""
+    deadline, delay = time.monotonic() + PATIENCE["seconds"], 1.0
+    while True:
+        answer = _run(cmd, timeout)
+        if not unreachable(answer) or time.monotonic() + delay > deadline:
+            return answer
+        print(
+            f"hpc-mm: Slurm's controller did not answer {cmd[0]} ({answer.error if answer else 'no answer'}); "
+            f"asking again in {delay:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(delay)
+        delay = min(15.0, delay * 2)
+
+
 def _stdout(cmd: list[str]) -> str | None:
-    answer = _run(cmd)
+    answer = _ask(cmd)
     return answer.stdout if answer is not None and answer.ok else None
 
 
 def _order(cmd: list[str], what: str) -> tuple[bool, str]:
-    answer = _run(cmd)
+    answer = _ask(cmd)
     if answer is None:
         return False, f"{what} did not answer"
     return answer.ok, "" if answer.ok else answer.error
@@ -160,6 +177,16 @@ def partition_nodes(partition: str) -> int | None:
     return int(total) if total.isdigit() else None
 
 
+def preemption(partition: str | None) -> Preemption | None:
+    """The partition's PreemptMode and GraceTime (the cluster's when the partition does not set its
+    own), and the cluster's KillWait; None if Slurm cannot say."""
+    config = _stdout(["scontrol", "show", "config"])
+    if not config:
+        return None
+    lines = _stdout(["scontrol", "show", "partition", "-o", *([partition] if partition else [])]) or ""
+    return Preemption.read(config, lines, partition)
+
+
 def exclude_nodes(job_id: str, nodes: list[str]) -> tuple[bool, str]:
     """Keep a pending job off these nodes."""
     return _order(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(nodes)}"], "scontrol")
@@ -189,7 +216,7 @@ def test_only(script: str) -> tuple[bool, str]:
     with tempfile.NamedTemporaryFile("w", suffix=".sbatch", delete=False) as f:
         f.write(script)
     try:
-        answer = _run(["sbatch", "--test-only", f.name], timeout=60)
+        answer = _ask(["sbatch", "--test-only", f.name], timeout=60)
     finally:
         Path(f.name).unlink()
     if answer is None:
@@ -209,7 +236,7 @@ def submit_continuation(script: str, name: str, restart: int, exclude: list[str]
     ]
     if exclude:
         cmd.append(f"--exclude={','.join(exclude)}")
-    answer = _run([*cmd, script], timeout=60)
+    answer = _ask([*cmd, script], timeout=60)
     if answer is None:
         return None, "sbatch did not answer"
     if not answer.ok:
@@ -233,12 +260,28 @@ def submit(folder: Path, script: str) -> str:
             return script
 
     folder.mkdir(exist_ok=True)
-    with tempfile.TemporaryFile("w+") as stderr:
-        try:
-            with _stderr_to(stderr):  # sbatch's own complaints: the caller turns them into one line
-                return ScriptExecutor(folder=folder)._submit_command("hpc-mm launch").job_id
-        except FailedJobError as exc:  # submitit's wrapper around sbatch's refusal
-            raise Refused(str(exc)) from None
+    deadline, delay = time.monotonic() + PATIENCE["seconds"], 1.0
+    while True:
+        with tempfile.TemporaryFile("w+") as stderr:
+            try:
+                with _stderr_to(stderr):  # sbatch's own complaints: the caller turns them into one line
+                    return ScriptExecutor(folder=folder)._submit_command("hpc-mm launch").job_id
+            except FailedJobError as exc:  # submitit's wrapper around sbatch's refusal
+                said = str(exc)
+        if not unreachable(Answer(1, "", said)) or time.monotonic() + delay > deadline:
+            raise Refused(said)
+        print(
+            f"hpc-mm: Slurm's controller did not take the job ({_last_line(said)}); asking again in {delay:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(delay)
+        delay = min(15.0, delay * 2)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
 
 
 @contextlib.contextmanager

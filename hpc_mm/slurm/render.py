@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 TEMPLATE = "sbatch.sh.j2"
 
 
+# `finish` exits with this (EX_TEMPFAIL) when the step is to start again inside the allocation, and
+# leaves the nodes it must avoid in RUN_DIR/<EXCLUDE_FILE>-<job id> (a Slurm hostlist).
+AGAIN_EXIT = 75
+EXCLUDE_FILE = ".step-exclude"
+
+
 @dataclass(frozen=True)
 class ScriptContext:
     name: str
@@ -40,6 +46,9 @@ class ScriptContext:
     log_pattern: str  # shell-quoted srun --output, with "$RESTART" expanded by bash
     traps: tuple[str, ...]  # the stop signals the batch shell forwards to the step
     preflight: str  # shell-quoted srun options of the preflight step ("" when it is off)
+    step_nodes: int = 1  # the nodes the training step runs on (the job may hold spares beyond them)
+    again: int = AGAIN_EXIT  # `finish`'s exit code for "start again inside the allocation"
+    exclude_file: str = EXCLUDE_FILE  # where `finish` leaves the nodes the next step must avoid (+ -<job id>)
 
 
 def template_dirs(user_dir: Path | None) -> list[str]:
@@ -91,7 +100,8 @@ def sbatch_options(spec: JobSpec, run_dir: Path, array: int | None = None) -> li
     each task's batch log goes into its own run directory (task-<index>)."""
     s = spec.slurm
     logs = _option_value("--run-dir", str(run_dir / "task-%a" / LOGS if array else run_dir / LOGS))
-    opts = [f"--job-name={spec.name}", f"--nodes={spec.nnodes}", f"--ntasks-per-node={tasks_per_node(spec)}"]
+    nodes = spec.nnodes + s.spare_nodes  # the step runs on nnodes of them: the others replace a blamed node
+    opts = [f"--job-name={spec.name}", f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node(spec)}"]
     if s.cpus_per_task:
         opts.append(f"--cpus-per-task={s.cpus_per_task}")
     for key in ("gres", "gpus_per_node", "partition", "account", "qos", "mem", "constraint"):
@@ -109,6 +119,8 @@ def sbatch_options(spec: JobSpec, run_dir: Path, array: int | None = None) -> li
         "--open-mode=append",
         f"--output={logs}/{BATCH_LOG}",
     ]
+    if spec.requeue.enabled and spec.requeue.inside:
+        opts.append("--no-kill")  # a dead node ends the step, not the allocation: the step starts again without it
     for key, value in s.extra_sbatch.items():
         if value is True:
             opts.append(f"--{key}")
@@ -121,13 +133,16 @@ def sbatch_options(spec: JobSpec, run_dir: Path, array: int | None = None) -> li
 
 def context(spec: JobSpec, run_dir: Path, python: str | None = None, array: int | None = None) -> ScriptContext:
     run_dir = Path(run_dir).resolve()
-    srun = ["--kill-on-bad-exit=1", "--wait=60", "--unbuffered", f"--ntasks-per-node={tasks_per_node(spec)}"]
+    # --ntasks too: a step on fewer nodes than the allocation (spare nodes) must not inherit its SLURM_NTASKS
+    per_node = tasks_per_node(spec)
+    srun = ["--kill-on-bad-exit=1", "--wait=60", "--unbuffered", f"--ntasks={spec.nnodes * per_node}"]
+    srun.append(f"--ntasks-per-node={per_node}")
     if spec.slurm.cpus_per_task:
         srun.append(f"--cpus-per-task={spec.slurm.cpus_per_task}")  # 22.05+: srun no longer inherits it
     srun += spec.slurm.srun_args
     # The preflight: one task per node, each checks itself; a failure there is recorded, not killed.
     # srun line-buffers its output (no --unbuffered), so the nodes' lines never run together.
-    check = ["--ntasks-per-node=1", "--kill-on-bad-exit=0", "--wait=30"]
+    check = [f"--ntasks={spec.nnodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=0", "--wait=30"]
     if spec.slurm.cpus_per_task:
         check.append(f"--cpus-per-task={spec.slurm.cpus_per_task}")
     check += spec.slurm.srun_args
@@ -147,6 +162,7 @@ def context(spec: JobSpec, run_dir: Path, python: str | None = None, array: int 
         log_pattern=logs,
         traps=STOP_SIGNALS,
         preflight=" ".join(shlex.quote(a) for a in check) if spec.fault.preflight else "",
+        step_nodes=spec.nnodes,
     )
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from hpc_mm.job.entries import contract
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import checkpoints
-from hpc_mm.run.events import Kind, StartKey
+from hpc_mm.run.events import AGAIN, Kind, StartKey
 from hpc_mm.run.rundir import RunDir, Start
 from hpc_mm.slurm.query import SlurmJob
 
@@ -104,16 +104,19 @@ def decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
         return Decision("complete", f"training finished (checkpoint at iteration {latest})")
     starts = submission(run, facts.start)
     if facts.preflight_failed is not None:
-        failed = sorted(facts.preflight_failed)
-        if set(facts.preflight_failed) >= set(facts.nodes):  # no node to leave out would help
-            return Decision(
+        blamed = sorted(n for n in facts.preflight_failed if n)
+        if blamed and (_same_everywhere(facts.preflight_failed, blamed) or set(blamed) >= set(facts.nodes)):
+            return Decision(  # no node to leave out would help: the job is wrong
                 "fail",
                 "the preflight failed on every node: "
                 + "; ".join(sorted({p for ps in facts.preflight_failed.values() for p in ps})),
                 PREFLIGHT,
             )
+        if not blamed:  # problems that point at no node: start again, leaving no one out
+            said = "; ".join(facts.preflight_failed.get("", []))
+            return _requeue(spec, starts, facts, PREFLIGHT, f"the preflight failed, blaming no node: {said}", latest)
         return _requeue(
-            spec, starts, facts, PREFLIGHT, f"the preflight failed on {', '.join(failed)}", latest, exclude=failed
+            spec, starts, facts, PREFLIGHT, f"the preflight failed on {', '.join(blamed)}", latest, exclude=blamed
         )
     if facts.hang:
         blamed = (
@@ -171,9 +174,17 @@ def _signalled(spec: JobSpec, starts: list[Start], facts: Facts, latest: int) ->
     )
 
 
-def _ended(starts: list[Start], kind: Kind, *causes: str) -> list[Start]:
-    """The starts before this one that ended with `kind` (and one of `causes`, if given)."""
-    return [s for s in starts[:-1] if s.end and s.end.kind is kind and (not causes or s.end.cause in causes)]
+def _same_everywhere(failed: dict[str, list[str]], blamed: list[str]) -> bool:
+    """Did more than one node fail the preflight in the same way (a wrong job, not sick nodes)?"""
+    if len(blamed) < 2:
+        return False
+    said = {node: sorted(p.replace(node, "NODE") for p in failed[node]) for node in blamed}
+    return len({tuple(v) for v in said.values()}) == 1
+
+
+def _ended(starts: list[Start], kinds: tuple[Kind, ...], *causes: str) -> list[Start]:
+    """The starts before this one that ended with one of `kinds` (and one of `causes`, if given)."""
+    return [s for s in starts[:-1] if s.end and s.end.kind in kinds and (not causes or s.end.cause in causes)]
 
 
 def _crashed(spec: JobSpec, starts: list[Start], facts: Facts, latest: int) -> Decision:
@@ -181,7 +192,7 @@ def _crashed(spec: JobSpec, starts: list[Start], facts: Facts, latest: int) -> D
     previous = starts[-2].end if len(starts) > 1 else None
     if previous and previous.cause == CRASH and previous.get("failure") == this:
         return Decision("give-up", f"the same failure twice in a row ({this}); it would repeat", CRASH, failure=this)
-    used = len(_ended(starts, Kind.REQUEUED, CRASH))
+    used = len(_ended(starts, AGAIN, CRASH))
     if used >= spec.requeue.on_failure:
         return Decision(
             "fail", f"{this}; not requeued (requeue.on_failure = {spec.requeue.on_failure})", CRASH, failure=this
@@ -221,7 +232,7 @@ def _requeue(
                 cause,
             )
     if counted and cause not in NOT_COUNTED and cause != CRASH:
-        used = len([s for s in _ended(starts, Kind.REQUEUED) if s.end.cause not in NOT_COUNTED + (CRASH,)])
+        used = len([s for s in _ended(starts, AGAIN) if s.end.cause not in NOT_COUNTED + (CRASH,)])
         if used >= r.max_restarts:
             return Decision(
                 "fail", f"{reason}; restart limit reached ({used} of requeue.max_restarts = {r.max_restarts})", cause
@@ -244,8 +255,11 @@ def _starts_without_progress(starts: list[Start], latest: int) -> int:
     """How many starts in a row, this one included, ended with the checkpoint where they began."""
     count, moved_to = 0, latest
     for start in reversed(starts):
-        if start.started is None:
-            break
+        if start.started is None:  # it never trained (a failed preflight): no progress either
+            if start.end is None and start is not starts[-1]:
+                break
+            count += 1
+            continue
         at = _checkpoint_at_start(start)
         if moved_to > at:
             break

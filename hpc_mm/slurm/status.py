@@ -15,7 +15,7 @@ from hpc_mm.errors import UserError
 from hpc_mm.job import slurmtime
 from hpc_mm.job.entries import contract
 from hpc_mm.run import layout, timeline
-from hpc_mm.run.events import Kind
+from hpc_mm.run.events import AGAIN, Kind
 from hpc_mm.run.format import DASH, duration, text
 from hpc_mm.run.rundir import RunDir, Start
 from hpc_mm.run.timeline import lost_iterations
@@ -35,6 +35,7 @@ _LOCAL_STATES = {
     Kind.CANCELLED: "CANCELLED",
     Kind.GAVE_UP: "GAVE_UP",
     Kind.REQUEUED: "REQUEUED",
+    Kind.RESTARTED: "RUNNING",  # starting again inside its allocation
     Kind.SUBMITTED: "STARTING",
 }
 
@@ -43,7 +44,7 @@ def restarts(starts: list[Start], slurm: SlurmJob | None) -> tuple[int, str | No
     """The record's count of restarts (timeline.restarts), and Slurm's: it counts a requeue the
     moment it happens, so a job it requeued itself and that still waits counts already."""
     count, cause = timeline.restarts(starts)
-    newest = starts[-1] if starts else None
+    newest = next((s for s in reversed(starts) if s.began is not None), None)
     if (
         slurm is not None
         and slurm.state.queued
@@ -104,7 +105,7 @@ def run_status(run: RunDir, slurm: SlurmJob | None = None, now: float | None = N
         else None,
         step_seconds=step,
         last_event=newest.events[-1].kind.value if newest and newest.events else None,
-        outcome=end.reason if end and end.kind is not Kind.REQUEUED else None,
+        outcome=end.reason if end and end.kind not in AGAIN else None,
         array=run.info.array,
         task=run.info.task,
         values=dict(run.info.values) if run.info.values else None,

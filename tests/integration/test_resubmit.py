@@ -122,7 +122,7 @@ def test_a_run_directory_holds_many_jobs(slurm_cluster, user, tmp_path):
     )
     until(lambda: metrics_rows(run_dir) >= 20)
     user.cli("cancel", first)
-    assert sacct(first)[0] == "CANCELLED"
+    until(lambda: sacct(first)[0] == "CANCELLED", timeout=60)  # (sacct: once slurmdbd has it)
     assert finished(base_job) == "COMPLETED"
 
     # 2. Resubmit the same job file into the run directory: it trains to the end and completes; the

@@ -181,6 +181,8 @@ def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, tmp_path):
         "--set",
         "gpt.train_iters=300",
         "--set",
+        "distributed.nproc_per_node=1",
+        "--set",
         "checkpoint.save_interval=1000",
         cwd=tmp_path,
         check=True,

@@ -57,6 +57,7 @@ class RecordedSlurm:
         self.asked: list[list[str]] = []
         self.down = down  # the controller does not answer
         self.refuse: dict[str, str] = {}  # order name (requeue, update, ...) -> stderr of a refusal
+        self.unreachable = 0  # how many of the next questions find no controller (it is restarting)
         for name in scenarios:
             self.play(name)
 
@@ -83,6 +84,9 @@ class RecordedSlurm:
         self.asked.append(cmd)
         if self.down:
             return None
+        if self.unreachable > 0:
+            self.unreachable -= 1
+            return Answer(1, "", f"{cmd[0]}: error: Unable to contact slurm controller (connect failure)\n")
         program = cmd[0]
         if (
             program in ("sbatch",)

@@ -439,7 +439,9 @@ def test_the_adapter_refuses_a_trainer_it_was_not_written_for(tmp_path):
         (folder / "__init__.py").write_text("")
     (engine / "train_engine.py").write_text(
         "class TrainEngine:\n    def train_step(self, it):\n        pass\n\n"
-        "    def train(self):\n        for step in range(self.args.training.max_steps):\n            self.train_step(None)\n"
+        "    def train(self):\n"
+        "        for step in range(self.args.training.max_steps):\n"
+        "            self.train_step(None)\n"
     )
     (engine / "trainer.py").write_text("raise SystemExit('the trainer must not start')\n")
     adapter = ROOT / "hpc_mm" / "train" / "fsdp2_adapter.py"

@@ -345,6 +345,8 @@ PATHOLOGICAL = [
     ),
     ("alias-cycle", text_job(GPT) + "  extra:\n    loop: &a [*a]\n", "refers to a value that contains it"),
     ("huge-file", text_job(GPT) + "# " + "x" * 300_000 + "\n", "larger than"),
+    ("control-character", text_job(GPT).replace("name: t", "name: a\x07b"), "a control character (#x0007) at line 1"),
+    ("control-in-comment", text_job(GPT) + "# \x1b[31m\n", "a control character (#x001b)"),
 ]
 
 

@@ -90,6 +90,8 @@ def test_restarts_count_a_requeue_before_the_next_start(tmp_path):
     assert timeline.restarts(run.starts()) == (0, None)
     run.record(Kind.REQUEUED, StartKey("7", 0), cause="preemption")
     assert timeline.restarts(run.starts()) == (1, "preemption")
+    run.record(Kind.RELEASED, StartKey("7", 1))  # its hold lifted: the next start, not begun yet
+    assert timeline.restarts(run.starts()) == (1, "preemption")
     run.record(Kind.STARTED, StartKey("7", 1))
     assert timeline.restarts(run.starts()) == (1, "preemption")
     run.record(Kind.CANCELLED, StartKey("7", 1))

@@ -13,7 +13,8 @@ from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import finish as finish_module
 from hpc_mm.slurm import requeue
-from hpc_mm.slurm.finish import finish, release_hold
+from hpc_mm.slurm.finish import finish
+from hpc_mm.slurm.hold import release_hold
 from hpc_mm.slurm.jobs import SlurmJob
 from hpc_mm.slurm.requeue import PREEMPTION, SIGNAL, TIME_LIMIT, classify
 
@@ -221,7 +222,7 @@ def test_a_dead_node_is_found_from_sruns_complaint(tmp_path, monkeypatch, record
 
 
 def test_crashes_are_retried_until_they_repeat(tmp_path, monkeypatch, recorded_slurm):
-    recorded_slurm("running-low")
+    fake = recorded_slurm("running-low")
     jid = job_id("running-low")
     final = Run(tmp_path / "a", monkeypatch).started(0).checkpoint(40)
     final.run.write_metric(_metric(50))
@@ -231,7 +232,9 @@ def test_crashes_are_retried_until_they_repeat(tmp_path, monkeypatch, recorded_s
     run = Run(tmp_path / "b", monkeypatch, "requeue.on_failure=3").started(0).checkpoint(40)
     run.run.write_metric(_metric(50, at=2e9))
     rc, end = run.finish(1, None)
-    assert (end.kind, end.get("failure")) == (Kind.REQUEUED, "a crash after iteration 50")
+    # a crash needs no queue: the step starts again inside the allocation (finish tells the script)
+    assert (rc, end.kind, end.get("failure")) == (75, Kind.RESTARTED, "a crash after iteration 50")
+    assert not orders(fake, "requeue")
     run.job(jid, 1).started(40, StartKey(jid, 1))
     rc, end = run.finish(1, None)
     assert rc == requeue.GAVE_UP_EXIT and end.kind is Kind.GAVE_UP and "the same failure twice" in end.reason

@@ -202,7 +202,7 @@ class Fsdp2Contract(Contract):
                 Problem(
                     "entry.save_on_signal",
                     "is false: the FSDP2 trainer saves only every "
-                    f"checkpoint.save_interval = {spec.checkpoint.save_interval} iterations, so a "
+                    f"checkpoint.save_interval = {spec.checkpoint.save_interval} (iterations), so a "
                     "stop (preemption, time limit) loses what was trained since the last save",
                     "set entry.save_on_signal: true (hpc-mm's adapter saves on a stop), or a shorter save_interval",
                 )

@@ -1,0 +1,294 @@
+"""Recovery inside the allocation against a requeue, and the goodput simulator against the cluster.
+
+1. Restart cost, side by side. Two runs of jobs/tiny-vlm.yaml (2 nodes x 1 rank, torchrun, gloo,
+   partition `low`, an idle cluster): one restarts inside its allocation (requeue.inside: true,
+   spare_nodes: 1), one goes back through the queue (requeue.inside: false). Each has a rank killed
+   (SIGKILL) CRASHES times, a few seconds into a start. For every crash, from the run's record:
+
+     rank killed -> all processes gone (the step ended) -> decided and recorded (`finish`)
+     -> batch script starts the next start (inside: at once; requeue: Slurm requeues the job, its
+        hold is lifted by hpc-mm, it is scheduled again on an idle cluster)
+     -> training started (preflight, launch) -> first resumed iteration
+
+2. Goodput, measured against predicted. A run with spare_nodes: 1 and requeue.inside: true gets a
+   schedule of faults: a rank killed every EVERY seconds, and once one node dies (its slurmd and
+   every process of the job there). Its goodput (training kept over wall-clock time, from its
+   record) is set against the simulator's (hpc_mm/run/goodput.py) for the same schedule, fed with
+   the costs measured in part 1 (a prediction: nothing of run 2 goes into it).
+
+3. The simulator at 16,384 accelerators with Meta's failure rate (Llama 3: an interruption every
+   1.8 h), with the costs measured in part 1 and with production-sized costs, and the checkpoint
+   interval `save_interval: auto` picks there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, spread, table  # noqa: E402
+from preempt import finish, first_row_after, started, wait_until  # noqa: E402
+
+from hpc_mm.run import events, goodput, timeline  # noqa: E402
+from hpc_mm.run.rundir import RunDir  # noqa: E402
+
+PY = sys.executable
+JOB = str(ROOT / "jobs" / "tiny-vlm.yaml")
+CONF = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
+CRASHES = 3
+TRAIN_SECONDS = 6  # each start trains this long before its rank is killed
+EVERY = 60  # part 2: seconds between crashes
+ITERS = 900  # part 2: the run's length
+ENDS = ("restarted", "requeued", "failed", "gave_up", "completed", "cancelled")
+
+
+def submit(run_dir: Path, overrides: list[str]) -> str:
+    base = [
+        "slurm.partition=low",
+        "slurm.time=60",
+        "distributed.nproc_per_node=1",
+        "requeue.max_restarts=100",
+        "requeue.on_failure=100",
+    ]
+    args = [a for o in [*base, *overrides] for a in ("--set", o)]
+    out = subprocess.run(
+        [PY, "-m", "hpc_mm", "submit", JOB, "--run-dir", str(run_dir), "--json", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=run_dir.parent,
+    )
+    return re.search(r'"job_id": "(\d+)"', out.stdout)[1]
+
+
+def job_processes(node: str, job_id: str, ranks_only: bool) -> list[int]:
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            values = environ.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"SLURMD_NODENAME={node}".encode() in values and f"SLURM_JOB_ID={job_id}".encode() in values:
+            if not ranks_only or any(v.startswith(b"RANK=") for v in values):
+                found.append(int(environ.parent.name))
+    return found
+
+
+def kill_rank(run_dir: Path, job_id: str, restart: int) -> float:
+    host = started(run_dir, restart)["hosts"][-1]
+    pid = wait_until(lambda: job_processes(host, job_id, ranks_only=True))[0]
+    at = time.time()
+    os.kill(pid, signal.SIGKILL)
+    return at
+
+
+def ends(run_dir: Path) -> list[dict]:
+    return [e for e in events.read(run_dir) if e["event"] in ENDS]
+
+
+def pieces(run_dir: Path, restart: int, killed_at: float) -> dict[str, float]:
+    end = next(e for e in ends(run_dir) if e["restart"] == restart)
+    nxt = started(run_dir, restart + 1)
+    first = first_row_after(run_dir, nxt["time"])
+    batch = nxt.get("batch_started_at", nxt["time"])
+    return {
+        "rank killed -> all processes gone": end["step_ended_at"] - killed_at,
+        "all processes gone -> decided and recorded": end["time"] - end["step_ended_at"],
+        "decided -> next start's batch script (requeue: Slurm)": batch - end["time"],
+        "batch script -> training started (preflight, launch)": nxt["time"] - batch,
+        "training started -> first resumed iteration": first["time"] - nxt["time"],
+    }
+
+
+def crash_run(folder: Path, inside: bool) -> tuple[dict[str, list[float]], Path]:
+    run_dir = folder / ("inside" if inside else "requeue")
+    extra = ["slurm.spare_nodes=1"] if inside else ["requeue.inside=false"]
+    job_id = submit(run_dir, ["gpt.train_iters=1000000", "checkpoint.save_interval=50", *extra])
+    found: dict[str, list[float]] = {}
+    for restart in range(CRASHES):
+        begun = wait_until(lambda: started(run_dir, restart), 600)["time"]
+        first = wait_until(lambda: first_row_after(run_dir, begun), 600)
+        wait_until(lambda: first_row_after(run_dir, first["time"] + TRAIN_SECONDS), 600)
+        killed = kill_rank(run_dir, job_id, restart)
+        wait_until(lambda: (s := started(run_dir, restart + 1)) and first_row_after(run_dir, s["time"]), 600)
+        said = [e["event"] for e in ends(run_dir)]
+        assert said[-1] == ("restarted" if inside else "requeued"), said
+        for name, value in pieces(run_dir, restart, killed).items():
+            found.setdefault(name, []).append(value)
+    subprocess.run([PY, "-m", "hpc_mm", "cancel", job_id, "--now"], capture_output=True)
+    finish(job_id, 180)
+    return found, run_dir
+
+
+def restart_costs(folder: Path) -> tuple[str, goodput.Costs]:
+    inside, inside_dir = crash_run(folder, inside=True)
+    requeue, requeue_dir = crash_run(folder, inside=False)
+    rows = []
+    for name in inside:
+        rows.append([name, spread(inside[name]), spread(requeue[name])])
+    tot_in = [sum(inside[n][i] for n in inside) for i in range(CRASHES)]
+    tot_rq = [sum(requeue[n][i] for n in requeue) for i in range(CRASHES)]
+    rows.append(["**rank killed -> first resumed iteration**", spread(tot_in), spread(tot_rq)])
+    text = table([f"one crash ({CRASHES} each)", "restart inside the allocation", "requeue (idle cluster)"], rows)
+    text += (
+        f"\n\nOn an idle cluster a requeue costs {statistics.median(tot_rq) - statistics.median(tot_in):.1f} s more "
+        "than a restart inside; on a busy partition the requeue also waits its turn in the queue "
+        "(tests/integration/test_inside.py shows it waiting behind a competing job while the restart inside goes on)."
+    )
+    costs = goodput.measured(RunDir(inside_dir))
+    return text, costs
+
+
+def node_processes_and_slurmd(node: str, job_id: str) -> None:
+    subprocess.run(["pkill", "-9", "-f", f"^/usr/sbin/slurmd -f {CONF} -N {node}$"], check=False)
+    for pid in job_processes(node, job_id, ranks_only=False):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def restore(node: str) -> None:
+    subprocess.run(["/usr/sbin/slurmd", "-f", CONF, "-N", node], capture_output=True)
+    for _ in range(60):
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
+        out = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%t"], capture_output=True, text=True).stdout
+        if out.strip().startswith("idle") or out.strip().startswith("mix") or out.strip().startswith("alloc"):
+            return
+        time.sleep(1)
+
+
+def schedule_run(folder: Path, costs: goodput.Costs) -> str:
+    run_dir = folder / "schedule"
+    job_id = submit(run_dir, [f"gpt.train_iters={ITERS}", "checkpoint.save_interval=50", "slurm.spare_nodes=1"])
+    begun = wait_until(lambda: started(run_dir, 0), 600)
+    t0 = begun.get("batch_started_at", begun["time"])
+    faults: list[tuple[float, str]] = []
+    dead = None
+    restart = 0
+    while True:
+        s = wait_until(lambda: started(run_dir, restart) or finished(run_dir), 600)
+        if finished(run_dir):
+            break
+        at = s.get("batch_started_at", s["time"]) + EVERY
+        while time.time() < at and not finished(run_dir):
+            time.sleep(0.5)
+        if finished(run_dir):
+            break
+        if restart == 2 and dead is None:  # once: a node dies
+            dead = s["hosts"][-1]
+            faults.append((time.time() - t0, "node"))
+            node_processes_and_slurmd(dead, job_id)
+        else:
+            faults.append((kill_rank(run_dir, job_id, restart) - t0, "crash"))
+        wait_until(lambda: len(ends(run_dir)) > restart, 300)
+        if dead is not None and restart == 2:
+            restore(dead)
+        restart += 1
+    assert finish(job_id, 600) == "COMPLETED", [e["event"] for e in ends(run_dir)]
+    record = ends(run_dir)
+    done = record[-1]["time"]
+    useful = timeline.build(run_dir, done).useful_seconds  # every iteration once, in the start that kept it
+    measured_goodput = useful / (done - t0)
+    here = goodput.measured(RunDir(run_dir))
+    step = costs.step
+    predicted = goodput.simulate(
+        goodput.Costs(
+            save=costs.save,
+            stop=costs.stop,
+            restart_inside=costs.restart_inside,
+            startup=costs.startup,
+            step=step,
+        ),
+        goodput.Scale(accelerators=2, per_node=1, failure_rate=0.0, spares=1),
+        "spares",
+        work=ITERS * step,
+        interval=50 * step,
+        schedule=faults,
+    )
+    kinds = ", ".join(f"{k} at {t:.0f} s" for t, k in faults)
+    text = table(
+        ["", "measured on the test cluster", "simulator (part 1's costs, same schedule)"],
+        [
+            ["faults", kinds, f"{predicted.interruptions} ({predicted.restarts_inside} inside)"],
+            ["restarts inside the allocation", str(sum(e["event"] == "restarted" for e in record)), ""],
+            [
+                "wall-clock, first batch start -> completed",
+                f"{done - t0:.0f} s",
+                f"{predicted.useful / predicted.goodput:.0f} s",
+            ],
+            ["goodput (training kept / wall-clock)", f"{measured_goodput:.1%}", f"{predicted.goodput:.1%}"],
+        ],
+    )
+    gap = abs(measured_goodput - predicted.goodput) * 100
+    text += (
+        f"\n\nDifference {gap:.1f} points (target <= 5). Step time {step:.3f} s (part 1), this run's own "
+        f"{here.step:.3f} s; restart inside {costs.restart_inside:.1f} s (part 1), this run's own "
+        f"{here.restart_inside:.1f} s."
+    )
+    return text + "\n\n" + ("**within 5 points**" if gap <= 5 else "**missed: more than 5 points apart**")
+
+
+def finished(run_dir: Path) -> bool:
+    record = ends(run_dir)
+    return bool(record) and record[-1]["event"] in ("completed", "failed", "gave_up", "cancelled")
+
+
+def at_scale(costs: goodput.Costs) -> str:
+    production = goodput.with_costs(costs, save=60.0, restart_inside=120.0, startup=600.0, step=5.0)
+    rows = []
+    for label, c in (("costs measured in part 1", costs), ("production-sized costs (declared)", production)):
+        for queue in (600.0, 4 * 3600.0):
+            scale = goodput.Scale(accelerators=16384, per_node=8, spares=2, queue_wait=queue)
+            row = goodput.predict(c, [scale], seeds=5, work=7 * 86400.0)[0]
+            rows.append(
+                [
+                    label,
+                    f"{queue / 3600:.1f} h",
+                    f"{row['mtbf_hours']:.2f} h",
+                    f"{row['interval_seconds']:.0f} s ({row['interval_iterations']} it.)",
+                    f"{row['requeue']:.1%}",
+                    f"{row['inside']:.1%}",
+                    f"{row['spares']:.1%}",
+                ]
+            )
+    return table(
+        [
+            "16,384 accelerators (2,048 nodes x 8), Meta's rate",
+            "queue wait",
+            "MTBF",
+            "interval (auto)",
+            "requeue only",
+            "restart inside",
+            "inside + 2 spares",
+        ],
+        rows,
+    ) + (
+        "\n\nSeven days of training simulated, mean of 5 seeds; goodput is training kept over wall-clock "
+        "time. Production-sized costs: a 60 s save, 120 s restart inside, 600 s start-up after a "
+        "requeue, 5 s step. `hpc-mm goodput RUN_DIR --accelerators 16384` gives this for any run."
+    )
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        cost_text, costs = restart_costs(folder)
+        print(cost_text)
+        print()
+        print(schedule_run(folder, costs))
+        print()
+        print(at_scale(costs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
