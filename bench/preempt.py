@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT  # noqa: E402
 
-from hpc_mm.run import events, metrics  # noqa: E402
+from hpc_mm.run import events  # noqa: E402
+from hpc_mm.run.rundir import RunDir  # noqa: E402
 
 JOB = str(ROOT / "jobs" / "tiny-vlm.yaml")
 PY = sys.executable
@@ -63,7 +64,8 @@ def started(run_dir: Path, restart: int) -> dict | None:
 
 
 def first_row_after(run_dir: Path, when: float) -> dict | None:
-    return next((r for r in metrics.rows(run_dir) if r.get("time", 0) >= when), None)
+    rows = RunDir(run_dir).metrics()
+    return next(({"time": r.time, "iteration": r.iteration} for r in rows if (r.time or 0) >= when), None)
 
 
 def preempt(run_dir: Path, job_id: str, restart: int, hold_seconds: float = 2.0) -> None:

@@ -253,7 +253,10 @@ def measured(run: RunDir) -> Costs:
         if previous.end is None or start.began is None or first is None:
             continue
         if previous.end.kind is Kind.RESTARTED:
-            inside.append(first - previous.end.time)
+            # from the fault (its last iteration before it: detecting it and ending the step count
+            # too) to the first iteration of the next start
+            before = [r.time for r in rows if r.time <= previous.end.time]
+            inside.append(first - (before[-1] if before else previous.end.time))
         elif previous.end.kind in AGAIN:
             batch = start.started.get("batch_started_at") if start.started else None
             startup.append(first - (batch if isinstance(batch, (int, float)) else start.began))

@@ -43,6 +43,11 @@ def spawn_release(key: StartKey, run: RunDir) -> None:
 
 
 HOLD_WAIT = 300.0  # how long release-hold waits for the job to be pending again
+# Why Slurm holds a requeued job back at all: each node revokes the job's credential when the requeue
+# ends its old instance, to the second, and refuses a new one of the same second ("Killing
+# non-startable batch JobId=N: Job credential revoked": the job fails). Seen on the test cluster when
+# the hold was lifted within the second. A few seconds are enough; Slurm's own hold is two minutes.
+SETTLE_SECONDS = 3.0
 
 
 def release_hold(job_id: str, run_dir: Path, restart: int, clock=time.monotonic, sleep=time.sleep) -> int:
@@ -53,6 +58,7 @@ def release_hold(job_id: str, run_dir: Path, restart: int, clock=time.monotonic,
         if job.known and not job.state.queued and job.state.value != "COMPLETING":
             return 0  # it started already (or ended): nothing to release
         if job.state.queued and job.reason == "BeginTime":
+            sleep(SETTLE_SECONDS)
             released, err = query.release_hold(job_id)
             if released:
                 RunDir(run_dir).record(Kind.RELEASED, StartKey(job_id, restart))

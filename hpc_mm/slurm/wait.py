@@ -13,6 +13,7 @@ from hpc_mm.run.follow import Follower
 from hpc_mm.run.report import summary, summary_text
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
+from hpc_mm.slurm.hold import SETTLE_SECONDS
 from hpc_mm.slurm.query import JobState
 
 POLL = 3.0
@@ -46,6 +47,7 @@ def _wait(tasks: list[tuple[str, Path, int]], quiet: bool) -> dict[str, JobState
                 # requeued, and held back by Slurm: where the job's own helper could not lift the hold
                 # (finish.spawn_release), the one who follows it does
                 released.add((job_id, found.restarts))
+                time.sleep(SETTLE_SECONDS)  # (hold.py: the nodes refuse a relaunch within the second)
                 query.release_hold(job_id)
         if len(tasks) == 1 and not quiet:
             job_id = tasks[0][0]

@@ -40,13 +40,17 @@ def submit(run_dir, *overrides, job=TINY):
 
 def until(predicate, timeout=300, poll=0.5, job_id=None):
     """Wait for `predicate`; a requeued job is let start at once (Slurm holds it back a while)."""
-    deadline = time.time() + timeout
+    deadline, pending_since = time.time() + timeout, None
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
         if job_id and sacct(job_id)[0] == "PENDING":
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+            pending_since = pending_since or time.time()
+            if time.time() - pending_since > 3:  # (not within the second of the requeue: slurm/hold.py)
+                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+        else:
+            pending_since = None
         time.sleep(poll)
     raise AssertionError(f"timed out waiting for {predicate}")
 
