@@ -193,7 +193,9 @@ def exclude_nodes(job_id: str, nodes: list[str]) -> tuple[bool, str]:
 
 
 def requeue(job_id: str) -> tuple[bool, str]:
-    return _order(["scontrol", "requeue", str(job_id)], "scontrol")
+    """`scontrol requeue`; a job found pending when asked again: the first request went through unanswered."""
+    ok, err = _order(["scontrol", "requeue", str(job_id)], "scontrol")
+    return (True, "") if not ok and "pending execution" in err.lower() else (ok, err)
 
 
 def release_hold(job_id: str) -> tuple[bool, str]:

@@ -47,6 +47,7 @@ class User:
     def cli(self, *args, check=True, timeout=600):
         """`hpc-mm` as this user, from their own folder, with their own environment."""
         env = {"HOME": str(self.home), "PATH": os.environ["PATH"], "LANG": "C.UTF-8"}
+        env["SLURM_CONF"] = os.environ["SLURM_CONF"]  # this test worker's cluster (conftest.py)
         result = subprocess.run(
             ["runuser", "-u", self.name, "--", sys.executable, "-m", "hpc_mm", *map(str, args)],
             capture_output=True,

@@ -1,6 +1,7 @@
 """The real Slurm test cluster (scripts/slurm-testbed): env, submit, plain sbatch, dry-run, preemption."""
 
 import json
+import re
 import subprocess
 import time
 
@@ -17,7 +18,11 @@ def sacct(job_id: str) -> tuple[str, int]:
         .stdout.strip()
         .splitlines()
     )
-    state, nodes = out[-1].split("|") if out else ("UNKNOWN", "0")
+    if not out:  # not in the accounting database yet (slurmdbd lags the controller): ask the controller
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+        state, nodes = re.search(r"JobState=(\S+)", shown), re.search(r"NumNodes=(\d+)", shown)
+        return (state[1] if state else "UNKNOWN"), int(nodes[1]) if nodes else 0
+    state, nodes = out[-1].split("|")
     return state.split()[0], int(nodes)
 
 

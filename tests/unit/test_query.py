@@ -80,6 +80,9 @@ def test_orders_and_their_answers(recorded_slurm):
     ]
     fake.refuse["requeue"] = "Invalid job id specified for job 999999\n"
     assert query.requeue("999999") == (False, "Invalid job id specified for job 999999")
+    # asked again after no answer, the requeue finds the job pending: the first request went through
+    fake.refuse["requeue"] = "Job is pending execution for job 67\n"
+    assert query.requeue("67") == (True, "")
 
 
 @pytest.mark.parametrize(
