@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional, Union
 
 from hpc_mm.job.coerce import REQUIRED
 from hpc_mm.job.declare import option
+from hpc_mm.job.sections import Notify, Throughput
 from hpc_mm.job.signals import DEFAULT_STOP_SIGNAL, STOP_SIGNALS
 
 Launcher = Literal["torchrun", "srun", "msrun"]  # msrun: MindSpore's launcher (MindSpeed-MM's MindSpore examples)
@@ -209,6 +210,11 @@ class JobSpec:
     setup: list[str] = field(default_factory=list)
     # fsdp2: keys of the trainer's YAML (entry.config) to set, as its sections nest them
     config: dict[str, Any] = field(default_factory=dict)
+    # a pipeline's stage: start only once these ended well (Slurm's afterok): job ids, run
+    # directories, or names of earlier stages of the same `hpc-mm submit A.yaml B.yaml ...`
+    after: list[str] = field(default_factory=list)
+    notify: Notify = field(default_factory=Notify)
+    throughput: Throughput = field(default_factory=Throughput)
     source: str = field(default="", metadata={"internal": True})
 
     @property

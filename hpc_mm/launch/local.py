@@ -30,7 +30,7 @@ from hpc_mm.environments.base import restart_from
 from hpc_mm.errors import UserError
 from hpc_mm.job.entries import contract
 from hpc_mm.job.spec import JobSpec, nproc_hint
-from hpc_mm.run import layout, lock
+from hpc_mm.run import layout, lock, notify
 from hpc_mm.run.events import LOCAL_JOB_VARIABLE, Kind, StartKey
 from hpc_mm.run.follow import Follower
 from hpc_mm.run.layout import TASK_LOG
@@ -90,7 +90,7 @@ def run_local(spec: JobSpec, run_dir: Path | None, mpirun: str = "mpirun", preem
             rc, received, preempted = _start(spec, run_dir, mpirun, key, pending[0] if pending else None, follower)
             if not preempted or received:
                 break
-            run.record(
+            requeued = run.record(
                 Kind.REQUEUED,
                 key,
                 cause="preemption",
@@ -99,9 +99,12 @@ def run_local(spec: JobSpec, run_dir: Path | None, mpirun: str = "mpirun", preem
                 iteration=run.reread().latest_checkpoint(spec),
                 **_lost(run, key),
             )
+            notify.deliver(run, [requeued], spec)
             restart += 1
         follower.close()
+        before = len(run.reread().events())
         _record_end(run, rc, received, StartKey(job_id, restart))
+        notify.deliver(run, run.reread().events()[before:], spec)
         try:
             print(summary_text(summary(run)), flush=True)
         except UserError:

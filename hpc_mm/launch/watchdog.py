@@ -28,7 +28,7 @@ from hpc_mm.environments.devices import node_name
 from hpc_mm.job.signals import STACK_SIGNAL
 from hpc_mm.job.spec import Fault
 from hpc_mm.launch.procs import kill_tree, ranks_under
-from hpc_mm.run import history
+from hpc_mm.run import history, notify
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.records import Heartbeat
 from hpc_mm.run.rundir import RunDir
@@ -213,7 +213,7 @@ class Watchdog(threading.Thread):
             "blamed": [{k: r[k] for k in ("rank", "host", "node", "state", "why")} for r in blamed],
             "nodes": sorted({r["host"] for r in blamed}),
         }
-        self.rundir.record(Kind.HANG, self.start_key, **self.hung)
+        hang = self.rundir.record(Kind.HANG, self.start_key, **self.hung)
         who = ", ".join(f"rank {r['rank']} on {r['host']} ({r['why']})" for r in blamed) or "no rank stands out"
         sys.stderr.write(
             f"hpc-mm watchdog: no progress for {now - last:.0f} s in {phase} (budget {budget:.0f} s): "
@@ -228,3 +228,4 @@ class Watchdog(threading.Thread):
         ):
             time.sleep(0.5)
         kill_tree(self.child.pid)  # the entry's whole tree; srun then ends the other nodes' tasks
+        notify.deliver(self.rundir, [hang])  # once the step is ending: a slow receiver never delays it

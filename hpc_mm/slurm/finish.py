@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hpc_mm.environments.slurm import expand_nodelist
 from hpc_mm.job.spec import JobSpec
-from hpc_mm.run import events
+from hpc_mm.run import events, notify
 from hpc_mm.run.events import Kind, StartKey, this_start
 from hpc_mm.run.rundir import RunDir, Start
 from hpc_mm.slurm import query
@@ -45,7 +45,17 @@ from hpc_mm.slurm.requeue import (
 def finish(
     run_dir: Path, returncode: int, signal_name: str | None, failed: str | None = None, preflight_failed: bool = False
 ) -> int:
-    run, key = RunDir(run_dir), this_start()
+    """Decide and record how this start ended; then tell whom `notify:` names (a few seconds at most)."""
+    run = RunDir(run_dir)
+    before = len(run.events())
+    try:
+        return _finish(run, returncode, signal_name, failed, preflight_failed)
+    finally:
+        notify.deliver(run, run.reread().events()[before:])
+
+
+def _finish(run: RunDir, returncode: int, signal_name: str | None, failed: str | None, preflight_failed: bool) -> int:
+    key = this_start()
     if failed:  # the batch shell ended before the step (a setup line, an exit): nothing to requeue
         run.record(Kind.FAILED, key, reason=failed, cause="batch-script", returncode=returncode)
         return returncode or 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from hpc_mm.errors import Problem
 from hpc_mm.job.entries import contract
-from hpc_mm.job.rules import fields, gpt, mm
+from hpc_mm.job.rules import daytwo, fields, gpt, mm
 from hpc_mm.job.schema import keys
 from hpc_mm.job.spec import JobSpec, derive
 
@@ -22,7 +22,7 @@ ARITHMETIC_INPUTS = {key for key, f in keys().items() if f.metadata.get("arithme
 def validate(spec: JobSpec) -> list[Problem]:
     """Every rule for the job's entry kind (job/entries/): the job file's own, Megatron's arguments and
     the mm files for a Megatron entry, and the kind's own (the FSDP2 trainer's YAML, ...)."""
-    problems = required(spec) + bounds(spec) + fields.check(spec)
+    problems = required(spec) + bounds(spec) + fields.check(spec) + daytwo.check(spec)
     if spec.entry.save_on_signal and spec.entry.kind != "fsdp2":
         problems.append(
             Problem(
