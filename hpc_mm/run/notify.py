@@ -107,7 +107,7 @@ def _together(sends, deadline: float) -> list[tuple[str, dict]]:
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
         threads.append((to, thread))
-    for to, thread in threads:
+    for _to, thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     return [(to, results.get(to) or {"ok": False, "error": "timed out", "seconds": None}) for to, _ in threads]
 

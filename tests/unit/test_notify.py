@@ -80,9 +80,8 @@ def test_events_the_job_did_not_pick_are_not_sent(tmp_path, monkeypatch, recorde
     run.checkpoint(100).started(0)
     run.finish(0, "USR1")
     assert receiver.bodies == []  # requeued is not among the default events
-    run2 = Run(
-        tmp_path / "b", monkeypatch, f"notify.webhook={receiver.url}", "notify.on=[requeued]", scenario="being-preempted"
-    )
+    picked = ("notify.on=[requeued]", f"notify.webhook={receiver.url}")
+    run2 = Run(tmp_path / "b", monkeypatch, *picked, scenario="being-preempted")
     run2.checkpoint(100).started(0)
     run2.finish(0, "USR1")
     assert [b["event"] for b in receiver.bodies] == ["requeued"]
