@@ -152,4 +152,3 @@ def _rundir(tmp_path, spec):
 
     layout.create(layout.plan_run(spec, tmp_path / "run"))
     return RunDir(tmp_path / "run")
-

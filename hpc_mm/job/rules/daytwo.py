@@ -39,7 +39,7 @@ def _notify(spec: JobSpec) -> list[Problem]:
         out.append(
             Problem(
                 "notify.timeout_seconds",
-                f"{n.timeout_seconds} s: a notification may hold the end of a job up {MAX_NOTIFY_SECONDS:.0f} s at most",
+                f"{n.timeout_seconds} s: a notification may delay the end of a job {MAX_NOTIFY_SECONDS:.0f} s at most",
                 "a slow receiver should answer at once and work afterwards",
             )
         )
