@@ -2,6 +2,7 @@
 
 The flow, one folder a stage (imports point down this list only):
     cli          flags in, one call per command, user errors to exit 2
+    api          the same from Python: load_job, submit, pipeline, submit_sweep, Run, runs (no printing)
     launch/      on the compute nodes: plan, run and supervise the entry, forward signals
     slurm/       the queue side: render, submit, requeue (finish), status, query
     train/       the built-in trainer
@@ -12,3 +13,27 @@ The flow, one folder a stage (imports point down this list only):
 """
 
 __version__ = "0.1.0"
+
+# From Python: `hpc_mm.load_job(...)`, `hpc_mm.submit(...)`, ... (hpc_mm/api.py), imported when first used.
+_API = (
+    "HpcMmWarning",
+    "Problem",
+    "Run",
+    "Sweep",
+    "UserError",
+    "load_job",
+    "pipeline",
+    "run",
+    "runs",
+    "submit",
+    "submit_sweep",
+    "sweep_with",
+)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib  # at first use: `import hpc_mm` stays light, and hpc_mm.api's modules import hpc_mm
+
+        return getattr(importlib.import_module("hpc_mm.api"), name)
+    raise AttributeError(f"module 'hpc_mm' has no attribute {name!r}")

@@ -167,22 +167,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from hpc_mm.slurm.submit import dry_run, submit, submit_sweep
+    from hpc_mm.cli.submitting import submit
 
-    spec = _load(args)
-    if args.sweep:
-        if args.dry_run:
-            raise UserError.one("--dry-run", "a sweep cannot be dry-run yet", "dry-run one combination with --set")
+    def load(job: str, extra: list[str]):
+        return _load(argparse.Namespace(**{**vars(args), "overrides": list(args.overrides) + extra}), job)
 
-        def load(extra: list[str]):
-            return _load(argparse.Namespace(**{**vars(args), "overrides": list(args.overrides) + extra}))
-
-        return submit_sweep(
-            load, spec, args.sweep, args.run_dir, template_dir=args.template_dir, wait=args.wait, as_json=args.json
-        )
-    if args.dry_run:
-        return dry_run(spec, args.run_dir, args.template_dir, as_json=args.json)
-    return submit(spec, args.run_dir, template_dir=args.template_dir, wait=args.wait, as_json=args.json)
+    return submit(args, load)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from hpc_mm import __version__
+from hpc_mm.cli.types import nproc, positive_float, positive_int
 
 DESCRIPTION = """\
 Run MindSpeed-MM jobs (Megatron-argument entries, the FSDP2 trainer of MindSpeed-MM
@@ -45,12 +46,12 @@ def _job_options(
         metavar="KEY=VALUE",
         help="override a job-file value, e.g. --set gpt.lr=1.0e-4 (repeatable; value is YAML)",
     )
-    p.add_argument("--nodes", type=_positive_int, help="number of nodes (sets slurm.nodes and distributed.nnodes)")
+    p.add_argument("--nodes", type=positive_int, help="number of nodes (sets slurm.nodes and distributed.nnodes)")
     p.add_argument(
         "--nproc-per-node",
         "--nproc_per_node",
         dest="nproc_per_node",
-        type=_nproc,
+        type=nproc,
         help="processes (devices) per node, or auto",
     )
     p.add_argument("--run-dir", type=Path, help="run directory (default: runs/<name>-<time>)")
@@ -67,7 +68,7 @@ SHORTCUTS = (
 
 
 def _slurm_shortcuts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-N", dest="nodes", type=_positive_int, help="same as --nodes")
+    p.add_argument("-N", dest="nodes", type=positive_int, help="same as --nodes")
     for short, long, key, kind, text in SHORTCUTS:
         flags = [short, long] if short else [long]
         p.add_argument(
@@ -121,9 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="write the script here instead of standard output")
     p.add_argument("--template-dir", type=Path, help="use your own templates (sbatch.sh.j2) from this folder")
 
-    p = sub.add_parser("submit", help="submit a job to Slurm; prints the job id and run directory")
-    _job_options(p)
+    p = sub.add_parser(
+        "submit",
+        help="submit a job to Slurm (prints the job id and run directory); several job files: a pipeline",
+        description="Submit a job to Slurm. Several job files make a pipeline: each stage waits for the "
+        "one before it (or for what its job file's `after:` names) and starts only if that one completed; "
+        "Slurm cancels the stages after one that failed.",
+    )
+    _job_options(p, many=True)
     _slurm_shortcuts(p)
+    p.add_argument(
+        "--after",
+        action="append",
+        default=[],
+        metavar="RUN_OR_JOB",
+        help="start only once this job (a Slurm job id or a run directory) completed (repeatable)",
+    )
     p.add_argument(
         "--sweep",
         action="append",
@@ -131,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=V1,V2,...",
         help="submit one Slurm job array, a task per combination of the swept values "
         "(repeatable; e.g. --sweep gpt.lr=1e-4,2e-4 --sweep gpt.seed=1,2)",
+    )
+    p.add_argument(
+        "--zip",
+        action="store_true",
+        help="pair the swept values (the i-th value of every --sweep together) instead of every combination",
+    )
+    p.add_argument(
+        "--max-parallel",
+        type=positive_int,
+        metavar="N",
+        help="let at most N tasks of the sweep run at once (Slurm's --array=...%%N)",
     )
     p.add_argument("--template-dir", type=Path, help="use your own templates (sbatch.sh.j2) from this folder")
     p.add_argument(
@@ -153,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "target", nargs="?", help="run directory, sweep folder or Slurm job id (default: every run under runs/)"
     )
     p.add_argument("--all", dest="show_all", action="store_true", help="every run, not only the newest")
-    p.add_argument("--limit", type=_positive_int, default=20, help="how many runs the table shows (default 20)")
+    p.add_argument("--limit", type=positive_int, default=20, help="how many runs the table shows (default 20)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("logs", help="print a run's logs (of its newest start, unless told which)")
@@ -186,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mpirun", default="mpirun", help="the mpirun to use (default: mpirun on PATH)")
     p.add_argument(
         "--preempt-at",
-        type=_positive_int,
+        type=positive_int,
         action="append",
         default=[],
         metavar="ITER",
@@ -225,12 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("target", help="a run directory (its measured costs), or a job file (declare the costs)")
     p.add_argument("--accelerators", default="1024,4096,16384,65536,100000", help="scales to predict, comma-separated")
-    p.add_argument("--per-node", type=_positive_int, help="accelerators a node (default: the job's nproc_per_node)")
-    p.add_argument("--mtbf-hours", type=_positive_float, help="a measured MTBF of a job of --mtbf-at accelerators")
-    p.add_argument("--mtbf-at", type=_positive_int, default=16384, help="the scale --mtbf-hours was measured at")
+    p.add_argument("--per-node", type=positive_int, help="accelerators a node (default: the job's nproc_per_node)")
+    p.add_argument("--mtbf-hours", type=positive_float, help="a measured MTBF of a job of --mtbf-at accelerators")
+    p.add_argument("--mtbf-at", type=positive_int, default=16384, help="the scale --mtbf-hours was measured at")
     p.add_argument(
         "--failure-rate",
-        type=_positive_float,
+        type=positive_float,
         help="failures per accelerator-hour (default: Meta's, Llama 3: 1.8 h MTBF on 16,384 GPUs)",
     )
     p.add_argument("--node-loss", type=float, default=0.78, help="share of failures that lose a node for good")
@@ -239,10 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spares", type=int, help="spare nodes held with the job (default: slurm.spare_nodes, or 1)")
     for name in ("save", "stop", "restart", "startup", "step"):
         p.add_argument(
-            f"--{name}-seconds", type=_positive_float, help=f"declare the {name} time instead of measuring it"
+            f"--{name}-seconds", type=positive_float, help=f"declare the {name} time instead of measuring it"
         )
-    p.add_argument("--days", type=_positive_float, default=30.0, help="training time to simulate (days of work)")
-    p.add_argument("--seeds", type=_positive_int, default=5, help="simulations a scale and strategy (averaged)")
+    p.add_argument("--days", type=positive_float, default=30.0, help="training time to simulate (days of work)")
+    p.add_argument("--seeds", type=positive_int, default=5, help="simulations a scale and strategy (averaged)")
     p.add_argument("--figure", type=Path, help="write the figure here (PNG); default RUN_DIR/goodput.png")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -251,27 +276,3 @@ def build_parser() -> argparse.ArgumentParser:
         "target", nargs="?", help="run directory, Slurm job id, job array id or sweep folder (default: the newest run)"
     )
     return parser
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _nproc(text: str) -> int | str:
-    return "auto" if text == "auto" else _positive_int(text)

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from hpc_mm.run import metrics, timeline
-from hpc_mm.run.format import duration, number
+from hpc_mm.run import metrics, throughput, timeline
+from hpc_mm.run.format import duration, number, rate
 from hpc_mm.run.rundir import RunDir
 
 PLAIN_EVERY = 10.0
@@ -39,6 +39,11 @@ class Follower:
             parts.append(f"loss {number(last.loss)}")
             if step:
                 parts.append(f"{1 / step:.1f} it/s")
+                speed = throughput.of_run(RunDir(self.run_dir), rows)
+                if speed.tokens_per_second:
+                    parts.append(f"{rate(speed.tokens_per_second)} tok/s")
+                if speed.mfu is not None:
+                    parts.append(f"MFU {speed.mfu:.0%}")
                 parts.append(f"ETA {duration(step * max(0, self.train_iters - last.iteration))}")
         else:
             parts.append("starting")

@@ -35,3 +35,13 @@ def number(value: float | int | None, digits: int = 4) -> str:
 
 def text(value) -> str:
     return DASH if value in (None, "") else str(value)
+
+
+def rate(value: float | None) -> str:
+    """A rate per second for a narrow column: 950, 12.3k, 4.56M; `-` when unknown."""
+    if value is None or not math.isfinite(value):
+        return DASH
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"

@@ -172,6 +172,7 @@ class RunInfo:
     task: int | None = None
     values: Mapping[str, Any] | None = None
     hpc_mm: str | None = None
+    after: Mapping[str, Any] | None = None  # a pipeline's stage: {job id it waits for: its run directory}
 
     @classmethod
     def from_json(cls, value: dict) -> RunInfo:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 
 from hpc_mm.errors import UserError
-from hpc_mm.run import layout, timeline
+from hpc_mm.run import layout, throughput, timeline
 from hpc_mm.run.events import Kind
-from hpc_mm.run.format import duration, number
+from hpc_mm.run.format import duration, number, rate
 from hpc_mm.run.rundir import RunDir
 
 COLORS = {"queued": "#bbbbbb", "starting": "#f2b134", "running": "#4c9f38", "saving": "#2f6db5", "stopped": "#c0392b"}
@@ -36,6 +36,7 @@ def summary(run: RunDir) -> dict:
         "first_loss": sum(first) / len(first),
         "last_loss": sum(last) / len(last),
         "samples_per_second": sum(speeds) / len(speeds) if speeds else None,
+        "throughput": throughput.of_run(run, rows),
         "checkpoints": sorted({e.iteration for e in record if e.kind is Kind.CHECKPOINT and e.iteration is not None}),
         "restarts": line.restarts,
         "lost_iterations": timeline.lost_iterations(run.starts()),
@@ -71,6 +72,13 @@ def summary_text(info: dict) -> str:
     )
     of = f" of {info['train_iters']}" if info["train_iters"] else ""
     speed = f"{info['samples_per_second']:.0f} samples/s" if info["samples_per_second"] else "-"
+    rates = info.get("throughput")
+    if rates is not None and rates.tokens_per_second:
+        speed += f", {rate(rates.tokens_per_second)} tokens/s"
+        if rates.tokens_per_second_per_device:
+            speed += f" ({rate(rates.tokens_per_second_per_device)} a device)"
+        if rates.mfu is not None:
+            speed += f", MFU {rates.mfu:.1%}"
     checkpoints = ", ".join(map(str, info["checkpoints"][-8:])) or "-"
     return "\n".join(
         [

@@ -24,7 +24,12 @@ from hpc_mm.slurm.runs import Sweep, find, job_of
 POLL = 2.0
 
 
-def cancel(target: str, now: bool = False) -> int:
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+def cancel(target: str, now: bool = False, say=_print) -> int:
+    """Stop the run's job (each task of a sweep): ask it to save first unless `now`; `say` tells how it went."""
     try:
         found = find(target)
     except UserError:
@@ -37,7 +42,7 @@ def cancel(target: str, now: bool = False) -> int:
             raise UserError.one(
                 "JOB_ID", f"every task of the sweep {found.name} has already ended", "nothing to cancel"
             )
-        return _cancel(active, now)
+        return _cancel(active, now, say)
     job_id = target if found is None else job_of(found)
     if not job_id:
         raise UserError.one(
@@ -50,26 +55,25 @@ def cancel(target: str, now: bool = False) -> int:
         raise UserError.one("JOB_ID", f"Slurm knows no job {job_id}", "list your jobs with `squeue --me`")
     if state.ended:
         raise UserError.one("JOB_ID", f"job {job_id} has already ended ({state.state.value})", "nothing to cancel")
-    return _cancel([(found, job_id)], now)
+    return _cancel([(found, job_id)], now, say)
 
 
-def _cancel(jobs: list[tuple[RunDir | None, str]], now: bool) -> int:
+def _cancel(jobs: list[tuple[RunDir | None, str]], now: bool, say) -> int:
     """Signal every job that can save, wait for them together, cancel the rest at once."""
     asked, grace = [], 0
     for run, job_id in jobs:
         queued = query.job(job_id).state.queued
         if run is None or now or queued:
-            _at_once(run, job_id, "while it waited in the queue" if queued else "at once (--now)")
+            _at_once(run, job_id, "while it waited in the queue" if queued else "at once (--now)", say)
             continue
         spec = run.job
         run.request_cancel(job_id)
         ok, err = query.signal_batch(job_id, spec.requeue.signal)
         if not ok:
             raise UserError.one("JOB_ID", f"cannot signal job {job_id}: {err}", "check `squeue --me`")
-        print(
+        say(
             f"job {job_id}: asked to save and stop (SIG{spec.requeue.signal}); waiting up to "
-            f"{spec.requeue.grace_seconds} s",
-            flush=True,
+            f"{spec.requeue.grace_seconds} s"
         )
         asked.append((run, job_id))
         grace = max(grace, spec.requeue.grace_seconds)
@@ -78,9 +82,9 @@ def _cancel(jobs: list[tuple[RunDir | None, str]], now: bool) -> int:
         time.sleep(POLL)
     for run, job_id in asked:
         if not query.job(job_id).ended:
-            _at_once(run, job_id, "after the grace passed without a checkpoint")
+            _at_once(run, job_id, "after the grace passed without a checkpoint", say)
             continue
-        print(f"cancelled job {job_id}; its last checkpoint is iteration {_latest(run)}")
+        say(f"cancelled job {job_id}; its last checkpoint is iteration {_latest(run)}")
     return 0
 
 
@@ -88,12 +92,12 @@ def _latest(run: RunDir) -> int | None:
     return checkpoints.latest_whole(run.checkpoint_dir())
 
 
-def _at_once(run: RunDir | None, job_id: str, how: str) -> None:
+def _at_once(run: RunDir | None, job_id: str, how: str, say) -> None:
     ok, err = query.cancel(job_id)
     if not ok:
         raise UserError.one("JOB_ID", f"scancel {job_id} failed: {err}", "check `squeue --me`")
     if run is None:
-        print(f"cancelled job {job_id}")
+        say(f"cancelled job {job_id}")
         return
     started = [s for s in run.starts() if s.job_id == job_id]
     key = started[-1].key if started else StartKey(job_id, 0)
@@ -103,7 +107,7 @@ def _at_once(run: RunDir | None, job_id: str, how: str) -> None:
         while time.time() < deadline and not query.job(job_id).ended:
             time.sleep(POLL)
         if run.reread().start(key).end is not None:
-            print(f"cancelled job {job_id} ({how}); its last checkpoint is iteration {_latest(run)}")
+            say(f"cancelled job {job_id} ({how}); its last checkpoint is iteration {_latest(run)}")
             return
     run.record(Kind.CANCELLED, key, reason=f"cancelled {how} (hpc-mm cancel)", cause="user", iteration=_latest(run))
-    print(f"cancelled job {job_id} ({how}); its last checkpoint is iteration {_latest(run)}")
+    say(f"cancelled job {job_id} ({how}); its last checkpoint is iteration {_latest(run)}")

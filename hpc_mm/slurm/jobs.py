@@ -285,3 +285,9 @@ def parse_config(text: str) -> dict[str, str]:
         if sep:
             out[key.strip()] = value.strip()
     return out
+
+
+def last_line(text: str) -> str:
+    """The last line that says something (sbatch's refusal comes last)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text

@@ -32,20 +32,15 @@ from hpc_mm.slurm.jobs import (
     from_sacct,
     from_scontrol,
     from_squeue,
+    last_line,
     parse_config,
     parse_fields,
     patience,
     unreachable,
 )
 
-__all__ = [
-    "ENDED",
-    "JobState",
-    "SlurmJob",
-    "Preemption",
-    "parse_config",
-    "patience",
-]  # what Slurm answers, as types (slurm/jobs.py)
+# what Slurm answers, as types (slurm/jobs.py)
+__all__ = ["ENDED", "JobState", "SlurmJob", "Preemption", "parse_config", "patience"]
 
 
 def _run(cmd: list[str], timeout: float = 30) -> Answer | None:
@@ -187,6 +182,12 @@ def preemption(partition: str | None) -> Preemption | None:
     return Preemption.read(config, lines, partition)
 
 
+def max_array_size() -> int | None:
+    """The cluster's MaxArraySize (a job array's indices are below it); None if Slurm cannot say."""
+    value = parse_config(_stdout(["scontrol", "show", "config"]) or "").get("MaxArraySize", "")
+    return int(value) if value.isdigit() else None
+
+
 def exclude_nodes(job_id: str, nodes: list[str]) -> tuple[bool, str]:
     """Keep a pending job off these nodes."""
     return _order(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(nodes)}"], "scontrol")
@@ -273,17 +274,12 @@ def submit(folder: Path, script: str) -> str:
         if not unreachable(Answer(1, "", said)) or time.monotonic() + delay > deadline:
             raise Refused(said)
         print(
-            f"hpc-mm: Slurm's controller did not take the job ({_last_line(said)}); asking again in {delay:.0f} s",
+            f"hpc-mm: Slurm's controller did not take the job ({last_line(said)}); asking again in {delay:.0f} s",
             file=sys.stderr,
             flush=True,
         )
         time.sleep(delay)
         delay = min(15.0, delay * 2)
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else text
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ anything that could end a #SBATCH line early (a newline) is refused.
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -95,7 +96,7 @@ def _option_value(field: str, value: str) -> str:
     return f'"{value}"' if " " in value else value  # sbatch splits #SBATCH lines on blanks, honours quotes
 
 
-def sbatch_options(spec: JobSpec, run_dir: Path, array: int | None = None) -> list[str]:
+def sbatch_options(spec: JobSpec, run_dir: Path, array: int | None = None, throttle: int | None = None) -> list[str]:
     """The #SBATCH options; for a job array of `array` tasks, `run_dir` is the sweep's folder and
     each task's batch log goes into its own run directory (task-<index>)."""
     s = spec.slurm
@@ -119,6 +120,11 @@ def sbatch_options(spec: JobSpec, run_dir: Path, array: int | None = None) -> li
         "--open-mode=append",
         f"--output={logs}/{BATCH_LOG}",
     ]
+    if spec.after:  # a pipeline's stage (slurm/pipeline.py resolved these to job ids)
+        bad = [a for a in spec.after if not re.match(r"^\d+(_\d+)?$", a)]
+        if bad:
+            raise UserError.one("after", f"{bad[0]!r} is not a Slurm job id", "name the job, or its run directory")
+        opts += [f"--dependency=afterok:{':'.join(spec.after)}", "--kill-on-invalid-dep=yes"]
     if spec.requeue.enabled and spec.requeue.inside:
         opts.append("--no-kill")  # a dead node ends the step, not the allocation: the step starts again without it
     for key, value in s.extra_sbatch.items():
@@ -126,12 +132,14 @@ def sbatch_options(spec: JobSpec, run_dir: Path, array: int | None = None) -> li
             opts.append(f"--{key}")
         elif value is not False:
             opts.append(f"--{key}={_option_value(f'slurm.extra_sbatch.{key}', str(value))}")
-    if array:
-        opts.append(f"--array=0-{array - 1}")
+    if array:  # at most `throttle` tasks at a time (Slurm's %N)
+        opts.append(f"--array=0-{array - 1}" + (f"%{throttle}" if throttle and throttle < array else ""))
     return opts
 
 
-def context(spec: JobSpec, run_dir: Path, python: str | None = None, array: int | None = None) -> ScriptContext:
+def context(
+    spec: JobSpec, run_dir: Path, python: str | None = None, array: int | None = None, throttle: int | None = None
+) -> ScriptContext:
     run_dir = Path(run_dir).resolve()
     # --ntasks too: a step on fewer nodes than the allocation (spare nodes) must not inherit its SLURM_NTASKS
     per_node = tasks_per_node(spec)
@@ -153,7 +161,7 @@ def context(spec: JobSpec, run_dir: Path, python: str | None = None, array: int 
     return ScriptContext(
         name=spec.name,
         version=__version__,
-        sbatch=sbatch_options(spec, run_dir, array),
+        sbatch=sbatch_options(spec, run_dir, array, throttle),
         run_dir=where,
         setup=list(spec.setup),
         env=env,
@@ -176,7 +184,12 @@ def check_script(spec: JobSpec, run_dir: Path, template_dir: Path | None = None)
 
 
 def render_script(
-    spec: JobSpec, run_dir: Path, template_dir: Path | None = None, python: str | None = None, array: int | None = None
+    spec: JobSpec,
+    run_dir: Path,
+    template_dir: Path | None = None,
+    python: str | None = None,
+    array: int | None = None,
+    throttle: int | None = None,
 ) -> str:
     import jinja2
 
@@ -189,7 +202,7 @@ def render_script(
     except jinja2.TemplateNotFound:  # an installation without its templates: a packaging bug
         raise RuntimeError(f"{TEMPLATE} not found in {template_dirs(None)}") from None
     try:
-        return template.render(ctx=context(spec, run_dir, python, array))
+        return template.render(ctx=context(spec, run_dir, python, array, throttle))
     except jinja2.UndefinedError as exc:
         raise UserError.one(
             "--template-dir",

@@ -14,12 +14,12 @@ from pathlib import Path
 from hpc_mm.errors import UserError
 from hpc_mm.job import slurmtime
 from hpc_mm.job.entries import contract
-from hpc_mm.run import layout, timeline
+from hpc_mm.run import layout, throughput, timeline
 from hpc_mm.run.events import AGAIN, Kind
-from hpc_mm.run.format import DASH, duration, text
+from hpc_mm.run.format import DASH, duration, rate, text
 from hpc_mm.run.rundir import RunDir, Start
 from hpc_mm.run.timeline import lost_iterations
-from hpc_mm.slurm import query
+from hpc_mm.slurm import pipeline, query
 from hpc_mm.slurm.query import SlurmJob
 from hpc_mm.slurm.runs import Sweep, find, job_of, runs
 from hpc_mm.slurm.table import COLUMNS, RunStatus, format_table, grouped_rows, table_row
@@ -83,6 +83,9 @@ def run_status(run: RunDir, slurm: SlurmJob | None = None, now: float | None = N
     end = newest.end if newest else None
     train_iters = contract(spec).train_iters(spec)
     iteration = last.iteration if last else None
+    speed = throughput.of_run(run, rows)
+    deps = query.jobs(list(run.info.after)) if run.info.after else {}
+    outcome = end.reason if end and end.kind not in AGAIN else pipeline.why_cancelled(run, state, deps)
     return RunStatus(
         run_dir=str(run.path.resolve()),
         name=spec.name,
@@ -105,11 +108,15 @@ def run_status(run: RunDir, slurm: SlurmJob | None = None, now: float | None = N
         else None,
         step_seconds=step,
         last_event=newest.events[-1].kind.value if newest and newest.events else None,
-        outcome=end.reason if end and end.kind not in AGAIN else None,
+        outcome=outcome,
         array=run.info.array,
         task=run.info.task,
         values=dict(run.info.values) if run.info.values else None,
         lost_iterations=lost_iterations(starts),
+        tokens_per_second=speed.tokens_per_second,
+        tokens_per_second_per_device=speed.tokens_per_second_per_device,
+        mfu=speed.mfu,
+        after=pipeline.waits(run, deps) if run.info.after else None,
     )
 
 
@@ -204,8 +211,17 @@ def _print_one(run: RunDir, as_json: bool) -> int:
     if info.lost_iterations:
         step = f", about {duration(info.lost_iterations * info.step_seconds)}" if info.step_seconds else ""
         print(f"\nlost: {info.lost_iterations} iterations trained past a checkpoint and done again{step}")
+    if info.tokens_per_second:
+        per_device = (
+            f" ({rate(info.tokens_per_second_per_device)} a device)" if info.tokens_per_second_per_device else ""
+        )
+        mfu = f", MFU {info.mfu:.1%}" if info.mfu is not None else ""
+        print(f"\nthroughput: {rate(info.tokens_per_second)} tokens/s{per_device}{mfu}")
+    for w in info.after or []:
+        where = f" ({Path(w['run_dir']).name})" if w["run_dir"] else ""
+        print(f"\nafter: job {w['job_id']}{where}, {w['state']}")
     if info.outcome:
-        print(f"\n{info.last_event}: {info.outcome}")
+        print(f"\n{info.last_event or 'ended'}: {info.outcome}")
     print(f"run directory: {run.path}")
     return 0
 

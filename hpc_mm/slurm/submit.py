@@ -15,6 +15,7 @@ import re
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_mm.errors import UserError, warn
@@ -23,9 +24,9 @@ from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import layout, lock, resume
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.rundir import RunDir
-from hpc_mm.slurm import query, sweep
+from hpc_mm.slurm import pipeline, query, sweep
+from hpc_mm.slurm.grace import grace_problems
 from hpc_mm.slurm.render import check_script, render_script
-from hpc_mm.slurm.wait import wait as follow
 
 # sbatch's refusals, mapped to the job-file fields that cause them (the first one the job sets).
 _SBATCH_ERRORS = [
@@ -110,7 +111,9 @@ def prepare(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = Non
 
 
 def check(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None) -> None:
-    """What `prepare` refuses, without rendering the script (for `validate`)."""
+    """What `prepare` refuses, without rendering the script (for `validate`: what a stage waits
+    for is known only when it is submitted)."""
+    spec = dataclasses.replace(spec, after=[])
     run = layout.plan_run(spec, run_dir)
     refuse_if_active(run.run_dir)
     check_resume(spec, run.run_dir)
@@ -119,6 +122,7 @@ def check(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None)
 
 def render(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None, output: Path | None = None) -> int:
     """Write the run directory (the script runs `hpc-mm launch` on it) and print the script."""
+    spec, _ = pipeline.resolve(spec)
     run = prepare(spec, run_dir, template_dir)
     layout.create(run)
     script = run.files[layout.SCRIPT_FILE]
@@ -134,6 +138,7 @@ def render(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None
 def dry_run(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None, as_json: bool = False) -> int:
     for problem in grace_problems(spec, run_dir):
         warn(problem)
+    spec, _ = pipeline.resolve(spec)
     run = prepare(spec, run_dir, template_dir)
     script = run.files[layout.SCRIPT_FILE]
     check = (
@@ -156,62 +161,34 @@ def _require_sbatch() -> None:
         )
 
 
-def grace_problems(spec: JobSpec, run_dir: Path | None, preemption=None) -> list:
-    """Warnings when the run's last save would not fit in the time Slurm gives it: the partition's
-    preemption GraceTime + KillWait (an entry that saves on the signal), and requeue.grace_seconds
-    (the signal before the time limit). The save is the run's last measured one (with --run-dir of a
-    run that has saved), else estimated from its newest checkpoint's size at 1 GB/s."""
-    from hpc_mm.errors import Problem
-    from hpc_mm.run import checkpoints
+@dataclass(frozen=True)
+class Submitted:
+    """A job Slurm took: its id, its run directory (a sweep's: its folder), its tasks (a sweep)."""
 
-    if not contract(spec).trains:
-        return []
-    folder = layout.plan_run(spec, run_dir).run_dir
-    run = RunDir(folder) if layout.is_run_dir(folder) else None
-    saves = [e for e in run.events() if e.kind is Kind.CHECKPOINT and (e.get("seconds") or 0) > 0] if run else []
-    if saves:
-        save, how = float(saves[-1].get("seconds")), "the run's last save took"
-    else:
-        ckpt = checkpoints.latest_whole(run.checkpoint_dir(spec)) if run else None
-        if ckpt is None:
-            return []
-        size = sum(
-            p.stat().st_size for p in checkpoints.iter_dir(run.checkpoint_dir(spec), ckpt).rglob("*") if p.is_file()
-        )
-        save, how = size / 1e9, f"a checkpoint of {size / 1e9:.1f} GB takes about"
-    out = []
-    if save > spec.requeue.grace_seconds:
-        out.append(
-            Problem(
-                "requeue.grace_seconds",
-                f"{spec.requeue.grace_seconds} s: {how} {save:.0f} s, so the "
-                "save before the time limit would be cut short",
-                f"raise it above {save * 1.5:.0f}",
-            )
-        )
-    found = preemption or (query.preemption(spec.slurm.partition) if query.available() else None)
-    if found is not None and found.preempts and contract(spec).saves_on_signal(spec):
-        if save > found.seconds_to_save:
-            out.append(
-                Problem(
-                    "slurm.partition",
-                    f"{found.partition or 'the default partition'} preempts ({found.mode}) with "
-                    f"GraceTime {found.grace_seconds} s + KillWait {found.kill_wait_seconds} s = "
-                    f"{found.seconds_to_save} s before the kill, but {how} {save:.0f} s: "
-                    "a preemption would lose the work since the last save",
-                    "save more often (checkpoint.save_interval), a faster checkpoint folder, or a partition with a "
-                    "longer GraceTime",
-                )
-            )
-    return out
+    job_id: str
+    run_dir: Path
+    spec: JobSpec
+    tasks: tuple[tuple[str, Path, dict], ...] = ()  # a sweep's: (job id, run directory, values)
+
+    def follow(self) -> list[tuple[str, Path, int]]:
+        """What `wait` follows: (job id, run directory, train_iters) of the job or of each task."""
+        iters = contract(self.spec).train_iters(self.spec)
+        return [(j, r, iters) for j, r, _ in self.tasks] or [(self.job_id, self.run_dir, iters)]
 
 
 def submit(
-    spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None, wait: bool = False, as_json: bool = False
-) -> int:
+    spec: JobSpec,
+    run_dir: Path | None,
+    template_dir: Path | None = None,
+    stages: dict[str, tuple[str, str]] | None = None,
+    on_warning=warn,
+) -> Submitted:
+    """Write the run directory and submit its script; a submission Slurm refuses takes it back.
+    `stages`: earlier stages of the same pipeline by name, (job id, run directory)."""
     _require_sbatch()
     for problem in grace_problems(spec, run_dir):
-        warn(problem)
+        on_warning(problem)
+    spec, after = pipeline.resolve(spec, stages)
     run = prepare(spec, run_dir, template_dir)
     created = layout.create(run)
     try:
@@ -220,18 +197,11 @@ def submit(
         created.undo()
         raise
     rundir = RunDir(run.run_dir)
-    rundir.record_job_id(job_id, submitted=time.time(), nodes=spec.nnodes, name=spec.name)
-    rundir.record(Kind.SUBMITTED, StartKey(job_id, 0), nodes=spec.nnodes)
-    if as_json and not wait:
-        print(json.dumps({"job_id": job_id, "run_dir": str(run.run_dir)}))
-    elif not as_json:
-        print(f"submitted job {job_id}\nrun directory: {run.run_dir}", flush=True)
-    if not wait:
-        return 0
-    state = follow([(job_id, run.run_dir, contract(spec).train_iters(spec))], quiet=as_json)[job_id]
-    if as_json:
-        print(json.dumps({"job_id": job_id, "run_dir": str(run.run_dir), "state": state.value}))
-    return 0 if state is query.JobState.COMPLETED else 1
+    rundir.record_job_id(
+        job_id, submitted=time.time(), nodes=spec.nnodes, name=spec.name, **({"after": after} if after else {})
+    )
+    rundir.record(Kind.SUBMITTED, StartKey(job_id, 0), nodes=spec.nnodes, **({"after": list(after)} if after else {}))
+    return Submitted(job_id, run.run_dir, spec)
 
 
 def submit_sweep(
@@ -240,16 +210,18 @@ def submit_sweep(
     sweeps: list[str],
     run_dir: Path | None,
     template_dir: Path | None = None,
-    wait: bool = False,
-    as_json: bool = False,
-) -> int:
+    max_parallel: int | None = None,
+    zipped: bool = False,
+) -> Submitted:
     """One job array, a task per combination of the swept values (slurm/sweep.py)."""
     _require_sbatch()
-    combos = sweep.tasks(load, sweeps)
+    combos = sweep.tasks(load, sweeps, zipped=zipped)
+    sweep.check_size(len(combos))
     parent = Path(run_dir or layout.default_run_dir(base)).resolve()
     if parent.exists() and any(parent.iterdir()):
         raise UserError.one("--run-dir", f"{parent} is not empty", "a sweep needs a folder of its own")
-    script, runs = sweep.prepare(base, combos, parent, template_dir)
+    base, _ = pipeline.resolve(base)
+    script, runs = sweep.prepare(base, combos, parent, template_dir, max_parallel)
     for run in runs:
         refuse_if_active(run.run_dir)
     parent.mkdir(parents=True, exist_ok=True)
@@ -260,35 +232,9 @@ def submit_sweep(
     except BaseException:
         shutil.rmtree(parent, ignore_errors=True)
         raise
-    sweep.record(parent, array_id, combos, runs)
-    tasks = [
-        (f"{array_id}_{i}", run.run_dir, contract(spec).train_iters(spec))
-        for i, ((_, spec), run) in enumerate(zip(combos, runs))
-    ]
-    if as_json and not wait:
-        print(
-            json.dumps(
-                {
-                    "job_id": array_id,
-                    "run_dir": str(parent),
-                    "tasks": [
-                        {"job_id": j, "run_dir": str(r), "values": v} for (j, r, _), (v, _) in zip(tasks, combos)
-                    ],
-                }
-            )
-        )
-    elif not as_json:
-        print(f"submitted job array {array_id} ({len(tasks)} tasks)\nsweep directory: {parent}", flush=True)
-        for (job_id, run_dir_, _), (values, _) in zip(tasks, combos):
-            print(f"  {job_id}  {' '.join(f'{k}={v}' for k, v in values.items())}  {run_dir_.name}", flush=True)
-    if not wait:
-        return 0
-    states = follow(tasks, quiet=as_json)
-    if as_json:
-        print(
-            json.dumps({"job_id": array_id, "run_dir": str(parent), "states": {j: s.value for j, s in states.items()}})
-        )
-    return 0 if all(s is query.JobState.COMPLETED for s in states.values()) else 1
+    sweep.record(parent, array_id, combos, runs, max_parallel)
+    tasks = tuple((f"{array_id}_{i}", run.run_dir, values) for i, ((values, _), run) in enumerate(zip(combos, runs)))
+    return Submitted(array_id, parent, base, tasks)
 
 
 def _submit(folder: Path, script: str, spec: JobSpec) -> str:

@@ -5,6 +5,9 @@ combination. Each task is a run of its own: its own run directory (`<sweep>/task
 resolved job file and values), its own record, and its own requeue (`requeue
 <array>_<task>`: never the whole array). Every task of an array gets the same resources, so a
 sweep may not change what the script asks Slurm for (slurm.*, the number of nodes, ...).
+`--zip` pairs the i-th values of every key instead of taking every combination; `--max-parallel N`
+lets at most N tasks run at once (Slurm's `--array=0-K%N`); an array larger than the cluster's
+MaxArraySize is refused with the number before anything is written.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import layout
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.rundir import RunDir
+from hpc_mm.slurm import query
 from hpc_mm.slurm.render import render_script, sbatch_options
 
 
@@ -36,20 +40,43 @@ def parse(sweeps: list[str]) -> list[tuple[str, list[str]]]:
     return axes
 
 
-def tasks(load: Callable[[list[str]], JobSpec], sweeps: list[str]) -> list[tuple[dict, JobSpec]]:
-    """(the task's values, its job) for every combination, each job checked on its own."""
+def tasks(load: Callable[[list[str]], JobSpec], sweeps: list[str], zipped: bool = False) -> list[tuple[dict, JobSpec]]:
+    """(the task's values, its job) for every combination (`zipped`: the i-th value of every key
+    together), each job checked on its own."""
     axes = parse(sweeps)
-    out = []
-    for combo in itertools.product(*[[(key, value) for value in values] for key, values in axes]):
-        values = dict(combo)
-        out.append((values, load([f"{k}={v}" for k, v in values.items()])))
-    if len(out) > 1000:
-        raise UserError.one("--sweep", f"{len(out)} combinations", "a job array of at most 1000 tasks")
-    return out
+    if zipped:
+        lengths = {key: len(values) for key, values in axes}
+        if len(set(lengths.values())) > 1:
+            raise UserError.one(
+                "--zip",
+                "the swept keys have different numbers of values ("
+                + ", ".join(f"{k}: {n}" for k, n in lengths.items())
+                + ")",
+                "--zip pairs the i-th values: give every --sweep as many",
+            )
+        combos = [tuple((key, values[i]) for key, values in axes) for i in range(len(axes[0][1]))]
+    else:
+        combos = list(itertools.product(*[[(key, value) for value in values] for key, values in axes]))
+    return [(dict(combo), load([f"{k}={v}" for k, v in combo])) for combo in combos]
+
+
+def check_size(count: int) -> None:
+    """A job array has indices 0..count-1, which must be below the cluster's MaxArraySize."""
+    limit = query.max_array_size()
+    if limit is not None and count > limit:
+        raise UserError.one(
+            "--sweep",
+            f"{count} tasks, but this cluster's MaxArraySize is {limit} (indices 0..{limit - 1})",
+            f"sweep fewer values (split it into sweeps of at most {limit} tasks with their own --run-dir)",
+        )
 
 
 def prepare(
-    base: JobSpec, combos: list[tuple[dict, JobSpec]], parent: Path, template_dir: Path | None
+    base: JobSpec,
+    combos: list[tuple[dict, JobSpec]],
+    parent: Path,
+    template_dir: Path | None,
+    max_parallel: int | None = None,
 ) -> tuple[str, list[layout.RunFiles]]:
     """The array's script, and every task's run directory (in memory)."""
     probe = parent / "task-0"
@@ -62,7 +89,7 @@ def prepare(
                 "for other resources than the rest",
                 "a job array's tasks share one script: sweep training values, not slurm.* or the number of nodes",
             )
-    script = render_script(base, parent, template_dir, array=len(combos))
+    script = render_script(base, parent, template_dir, array=len(combos), throttle=max_parallel)
     runs = []
     for i, (_values, spec) in enumerate(combos):
         run = layout.plan_run(spec, parent / f"task-{i}")
@@ -70,7 +97,13 @@ def prepare(
     return script, runs
 
 
-def record(parent: Path, array_id: str, combos: list[tuple[dict, JobSpec]], runs: list[layout.RunFiles]) -> None:
+def record(
+    parent: Path,
+    array_id: str,
+    combos: list[tuple[dict, JobSpec]],
+    runs: list[layout.RunFiles],
+    max_parallel: int | None = None,
+) -> None:
     listing = []
     for i, ((values, spec), run) in enumerate(zip(combos, runs)):
         job_id = f"{array_id}_{i}"
@@ -80,4 +113,5 @@ def record(parent: Path, array_id: str, combos: list[tuple[dict, JobSpec]], runs
         )
         rundir.record(Kind.SUBMITTED, StartKey(job_id, 0), nodes=spec.nnodes, values=values)
         listing.append({"task": i, "job_id": job_id, "values": values, "run_dir": str(run.run_dir)})
-    (parent / layout.SWEEP_FILE).write_text(json.dumps({"array": array_id, "tasks": listing}))
+    said = {"array": array_id, "tasks": listing, **({"max_parallel": max_parallel} if max_parallel else {})}
+    (parent / layout.SWEEP_FILE).write_text(json.dumps(said))

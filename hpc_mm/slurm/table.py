@@ -6,9 +6,22 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hpc_mm.run.format import duration, number, text
+from hpc_mm.run.format import duration, number, rate, text
 
-COLUMNS = ("run", "job", "state", "nodes", "restarts", "iteration", "loss", "checkpoint", "elapsed", "left", "eta")
+COLUMNS = (
+    "run",
+    "job",
+    "state",
+    "nodes",
+    "restarts",
+    "iteration",
+    "loss",
+    "tok/s",
+    "checkpoint",
+    "elapsed",
+    "left",
+    "eta",
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,10 @@ class RunStatus:
     task: int | None = None
     values: dict | None = None
     lost_iterations: int = 0  # trained past the last checkpoint by starts that were stopped, done again
+    tokens_per_second: float | None = None  # over the last logged iterations (run/throughput.py)
+    tokens_per_second_per_device: float | None = None
+    mfu: float | None = None  # model FLOPs utilisation, 0..1, where the model and the device's peak are known
+    after: list | None = None  # a pipeline's stage: what it waits (or waited) for, each {job_id, run_dir, state}
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -54,6 +71,7 @@ def table_row(info: RunStatus) -> list[str]:
         restarts_,
         iteration,
         number(info.last_loss),
+        rate(info.tokens_per_second),
         text(info.last_checkpoint),
         duration(info.elapsed_seconds),
         duration(info.time_left_seconds),

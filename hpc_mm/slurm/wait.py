@@ -19,10 +19,11 @@ from hpc_mm.slurm.query import JobState
 POLL = 3.0
 
 
-def wait(tasks: list[tuple[str, Path, int]], quiet: bool = False) -> dict[str, JobState]:
-    """Follow (job id, run directory, train_iters) until every job has ended; {job id: final state}."""
+def wait(tasks: list[tuple[str, Path, int]], quiet: bool = False, timeout: float | None = None) -> dict[str, JobState]:
+    """Follow (job id, run directory, train_iters) until every job has ended; {job id: final state}.
+    `timeout`: give up following after so many seconds (TimeoutError; the jobs go on)."""
     try:
-        return _wait(tasks, quiet)
+        return _wait(tasks, quiet, None if timeout is None else time.monotonic() + timeout)
     except KeyboardInterrupt:
         ids = [job_id for job_id, _, _ in tasks]
         print(
@@ -34,7 +35,7 @@ def wait(tasks: list[tuple[str, Path, int]], quiet: bool = False) -> dict[str, J
         raise
 
 
-def _wait(tasks: list[tuple[str, Path, int]], quiet: bool) -> dict[str, JobState]:
+def _wait(tasks: list[tuple[str, Path, int]], quiet: bool, deadline: float | None) -> dict[str, JobState]:
     followers = {job_id: Follower(run_dir, iters, stream=sys.stderr) for job_id, run_dir, iters in tasks}
     states: dict[str, JobState] = {}
     released: set[tuple[str, int | None]] = set()
@@ -54,6 +55,8 @@ def _wait(tasks: list[tuple[str, Path, int]], quiet: bool) -> dict[str, JobState
             followers[job_id].update(states[job_id].value if job_id in states else "SUBMITTED")
         if states and all(states.get(j, JobState.UNKNOWN).ended for j in followers):
             break
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {', '.join(followers)} still {', '.join(s.value for s in states.values())}")
         time.sleep(POLL)
     if len(tasks) == 1 and not quiet:
         followers[tasks[0][0]].close()

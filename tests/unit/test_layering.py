@@ -8,7 +8,7 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "hpc_mm"
 # Top to bottom: a module may import its own layer or a lower one, never a higher one.
-LAYERS = ["cli", "launch", "slurm", "train", "run", "job", "environments", "errors"]
+LAYERS = ["cli", "api", "launch", "slurm", "train", "run", "job", "environments", "errors"]
 
 
 def layer(module: str) -> str | None:

@@ -1,0 +1,125 @@
+"""Tokens/s and MFU from the log lines, the pipeline's order and its refusals, sweeps' zip and
+throttle in the script, the Python API without a cluster (recorded Slurm answers)."""
+
+import pytest
+
+from hpc_mm.errors import UserError
+from hpc_mm.job.jobfile import load_job
+from hpc_mm.launch.progress import Progress
+from hpc_mm.run import layout, throughput
+from hpc_mm.run.rundir import RunDir
+from hpc_mm.slurm import pipeline, sweep
+from hpc_mm.slurm.render import render_script
+
+from conftest import JOBS, cli_in_process
+
+TINY = JOBS / "tiny-vlm.yaml"
+LINE = (
+    " iteration       {it}/     200 | consumed samples: {c} | elapsed time per iteration (ms): {ms} | "
+    "learning rate: 1.0E-03 | global batch size:    32 | lm loss: 2.5E+00 | grad norm: 1.0 |"
+)
+
+
+def test_tokens_per_second_is_samples_per_second_times_seq_length(tmp_path):
+    spec = load_job(TINY, ["throughput.seq_length=512", "throughput.peak_tflops=100"])
+    layout.create(layout.plan_run(spec, tmp_path / "run"))
+    run = RunDir(tmp_path / "run")
+    watch = Progress(run)
+    for i, ms in enumerate((400.0, 500.0, 250.0), start=1):
+        watch.feed(LINE.format(it=i, c=32 * i, ms=ms))
+    rows = run.reread().metrics()
+    samples = [32 * 1000 / ms for ms in (400.0, 500.0, 250.0)]
+    assert [r.samples_per_second for r in rows] == pytest.approx(samples)
+    got = throughput.rates(spec, rows, world_size=4)
+    assert got.tokens_per_second == pytest.approx(sum(samples) / 3 * 512)
+    assert got.tokens_per_second_per_device == pytest.approx(got.tokens_per_second / 4)
+    # the tiny model's decoder (model.json): 2 layers, hidden 32, ffn 64, 2 heads, vocab 32
+    flops = 12 * 512 * 2 * 32 * 32 * ((1 + 1 + 512 / 32) + 64 / 32 + 32 / (2 * 2 * 32))
+    assert got.mfu == pytest.approx(sum(samples) / 3 * flops / (4 * 100e12))
+
+
+def test_megatrons_formula_for_a_llama_sized_decoder():
+    # Llama-2 7B: 32 layers, hidden 4096, ffn 11008 (SwiGLU), 32 heads, vocab 32000, 4096 tokens;
+    # 6 x parameters x tokens is the usual rule of thumb, plus attention's s/h term.
+    model = throughput.Decoder(32, 4096, 11008, 32, 32, 32000, gated=True)
+    per_token = model.flops_per_sample(4096) / 4096
+    assert 6 * 6.7e9 < per_token < 6 * 6.7e9 * 1.35
+
+
+def test_the_built_in_trainers_tokens_a_sample_come_from_its_mm_files():
+    spec = load_job(TINY)
+    assert throughput.seq_length(spec) == (16 // 4) ** 2 + 1 + 8
+    assert throughput.rates(load_job(TINY), [], 4).tokens_per_second is None
+
+
+def test_a_pipeline_waits_for_the_stage_before_and_refuses_what_it_cannot_wait_for(tmp_path):
+    a, b, c = (load_job(TINY, [f"name={n}"]) for n in ("convert", "train", "evaluate"))
+    staged = pipeline.chain([a, b, c], ["123"])
+    assert [s.after for s in staged] == [["123"], ["convert"], ["train"]]
+    resolved, found = pipeline.resolve(staged[1], {"convert": ("124", "/runs/convert")})
+    assert resolved.after == ["124"] and found == {"124": "/runs/convert"}
+    script = render_script(resolved, tmp_path / "run")
+    assert "#SBATCH --dependency=afterok:124\n" in script and "#SBATCH --kill-on-invalid-dep=yes\n" in script
+    with pytest.raises(UserError, match="neither a Slurm job id"):
+        pipeline.resolve(load_job(TINY, ["after=[nothing-here]"]))
+    with pytest.raises(UserError, match="two stages are both named"):
+        pipeline.chain([a, a], [])
+    with pytest.raises(UserError, match="which comes later"):
+        pipeline.chain([load_job(TINY, ["name=x", "after=[y]"]), load_job(TINY, ["name=y"])], [])
+
+
+def test_a_stage_after_a_failed_job_is_refused(recorded_slurm):
+    from recorded.slurm import job_id
+
+    recorded_slurm("failed")
+    with pytest.raises(UserError, match="ended FAILED: a stage after it would never start"):
+        pipeline.resolve(load_job(TINY, [f"after=[{job_id('failed')}]"]))
+
+
+def test_zip_pairs_values_and_the_throttle_is_in_the_array(tmp_path):
+    def load(extra):
+        return load_job(TINY, extra)
+
+    combos = sweep.tasks(load, ["gpt.lr=1e-3,2e-3,3e-3", "gpt.seed=1,2,3"], zipped=True)
+    assert [v for v, _ in combos] == [{"gpt.lr": lr, "gpt.seed": s} for lr, s in zip(("1e-3", "2e-3", "3e-3"), "123")]
+    assert len(sweep.tasks(load, ["gpt.lr=1e-3,2e-3,3e-3", "gpt.seed=1,2,3"])) == 9
+    with pytest.raises(UserError, match="different numbers of values"):
+        sweep.tasks(load, ["gpt.lr=1e-3,2e-3", "gpt.seed=1,2,3"], zipped=True)
+    script, _ = sweep.prepare(load([]), combos, tmp_path / "sweep", None, max_parallel=2)
+    assert "#SBATCH --array=0-2%2\n" in script
+    script, _ = sweep.prepare(load([]), combos, tmp_path / "sweep", None, max_parallel=5)
+    assert "#SBATCH --array=0-2\n" in script  # no throttle where every task may run anyway
+
+
+def test_a_sweep_larger_than_max_array_size_is_refused_with_the_number(monkeypatch):
+    from hpc_mm.slurm import query
+
+    monkeypatch.setattr(query, "max_array_size", lambda: 4)
+    with pytest.raises(UserError, match="6 tasks, but this cluster's MaxArraySize is 4"):
+        sweep.check_size(6)
+    sweep.check_size(4)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--max-parallel", "2"], "--max-parallel: is for sweeps"),
+        (["--zip"], "--zip: is for sweeps"),
+        (["--max-parallel", "0", "--sweep", "gpt.lr=1,2"], "0 must be at least 1"),
+    ],
+)
+def test_sweep_flags_without_a_sweep_are_one_line(argv, message, recorded_slurm):
+    recorded_slurm()
+    rc, out, err = cli_in_process("submit", TINY, *argv)
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_api_raises_the_clis_problems_and_warns_in_python():
+    import hpc_mm
+
+    with pytest.raises(hpc_mm.UserError) as exc:
+        hpc_mm.load_job(TINY, set={"gpt.lr": -1, "notify.on": ["complete"]})
+    assert {p.field for p in exc.value.problems} >= {"notify.on[0]"}
+    with pytest.warns(hpc_mm.HpcMmWarning):
+        hpc_mm.load_job(TINY, set={"entry.workdir": "/nowhere"})
+    assert hpc_mm.load_job(TINY, nodes=4).nnodes == 4
