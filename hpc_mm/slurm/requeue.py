@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from hpc_mm.job.entries import contract
 from hpc_mm.job.spec import JobSpec
-from hpc_mm.run import checkpoints
+from hpc_mm.run import checkpoints, notify
 from hpc_mm.run.events import AGAIN, Kind, StartKey
 from hpc_mm.run.rundir import RunDir, Start
 from hpc_mm.slurm.query import SlurmJob
@@ -275,7 +275,7 @@ def note_requeue_by_slurm(spec: JobSpec, run: RunDir, key: StartKey) -> None:
     previous = run.start(StartKey(key.job_id, key.restart - 1))
     if not previous.events or previous.end is not None:
         return
-    run.record(
+    requeued = run.record(
         Kind.REQUEUED,
         previous.key,
         cause=BY_SLURM,
@@ -283,3 +283,4 @@ def note_requeue_by_slurm(spec: JobSpec, run: RunDir, key: StartKey) -> None:
         "administrator); the previous start ended without a word from hpc-mm",
         iteration=checkpoints.latest_iteration(run.checkpoint_dir(spec)),
     )
+    notify.deliver(run, [requeued], spec)  # finish never ran for that start: tell of it now

@@ -5,6 +5,8 @@ import re
 import subprocess
 import time
 
+from receiver import Receiver
+
 from hpc_mm.run import events
 
 from conftest import HPC_MM, JOBS, run_cli
@@ -172,7 +174,9 @@ def test_dry_run_reports_bad_partition_without_submitting(slurm_cluster, tmp_pat
 
 
 def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, tmp_path):
-    """Real preemption: a `high` job needs the nodes; ours saves, requeues, resumes, finishes."""
+    """Real preemption: a `high` job needs the nodes; ours saves, requeues, resumes, finishes; a
+    webhook hears of the requeue and of the end."""
+    receiver = Receiver()
     result = run_cli(
         "submit",
         JOBS / "tiny-vlm.yaml",
@@ -189,6 +193,10 @@ def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, tmp_path):
         "distributed.nproc_per_node=1",
         "--set",
         "checkpoint.save_interval=1000",
+        "--set",
+        f"notify.webhook={receiver.url}",
+        "--set",
+        "notify.on=[requeued, completed]",
         cwd=tmp_path,
         check=True,
     )
@@ -214,6 +222,10 @@ def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, tmp_path):
     assert status["last_iteration"] == 300 and status["restarts"] == 1
     assert run_cli("logs", str(run_dir), "--restart", "0", check=True).stdout.count("resumed from") == 0
     assert "resumed from" in run_cli("logs", str(run_dir), "--restart", "1", check=True).stdout
+    receiver.close()
+    heard = [(b["event"], b["job_id"], b["restart"]) for b in receiver.bodies]
+    assert heard == [("requeued", job_id, 0), ("completed", job_id, 1)], heard
+    assert receiver.bodies[0]["cause"] in ("preemption", "slurm") and receiver.bodies[1]["iteration"] == 300
 
 
 def test_time_limit_saves_requeues_and_finishes(slurm_cluster, tmp_path):

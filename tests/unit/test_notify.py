@@ -4,10 +4,9 @@ job's timeout, the webhook's URL never written down."""
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+from receiver import Receiver
 from test_requeue import Run
 
 from hpc_mm.errors import UserError
@@ -16,31 +15,6 @@ from hpc_mm.run import notify
 from hpc_mm.run.events import Kind
 
 from conftest import JOBS
-
-
-class Receiver:
-    """A webhook receiver: every POSTed body, as JSON."""
-
-    def __init__(self, status=200):
-        self.bodies = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                size = int(self.headers["Content-Length"])
-                outer.bodies.append(json.loads(self.rfile.read(size)))
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/SECRET-TOKEN"
-
-    def close(self):
-        self.server.shutdown()
 
 
 @pytest.fixture
