@@ -17,9 +17,31 @@ from hpc_mm.errors import UserError, print_problems
 __all__ = ["build_parser", "main"]
 
 
+def _remote(args):
+    """Where the command runs: a login node over ssh, or here (None)."""
+    from hpc_mm.cli.remote import REMOTE_COMMANDS, Remote
+
+    if args.command not in REMOTE_COMMANDS:
+        if args.remote:
+            raise UserError.one(
+                "--remote",
+                f"{args.command} runs here, not on a login node",
+                f"use it with {', '.join(REMOTE_COMMANDS)}",
+            )
+        return None
+    return Remote.find(args.remote)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
+        remote = _remote(args)
+        if remote is not None:
+            from hpc_mm.cli.commands import job_loader
+            from hpc_mm.cli.remote import run_remote
+
+            return run_remote(remote, args, argv, job_loader(args))
         return COMMANDS[args.command](args)
     except UserError as exc:
         return print_problems(exc)

@@ -166,13 +166,19 @@ def cmd_render(args: argparse.Namespace) -> int:
     return render(_load(args), args.run_dir, args.template_dir, args.output)
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    from hpc_mm.cli.submitting import submit
+def job_loader(args: argparse.Namespace):
+    """load(job file, extra --set items): the job as the command's flags make it, checked."""
 
     def load(job: str, extra: list[str]):
         return _load(argparse.Namespace(**{**vars(args), "overrides": list(args.overrides) + extra}), job)
 
-    return submit(args, load)
+    return load
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from hpc_mm.cli.submitting import submit
+
+    return submit(args, job_loader(args))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

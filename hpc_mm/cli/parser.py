@@ -22,6 +22,7 @@ typical use:
   hpc-mm status                               a table of your runs (state, iteration, ETA)
   hpc-mm local jobs/tiny-vlm.yaml             emulate 2 nodes on this machine
   hpc-mm report runs/<run>                    plot and summarise a run
+  hpc-mm --remote login1 submit JOB -N 4      submit from a laptop, over ssh
 """
 
 
@@ -93,6 +94,13 @@ def shortcut_overrides(args: argparse.Namespace) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hpc-mm", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"hpc-mm {__version__}")
+    parser.add_argument(
+        "--remote",
+        metavar="LOGIN",
+        help="run submit, status, logs, cancel and report on this login node over ssh (an ssh destination "
+        "or a Host of your ssh config; also HPC_MM_REMOTE, or remote: in ~/.config/hpc-mm/config.yaml); "
+        "submit checks the job here and copies it and the files it names there",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 

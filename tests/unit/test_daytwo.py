@@ -123,3 +123,32 @@ def test_the_api_raises_the_clis_problems_and_warns_in_python():
     with pytest.warns(hpc_mm.HpcMmWarning):
         hpc_mm.load_job(TINY, set={"entry.workdir": "/nowhere"})
     assert hpc_mm.load_job(TINY, nodes=4).nnodes == 4
+
+
+def test_remote_submit_sends_the_resolved_job_and_the_files_it_names(tmp_path):
+    import tarfile
+    from io import BytesIO
+
+    import yaml
+
+    from hpc_mm.cli import staging
+    from hpc_mm.cli.remote import strip_remote
+
+    assert strip_remote(["--remote", "login", "status", "--remote", "x"], "status") == ["status", "--remote", "x"]
+    assert strip_remote(["--remote=login", "logs", "-f", "1"], "logs") == ["logs", "-f", "1"]
+    text, copies = staging.staged_job(load_job(TINY, ["gpt.lr=5e-4"]), "staged/t")
+    job = yaml.safe_load(text)
+    assert job["gpt"]["lr"] == 5e-4 and job["entry"]["workdir"] == "."  # a module: nothing of the laptop's to run
+    assert job["mm"]["data"] == "files/data-data.json" and copies["staged/t/files/data-data.json"].is_file()
+    code = tmp_path / "code"
+    (code / ".git").mkdir(parents=True)
+    (code / ".git" / "HEAD").write_text("x")
+    (code / "pretrain_vlm.py").write_text("print('hi')")
+    (code / "lib").mkdir()
+    (code / "lib" / "util.py").write_text("")
+    spec = load_job(TINY, [f"entry.workdir={code}", "entry.script=pretrain_vlm.py", "entry.kind=command"])
+    text, copies = staging.staged_job(spec, "s")
+    assert yaml.safe_load(text)["entry"]["workdir"] == "workdir"
+    assert {k for k in copies if k.startswith("s/workdir/")} == {"s/workdir/pretrain_vlm.py", "s/workdir/lib/util.py"}
+    with tarfile.open(fileobj=BytesIO(staging.tar({"a/job.yaml": b"name: x\n", **copies}))) as tar:
+        assert "a/job.yaml" in tar.getnames() and "s/workdir/lib/util.py" in tar.getnames()
