@@ -99,15 +99,18 @@ def test_srun_env_ranks(slurm_cluster):
 
 
 def test_submit_wait_completes_on_two_nodes(slurm_cluster, tmp_path):
-    result = run_cli("submit", JOBS / "tiny-vlm.yaml", "--nodes", "2", "--wait", cwd=tmp_path, timeout=900)
+    result = run_cli(
+        "submit", JOBS / "tiny-vlm.yaml", "--nodes", "2", "--set", "gpt.train_iters=100", "--wait", cwd=tmp_path,
+        timeout=900,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     job_id = result.stdout.split("submitted job ")[1].split()[0]
     assert sacct(job_id) == ("COMPLETED", 2)
     [status] = json.loads(run_cli("status", "--json", cwd=tmp_path, check=True).stdout)  # the table: one run
     assert status["job_id"] == job_id and status["state"] == "COMPLETED"
-    assert status["last_iteration"] == 200 and status["last_checkpoint"] == 200 and status["nodes"] == 2
+    assert status["last_iteration"] == 100 and status["last_checkpoint"] == 100 and status["nodes"] == 2
     logs = run_cli("logs", job_id, "--rank", "0", cwd=tmp_path, check=True).stdout
-    assert "iteration      200/     200" in logs
+    assert "iteration      100/     100" in logs
     # rank 0's own lines and its task's unprefixed ones (the launcher's, a traceback), no other rank's
     assert all(line.startswith("[rank 0]") or not line.startswith("[rank") for line in logs.splitlines())
 
