@@ -14,26 +14,14 @@ The flow, one folder a stage (imports point down this list only):
 
 __version__ = "0.1.0"
 
-# From Python: `hpc_mm.load_job(...)`, `hpc_mm.submit(...)`, ... (hpc_mm/api.py), imported when first used.
-_API = (
-    "HpcMmWarning",
-    "Problem",
-    "Run",
-    "Sweep",
-    "UserError",
-    "load_job",
-    "pipeline",
-    "run",
-    "runs",
-    "submit",
-    "submit_sweep",
-    "sweep_with",
-)
 
-
+# From Python: `hpc_mm.load_job(...)`, `hpc_mm.submit(...)`, ... (hpc_mm/api.py's __all__), imported at first use.
 def __getattr__(name: str):
-    if name in _API:
-        import importlib  # at first use: `import hpc_mm` stays light, and hpc_mm.api's modules import hpc_mm
+    if name.startswith("__"):  # what tools probe modules for (__wrapped__, __path__ of a module, ...)
+        raise AttributeError(name)
+    import importlib  # at first use: `import hpc_mm` stays light, and hpc_mm.api's modules import hpc_mm
 
-        return getattr(importlib.import_module("hpc_mm.api"), name)
+    api = importlib.import_module("hpc_mm.api")
+    if name in api.__all__:
+        return getattr(api, name)
     raise AttributeError(f"module 'hpc_mm' has no attribute {name!r}")

@@ -46,6 +46,7 @@ __all__ = [
     "runs",
     "submit",
     "submit_sweep",
+    "sweep_with",
 ]
 
 

@@ -175,9 +175,28 @@ def print_status(
         print(json.dumps([i.to_json() for i in infos], sort_keys=True))
         return 0
     print(format_table(COLUMNS, grouped_rows(infos)))
+    if target is not None and isinstance(found, Sweep):
+        _print_best(found)
     if len(entries) > len(shown):
         print(f"({len(entries) - len(shown)} older runs: --all shows them)")
     return 0
+
+
+def _print_best(sweep: Sweep) -> None:
+    """A sweep's tasks by final loss (the mean of the last 10 iterations), best first."""
+    from hpc_mm.run.report import sweep_rows
+
+    ranked = [r for r in sweep_rows(sweep.tasks()) if r["last_loss"] is not None]
+    if ranked:
+        print(
+            "\nbest first: "
+            + "; ".join(
+                f"task-{r['task']} "
+                + " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in r["values"].items())
+                + f" loss {r['last_loss']:.4g}"
+                for r in ranked
+            )
+        )
 
 
 def _print_one(run: RunDir, as_json: bool) -> int:

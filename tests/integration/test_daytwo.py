@@ -181,3 +181,6 @@ def test_a_sweep_of_six_with_max_parallel_two_never_runs_more_than_two(slurm_clu
     report = run_cli("report", "runs/sweep", cwd=tmp_path, check=True).stdout.splitlines()
     losses = [float(line.split()[-2]) for line in report[1:7]]
     assert losses == sorted(losses)  # best first
+    shown = run_cli("status", "runs/sweep", cwd=tmp_path, check=True).stdout
+    best = [part.split()[0] for part in shown.split("best first: ")[1].split("; ")]
+    assert best == [f"task-{line.split()[0]}" for line in report[1:7]]  # status ranks them as report does
