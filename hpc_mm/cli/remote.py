@@ -32,6 +32,7 @@ from pathlib import Path
 
 from hpc_mm.cli import staging
 from hpc_mm.errors import UserError
+from hpc_mm.job import yamlfile
 
 # The commands that run on the login node; the others (validate, render, args, ...) run here.
 REMOTE_COMMANDS = ("submit", "status", "logs", "cancel", "report")
@@ -217,7 +218,11 @@ def _submit(remote: Remote, args, argv: list[str], load) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     staged, files = [], {}
     for i, job in enumerate(args.jobs):
-        spec = load(job, [])  # checked here first: every problem before anything crosses the network
+        token = yamlfile.ELSEWHERE.set(True)  # a file the job names that is not here: the cluster's own
+        try:
+            spec = load(job, [])  # checked here first: every problem before anything crosses the network
+        finally:
+            yamlfile.ELSEWHERE.reset(token)
         folder = f"staged/{spec.name}-{stamp}-{os.getpid()}-{i}"
         text, copies = staging.staged_job(spec, folder)
         files.update(copies)

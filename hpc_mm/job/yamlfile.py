@@ -12,6 +12,7 @@ login node down nor mean something other than what it says.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
 import select
@@ -48,6 +49,15 @@ class AmbiguousNumber(str):
         return f"{self} is read by YAML as the octal number {self.value}"
 
 
+class NotHere(UserError):
+    """A file the job names is not on this machine, while checking a job for another one (`--remote`)."""
+
+
+# Set while checking a job on a laptop for a login node (`hpc-mm --remote ... submit`): a file the
+# job names that is not here may be the cluster's own; the login node checks it.
+ELSEWHERE: contextvars.ContextVar[bool] = contextvars.ContextVar("hpc_mm_files_elsewhere", default=False)
+
+
 def read_capped(path: Path, limit: int, field: str) -> str:
     """The text of `path`, refusing devices, and anything larger than `limit` or slower than
     READ_SECONDS (a pipe or FIFO that never ends, or never starts)."""
@@ -55,7 +65,8 @@ def read_capped(path: Path, limit: int, field: str) -> str:
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        raise UserError.one(field, f"{it}does not exist", "check the path") from None
+        error = NotHere if ELSEWHERE.get() else UserError
+        raise error.one(field, f"{it}does not exist", "check the path") from None
     except OSError as exc:
         raise UserError.one(field, f"cannot read {path} ({exc.strerror})") from None
     if stat.S_ISDIR(info.st_mode):

@@ -152,3 +152,25 @@ def test_remote_submit_sends_the_resolved_job_and_the_files_it_names(tmp_path):
     assert {k for k in copies if k.startswith("s/workdir/")} == {"s/workdir/pretrain_vlm.py", "s/workdir/lib/util.py"}
     with tarfile.open(fileobj=BytesIO(staging.tar({"a/job.yaml": b"name: x\n", **copies}))) as tar:
         assert "a/job.yaml" in tar.getnames() and "s/workdir/lib/util.py" in tar.getnames()
+
+
+def test_files_only_the_cluster_has_are_left_to_the_login_node_to_check():
+    import yaml
+
+    from hpc_mm.cli import staging
+    from hpc_mm.job import yamlfile
+
+    cluster_only = ["mm.data=/scratch/cluster/data.json"]
+    with pytest.raises(UserError, match="mm.data: /scratch/cluster/data.json does not exist"):
+        load_job(TINY, cluster_only)  # on a login node, a missing file is an error
+    token = yamlfile.ELSEWHERE.set(True)
+    try:
+        spec = load_job(TINY, cluster_only)
+        with pytest.raises(UserError, match="gpt.lr"):  # everything else is still checked here
+            load_job(TINY, [*cluster_only, "gpt.lr=-1"])
+    finally:
+        yamlfile.ELSEWHERE.reset(token)
+    text, copies = staging.staged_job(spec, "s")
+    job = yaml.safe_load(text)
+    assert job["mm"]["data"] == "/scratch/cluster/data.json" and job["mm"]["model"] == "files/model-model.json"
+    assert "s/files/model-model.json" in copies and not any("data" in k for k in copies)

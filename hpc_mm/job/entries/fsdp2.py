@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from hpc_mm.errors import Problem, UserError
-from hpc_mm.job import fsdp2
+from hpc_mm.job import fsdp2, yamlfile
 from hpc_mm.job.entries.base import Contract, Paths
 from hpc_mm.job.spec import Derived, derive
 
@@ -146,6 +146,8 @@ class Fsdp2Contract(Contract):
             ]
         try:
             config = self.config(spec)
+        except yamlfile.NotHere:
+            return []  # the cluster's own file: the login node checks it
         except UserError as exc:
             return exc.problems
         errors, _ = fsdp2.check(config, spec.entry.mindspeed_mm)

@@ -9,7 +9,7 @@ from typing import Any
 
 from hpc_mm.errors import Problem, UserError
 from hpc_mm.job.spec import SEED_TOOLS_JSON, JobSpec
-from hpc_mm.job.yamlfile import MAX_JSON_BYTES, read_capped
+from hpc_mm.job.yamlfile import MAX_JSON_BYTES, NotHere, read_capped
 
 _HINTS = {
     "tool": "set mm.tool to a tools.json (top level: profile, memory_profile)",
@@ -22,6 +22,8 @@ def read_json(where: str, path: Path, hint: str = "") -> Any:
     """A JSON file, capped in size; every failure is a UserError naming `where`."""
     try:
         text = read_capped(path, MAX_JSON_BYTES, where)
+    except NotHere:
+        raise
     except UserError as exc:
         raise UserError(Problem(p.field, p.message, p.hint or hint) for p in exc.problems) from None
     try:
@@ -49,6 +51,8 @@ def check(spec: JobSpec) -> list[Problem]:
             continue
         try:
             docs[name] = read_json(f"mm.{name}", Path(path), _HINTS[name])
+        except NotHere:
+            continue  # the cluster's own file: the login node checks it
         except UserError as exc:
             out += exc.problems
     data = docs.get("data")
