@@ -106,7 +106,9 @@ def test_a_crash_a_hang_and_a_dead_node_are_recovered_inside_the_job_on_its_spar
     baseline = tmp_path / "baseline"
     base_job = submit(baseline, *JOB)  # uninterrupted, alongside
     run_dir = tmp_path / "run"
-    job_id = submit(run_dir, *JOB, *INSIDE)
+    heard = tmp_path / "notified.jsonl"  # a notify command: the watchdog's hang and finish's ends reach it
+    told = (f"notify.command='cat >> {heard}; echo >> {heard}'", "notify.on=[hang, restarted, completed]")
+    job_id = submit(run_dir, *JOB, *INSIDE, *told)
     until(rows_after(run_dir, 45))
     nodes = allocation(job_id)
     first = started(run_dir, 0)
@@ -142,6 +144,10 @@ def test_a_crash_a_hang_and_a_dead_node_are_recovered_inside_the_job_on_its_spar
     status = json.loads(run_cli("status", run_dir, "--json", check=True).stdout)
     assert status["state"] == "COMPLETED" and status["last_iteration"] == 120
     assert same_weights(baseline, run_dir, 120)  # bitwise the uninterrupted run
+    bodies = [json.loads(line) for line in heard.read_text().splitlines() if line.strip()]
+    assert [b["event"] for b in bodies] == ["restarted", "hang", "restarted", "completed"], bodies
+    assert [b["cause"] for b in bodies if b["event"] == "restarted"] == ["crash", "hang"]
+    assert all(b["job_id"] == job_id for b in bodies)
 
     # 3. a node dies (its slurmd and every process of the job there): the spare replaces it
     dead_dir = tmp_path / "dead"
