@@ -75,3 +75,33 @@ def verdict(what: str, value: float, target: float, shown: str, higher_is_better
         return f"- {what}: **{shown(value)}**, target {sign} {shown(target)}: met"
     gap = (target / value if higher_is_better else value / target) - 1
     return f"- {what}: **{shown(value)}**, target {sign} {shown(target)}: **missed** by {gap:.0%}"
+
+
+def submit_tiny(run_dir: Path, overrides: list[str], job: Path = ROOT / "jobs" / "tiny-vlm.yaml") -> str:
+    """`hpc-mm submit` of the tiny job with these --set values; the job id."""
+    import json
+    import sys
+
+    args = [a for o in overrides for a in ("--set", o)]
+    out = subprocess.run(
+        [sys.executable, "-m", "hpc_mm", "submit", str(job), "--run-dir", str(run_dir), "--json", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=run_dir.parent,
+    )
+    return json.loads(out.stdout)["job_id"]
+
+
+def job_processes(node: str, job_id: str, ranks_only: bool) -> list[int]:
+    """The processes of job `job_id` on one emulated node (by SLURMD_NODENAME); `ranks_only`: its ranks."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            values = environ.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"SLURMD_NODENAME={node}".encode() in values and f"SLURM_JOB_ID={job_id}".encode() in values:
+            if not ranks_only or any(v.startswith(b"RANK=") for v in values):
+                found.append(int(environ.parent.name))
+    return found

@@ -9,19 +9,17 @@ reported, and left out of the restart cost and of goodput.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT  # noqa: E402
+from common import submit_tiny  # noqa: E402
 
 from hpc_mm.run import events  # noqa: E402
 from hpc_mm.run.rundir import RunDir  # noqa: E402
 
-JOB = str(ROOT / "jobs" / "tiny-vlm.yaml")
 PY = sys.executable
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
@@ -34,15 +32,7 @@ def submit(run_dir: Path, overrides: list[str]) -> str:
         "requeue.max_restarts=100",
         "checkpoint.save_interval=100000",
     ]
-    args = [a for o in [*base, *overrides] for a in ("--set", o)]
-    out = subprocess.run(
-        [PY, "-m", "hpc_mm", "submit", JOB, "--run-dir", str(run_dir), "--json", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=run_dir.parent,
-    )
-    return json.loads(out.stdout)["job_id"]
+    return submit_tiny(run_dir, [*base, *overrides])
 
 
 def state(job_id: str) -> str:

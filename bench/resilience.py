@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -34,14 +33,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, spread, table  # noqa: E402
+from common import job_processes, spread, submit_tiny, table  # noqa: E402
 from preempt import finish, first_row_after, started, wait_until  # noqa: E402
 
 from hpc_mm.run import events, goodput, timeline  # noqa: E402
 from hpc_mm.run.rundir import RunDir  # noqa: E402
 
 PY = sys.executable
-JOB = str(ROOT / "jobs" / "tiny-vlm.yaml")
 CONF = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
 CRASHES = 3
 TRAIN_SECONDS = 6  # each start trains this long before its rank is killed
@@ -58,28 +56,7 @@ def submit(run_dir: Path, overrides: list[str]) -> str:
         "requeue.max_restarts=100",
         "requeue.on_failure=100",
     ]
-    args = [a for o in [*base, *overrides] for a in ("--set", o)]
-    out = subprocess.run(
-        [PY, "-m", "hpc_mm", "submit", JOB, "--run-dir", str(run_dir), "--json", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=run_dir.parent,
-    )
-    return re.search(r'"job_id": "(\d+)"', out.stdout)[1]
-
-
-def job_processes(node: str, job_id: str, ranks_only: bool) -> list[int]:
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            values = environ.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"SLURMD_NODENAME={node}".encode() in values and f"SLURM_JOB_ID={job_id}".encode() in values:
-            if not ranks_only or any(v.startswith(b"RANK=") for v in values):
-                found.append(int(environ.parent.name))
-    return found
+    return submit_tiny(run_dir, [*base, *overrides])
 
 
 def kill_rank(run_dir: Path, job_id: str, restart: int) -> float:

@@ -70,16 +70,19 @@ def metrics_rows(run_dir):
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def processes(node: str, training_only: bool = False) -> list[int]:
-    """The processes of a job step on one (emulated) node, by their SLURMD_NODENAME."""
+def processes(node: str, training_only: bool = False, job_id: str | None = None) -> list[int]:
+    """The processes of a job step on one (emulated) node, by their SLURMD_NODENAME (and SLURM_JOB_ID);
+    `training_only`: the ranks."""
     found = []
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
             values = environ.read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"SLURMD_NODENAME={node}".encode() in values and (
-            not training_only or any(v.startswith(b"RANK=") for v in values)
+        if (
+            f"SLURMD_NODENAME={node}".encode() in values
+            and (job_id is None or f"SLURM_JOB_ID={job_id}".encode() in values)
+            and (not training_only or any(v.startswith(b"RANK=") for v in values))
         ):
             if int(environ.parent.name) != os.getpid():
                 found.append(int(environ.parent.name))

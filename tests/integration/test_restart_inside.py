@@ -22,7 +22,7 @@ from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm.blame import preflight_failures
 
 from conftest import JOBS, run_cli
-from test_faults import finished, metrics_rows, restore, submit, until, weights
+from test_faults import finished, metrics_rows, processes, restore, submit, until, weights
 from test_slurm import sacct
 
 TINY = JOBS / "tiny-vlm.yaml"
@@ -51,33 +51,12 @@ def allocation(job_id: str) -> list[str]:
 
 def ranks(node: str, job_id: str) -> list[int]:
     """The training processes of job `job_id` on one (emulated) node."""
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            values = environ.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (
-            f"SLURMD_NODENAME={node}".encode() in values
-            and f"SLURM_JOB_ID={job_id}".encode() in values
-            and any(v.startswith(b"RANK=") for v in values)
-        ):
-            found.append(int(environ.parent.name))
-    return found
+    return processes(node, training_only=True, job_id=job_id)
 
 
 def step_processes(node: str, job_id: str) -> list[int]:
     """Every process of job `job_id`'s steps on one node (what dies with the node)."""
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            values = environ.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"SLURMD_NODENAME={node}".encode() in values and f"SLURM_JOB_ID={job_id}".encode() in values:
-            if int(environ.parent.name) != os.getpid():
-                found.append(int(environ.parent.name))
-    return found
+    return processes(node, job_id=job_id)
 
 
 def queue_state(job_id: str) -> str:
