@@ -33,15 +33,7 @@ def test_a_crash_restarts_inside_the_allocation(tmp_path, monkeypatch, recorded_
 
 def test_a_hang_restarts_inside_without_the_blamed_node_on_a_spare(tmp_path, monkeypatch, recorded_slurm):
     fake = recorded_slurm("running-low")
-    run = spare_run(tmp_path, monkeypatch).started(50).checkpoint(100)
-    run.run.record(
-        Kind.HANG,
-        run.key,
-        phase="step",
-        stalled_seconds=31.0,
-        nodes=["n2"],
-        blamed=[{"rank": 1, "host": "n2", "node": 1, "state": "T", "why": "stopped"}],
-    )
+    run = spare_run(tmp_path, monkeypatch).started(50).checkpoint(100).hung(1)
     rc, end = run.finish(137, None)
     assert rc == 75 and (end.kind, end.cause, end.get("exclude")) == (Kind.RESTARTED, "hang", ["n2"])
     assert exclude_file(run) == "n2" and not orders(fake, "requeue")

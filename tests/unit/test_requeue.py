@@ -64,6 +64,12 @@ class Run:
         self.run.record(Kind.STARTED, key or self.key, checkpoint=at)
         return self
 
+    def hung(self, rank, host="n2"):
+        """Node 0's watchdog found the step hung, rank `rank` on `host` stopped first."""
+        blamed = [{"rank": rank, "host": host, "node": 1, "state": "T", "why": "stopped"}]
+        self.run.record(Kind.HANG, self.key, phase="step", stalled_seconds=31.0, nodes=[host], blamed=blamed)
+        return self
+
     def ended(self, kind, key, **data):
         self.run.record(kind, key, **data)
         return self
@@ -196,15 +202,7 @@ def _result(node, problems):
 
 def test_a_hang_requeues_without_the_blamed_node(tmp_path, monkeypatch, recorded_slurm):
     fake = recorded_slurm("running-low")
-    run = Run(tmp_path, monkeypatch).started(50).checkpoint(100)
-    run.run.record(
-        Kind.HANG,
-        run.key,
-        phase="step",
-        stalled_seconds=31.0,
-        nodes=["n2"],
-        blamed=[{"rank": 3, "host": "n2", "node": 1, "state": "T", "why": "stopped"}],
-    )
+    run = Run(tmp_path, monkeypatch).started(50).checkpoint(100).hung(3)
     rc, end = run.finish(137, None)
     assert (end.kind, end.cause, end.get("exclude")) == (Kind.REQUEUED, "hang", ["n2"])
     assert "stopped first: rank 3 on n2" in end.reason and orders(fake, "ExcNodeList=n2")
