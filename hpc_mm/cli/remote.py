@@ -187,16 +187,17 @@ def _config() -> dict:
 # ------------------------------------------------------------------ commands
 def strip_remote(argv: list[str], command: str) -> list[str]:
     """argv without --remote LOGIN / --remote=LOGIN, which come before the command."""
-    at = argv.index(command)
-    head, out, skip = argv[:at], [], False
-    for arg in head:
+    out, skip = [], False
+    for at, arg in enumerate(argv):
         if skip:
             skip = False
         elif arg == "--remote":
             skip = True
+        elif arg == command:
+            return out + argv[at:]
         elif not arg.startswith("--remote="):
             out.append(arg)
-    return out + argv[at:]
+    return out
 
 
 def run_remote(remote: Remote, args, argv: list[str], load) -> int:

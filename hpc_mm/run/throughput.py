@@ -63,18 +63,20 @@ def seq_length(spec: JobSpec) -> int | None:
     if isinstance(given, int) and given > 0:
         return given
     if spec.entry.script == BUILTIN_TRAINER:  # image patches, BOS, then the caption
-        data = _json(spec.mm.data).get("dataset_param", {})
-        vit = _json(spec.mm.model).get("image_encoder", {}).get("vision_encoder", {})
         try:
+            data = _json(spec.mm.data)["dataset_param"]
+            vit = _json(spec.mm.model)["image_encoder"]["vision_encoder"]
             return (data["image_size"] // vit["patch_size"]) ** 2 + 1 + data["caption_length"]
-        except (KeyError, TypeError, ZeroDivisionError):
+        except (KeyError, TypeError, ZeroDivisionError):  # not the shape the built-in trainer reads
             return None
     return None
 
 
 def decoder(spec: JobSpec) -> Decoder | None:
     """The text decoder's sizes: gpt.extra's Megatron arguments, else the mm-model JSON's text_decoder."""
-    for source in (spec.gpt.extra, _json(spec.mm.model).get("text_decoder") or {}):
+    for source in (spec.gpt.extra, _json(spec.mm.model).get("text_decoder")):
+        if not isinstance(source, dict):
+            continue
         try:
             heads = int(source["num_attention_heads"])
             hidden = int(source["hidden_size"])

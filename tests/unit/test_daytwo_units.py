@@ -136,6 +136,7 @@ def test_remote_submit_sends_the_resolved_job_and_the_files_it_names(tmp_path):
 
     assert strip_remote(["--remote", "login", "status", "--remote", "x"], "status") == ["status", "--remote", "x"]
     assert strip_remote(["--remote=login", "logs", "-f", "1"], "logs") == ["logs", "-f", "1"]
+    assert strip_remote(["--remote", "status", "status", "1"], "status") == ["status", "1"]  # a host named so
     text, copies = staging.staged_job(load_job(TINY, ["gpt.lr=5e-4"]), "staged/t")
     job = yaml.safe_load(text)
     assert job["gpt"]["lr"] == 5e-4 and job["entry"]["workdir"] == "."  # a module: nothing of the laptop's to run
