@@ -64,7 +64,9 @@ def _login_context(spec, paths) -> tuple:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from hpc_mm.job.entries import contract
+    from hpc_mm.launch import watchdog
     from hpc_mm.run.interval import worst_case_loss
+    from hpc_mm.run.rundir import RunDir
     from hpc_mm.slurm.submit import check
 
     problems, results = [], {}
@@ -85,10 +87,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         spec, chosen = _with_interval(spec, args.run_dir)
         entry = contract(spec)
         d = entry.derived(spec)
+        limits = watchdog.budgets(spec.fault, RunDir(args.run_dir)) if args.run_dir else watchdog.floors(spec.fault)
         results[job] = {
             "name": spec.name,
             "entry": entry.kind,
             "contract": entry.describe(spec),
+            "hang_watch": entry.watch(spec).value if spec.fault.hang_detection else None,
+            "hang_watch_why": watchdog.describe(spec.fault, entry.watch(spec), limits),
             "worst_case_loss": worst_case_loss(spec, args.run_dir),
             "save_interval": chosen.to_json() if chosen else None,
             "save_interval_why": chosen.describe() if chosen else None,
@@ -117,6 +122,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 f"micro-batches per step {r['micro_batches_per_step']}"
             )
         print(f"  entry {r['contract']}")
+        print(f"  hang watchdog: {r['hang_watch_why']}")
         if r["save_interval_why"]:
             print(f"  checkpoint.save_interval: auto: {r['save_interval_why']}")
         loss = r["worst_case_loss"]

@@ -189,6 +189,10 @@ class Fault:
     hang_floor_startup: int = field(default=900, metadata={"at_least": 1, "bound_hint": "seconds"})
     hang_floor_step: int = field(default=180, metadata={"at_least": 1, "bound_hint": "seconds"})
     hang_floor_checkpoint: int = field(default=600, metadata={"at_least": 1, "bound_hint": "seconds"})
+    # A line of the entry's output that means it moved on (a regular expression; a group named `it`, or the
+    # first group, may hold the step): for entries whose progress hpc-mm does not know. Without it such an
+    # entry is judged by liveness only (output, CPU time or $HPC_MM_PROGRESS_FILE moving).
+    progress_pattern: Optional[str] = None
     # Megatron's collective timeout: by default set above the hang budget (the watchdog ends a hung step)
     collective_timeout_minutes: Optional[int] = option("--distributed-timeout-minutes", None, at_least=1)
     # mean time between failures of this job (hours), for save_interval: auto and `hpc-mm goodput`

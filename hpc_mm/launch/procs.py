@@ -85,3 +85,24 @@ def ranks_under(root: int) -> list[dict]:
             continue  # a rank's own children (data loader workers) are part of it
         todo += kids.get(pid, [])
     return sorted(found, key=lambda r: r["rank"])
+
+
+def work_done(root: int) -> tuple[float, bool]:
+    """The CPU seconds the training processes under `root` have used (each rank with its own children,
+    such as data loader workers; every process under `root` where none has a RANK), and whether all of
+    them are stopped (SIGSTOP, a debugger). A launcher's own polling is not work: torchrun's agent
+    keeps using CPU while its workers are stopped."""
+    procs = table()
+    kids = children_of(procs)
+    ranks = [r["pid"] for r in ranks_under(root)]
+    tops = ranks or [root]
+    cpu, states = 0.0, []
+    for top in tops:
+        todo = [top]
+        while todo:
+            pid = todo.pop()
+            if pid in procs:
+                cpu += procs[pid].cpu
+                states.append(procs[pid].state)
+            todo += kids.get(pid, [])
+    return round(cpu, 2), bool(states) and all(s in "Tt" for s in states)

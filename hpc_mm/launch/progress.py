@@ -19,6 +19,12 @@ line), and names folders instead of iterations:
 They become metrics.jsonl rows and `checkpoint` / `resumed` events (the built-in trainer writes
 its own, exact to the bit, so for it they only keep the watch). Lines may carry torchrun's
 `[default3]:` or the built-in trainer's `[rank 3] ` prefix.
+
+Other entries move on in other words, and each counts as progress for the hang watchdog: a tqdm or
+accelerate progress bar that advanced (` 45%|####5     | 45/100 [00:10<00:12, 4.5it/s]`, redrawn
+after a carriage return), verl's step lines (`step:12 - actor/loss:...`) and the job's own
+`fault.progress_pattern`. Any output at all is kept apart (`last_output`): where hpc-mm knows no
+progress line for an entry, the watchdog judges it alive by its output and CPU time alone.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ SAVED_TO = re.compile(r"\bSaved checkpoint to (?P<dir>\S+)")  # the FSDP2 traine
 LOADED_FROM = re.compile(r"\bLoaded checkpoint from (?P<dir>\S+)")
 _ITER_DIR = re.compile(r"(?:^|/)iter_(?P<it>\d+)/?$")
 EXITING = re.compile(r"exiting program after receiving SIGTERM")
+BAR = re.compile(r"(?:^|\s|\|)(?P<it>\d+)/(?P<total>\d+) \[")  # tqdm / accelerate: `| 45/100 [00:10<...`
+VERL_STEP = re.compile(r"(?:^|\s)step:(?P<it>\d+)\b")  # verl's trainer: `step:12 - actor/...`
 ERROR = re.compile(r"^error: (?P<text>.+)$")  # hpc-mm's one-line user errors (the built-in trainer, ...)
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 
@@ -84,10 +92,21 @@ class Progress:
     saving: dict[int, float] = field(default_factory=dict)  # checkpoint saves under way
     exited_on_signal: bool = False
     error: str | None = None  # the entry's first `error:` line
+    pattern: re.Pattern | None = None  # fault.progress_pattern
+    last_output: float = field(default_factory=time.time)  # when the entry last wrote anything
+    steps: int = 0  # progress lines other than Megatron's iterations (bars, verl steps, the pattern)
+    _marks: dict = field(default_factory=dict)  # the last count each kind of progress line showed
+
+    def output(self) -> None:
+        """The entry wrote something (a whole line or not): it is alive."""
+        self.last_output = self.clock()
 
     def feed(self, text: str) -> None:
         line = PREFIX.sub("", text, count=1)
         now = self.clock()
+        self.last_output = now
+        if self.pattern is not None and (m := self.pattern.search(line)) is not None:
+            self._moved("pattern", _count(m), now)
         if (m := ITERATION.search(line)) is not None:
             self._iteration(int(m["it"]), int(m["total"]), fields(m["rest"]), now)
         elif (m := SAVING.search(line)) is not None:
@@ -105,6 +124,18 @@ class Progress:
             self.exited_on_signal = True
         elif self.error is None and (m := ERROR.match(line.strip())) is not None:
             self.error = m["text"]
+        elif (m := BAR.search(line)) is not None:
+            self._moved("bar", int(m["it"]), now)
+        elif (m := VERL_STEP.search(line)) is not None:
+            self._moved("verl", int(m["it"]), now)
+
+    def _moved(self, kind: str, count: int | None, now: float) -> None:
+        """A progress line: progress if it shows a new count (a bar redrawn at the same count is not)."""
+        if count is not None and self._marks.get(kind) == count:
+            return
+        self._marks[kind] = count
+        self.steps += 1
+        self.last_progress = now
 
     def _iteration(self, iteration: int, total: int, values: dict, now: float) -> None:
         self.iteration, self.train_iters, self.last_progress = iteration, total, now
@@ -150,6 +181,13 @@ class Progress:
         if self.record and self.run is not None:
             source = "pretrained" if self.pretrained and Path(folder) == Path(self.pretrained) else "run"
             self.run.record(Kind.RESUMED, self.start, iteration=iteration, source=source, path=folder)
+
+
+def _count(match: re.Match) -> int | None:
+    """The step a progress-pattern match shows: its group `it`, else its first group, if a number."""
+    groups = match.groupdict()
+    value = groups.get("it") if "it" in groups else (match.group(1) if match.re.groups else None)
+    return int(value) if value is not None and value.isascii() and value.isdigit() else None
 
 
 def _iteration_of(folder: str) -> int | None:

@@ -8,6 +8,7 @@ and, on the leader, writes `started` and the step's outcome to events.jsonl.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from hpc_mm.launch.procs import children
 from hpc_mm.launch.progress import Progress
 from hpc_mm.run import checkpoints, events, layout, lock
 from hpc_mm.run.events import Kind
-from hpc_mm.run.layout import TASK_LOG
+from hpc_mm.run.layout import PROGRESS_FILE, TASK_LOG
 from hpc_mm.slurm.requeue import note_requeue_by_slurm
 
 # Set by the batch script and by `hpc-mm local`: they record how each start ends (finish, local),
@@ -106,7 +107,11 @@ def _run(plan: Plan) -> int:
         record=not plan.spec.builtin,
         stop_requested=lambda: bool(stops),
         save_interval=None if entry.announces_saves else entry.save_interval(plan.spec),
+        pattern=re.compile(plan.spec.fault.progress_pattern) if plan.spec.fault.progress_pattern else None,
     )
+    touched = run.progress_file(plan.start, plan.node_rank, plan.local_rank if plan.mode == "worker" else None)
+    touched.parent.mkdir(parents=True, exist_ok=True)
+    touched.touch()
     dogs: list[watchdog.Watchdog] = []
 
     def watch(child) -> None:
@@ -121,11 +126,12 @@ def _run(plan: Plan) -> int:
             builtin=plan.spec.builtin,
             enabled=plan.spec.fault.hang_detection,
             task=plan.local_rank if plan.mode == "worker" else None,
+            watch=entry.watch(plan.spec),
         )
         dog.start()
         dogs.append(dog)
 
-    env = {**child_env(plan, max(limits.step, limits.checkpoint)), "TMPDIR": scratch}
+    env = {**child_env(plan, max(limits.step, limits.checkpoint)), "TMPDIR": scratch, PROGRESS_FILE: str(touched)}
     try:
         rc, received = run_forwarding_signals(
             cmd,
@@ -135,6 +141,7 @@ def _run(plan: Plan) -> int:
             on_line=progress.feed,
             received=stops,
             on_start=watch,
+            on_output=progress.output,
         )
     finally:
         for dog in dogs:
@@ -212,6 +219,7 @@ def run_forwarding_signals(
     on_line: Callable[[str], None] | None = None,
     received: list[int] | None = None,
     on_start: Callable[[subprocess.Popen], None] | None = None,
+    on_output: Callable[[], None] | None = None,
 ) -> tuple[int, int | None]:
     """Run `cmd`; forward the signals that stop a job as Megatron's exit signal. Return (rc, signal).
 
@@ -221,7 +229,7 @@ def run_forwarding_signals(
     With `to_workers` (cmd is torchrun) SIGTERM goes to torchrun's workers: they save and exit 0,
     and torchrun ends cleanly instead of tearing the job down as failed.
     The child's output passes through here unchanged, line by line (stdout to ours, stderr to
-    ours), and `on_line` sees each line of both.
+    ours), `on_line` sees each line of both and `on_output` every read.
     """
     child = subprocess.Popen(
         cmd,
@@ -235,7 +243,7 @@ def run_forwarding_signals(
     received = [] if received is None else received
     lock = threading.Lock()  # one line at a time reaches the watcher
     pumps = [
-        threading.Thread(target=_pump, args=(source, sink, on_line, lock), name=f"entry-{name}", daemon=True)
+        threading.Thread(target=_pump, args=(source, sink, on_line, lock, on_output), name=f"entry-{name}", daemon=True)
         for name, source, sink in (("stdout", child.stdout, sys.stdout), ("stderr", child.stderr, sys.stderr))
     ]
     for pump in pumps:
@@ -268,17 +276,51 @@ def run_forwarding_signals(
     return rc, (received[0] if received else None)
 
 
-def _pump(stream, sink, on_line: Callable[[str], None] | None, lock: threading.Lock) -> None:
-    """Copy one of the entry's streams to ours (the task's log) as it comes; show each line to `on_line`."""
-    out = sink.buffer
-    for raw in iter(stream.readline, b""):
-        out.write(raw)
+_BREAK = re.compile(rb"\r\n|[\r\n]")
+_HELD = 1 << 16  # a line without an end is passed on once it is this long
+
+
+def _pump(
+    stream, sink, on_line: Callable[[str], None] | None, lock: threading.Lock, on_output: Callable[[], None] | None
+) -> None:
+    """Copy one of the entry's streams to ours (the task's log) as it comes, whole lines at a time (a
+    carriage return ends one too: progress bars redraw after it); show each line to `on_line`, and
+    every read, a whole line or not, to `on_output`."""
+    out, fd, held = sink.buffer, stream.fileno(), b""
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        data = held + chunk
+        pieces = _BREAK.split(data)
+        held = pieces.pop()
+        if len(held) >= _HELD:
+            pieces.append(held)
+            held = b""
+        if len(data) > len(held):
+            out.write(data[: len(data) - len(held)])
+        on_line, on_output = _show(on_line, on_output, pieces, lock)
         out.flush()
-        if on_line is not None:
-            try:
-                with lock:
-                    on_line(raw.decode("utf-8", errors="replace"))
-            except Exception as exc:  # a watcher's bug must never cost the training its output
-                sys.stderr.write(f"hpc-mm launch: progress watcher: {exc.__class__.__name__}: {exc}\n")
-                on_line = None
+    if held:
+        out.write(held)
+        out.flush()
+        _show(on_line, None, [held], lock)
     stream.close()
+
+
+def _show(on_line, on_output, pieces: list[bytes], lock: threading.Lock):
+    """The lines to the watcher; a watcher that fails is dropped, never the training's output."""
+    try:
+        with lock:
+            if on_output is not None:
+                on_output()
+            for piece in pieces:
+                if piece and on_line is not None:
+                    on_line(piece.decode("utf-8", errors="replace"))
+    except Exception as exc:
+        sys.stderr.write(f"hpc-mm launch: progress watcher: {exc.__class__.__name__}: {exc}\n")
+        return None, None
+    return on_line, on_output

@@ -6,6 +6,17 @@ them all: when the job as a whole has not moved for longer than the budget of th
 in (start-up, a step, a checkpoint save), it is hung. Budgets are `max(k x p99, floor)` of the
 phase's durations in this run so far (run/history.py; `fault.hang_*` in the job file).
 
+What counts as progress depends on the entry (its contract's `watch`, shown by `validate`):
+  iterations  Megatron's and the FSDP2 trainer's iteration and checkpoint lines: phases start-up,
+              step and checkpoint, each with its budget;
+  pattern     those, and lines matching the job's `fault.progress_pattern`;
+  liveness    an entry whose progress hpc-mm cannot read (an inference, verl, accelerate, a
+              command): it is alive while it writes output, uses CPU time or touches
+              $HPC_MM_PROGRESS_FILE, and hung only when none of them moved for the largest budget
+              (a stopped or deadlocked process). A missing progress line never ends it.
+A progress bar that advanced, a verl step line and a touch of the progress file count as progress
+in every mode.
+
 On a hang node 0 records the `hang` event (phase, how long it stalled, the ranks and nodes that
 stopped first: a rank stopped, dead or alone still busy), asks every node to dump its ranks'
 Python stacks into the logs (py-spy where installed; the built-in trainer also answers SIGUSR2
@@ -27,7 +38,8 @@ from pathlib import Path
 from hpc_mm.environments.devices import node_name
 from hpc_mm.job.signals import STACK_SIGNAL
 from hpc_mm.job.spec import Fault
-from hpc_mm.launch.procs import kill_tree, ranks_under
+from hpc_mm.launch.procs import kill_tree, ranks_under, work_done
+from hpc_mm.names import Phase, Watch
 from hpc_mm.run import history, notify
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.records import Heartbeat
@@ -35,6 +47,7 @@ from hpc_mm.run.rundir import RunDir
 
 HEARTBEAT = 2.0  # seconds between heartbeats
 DUMP_WAIT = 6.0  # how long node 0 waits for the other nodes' stack dumps
+STOP_WAIT = 40.0  # the most the launcher waits for its watchdog to finish (a stack dump, a notification)
 STUCK_STATES = {"T": "stopped", "t": "stopped", "D": "in uninterruptible I/O", "Z": "dead (zombie)", "X": "dead"}
 
 
@@ -44,10 +57,23 @@ class Budgets:
     step: float
     checkpoint: float
 
+    @property
+    def liveness(self) -> float:
+        """An entry judged by liveness alone gets the largest budget: it may be in any phase."""
+        return max(self.startup, self.step, self.checkpoint)
+
+    def of(self, phase: Phase) -> float:
+        return getattr(self, phase.value)
+
     def collective_timeout_minutes(self) -> int:
         """Collectives time out after the watchdog would have ended the step: it, not a 30-minute
         backend timeout, decides."""
         return max(1, math.ceil(2 * max(self.startup, self.step, self.checkpoint) / 60))
+
+
+def floors(fault: Fault) -> Budgets:
+    """The budgets of a run that has measured nothing yet."""
+    return Budgets(float(fault.hang_floor_startup), float(fault.hang_floor_step), float(fault.hang_floor_checkpoint))
 
 
 def budgets(fault: Fault, run: RunDir) -> Budgets:
@@ -61,6 +87,21 @@ def budgets(fault: Fault, run: RunDir) -> Budgets:
         budget(seen.startup, fault.hang_floor_startup),
         budget(seen.step, fault.hang_floor_step),
         budget(seen.checkpoint, fault.hang_floor_checkpoint),
+    )
+
+
+def describe(fault: Fault, watch: Watch, limits: Budgets) -> str:
+    """What the watchdog will count as progress for a job, and the budget it starts with (validate)."""
+    if not fault.hang_detection:
+        return "off (fault.hang_detection: false)"
+    phases = f"start-up {limits.startup:.0f} s, step {limits.step:.0f} s, checkpoint {limits.checkpoint:.0f} s"
+    if watch is Watch.ITERATIONS:
+        return f"the entry's iteration and checkpoint lines; budgets {phases}"
+    if watch is Watch.PATTERN:
+        return f"lines matching fault.progress_pattern {fault.progress_pattern!r} and iteration lines; budgets {phases}"
+    return (
+        f"liveness only (output, CPU time or $HPC_MM_PROGRESS_FILE moving; no progress line is needed); "
+        f"budget {limits.liveness:.0f} s (set fault.progress_pattern to watch a line of its own)"
     )
 
 
@@ -86,6 +127,13 @@ def blame(beats: list[Heartbeat], stalled_since_cpu: dict[int, float], stalled: 
         if r["rank"] in stalled_since_cpu and r["cpu"] - stalled_since_cpu[r["rank"]] > 0.5 * stalled
     ]
     return busy if busy and len(busy) < len(ranks) else []
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def _py_spy() -> str | None:
@@ -135,20 +183,45 @@ class Watchdog(threading.Thread):
         builtin: bool,
         enabled: bool = True,
         task: int | None = None,
+        watch: Watch = Watch.ITERATIONS,
     ):
         super().__init__(name="watchdog", daemon=True)
         self.rundir, self.start_key, self.node, self.progress, self.child = run, start, node, progress, child
         self.file = run.heartbeat_file(start, node, task)  # task: srun started this rank alone
+        self.touched = run.progress_file(start, node, task)  # $HPC_MM_PROGRESS_FILE
         self.marker = run.hang_marker(start)
         self.decides, self.budgets, self.builtin, self.enabled = decides, budgets, builtin, enabled
+        self.watch = watch
         self.host = node_name(os.environ)  # Slurm's name for the node (several may share a host)
         self.dumped = False
         self.hung: dict | None = None
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._cpu_history: list[tuple[float, dict[int, float]]] = []
+        self._work: float | None = None  # CPU seconds of the training processes at the last beat
+        self._alive = time.time()  # when they last used CPU time
+        self._touched_at = _mtime(self.touched)
 
-    def phase(self) -> str:
-        return "checkpoint" if self.progress.saving else "step" if self.progress.iteration is not None else "startup"
+    def phase(self) -> Phase:
+        if self.watch is Watch.LIVENESS:
+            return Phase.LIVENESS
+        if self.progress.saving:
+            return Phase.CHECKPOINT
+        moved = self.progress.iteration is not None or (self.watch is Watch.PATTERN and self.progress.steps)
+        return Phase.STEP if moved else Phase.STARTUP
+
+    def last_progress(self) -> float:
+        """When this launcher last saw the entry move on, by the entry's watch."""
+        now, touched = time.time(), _mtime(self.touched)
+        if touched is not None and touched != self._touched_at:
+            self._touched_at = touched
+            self.progress.last_progress = max(self.progress.last_progress, min(touched, now))
+        if self.watch is not Watch.LIVENESS:
+            return self.progress.last_progress
+        work, stopped = work_done(self.child.pid)
+        if not stopped and work != self._work:
+            self._alive = now
+        self._work = work
+        return max(self.progress.last_progress, self.progress.last_output, self._alive)
 
     def beat(self, ended: bool = False) -> Heartbeat:
         beat = Heartbeat(
@@ -157,8 +230,8 @@ class Watchdog(threading.Thread):
             pid=os.getpid(),
             time=round(time.time(), 3),
             iteration=self.progress.iteration,
-            last_progress=round(self.progress.last_progress, 3),
-            phase=self.phase(),
+            last_progress=round(self.last_progress(), 3),
+            phase=self.phase().value,
             ranks=tuple(ranks_under(self.child.pid)) if not ended else (),
             dumped=self.dumped,
             ended=ended,
@@ -167,7 +240,7 @@ class Watchdog(threading.Thread):
         return beat
 
     def run(self) -> None:
-        while not self._stop.wait(HEARTBEAT):
+        while not self._halt.wait(HEARTBEAT):
             try:
                 self.beat()
                 if self.marker.exists() and not self.dumped:
@@ -182,7 +255,11 @@ class Watchdog(threading.Thread):
                 sys.stderr.write(f"hpc-mm watchdog: {exc.__class__.__name__}: {exc}\n")
 
     def stop(self) -> None:
-        self._stop.set()
+        """End the heartbeats, once whatever the thread is doing is done: after a hang it is telling
+        `notify:` (the launcher exits right after this, and a daemon thread would die with it)."""
+        self._halt.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(STOP_WAIT)
         try:
             self.beat(ended=True)
         except OSError:
@@ -193,20 +270,15 @@ class Watchdog(threading.Thread):
         now = time.time()
         self._cpu_history.append((now, {r["rank"]: r["cpu"] for b in beats for r in b.ranks}))
         last = max([b.last_progress for b in beats] + [self.progress.last_progress])
-        phase = (
-            "checkpoint"
-            if any(b.phase == "checkpoint" for b in beats)
-            else "step"
-            if any(b.iteration is not None for b in beats)
-            else "startup"
-        )
-        budget = getattr(self.budgets, phase)
+        phases = {b.phase for b in beats} | {self.phase().value}
+        phase = next((p for p in (Phase.LIVENESS, Phase.CHECKPOINT, Phase.STEP) if p.value in phases), Phase.STARTUP)
+        budget = self.budgets.of(phase)
         if now - last <= budget:
             return
         at_stall = next((cpu for t, cpu in self._cpu_history if t >= last), self._cpu_history[0][1])
         blamed = blame(beats, at_stall, now - last)
         self.hung = {
-            "phase": phase,
+            "phase": phase.value,
             "stalled_seconds": round(now - last, 1),
             "budget_seconds": round(budget, 1),
             "iteration": max((b.iteration for b in beats if b.iteration is not None), default=None),
@@ -216,7 +288,7 @@ class Watchdog(threading.Thread):
         hang = self.rundir.record(Kind.HANG, self.start_key, **self.hung)
         who = ", ".join(f"rank {r['rank']} on {r['host']} ({r['why']})" for r in blamed) or "no rank stands out"
         sys.stderr.write(
-            f"hpc-mm watchdog: no progress for {now - last:.0f} s in {phase} (budget {budget:.0f} s): "
+            f"hpc-mm watchdog: no progress for {now - last:.0f} s in {phase.value} (budget {budget:.0f} s): "
             f"hung; stopped first: {who}; ending the step\n"
         )
         self.rundir.write_heartbeat(self.marker, self.hung)

@@ -237,6 +237,10 @@ class RunDir:
         name = f"{key.tag}-n{node}" if task is None else f"{key.tag}-n{node}-t{task}"
         return self.path / layout.HEARTBEATS / f"{name}.json"
 
+    def progress_file(self, key: StartKey, node: int, task: int | None = None) -> Path:
+        """A file the entry may touch to say it moved on ($HPC_MM_PROGRESS_FILE): one a launcher."""
+        return self.heartbeat_file(key, node, task).with_suffix(".progress")
+
     def hang_marker(self, key: StartKey) -> Path:
         return self.path / layout.HEARTBEATS / f"{key.tag}-hang.json"
 

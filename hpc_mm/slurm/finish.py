@@ -131,10 +131,13 @@ def _act(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: F
         run.record(Kind.COMPLETED, key, **said)
         return 0
     if decision.action == "requeue" and key.job_id:
-        exclude = _inside(spec, run, key, decision, facts)
+        # One quarantine decision a fault, recorded once, whichever way the job goes on: asked a
+        # second time it would take its own "they stay in" as a second piece of evidence.
+        quarantined = _quarantine(spec, run, key, decision)
+        exclude = _inside(spec, run, key, decision, facts, quarantined)
         if exclude is not None:
             return _restart_inside(run, key, decision, said, exclude)
-        done, err = _requeue(spec, run, key, decision, said)
+        done, err = _requeue(spec, run, key, decision, said, quarantined)
         if done:
             return 0
         said["reason"] = f"{decision.reason}; the requeue failed: {err}"
@@ -154,7 +157,9 @@ def _act(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: F
 INSIDE_CAUSES = (CRASH, HANG, NODE_FAILURE, PREFLIGHT, ERROR)
 
 
-def _inside(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: Facts) -> list[str] | None:
+def _inside(
+    spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: Facts, quarantined: list[str]
+) -> list[str] | None:
     """The nodes to leave out if the step can start again inside this allocation (requeue.inside, a
     fault that does not need the queue, enough healthy nodes left); None if it must be requeued."""
     allocation = os.environ.get("SLURM_JOB_NODELIST")
@@ -162,7 +167,7 @@ def _inside(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts
         return None
     nodes = expand_nodelist(allocation)
     before = set(step_exclude(run, key))
-    blamed = set(_quarantine(spec, run, key, decision)) if spec.fault.quarantine else set()
+    blamed = set(quarantined)
     states = query.node_states(nodes)
     gone = {n for n, s in states.items() if any(word in s for word in BAD_NODE + ("DRAIN",))}
     exclude = sorted((before | blamed | gone | set(facts.failed_nodes)) & set(nodes))
@@ -197,9 +202,11 @@ def next_restart(run_dir: Path) -> int:
     return max([key.restart, *mine])
 
 
-def _requeue(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, said: dict) -> tuple[bool, str]:
-    """Requeue the job (or submit the next one, requeue.mode chain); (done, the error if not)."""
-    exclude = _quarantine(spec, run, key, decision)
+def _requeue(
+    spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, said: dict, exclude: list[str]
+) -> tuple[bool, str]:
+    """Requeue the job (or submit the next one, requeue.mode chain) without the nodes `exclude`
+    names; (done, the error if not)."""
     if spec.requeue.mode == "chain":
         new_id, err = query.submit_continuation(str(run.script), spec.name, key.restart + 1, exclude)
         if new_id is None:

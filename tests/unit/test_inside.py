@@ -188,3 +188,19 @@ def test_a_requeue_that_never_gets_through_is_one_failure(tmp_path, monkeypatch,
     ends = [e for e in RunDir(run.path).start(run.key).events if e.kind.terminal]
     assert len(ends) == 1 and end.kind is Kind.FAILED and "the requeue failed" in end.reason
     assert "Unable to contact slurm controller" in end.reason
+
+
+def test_one_fault_is_one_quarantine_decision_whichever_way_the_job_goes_on(tmp_path, monkeypatch, recorded_slurm):
+    """A hang blaming n1 and n2 of a 2-node job without spares, n2 marked DOWN: n2 is left out, n1 stays
+    in. Too few nodes are left inside, so the job is requeued: n1 must not be quarantined then on the
+    strength of the "stays in" record the same fault just wrote."""
+    fake = recorded_slurm("running-low")
+    monkeypatch.setattr(query, "node_states", lambda nodes: {n: "DOWN" if n == "n2" else "ALLOCATED" for n in nodes})
+    run = spare_run(tmp_path, monkeypatch, spares=0, nodes="n[1-2]").started(50).checkpoint(100)
+    blamed = [{"rank": r, "host": h, "node": r, "state": "T", "why": "stopped"} for r, h in ((0, "n1"), (1, "n2"))]
+    run.run.record(Kind.HANG, run.key, phase="step", stalled_seconds=31.0, nodes=["n1", "n2"], blamed=blamed)
+    rc, end = run.finish(137, None)
+    assert (end.kind, end.get("exclude")) == (Kind.REQUEUED, ["n2"])
+    said = [e for e in RunDir(run.path).events() if e.kind is Kind.QUARANTINED]
+    assert [(e.get("nodes"), e.get("applied")) for e in said] == [(["n1"], False), (["n2"], True)]
+    assert [w for o in fake.orders for w in o if w.startswith("ExcNodeList")] == ["ExcNodeList=n2"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from hpc_mm.errors import Problem
+from hpc_mm.names import Watch
 
 if TYPE_CHECKING:
     from hpc_mm.job.spec import Derived, JobSpec
@@ -70,6 +71,13 @@ class Contract(ABC):
         from hpc_mm.job.spec import derive
 
         return derive(spec)
+
+    def watch(self, spec: JobSpec) -> Watch:
+        """What the hang watchdog counts as progress for this entry: its iteration lines where it logs
+        Megatron's (a trainer), the job's own pattern, else liveness only: a missing line never ends it."""
+        if spec.fault.progress_pattern:
+            return Watch.PATTERN
+        return Watch.ITERATIONS if self.trains else Watch.LIVENESS
 
     def describe(self, spec: JobSpec) -> str:
         """The contract in one line, as `validate` shows it."""

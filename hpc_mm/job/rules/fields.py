@@ -38,7 +38,7 @@ def is_secret_name(name: str) -> bool:
 
 def check(spec: JobSpec) -> list[Problem]:
     out: list[Problem] = []
-    for rule in (_name, _entry, slurm_rules.check, _distributed, _checkpoint, _requeue, _env, _setup):
+    for rule in (_name, _entry, slurm_rules.check, _distributed, _checkpoint, _requeue, _fault, _env, _setup):
         out += rule(spec)
     return out
 
@@ -70,6 +70,22 @@ def advice(spec: JobSpec) -> list[Problem]:
                 f"{spec.checkpoint.pretrained} does not exist on this machine",
                 "fine if it exists on the compute nodes",
             )
+        )
+    return out
+
+
+def _fault(spec: JobSpec) -> list[Problem]:
+    pattern = spec.fault.progress_pattern
+    if pattern is None:
+        return []
+    out = control_characters("fault.progress_pattern", pattern)
+    if not pattern.strip() or len(pattern) > 500:
+        return out + [Problem("fault.progress_pattern", "must be 1 to 500 characters", r"e.g. 'step \d+/\d+'")]
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        out.append(
+            Problem("fault.progress_pattern", f"is not a regular expression ({exc})", r"e.g. 'sampling (?P<it>\d+)/'")
         )
     return out
 
