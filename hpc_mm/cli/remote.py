@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
 import tempfile
@@ -40,27 +41,64 @@ OFF = "none"
 _MISSING, _NO_DIR = 91, 90
 
 
+# A login: [user@]host[:port], host a name or an IPv4 address; never anything ssh could read as an option.
+_LOGIN = re.compile(
+    r"^(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9_.-]{0,63})@)?(?P<host>[A-Za-z0-9][A-Za-z0-9.-]{0,252})(?::(?P<port>\d{1,5}))?$"
+)
+
+
+def parse_login(value, where: str) -> tuple[str, int | None]:
+    """`[user@]host[:port]` as ssh's destination and port; anything else is one error line."""
+    if not isinstance(value, str):
+        raise UserError.one(where, f"is {type(value).__name__}, not a login", "a login: [user@]host[:port]")
+    m = _LOGIN.match(value)
+    port = int(m["port"]) if m and m["port"] else None
+    if m is None or (port is not None and not 0 < port < 65536):
+        shown = value if value.isprintable() and len(value) <= 80 else repr(value[:80])
+        raise UserError.one(
+            where, f"{shown!r} is not a login", "[user@]host[:port]: a Host of your ssh config, or user@host"
+        )
+    return (f"{m['user']}@{m['host']}" if m["user"] else m["host"]), port
+
+
+def _setting(config: dict, env: str, key: str, default: str) -> str:
+    value = os.environ.get(env) or config.get(key) or default
+    if not isinstance(value, str) or not value.strip() or not value.isprintable() or value.startswith("-"):
+        where = env if os.environ.get(env) else key
+        raise UserError.one(where, f"{value!r} is not a path", "a folder or a program, by its path or name")
+    return value
+
+
 @dataclass(frozen=True)
 class Remote:
     login: str
     directory: str = "hpc-mm"
     hpc_mm: str = "hpc-mm"
+    port: int | None = None
 
     @classmethod
     def find(cls, flag: str | None) -> Remote | None:
         """--remote, else the environment, else the user's config file; None: run here."""
-        config = _config()
-        login = flag or os.environ.get("HPC_MM_REMOTE") or config.get("remote")
-        if not login or login == OFF:
+        if flag is not None:
+            where, login = "--remote", flag
+        elif os.environ.get("HPC_MM_REMOTE") is not None:
+            where, login = "HPC_MM_REMOTE", os.environ["HPC_MM_REMOTE"]
+        else:
+            config = _config()
+            where, login = "remote", config.get("remote")
+            if login is None or login == OFF:
+                return None
+        if login == OFF or (where == "HPC_MM_REMOTE" and login == ""):
             return None
-        directory = os.environ.get("HPC_MM_REMOTE_DIR") or config.get("remote_dir") or "hpc-mm"
-        hpc_mm = os.environ.get("HPC_MM_REMOTE_HPC_MM") or config.get("remote_hpc_mm") or "hpc-mm"
-        return cls(str(login), str(directory), str(hpc_mm))
+        destination, port = parse_login(login, where)
+        config = _config()
+        directory = _setting(config, "HPC_MM_REMOTE_DIR", "remote_dir", "hpc-mm")
+        hpc_mm = _setting(config, "HPC_MM_REMOTE_HPC_MM", "remote_hpc_mm", "hpc-mm")
+        return cls(destination, directory, hpc_mm, port)
 
     # ------------------------------------------------------------------ ssh
     def ssh(self, remote_command: str) -> list[str]:
-        control = Path(tempfile.gettempdir()) / f"hpc-mm-ssh-{os.getuid()}"
-        control.mkdir(mode=0o700, exist_ok=True)
+        control = _control_folder()
         return [
             "ssh",
             "-o",
@@ -73,8 +111,9 @@ class Remote:
             f"ControlPath={control}/%C",
             "-o",
             "ControlPersist=120",
+            *(["-p", str(self.port)] if self.port else []),
+            "--",  # the destination and the command after it: never an option, whatever they hold
             self.login,
-            "--",
             remote_command,
         ]
 
@@ -89,7 +128,7 @@ class Remote:
             + (then if then is not None else "exec " + " ".join(q(a) for a in [self.hpc_mm, *argv]))
         )
 
-    def run(self, argv: list[str], stdin: bytes | None = None, capture: bool = False, then: str | None = None):
+    def run(self, argv: list[str], stdin=None, capture: bool = False, then: str | None = None):
         """Run on the login node: standard output passed on (or captured), ssh's own complaints
         turned into one line; (exit code, captured output)."""
         proc = subprocess.Popen(
@@ -103,9 +142,12 @@ class Remote:
         reader.start()
         out = b""
         try:
-            if stdin is not None:
-                proc.stdin.write(stdin)
-                proc.stdin.close()
+            if stdin is not None:  # a function that writes into the pipe (a tar stream)
+                try:
+                    stdin(proc.stdin)
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass  # the other side ended early: its exit code says why
             if capture:
                 out = proc.stdout.read()
             rc = proc.wait()
@@ -129,6 +171,25 @@ class Remote:
                 "set HPC_MM_REMOTE_DIR (or remote_dir:) to a folder you may write there",
             )
         return rc, out.decode(errors="replace")
+
+
+def _control_folder() -> Path:
+    """The folder of the shared connection's socket: ours alone (made 0700; one another user made, or
+    one others may write, would let them take over the connection)."""
+    control = Path(tempfile.gettempdir()) / f"hpc-mm-ssh-{os.getuid()}"
+    try:
+        control.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(control)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise UserError.one(
+            "--remote",
+            f"{control} is not a folder of yours that only you may use (owner {info.st_uid}, mode "
+            f"{stat.S_IMODE(info.st_mode):o})",
+            f"remove it (rm -r {control}); hpc-mm makes it again, mode 700",
+        )
+    return control
 
 
 def _pass_stderr(stream, held: list[str]) -> None:
@@ -167,18 +228,13 @@ def _ssh_problem(login: str, said: list[str]) -> UserError:
 
 
 def _config() -> dict:
-    import yaml
-
     base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     path = base / "hpc-mm" / "config.yaml"
     if not path.is_file():
         return {}
-    try:
-        value = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError.one(
-            str(path), f"cannot read it ({type(exc).__name__})", "a YAML mapping: remote: LOGIN"
-        ) from None
+    value = yamlfile.read_small_yaml(path, "a YAML mapping: remote: LOGIN")
+    if value is None:
+        return {}
     if not isinstance(value, dict):
         raise UserError.one(str(path), "is not a mapping", "e.g. remote: login1.cluster.org")
     return value
@@ -229,7 +285,9 @@ def _submit(remote: Remote, args, argv: list[str], load) -> int:
         files.update(copies)
         files[f"{folder}/job.yaml"] = text.encode()
         staged.append(f"{folder}/job.yaml")
-    rc, _ = remote.run([], stdin=staging.tar(files), then="tar -xf - ")
+    total = staging.check_size(files)
+    print(f"hpc-mm: sending {len(files)} file(s), {total / 1e6:.1f} MB, to {remote.login}", file=sys.stderr)
+    rc, _ = remote.run([], stdin=lambda pipe: staging.write_tar(files, pipe), then="tar -xf - ")
     if rc:
         raise UserError.one(
             "--remote", f"copying the job to {remote.login} failed (tar exit {rc})", "check the disk there"

@@ -271,3 +271,14 @@ def load_value(text: str, field: str) -> Any:
     except YamlSyntaxError:
         return text
     return str(value) if isinstance(value, AmbiguousNumber) else value
+
+
+def read_small_yaml(path: Path, hint: str = "") -> Any:
+    """A small YAML file of the user's own (hpc-mm's config file): the same caps and checks as a job
+    file (size, time, aliases, duplicate keys), every problem one line naming the file."""
+    try:
+        return load(read_capped(path, MAX_JOB_BYTES, str(path)), str(path))
+    except UserError as exc:
+        if hint and all(p.hint == "" for p in exc.problems):
+            raise UserError([Problem(p.field, p.message, hint) for p in exc.problems]) from None
+        raise
