@@ -11,12 +11,13 @@ import tempfile
 from io import BytesIO
 
 import pytest
-from conftest import JOBS, cli_in_process
 
 from hpc_mm.cli import staging
 from hpc_mm.cli.remote import Remote, parse_login
 from hpc_mm.errors import UserError
 from hpc_mm.job.jobfile import load_job
+
+from conftest import JOBS, cli_in_process
 
 TINY = JOBS / "tiny-vlm.yaml"
 FAKE_SSH = """#!/bin/sh
