@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from hpc_mm.environments.local import LocalEnvironment
-from hpc_mm.job.rules.fields import is_secret_name
+from hpc_mm.job.secrets import is_secret_name
 
 from conftest import HPC_MM, JOBS
 from conftest import cli_in_process as cli

@@ -17,23 +17,13 @@ from hpc_mm.job.megatron import (
 from hpc_mm.job.options import normal
 from hpc_mm.job.rules import slurm as slurm_rules
 from hpc_mm.job.rules.common import control_characters, positive, shown
+from hpc_mm.job.secrets import is_secret_name, looks_secret
 from hpc_mm.job.spec import BUILTIN_TRAINER, JobSpec, devices_requested
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MODULE = re.compile(r"[A-Za-z_][\w.]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOST = re.compile(r"[A-Za-z0-9_.:-]+")
-# Names that look like secrets never go into a script or a record: *_KEY, *_TOKEN, *_PAT,
-# *_PASS*, *_SECRET*, and the usual spellings of API keys, passwords and credentials.
-_SECRET = re.compile(
-    r"_(KEY|TOKEN|PAT|CREDENTIALS?)$|_(PASS|SECRET)|(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|"
-    r"API_?KEY|ACCESS_?KEY|PRIVATE_?KEY)(_|$)",
-    re.I,
-)
-
-
-def is_secret_name(name: str) -> bool:
-    return bool(_SECRET.search(name))
 
 
 def check(spec: JobSpec) -> list[Problem]:
@@ -243,12 +233,13 @@ def _env(spec: JobSpec) -> list[Problem]:
                     "use letters, digits and underscores, not starting with a digit",
                 )
             )
-        elif is_secret_name(key):
+        elif is_secret_name(key) or looks_secret(value):
+            what = "its name" if is_secret_name(key) else "its value"
             out.append(
                 Problem(
                     f"env.{key}",
-                    "looks like a secret; hpc-mm never writes secrets into scripts",
-                    "export it in your shell before `hpc-mm submit` (sbatch passes your environment)",
+                    f"looks like a secret ({what}); hpc-mm never writes secrets into scripts or records",
+                    "export it in your shell before `hpc-mm submit` instead (sbatch passes your environment)",
                 )
             )
         else:
