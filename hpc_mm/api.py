@@ -16,6 +16,7 @@ whose `.problems` are the same (field, message, hint); warnings are Python warni
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -65,8 +66,30 @@ def _overrides(set: Mapping[str, Any] | Iterable[str] | None) -> list[str]:
     if set is None:
         return []
     if isinstance(set, Mapping):
-        return [f"{key}={json.dumps(value)}" for key, value in set.items()]
-    return [str(item) for item in set]
+        if not all(isinstance(key, str) for key in set):
+            raise UserError.one("set", "has a key that is not text", 'e.g. set={"gpt.lr": 1e-4}')
+        try:
+            return [f"{key}={json.dumps(value)}" for key, value in set.items()]
+        except (TypeError, ValueError) as exc:
+            raise UserError.one("set", f"a value is not plain data ({exc})", "numbers, text, lists, mappings") from None
+    if isinstance(set, (str, bytes)) or not isinstance(set, Iterable) or not all(isinstance(i, str) for i in set):
+        raise UserError.one(
+            "set", f"is {type(set).__name__}, not a mapping or a list of KEY=VALUE", 'e.g. set={"gpt.lr": 1e-4}'
+        )
+    return list(set)
+
+
+def _job_path(value, where: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or not str(os.fspath(value)).strip():
+        raise UserError.one(where, f"is {type(value).__name__}, not a path", "e.g. 'jobs/tiny-vlm.yaml'")
+    return Path(value)
+
+
+def _count(value, where: str, auto: bool = False) -> None:
+    if value is None or (auto and value == "auto"):
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError.one(where, f"{value!r} is not a positive integer" + (" or 'auto'" if auto else ""))
 
 
 def load_job(
@@ -79,7 +102,9 @@ def load_job(
     from hpc_mm.job.jobfile import load_job as load
     from hpc_mm.job.rules import advice
 
-    spec = load(path, _overrides(set), nodes, nproc_per_node)
+    _count(nodes, "nodes")
+    _count(nproc_per_node, "nproc_per_node", auto=True)
+    spec = load(_job_path(path, "path"), _overrides(set), nodes, nproc_per_node)
     for problem in advice(spec):
         _warn(problem)
     return spec
@@ -229,7 +254,20 @@ def submit_sweep(
 ) -> Sweep:
     """One Slurm job array over the values of `sweep` ({key: values}; every combination, or with
     `zip` the i-th values together); at most `max_parallel` tasks run at once."""
-    items = [f"{key}={','.join(str(v) for v in values)}" for key, values in sweep.items()]
+    if not isinstance(sweep, Mapping) or not sweep:
+        raise UserError.one("sweep", "must be a mapping {key: [values, ...]} with at least one key")
+    if max_parallel is not None and (
+        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
+    ):
+        raise UserError.one("max_parallel", f"{max_parallel!r} is not a positive integer")
+    items = []
+    for key, values in sweep.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            raise UserError.one(f"sweep.{key}", "must be a list of values", f"e.g. {{{key!r}: [1, 2]}}")
+        values = [json.dumps(v) if not isinstance(v, str) else v for v in values]
+        if any("," in v for v in values):  # --sweep splits at commas: a value holding one is not a value
+            raise UserError.one(f"sweep.{key}", "a value holds a comma, which separates values", "sweep another key")
+        items.append(f"{key}={','.join(values)}")
     overrides = _overrides(set)
     return sweep_with(
         lambda extra: load_job(path, overrides + extra, nodes), items, run_dir, zip, max_parallel, template_dir

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def latest_iteration(save_dir: str | os.PathLike) -> int | None:
         text = (Path(save_dir) / TRACKER).read_text(errors="replace").strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def saved_iterations(save_dir: str | os.PathLike) -> list[int]:
@@ -144,15 +145,28 @@ def verify(save_dir: str | os.PathLike, iteration: int, deep: bool = False) -> V
         return Verdict(False, f"{folder / MANIFEST} is unreadable")
     for name, info in files.items():
         path = folder / name
+        if not _inside(folder, name):  # an absolute path, `..`, a device: it says nothing of this checkpoint
+            return Verdict(False, f"{folder / MANIFEST} names {name!r}, which is not a file of the checkpoint")
         try:
-            size = path.stat().st_size
+            info_on_disk = path.lstat()
         except OSError:
             return Verdict(False, f"{path} is missing")
+        if not stat.S_ISREG(info_on_disk.st_mode):
+            return Verdict(False, f"{path} is not a regular file")
+        size = info_on_disk.st_size
         if not isinstance(info, dict) or size != info.get("size"):
             return Verdict(False, f"{path} has {size} bytes, the manifest says {info.get('size')}")
         if deep and not _matches(path, info):
             return Verdict(False, f"{path} does not match its checksum in the manifest")
     return Verdict(True)
+
+
+def _inside(folder: Path, name: object) -> bool:
+    """A manifest entry is a relative path inside the checkpoint's folder."""
+    if not isinstance(name, str) or not name or name.startswith("/") or "\x00" in name:
+        return False
+    parts = Path(name).parts
+    return ".." not in parts and not Path(name).is_absolute()
 
 
 def latest_whole(save_dir: str | os.PathLike) -> int | None:

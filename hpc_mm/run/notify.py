@@ -33,6 +33,7 @@ from hpc_mm.run.records import read_objects
 from hpc_mm.run.rundir import RunDir, append_line
 
 NOTIFICATIONS = "notifications.jsonl"
+_RUNNING: set[int] = set()  # process groups of the commands being delivered to
 
 
 def message(run: RunDir, spec: JobSpec, event: Event) -> dict:
@@ -91,7 +92,8 @@ def delivered(run_dir: Path) -> list[dict]:
 
 
 def _together(sends, deadline: float) -> list[tuple[str, dict]]:
-    """Run the sends side by side; one still going at the deadline is recorded as timed out."""
+    """Run the sends side by side; one still going at the deadline is recorded as timed out, and a
+    command still running then is ended with its whole group (it must not outlive the delivery)."""
     results: dict[str, dict] = {}
     threads = []
     for to, send in sends:
@@ -109,6 +111,11 @@ def _together(sends, deadline: float) -> list[tuple[str, dict]]:
         threads.append((to, thread))
     for _to, thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
+    for pid in list(_RUNNING):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     return [(to, results.get(to) or {"ok": False, "error": "timed out", "seconds": None}) for to, _ in threads]
 
 
@@ -163,12 +170,15 @@ def _command(command: str, body: dict, deadline: float) -> tuple[bool, str | Non
         env=env,
         start_new_session=True,  # its whole group is ended if it runs too long
     )
+    _RUNNING.add(proc.pid)
     try:
         _, err = proc.communicate(json.dumps(body).encode(), timeout=_left(deadline))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         return False, "timed out"
+    finally:
+        _RUNNING.discard(proc.pid)
     if proc.returncode:
         last = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
         return False, f"exit {proc.returncode}: {last[0][:200]}"

@@ -175,3 +175,28 @@ def test_files_only_the_cluster_has_are_left_to_the_login_node_to_check():
     job = yaml.safe_load(text)
     assert job["mm"]["data"] == "/scratch/cluster/data.json" and job["mm"]["model"] == "files/model-model.json"
     assert "s/files/model-model.json" in copies and not any("data" in k for k in copies)
+
+
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda api: api.load_job(None), "path"),
+        (lambda api: api.load_job(123), "path"),
+        (lambda api: api.load_job(TINY, set=123), "set"),
+        (lambda api: api.load_job(TINY, set="gpt.lr=1"), "set"),
+        (lambda api: api.load_job(TINY, set={1: 2}), "set"),
+        (lambda api: api.load_job(TINY, set={"gpt.lr": object()}), "set"),
+        (lambda api: api.load_job(TINY, nodes=-1), "nodes"),
+        (lambda api: api.load_job(TINY, nproc_per_node="x"), "nproc_per_node"),
+        (lambda api: api.submit_sweep(TINY, {"gpt.lr": [1e-4]}, max_parallel=-1), "max_parallel"),
+        (lambda api: api.submit_sweep(TINY, {"entry.extra_args": ["a,b", "c"]}), "sweep.entry.extra_args"),
+        (lambda api: api.submit_sweep(TINY, {"gpt.lr": "1e-4"}), "sweep.gpt.lr"),
+        (lambda api: api.submit_sweep(TINY, []), "sweep"),
+    ],
+)
+def test_the_api_raises_user_error_for_every_bad_argument(call, field):
+    import hpc_mm
+
+    with pytest.raises(UserError) as raised:
+        call(hpc_mm)
+    assert raised.value.problems[0].field == field, raised.value.problems

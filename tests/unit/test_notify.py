@@ -126,3 +126,54 @@ def _rundir(tmp_path, spec):
 
     layout.create(layout.plan_run(spec, tmp_path / "run"))
     return RunDir(tmp_path / "run")
+
+
+def test_a_command_past_its_timeout_is_ended_with_its_children_not_left_running(tmp_path, silent):
+    """Webhook and command share the deadline; a slow webhook leaves the command no time, and the
+    command (and what it started) must not outlive the delivery."""
+    import os
+    import time
+
+    marker = tmp_path / "still-running"
+    spec = load_job(
+        JOBS / "tiny-vlm.yaml",
+        [
+            f"notify.webhook={silent}",
+            f"notify.command='sleep 3; touch {marker}'",
+            "notify.timeout_seconds=1",
+        ],
+    )
+    run = _rundir(tmp_path, spec)
+    said = notify.deliver(run, [run.record(Kind.FAILED, None, reason="boom")], spec)
+    assert {s["to"]: s["error"] for s in said} == {"webhook": "timed out", "command": "timed out"}
+    time.sleep(3.5)
+    assert not marker.exists()
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).startswith("sleep 3")]
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_a_manifest_that_names_files_outside_its_checkpoint_proves_nothing(tmp_path):
+    import json
+    import os
+
+    from hpc_mm.run import checkpoints
+
+    folder = checkpoints.iter_dir(tmp_path, 200)
+    (folder / "mp_rank_00").mkdir(parents=True)
+    (folder / "mp_rank_00" / "model_optim_rng.pt").write_bytes(b"truncated")
+    checkpoints.write_tracker(tmp_path, 200)
+    for name in ("/etc/hostname", "../../etc/hostname", "/dev/zero"):
+        (folder / "manifest.json").write_text(json.dumps({"files": {name: {"size": os.stat("/etc/hostname").st_size}}}))
+        assert not checkpoints.verify(tmp_path, 200, deep=True).ok, name
+        assert checkpoints.latest_whole(tmp_path) is None
+    (folder / "link").symlink_to("/dev/zero")
+    (folder / "manifest.json").write_text(json.dumps({"files": {"link": {"size": 0}}}))
+    assert "not a regular file" in checkpoints.verify(tmp_path, 200, deep=True).detail
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("²")
+    assert checkpoints.latest_iteration(tmp_path) is None
