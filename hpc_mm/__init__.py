@@ -25,3 +25,25 @@ def __getattr__(name: str):
     if name in api.__all__:
         return getattr(api, name)
     raise AttributeError(f"module 'hpc_mm' has no attribute {name!r}")
+
+
+# `hpc_mm.run(...)` is the API's function, but `hpc_mm.run` is also the package of the run directory:
+# once any of its modules is imported, Python sets the package here, over the function. The package is
+# made callable as the function, so `hpc_mm.run(PATH)` means one thing however it is reached.
+def _callable_run_package() -> None:
+    import sys
+    import types
+
+    import hpc_mm.run as package  # light: its __init__ imports nothing
+
+    class RunPackage(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            import importlib  # at first use, as __getattr__ above
+
+            return importlib.import_module("hpc_mm.api").run(*args, **kwargs)
+
+    package.__class__ = RunPackage
+    sys.modules[__name__].run = package
+
+
+_callable_run_package()

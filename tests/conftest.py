@@ -126,3 +126,29 @@ def recorded_slurm(monkeypatch):
         return fake
 
     return play
+
+
+@pytest.fixture(scope="session")
+def recorded_commands(tmp_path_factory):
+    """Slurm's commands as a recorded Slurm (tests/recorded/replay.py): a folder to put first on PATH."""
+    from recorded.replay import COMMANDS
+
+    folder = tmp_path_factory.mktemp("recorded-slurm")
+    replay = ROOT / "tests" / "recorded" / "replay.py"
+    for name in COMMANDS:
+        path = folder / name
+        path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{replay}" {name} "$@"\n')
+        path.chmod(0o755)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def hermetic_slurm(request, monkeypatch):
+    """The unit tests are hermetic: whatever this machine has installed, the Slurm commands they find
+    are the recorded ones, so a test takes the same path with and without Slurm and never reaches a
+    cluster. (Integration tests get the real one.)"""
+    if request.node.path.parent.name != "unit":
+        return
+    folder = request.getfixturevalue("recorded_commands")
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_CONF", "/nonexistent/slurm.conf")

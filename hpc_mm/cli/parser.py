@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from hpc_mm import __version__
-from hpc_mm.cli.types import nproc, positive_float, positive_int
+from hpc_mm.cli.types import non_negative_float, non_negative_int, nproc, positive_float, positive_int
 
 DESCRIPTION = """\
 Run MindSpeed-MM jobs (Megatron-argument entries, the FSDP2 trainer of MindSpeed-MM
@@ -266,10 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_float,
         help="failures per accelerator-hour (default: Meta's, Llama 3: 1.8 h MTBF on 16,384 GPUs)",
     )
-    p.add_argument("--node-loss", type=float, default=0.78, help="share of failures that lose a node for good")
-    p.add_argument("--preemptions-per-day", type=float, default=0.0)
-    p.add_argument("--queue-wait-minutes", type=float, default=60.0, help="mean wait in the queue after a requeue")
-    p.add_argument("--spares", type=int, help="spare nodes held with the job (default: slurm.spare_nodes, or 1)")
+    p.add_argument(
+        "--node-loss", type=non_negative_float, default=0.78, help="share of failures that lose a node for good"
+    )
+    p.add_argument("--preemptions-per-day", type=non_negative_float, default=0.0)
+    p.add_argument(
+        "--queue-wait-minutes", type=non_negative_float, default=60.0, help="mean wait in the queue after a requeue"
+    )
+    p.add_argument(
+        "--spares", type=non_negative_int, help="spare nodes held with the job (default: slurm.spare_nodes, or 1)"
+    )
     for name in ("save", "stop", "restart", "startup", "step"):
         p.add_argument(
             f"--{name}-seconds", type=positive_float, help=f"declare the {name} time instead of measuring it"

@@ -28,12 +28,18 @@ from dataclasses import asdict, dataclass, field, replace
 
 from hpc_mm.run.events import AGAIN, Kind
 from hpc_mm.run.interval import young_daly
+from hpc_mm.run.records import number
 from hpc_mm.run.rundir import RunDir
 
 STRATEGIES = ("requeue", "inside", "spares")
 # Meta, Llama 3 (2024): 1.8 h between interruptions on 16,384 GPUs; 78% of unexpected ones hardware.
 META_RATE_PER_ACCELERATOR_HOUR = 1.0 / (1.8 * 16384)
 META_NODE_LOSS_FRACTION = 0.78
+
+
+STALLED = 1e-4  # goodput below this is none
+MIN_FAULTS = 1000  # interruptions simulated before a job that keeps nothing is called stalled
+SHORTEST_STEP = 1e-3  # seconds: a measured step shorter than this is a broken record
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,9 @@ def simulate(
 
     clock += costs.startup  # the first start
     held += costs.startup * held_nodes
-    while done < work:
+    # Faults that come faster than a save and a step leave nothing kept: such a job never finishes,
+    # and the simulation stops once it has trained less than STALLED of its wall-clock time.
+    while done < work and not (interruptions > MIN_FAULTS and useful < STALLED * clock):
         fault_at, kind = next_fault(clock)
         # train from `clock` (work = done) in stretches of tau, each followed by a save
         progress, t = done, clock
@@ -236,11 +244,11 @@ def measured(run: RunDir) -> Costs:
     out: dict[str, float] = {}
 
     def put(name: str, values: list[float], default: float) -> None:
-        values = [v for v in values if v is not None and v >= 0]
+        values = [v for v in values if v is not None and math.isfinite(v) and v >= 0]
         out[name] = statistics.median(values) if values else default
         sources[name] = f"measured ({len(values)})" if values else "assumed"
 
-    put("save", [float(e.get("seconds")) for e in events if e.kind is Kind.CHECKPOINT and e.get("seconds")], 60.0)
+    put("save", [number(e.get("seconds")) for e in events if e.kind is Kind.CHECKPOINT], 60.0)
     stops = []
     for s in starts:
         signal_at, ended = (s.end.get("signal_at"), s.end.get("step_ended_at")) if s.end else (None, None)
@@ -270,7 +278,8 @@ def measured(run: RunDir) -> Costs:
     from hpc_mm.run.timeline import step_seconds
 
     step = step_seconds(rows)
-    out["step"], sources["step"] = (step, "measured") if step else (1.0, "assumed")
+    usable = step is not None and math.isfinite(step) and step >= SHORTEST_STEP
+    out["step"], sources["step"] = (step, "measured") if usable else (1.0, "assumed")
     return Costs(**out, sources=sources)
 
 

@@ -8,6 +8,7 @@ not one (see `read_objects`).
 from __future__ import annotations
 
 import json
+import math
 import numbers
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -15,13 +16,20 @@ from typing import Any, Mapping
 
 
 def number(value: Any) -> float | None:
+    """A finite number, or None (text, a flag, NaN, infinity, an integer beyond a float)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
-    return float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def integer(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """A 64-bit integer, or None."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    return value if ok else None
 
 
 @dataclass(frozen=True)
@@ -176,22 +184,47 @@ class RunInfo:
 
     @classmethod
     def from_json(cls, value: dict) -> RunInfo:
-        names = {f.name for f in fields(cls)}
-        known = {k: v for k, v in value.items() if k in names}
-        for key in ("job_id", "array"):
-            if known.get(key) is not None:
-                known[key] = str(known[key])
-        known["job_ids"] = tuple(str(j) for j in known.get("job_ids") or () if j)
-        try:
-            return cls(**known)
-        except TypeError:
-            return cls()
+        """Each field as its type says; a value of another type is missing (run.json may be edited or
+        cut by hand: a reader never fails on it)."""
+
+        def text(v):
+            return str(v) if isinstance(v, str) and v or integer(v) is not None else None
+
+        ids = value.get("job_ids")
+        return cls(
+            job_id=text(value.get("job_id")),
+            job_ids=tuple(t for t in map(text, ids) if t) if isinstance(ids, list) else (),
+            created=number(value.get("created")),
+            submitted=number(value.get("submitted")),
+            name=text(value.get("name")),
+            nodes=integer(value.get("nodes")),
+            array=text(value.get("array")),
+            task=integer(value.get("task")),
+            values=value.get("values") if isinstance(value.get("values"), dict) else None,
+            hpc_mm=text(value.get("hpc_mm")),
+            after=value.get("after") if isinstance(value.get("after"), dict) else None,
+        )
 
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) not in (None, ())}
         if self.job_ids:
             out["job_ids"] = list(self.job_ids)
         return out
+
+
+def _int(text: str) -> int | None:
+    return int(text) if len(text.lstrip("-")) <= 18 else None  # beyond 64 bits: not a count or a time
+
+
+def _float(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def loads(text: str):
+    """JSON as the run directory's readers take it: every number finite and within 64 bits (NaN,
+    Infinity, 1e400 and 20-digit integers are read as missing), so no reader meets one."""
+    return json.loads(text, parse_constant=lambda _: None, parse_int=_int, parse_float=_float)
 
 
 def read_objects(path: Path) -> list[dict]:
@@ -203,8 +236,8 @@ def read_objects(path: Path) -> list[dict]:
     out = []
     for line in data.decode("utf-8", errors="replace").splitlines():
         try:
-            value = json.loads(line)
-        except ValueError:
+            value = loads(line)
+        except (ValueError, RecursionError):
             continue
         if isinstance(value, dict):
             out.append(value)
@@ -214,8 +247,8 @@ def read_objects(path: Path) -> list[dict]:
 def read_object(path: Path) -> dict | None:
     """A small JSON file holding one object; None when absent, unreadable or something else."""
     try:
-        value = json.loads(Path(path).read_text(errors="replace"))
-    except (OSError, ValueError):
+        value = loads(Path(path).read_text(errors="replace"))
+    except (OSError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 

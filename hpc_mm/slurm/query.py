@@ -43,8 +43,19 @@ from hpc_mm.slurm.jobs import (
 __all__ = ["ENDED", "JobState", "SlurmJob", "Preemption", "parse_config", "patience"]
 
 
+NOT_INSTALLED = 127  # the shell's exit code for a command it cannot find
+_said_missing: set[str] = set()
+
+
 def _run(cmd: list[str], timeout: float = 30) -> Answer | None:
-    """Run one Slurm command: its answer, or None when it could not run or did not answer in time."""
+    """Run one Slurm command: its answer, or None when it could not run or did not answer in time.
+    A Slurm command that is not installed is not a controller that does not answer: it is said once,
+    at once, and never asked again."""
+    if shutil.which(cmd[0]) is None:
+        if not _said_missing:
+            _said_missing.add(cmd[0])
+            print(f"hpc-mm: note: Slurm is not installed here (no {cmd[0]}); Slurm is not asked", file=sys.stderr)
+        return Answer(NOT_INSTALLED, "", f"{cmd[0]}: not installed here")
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):

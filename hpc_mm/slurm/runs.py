@@ -15,6 +15,7 @@ from pathlib import Path
 from hpc_mm.environments.slurm import is_job_id
 from hpc_mm.errors import UserError
 from hpc_mm.run import layout
+from hpc_mm.run.events import Kind
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
 
@@ -123,5 +124,8 @@ def job_of(run: RunDir) -> str | None:
     queued) the queued job whose batch log goes into the run's log folder."""
     if run.info.job_id:
         return run.info.job_id
+    submitted = [e for e in run.events() if e.kind is Kind.SUBMITTED]
+    if submitted and submitted[-1].get("mode") == "local":
+        return None  # `hpc-mm local`: Slurm has nothing to say about it
     queued = query.queued_jobs_writing_to(str(run.logs.resolve()))
     return queued[-1] if queued else None

@@ -160,3 +160,26 @@ def test_goodput_command_prints_the_table_and_the_figure(tmp_path):
     assert "requeue" in text and "16,384" in text
     bad = run_cli("goodput", run.path, "--accelerators", "lots")
     assert bad.returncode == 2 and bad.stderr.startswith("error: --accelerators")
+
+
+def test_faults_faster_than_a_save_and_a_step_give_no_goodput_and_an_answer():
+    """The simulation of a job that keeps nothing ends, with 0, instead of running for ever."""
+    from hpc_mm.run import goodput
+
+    costs = goodput.Costs(save=60.0, step=1.0)
+    for rate in (1e300, 1.0):
+        scale = goodput.Scale(accelerators=10**12, failure_rate=rate)
+        for strategy in ("requeue", "inside", "spares"):
+            out = goodput.simulate(costs, scale, strategy, work=86400.0)
+            assert out.goodput < 1e-3 and out.interruptions > 0
+            assert 0.0 <= goodput.closed_form(costs, scale, strategy) < 1e-3
+
+
+@pytest.mark.parametrize(
+    "flag", ["--preemptions-per-day=-5", "--queue-wait-minutes=-1", "--spares=-1", "--node-loss=-0.5", "--node-loss=2"]
+)
+def test_a_negative_rate_or_share_is_refused(flag):
+    from conftest import JOBS, cli_in_process
+
+    rc, out, err = cli_in_process("goodput", JOBS / "tiny-vlm.yaml", flag)
+    assert rc == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err

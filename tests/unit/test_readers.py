@@ -84,7 +84,63 @@ CORRUPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("name,data", [c[1:] for c in CORRUPTIONS], ids=[c[0] for c in CORRUPTIONS])
+def _events(*extra):
+    base = {"job_id": "1", "restart": 0}
+    rows = [{"event": "started", "time": 1.0, **base, "nnodes": 2, "world_size": 4}, *extra]
+    rows.append({"event": "completed", "time": 30.0, **base, "returncode": 0})
+    return "".join(json.dumps({**base, **r}) + "\n" for r in rows)
+
+
+def _metrics(**row):
+    rows = [{"iteration": i, "loss": 1.0, "time": float(i), "samples_per_second": 10.0} for i in range(1, 4)]
+    return "".join(json.dumps(r) + "\n" for r in [*rows, {"iteration": 4, "loss": 1.0, "time": 4.0, **row}])
+
+
+HUGE = 10**400
+# Records of the right shape with values of the wrong type or size: every reader must take them.
+# (json.dumps writes NaN and Infinity, as Python's json reads them.)
+VALUES = [
+    ("time-nan", "events.jsonl", _events({"event": "checkpoint", "time": float("nan"), "iteration": 2})),
+    ("time-inf", "events.jsonl", _events({"event": "checkpoint", "time": float("inf"), "iteration": 2})),
+    ("time-negative", "events.jsonl", _events({"event": "requeued", "time": -5.0, "cause": "preemption"})),
+    ("time-huge-int", "events.jsonl", _events({"event": "checkpoint", "time": HUGE, "iteration": 2})),
+    ("time-text", "events.jsonl", _events({"event": "checkpoint", "time": "yesterday", "iteration": 2})),
+    ("restart-list", "events.jsonl", _events({"event": "requeued", "time": 5.0, "restart": [1]})),
+    ("restart-huge", "events.jsonl", _events({"event": "started", "time": 5.0, "restart": HUGE})),
+    ("iteration-text", "events.jsonl", _events({"event": "checkpoint", "time": 2.0, "iteration": "ten"})),
+    ("iteration-huge", "events.jsonl", _events({"event": "checkpoint", "time": 2.0, "iteration": HUGE})),
+    ("iteration-float", "events.jsonl", _events({"event": "checkpoint", "time": 2.0, "iteration": 1e300})),
+    ("seconds-negative", "events.jsonl", _events({"event": "checkpoint", "time": 2.0, "iteration": 2, "seconds": -1})),
+    ("seconds-nan", "events.jsonl", _events({"event": "checkpoint", "time": 2.0, "iteration": 2, "seconds": "nan"})),
+    ("nnodes-text", "events.jsonl", _events({"event": "started", "time": 2.0, "nnodes": "two", "world_size": "x"})),
+    ("world-zero", "events.jsonl", _events({"event": "started", "time": 2.0, "nnodes": 0, "world_size": 0})),
+    ("hosts-number", "events.jsonl", _events({"event": "started", "time": 2.0, "hosts": 5, "exclude": 7})),
+    ("lost-text", "events.jsonl", _events({"event": "requeued", "time": 9.0, "lost_iterations": "many"})),
+    ("batch-times", "events.jsonl", _events({"event": "started", "time": 2.0, "batch_started_at": "x"})),
+    ("interval-text", "events.jsonl", _events({"event": "started", "time": 2.0, "save_interval": "auto"})),
+    ("interval-dict", "events.jsonl", _events({"event": "started", "time": 2.0, "save_interval": {"chosen": "x"}})),
+    ("metric-time-nan", "metrics.jsonl", _metrics(time=float("nan"))),
+    ("metric-time-inf", "metrics.jsonl", _metrics(time=float("-inf"))),
+    ("metric-time-back", "metrics.jsonl", _metrics(time=-100.0)),
+    ("metric-loss-inf", "metrics.jsonl", _metrics(loss=float("inf"))),
+    ("metric-loss-text", "metrics.jsonl", _metrics(loss="low")),
+    ("metric-iteration-huge", "metrics.jsonl", _metrics(iteration=HUGE)),
+    ("metric-speed-negative", "metrics.jsonl", _metrics(samples_per_second=-5.0, step_ms=0)),
+    ("metric-speed-huge", "metrics.jsonl", _metrics(samples_per_second=1e308, step_ms=1e-308)),
+    ("metric-train-iters-zero", "metrics.jsonl", _metrics(train_iters=0)),
+    ("metric-batch-text", "metrics.jsonl", _metrics(global_batch_size="big", consumed_samples=-1)),
+    ("run-json-types", "run.json", json.dumps({"job_id": 5, "job_ids": "12", "array": [], "after": 3, "name": {}})),
+    ("run-json-huge", "run.json", json.dumps({"job_id": HUGE, "job_ids": [HUGE, None]})),
+    ("mm-zero-heads", "mm/model.json", json.dumps({"text_decoder": {"num_layers": 2, "hidden_size": 8,
+                                                   "num_attention_heads": 0, "ffn_hidden_size": 0}})),
+    ("mm-model-a-list", "mm/model.json", "[1, 2]"),
+    ("heartbeat-garbage", "heartbeats/1-r0-n0.json", json.dumps({"node": "x", "time": "nan", "ranks": 5})),
+    ("cancel-garbage", "cancel.json", json.dumps({"job_id": [], "time": "x"})),
+    ("notifications-garbage", "notifications.jsonl", "[]\n{\"time\": \"x\"}\n"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,data", [c[1:] for c in CORRUPTIONS + VALUES], ids=[c[0] for c in CORRUPTIONS + VALUES])
 def test_corrupt_run_directory_files(good_run, tmp_path, name, data):
     run_dir = tmp_path / "run"
     shutil.copytree(good_run, run_dir)
@@ -100,6 +156,8 @@ def test_corrupt_run_directory_files(good_run, tmp_path, name, data):
         ["logs", run_dir],
         ["logs", run_dir, "--rank", "1"],
         ["report", run_dir],
+        ["goodput", run_dir, "--seeds", "1", "--days", "1", "--accelerators", "1024"],
+        ["validate", run_dir / "job.yaml", "--run-dir", run_dir],
     ):
         rc, out, err = cli(*argv)
         assert rc in (0, 2), (argv, rc, err)
@@ -108,6 +166,13 @@ def test_corrupt_run_directory_files(good_run, tmp_path, name, data):
         )
         if rc == 2:
             assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, (argv, err)
+    import hpc_mm
+
+    try:
+        assert hpc_mm.run(run_dir).status() is not None
+        assert [r.status() for r in hpc_mm.runs(run_dir.parent)]
+    except hpc_mm.UserError:
+        pass
 
 
 def test_logs_of_one_rank_keep_that_tasks_unprefixed_lines(good_run):
