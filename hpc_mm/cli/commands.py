@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hpc_mm.cli.parser import shortcut_overrides
 from hpc_mm.errors import UserError
+from hpc_mm.run.format import nodes
 
 
 def _load(args: argparse.Namespace, job: str | None = None):
@@ -29,9 +30,12 @@ def _login_argv(spec, run_dir: Path | None) -> list[str]:
     """The entry's argv as the launcher will give it, as far as a login node can know (the
     device's backend and, with nproc_per_node: auto, the world size are the node's to say)."""
     from hpc_mm.job.entries import contract
+    from hpc_mm.run.layout import with_copies
 
     spec, _ = _with_interval(spec, run_dir)
-    return contract(spec).argv(*_login_context(spec, _login_paths(spec, run_dir)))
+    paths = _login_paths(spec, run_dir)
+    spec, _ = with_copies(spec, paths.run_dir)  # the entry reads the run's copies of its files
+    return contract(spec).argv(*_login_context(spec, paths))
 
 
 def _login_paths(spec, run_dir: Path | None):
@@ -77,10 +81,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
             check(spec, args.run_dir)  # what `render` and `submit` would refuse
             if args.dry_run:
                 from hpc_mm.errors import warn
-                from hpc_mm.slurm.submit import grace_problems
+                from hpc_mm.slurm.submit import ask_slurm, grace_problems
 
                 for problem in grace_problems(spec, args.run_dir):
                     warn(problem)
+                ask_slurm(spec, args.run_dir)  # what `submit --dry-run` asks, refused the same way
         except UserError as exc:
             problems += exc.problems
             continue
@@ -111,12 +116,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 0
     for job, r in results.items():
         if r["world_size"] is None:
-            print(f"ok {job}: {r['nnodes']} nodes; world size decided at launch (nproc_per_node: auto)")
+            print(f"ok {job}: {nodes(r['nnodes'])}; world size decided at launch (nproc_per_node: auto)")
         elif r["data_parallel_size"] is None:
-            print(f"ok {job}: world size {r['world_size']} = {r['nnodes']} nodes x {r['world_size'] // r['nnodes']}")
+            print(f"ok {job}: world size {r['world_size']} = {nodes(r['nnodes'])} x {r['world_size'] // r['nnodes']}")
         else:
             print(
-                f"ok {job}: world size {r['world_size']} = {r['nnodes']} nodes x {r['world_size'] // r['nnodes']}, "
+                f"ok {job}: world size {r['world_size']} = {nodes(r['nnodes'])} x {r['world_size'] // r['nnodes']}, "
                 f"DP {r['data_parallel_size']}, global batch {r['global_batch_size']}, "
                 f"gradient accumulation {r['gradient_accumulation_steps']}, "
                 f"micro-batches per step {r['micro_batches_per_step']}"
@@ -142,7 +147,10 @@ PLACEHOLDER = "RUN_DIR"
 
 def cmd_args(args: argparse.Namespace) -> int:
     from hpc_mm.job.megatron import shell_line
+    from hpc_mm.run.layout import is_run_dir
 
+    if args.run_dir is None and is_run_dir(Path(args.job).parent):  # a run's own job file: that run
+        args.run_dir = Path(args.job).parent
     print(shell_line(_login_argv(_load(args), args.run_dir)))
     if args.run_dir is None:
         print(

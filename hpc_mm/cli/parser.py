@@ -106,11 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check job files and print the derived figures")
     _job_options(p, many=True)
+    _slurm_shortcuts(p)
     p.add_argument("--json", action="store_true", help="print the derived figures as JSON")
     p.add_argument(
         "--dry-run",
         action="store_true",
-        help="also ask Slurm: does the last save fit in the partition's preemption GraceTime + KillWait",
+        help="also ask Slurm, as `submit --dry-run` does: `sbatch --test-only` of the script, and does the "
+        "last save fit in the partition's preemption GraceTime + KillWait",
     )
 
     p = sub.add_parser(
@@ -257,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
         "what it never did is assumed, and any of them can be declared.",
     )
     p.add_argument("target", help="a run directory (its measured costs), or a job file (declare the costs)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of the job (its file, or the run's), e.g. --set slurm.spare_nodes=2",
+    )
+    p.add_argument("--nodes", type=positive_int, help="number of nodes of the job")
     p.add_argument("--accelerators", default="1024,4096,16384,65536,100000", help="scales to predict, comma-separated")
     p.add_argument("--per-node", type=positive_int, help="accelerators a node (default: the job's nproc_per_node)")
     p.add_argument("--mtbf-hours", type=positive_float, help="a measured MTBF of a job of --mtbf-at accelerators")

@@ -51,7 +51,7 @@ def parse_login(value, where: str) -> tuple[str, int | None]:
     """`[user@]host[:port]` as ssh's destination and port; anything else is one error line."""
     if not isinstance(value, str):
         raise UserError.one(where, f"is {type(value).__name__}, not a login", "a login: [user@]host[:port]")
-    m = _LOGIN.match(value)
+    m = _LOGIN.fullmatch(value)
     port = int(m["port"]) if m and m["port"] else None
     if m is None or (port is not None and not 0 < port < 65536):
         shown = value if value.isprintable() and len(value) <= 80 else repr(value[:80])

@@ -39,7 +39,16 @@ def submit(args: argparse.Namespace, load) -> int:
         if len(jobs) > 1:
             raise UserError.one("--sweep", "sweeps one job file", "submit the pipeline's stages without --sweep")
         if args.dry_run:
-            raise UserError.one("--dry-run", "a sweep cannot be dry-run yet", "dry-run one combination with --set")
+            return slurm_submit.dry_run_sweep(
+                lambda extra: _with_after(load(jobs[0], extra), args.after),
+                _with_after(load(jobs[0], []), args.after),
+                args.sweep,
+                args.run_dir,
+                args.template_dir,
+                args.max_parallel,
+                args.zip,
+                as_json=args.json,
+            )
         with warning_lines():
             sweep = api.sweep_with(
                 lambda extra: _with_after(load(jobs[0], extra), args.after),

@@ -65,9 +65,10 @@ class OptionTable:
     def find(self, flag_or_key: str) -> Option | None:
         return self._by_flag.get(normal(flag_or_key))
 
-    def close(self, key: str) -> str | None:
-        """The known option closest to a misspelt key, if one is close."""
-        match = difflib.get_close_matches(normal(key), list(self._by_flag), n=1, cutoff=0.85)
+    def close(self, key: str, cutoff: float = 0.85) -> str | None:
+        """The known option closest to a misspelt key, if one is close (at `cutoff`: so close that
+        the key is an error; a looser one makes a suggestion)."""
+        match = difflib.get_close_matches(normal(key), list(self._by_flag), n=1, cutoff=cutoff)
         return match[0] if match else None
 
 

@@ -34,10 +34,10 @@ def is_secret_name(name: str) -> bool:
 def _random(text: str) -> bool:
     """A long string of upper- and lower-case letters and digits mixed, or of hex digits, as tokens are
     (a path, a word or a list of settings is not)."""
-    if _HEX.match(text):
+    if _HEX.fullmatch(text):
         return any(c.isdigit() for c in text) and any(c.isalpha() for c in text)
     mixed = any(c.isdigit() for c in text) and any(c.islower() for c in text) and any(c.isupper() for c in text)
-    return bool(_RANDOM.match(text)) and mixed
+    return bool(_RANDOM.fullmatch(text)) and mixed
 
 
 def _mixed(segment: str) -> bool:

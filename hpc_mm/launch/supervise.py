@@ -127,6 +127,7 @@ def _run(plan: Plan) -> int:
             enabled=plan.spec.fault.hang_detection,
             task=plan.local_rank if plan.mode == "worker" else None,
             watch=entry.watch(plan.spec),
+            tell=[k for k in (Kind.STARTED, Kind.CHECKPOINT) if k.value in plan.spec.notify.on],
         )
         dog.start()
         dogs.append(dog)

@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from hpc_mm.environments.devices import node_name
 from hpc_mm.job.signals import STACK_SIGNAL
@@ -184,6 +185,7 @@ class Watchdog(threading.Thread):
         enabled: bool = True,
         task: int | None = None,
         watch: Watch = Watch.ITERATIONS,
+        tell: Iterable[Kind] = (),
     ):
         super().__init__(name="watchdog", daemon=True)
         self.rundir, self.start_key, self.node, self.progress, self.child = run, start, node, progress, child
@@ -200,6 +202,8 @@ class Watchdog(threading.Thread):
         self._work: float | None = None  # CPU seconds of the training processes at the last beat
         self._alive = time.time()  # when they last used CPU time
         self._touched_at = _mtime(self.touched)
+        self.tell = set(tell)  # the events of a running start `notify:` picked (started, checkpoint)
+        self._told = 0
 
     def phase(self) -> Phase:
         if self.watch is Watch.LIVENESS:
@@ -251,8 +255,19 @@ class Watchdog(threading.Thread):
                         kill_tree(self.child.pid)
                 if self.decides and self.enabled and self.hung is None:
                     self._decide()
+                if self.decides and self.tell:
+                    self._tell()
             except Exception as exc:  # the watchdog must never take the training down
                 sys.stderr.write(f"hpc-mm watchdog: {exc.__class__.__name__}: {exc}\n")
+
+    def _tell(self) -> None:
+        """Deliver the events of this start `notify:` picked that happen while it runs (its start,
+        each checkpoint), whoever recorded them (the launcher, the entry's log, the built-in trainer)."""
+        events = self.rundir.reread().events()
+        new = [e for e in events[self._told :] if e.key == self.start_key and e.kind in self.tell]
+        self._told = len(events)
+        if new:
+            notify.deliver(self.rundir, new)
 
     def stop(self) -> None:
         """End the heartbeats, once whatever the thread is doing is done: after a hang it is telling

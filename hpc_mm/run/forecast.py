@@ -29,13 +29,14 @@ def forecast(args: argparse.Namespace) -> int:
     run = RunDir(target) if target.is_dir() and layout.is_run_dir(target) else None
     if run is None and not target.is_file():
         raise UserError.one("TARGET", f"{target} is neither a run directory nor a job file", "pass one of them")
+    from hpc_mm.job.jobfile import load_job
+
+    overrides, nodes = getattr(args, "overrides", []), getattr(args, "nodes", None)
     if run is not None:
-        spec = run.job
+        spec = load_job(run.job_file, overrides, nodes) if overrides or nodes else run.job
         costs = goodput.measured(run)
     else:
-        from hpc_mm.job.jobfile import load_job
-
-        spec = load_job(target)
+        spec = load_job(target, overrides, nodes)
         costs = goodput.Costs(sources=dict.fromkeys(("save", "stop", "restart_inside", "startup", "step"), "assumed"))
     costs = goodput.with_costs(
         costs,

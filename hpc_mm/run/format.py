@@ -45,3 +45,12 @@ def rate(value: float | None) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.3g}{suffix}"
     return f"{value:.3g}"
+
+
+def last_checkpoint(iteration: int | None) -> str:
+    """How a stop's message names the checkpoint a resume starts from."""
+    return f"its last checkpoint is iteration {iteration}" if iteration is not None else "it has no checkpoint yet"
+
+
+def nodes(count: int) -> str:
+    return f"{count} node" if count == 1 else f"{count} nodes"

@@ -105,15 +105,24 @@ def plan_run(spec: JobSpec, run_dir: Path | None) -> RunFiles:
     reads the same configuration, whatever happens to the originals. (Paths inside them stay relative
     to entry.workdir, as MindSpeed-MM reads them.)"""
     run_dir = Path(run_dir or default_run_dir(spec)).resolve()
+    recorded, copies = with_copies(spec, run_dir)
+    return RunFiles(
+        run_dir, {JOB_FILE: job_text(recorded), **{name: Path(o).read_text() for name, o in copies.items()}}
+    )
+
+
+def with_copies(spec: JobSpec, run_dir: Path) -> tuple[JobSpec, dict[str, str]]:
+    """The job as the run directory records it, pointing at its copies of the files the entry reads
+    (what every start, and so the entry, gets); and those copies (name in the run -> the original)."""
     copies, recorded = {}, spec
     for key, name in contract(spec).copies(spec).items():
         section, field_name = key.split(".")
         original = getattr(getattr(spec, section), field_name)
         if original and Path(original).is_file():
-            copies[name] = Path(original).read_text()
-            part = dataclasses.replace(getattr(recorded, section), **{field_name: str(run_dir / name)})
+            copies[name] = original
+            part = dataclasses.replace(getattr(recorded, section), **{field_name: str(Path(run_dir) / name)})
             recorded = dataclasses.replace(recorded, **{section: part})
-    return RunFiles(run_dir, {JOB_FILE: job_text(recorded), **copies})
+    return recorded, copies
 
 
 @dataclass

@@ -34,7 +34,7 @@ def summary(run: RunDir) -> dict:
         "iterations": rows[-1].iteration,
         "train_iters": total,
         "first_loss": sum(first) / len(first),
-        "last_loss": sum(last) / len(last),
+        "final_loss": sum(last) / len(last),  # the mean of the last 10 iterations: one number to rank by
         "samples_per_second": sum(speeds) / len(speeds) if speeds else None,
         "throughput": throughput.of_run(run, rows),
         "checkpoints": sorted({e.iteration for e in record if e.kind is Kind.CHECKPOINT and e.iteration is not None}),
@@ -83,7 +83,7 @@ def summary_text(info: dict) -> str:
     return "\n".join(
         [
             f"iterations    {info['iterations']}{of}",
-            f"loss          {number(info['first_loss'])} -> {number(info['last_loss'])} (first/last 10 iterations)",
+            f"loss          {number(info['first_loss'])} -> {number(info['final_loss'])} (first/last 10 iterations)",
             f"throughput    {speed}",
             f"checkpoints   {checkpoints}",
             f"restarts      {len(info['restarts'])}" + (f" ({restarts})" if restarts else ""),
@@ -178,7 +178,7 @@ def sweep_rows(tasks: list[RunDir]) -> list[dict]:
                     "task": task.info.task,
                     "values": values,
                     "iterations": None,
-                    "last_loss": None,
+                    "final_loss": None,
                     "goodput": None,
                 }
             )
@@ -189,11 +189,11 @@ def sweep_rows(tasks: list[RunDir]) -> list[dict]:
                 "task": task.info.task,
                 "values": values,
                 "iterations": info["iterations"],
-                "last_loss": info["last_loss"],
+                "final_loss": info["final_loss"],
                 "goodput": info["goodput"],
             }
         )
-    return sorted(rows, key=lambda r: (r["last_loss"] is None, r["last_loss"] or 0.0, r["task"] or 0))
+    return sorted(rows, key=lambda r: (r["final_loss"] is None, r["final_loss"] or 0.0, r["task"] or 0))
 
 
 def report_sweep(folder, tasks: list[RunDir]) -> int:
@@ -207,12 +207,12 @@ def report_sweep(folder, tasks: list[RunDir]) -> int:
             "wait for the first iterations (hpc-mm status shows the tasks)",
         )
     width = max(len(" ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in r["values"].items())) for r in rows)
-    print(f"{'TASK':6}{'VALUES':{width + 2}}{'ITERATIONS':12}{'LOSS':10}GOODPUT")
+    print(f"{'TASK':6}{'VALUES':{width + 2}}{'ITERATIONS':12}{'FINAL LOSS':12}GOODPUT")
     for r in rows:
         values = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in r["values"].items())
         goodput = f"{r['goodput']:.0%}" if r["goodput"] is not None else "-"
         print(
-            f"{str(r['task']):6}{values:{width + 2}}{str(r['iterations'] or '-'):12}{number(r['last_loss']):10}"
+            f"{str(r['task']):6}{values:{width + 2}}{str(r['iterations'] or '-'):12}{number(r['final_loss']):12}"
             f"{goodput}"
         )
     try:

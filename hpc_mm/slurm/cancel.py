@@ -17,6 +17,7 @@ from hpc_mm.environments.slurm import is_job_id
 from hpc_mm.errors import UserError
 from hpc_mm.run import checkpoints
 from hpc_mm.run.events import Kind, StartKey
+from hpc_mm.run.format import last_checkpoint
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
 from hpc_mm.slurm.runs import Sweep, find, job_of
@@ -84,7 +85,7 @@ def _cancel(jobs: list[tuple[RunDir | None, str]], now: bool, say) -> int:
         if not query.job(job_id).ended:
             _at_once(run, job_id, "after the grace passed without a checkpoint", say)
             continue
-        say(f"cancelled job {job_id}; its last checkpoint is iteration {_latest(run)}")
+        say(f"cancelled job {job_id}; {last_checkpoint(_latest(run))}")
     return 0
 
 
@@ -107,7 +108,7 @@ def _at_once(run: RunDir | None, job_id: str, how: str, say) -> None:
         while time.time() < deadline and not query.job(job_id).ended:
             time.sleep(POLL)
         if run.reread().start(key).end is not None:
-            say(f"cancelled job {job_id} ({how}); its last checkpoint is iteration {_latest(run)}")
+            say(f"cancelled job {job_id} ({how}); {last_checkpoint(_latest(run))}")
             return
     run.record(Kind.CANCELLED, key, reason=f"cancelled {how} (hpc-mm cancel)", cause="user", iteration=_latest(run))
-    say(f"cancelled job {job_id} ({how}); its last checkpoint is iteration {_latest(run)}")
+    say(f"cancelled job {job_id} ({how}); {last_checkpoint(_latest(run))}")

@@ -22,6 +22,7 @@ from hpc_mm.environments.slurm import expand_nodelist
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import events, notify
 from hpc_mm.run.events import Kind, StartKey, this_start
+from hpc_mm.run.format import last_checkpoint
 from hpc_mm.run.rundir import RunDir, Start
 from hpc_mm.slurm import query
 from hpc_mm.slurm.blame import BAD_NODE, failed_nodes, preflight_failures, step_exclude
@@ -74,7 +75,7 @@ def _finish(run: RunDir, returncode: int, signal_name: str | None, failed: str |
             iteration=latest,
             **events.batch_times(env, "signal_at", "step_ended_at"),
         )
-        print(f"hpc-mm: cancelled; the last checkpoint is iteration {latest}", flush=True)
+        print(f"hpc-mm: cancelled; {last_checkpoint(latest)}", flush=True)
         if key.job_id:
             query.cancel(key.job_id)  # Slurm records the job as cancelled, not completed
         return 0

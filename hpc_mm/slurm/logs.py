@@ -108,6 +108,11 @@ def print_logs(
     start = pick_start(run, job, restart)
     keep = _rank_filter(run, start, rank) if rank is not None else None
     offsets: dict[Path, int] = {}
+    if not log_files(run, start):
+        print(
+            f"hpc-mm: no logs yet in {run.logs} (the job has not started{', waiting' if follow else ''})",
+            file=sys.stderr,
+        )
     while True:
         for path in log_files(run, start):
             try:

@@ -13,17 +13,15 @@ and how that ended.
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 
+from hpc_mm.environments.slurm import is_job_id
 from hpc_mm.errors import UserError
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import layout
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
 from hpc_mm.slurm.jobs import JobState, SlurmJob
-
-JOB_ID = re.compile(r"^\d+(_\d+)?$")
 
 
 def resolve(spec: JobSpec, stages: dict[str, tuple[str, str]] | None = None) -> tuple[JobSpec, dict[str, str | None]]:
@@ -34,7 +32,7 @@ def resolve(spec: JobSpec, stages: dict[str, tuple[str, str]] | None = None) -> 
         field = f"after[{i}]" if len(spec.after) > 1 else "after"
         if stages and item in stages:
             job_id, run_dir = stages[item]
-        elif JOB_ID.match(item):
+        elif is_job_id(item):
             job_id, run_dir = item, None
         elif layout.is_run_dir(Path(item)):
             job_id, run_dir = RunDir(item).info.job_id, str(Path(item).resolve())

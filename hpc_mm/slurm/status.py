@@ -24,6 +24,8 @@ from hpc_mm.slurm.query import SlurmJob
 from hpc_mm.slurm.runs import Sweep, find, job_of, runs
 from hpc_mm.slurm.table import COLUMNS, RunStatus, format_table, grouped_rows, table_row
 
+# A run directory `render` wrote that no job ever ran (`sbatch RUN_DIR/job.sbatch` starts it).
+RENDERED = "RENDERED"
 # A run Slurm does not know (local, or long forgotten): its state from its newest start's record.
 _LOCAL_STATES = {
     Kind.STARTED: "RUNNING",
@@ -69,7 +71,7 @@ def run_status(run: RunDir, slurm: SlurmJob | None = None, now: float | None = N
     newest = starts[-1] if starts else None
     rows = run.metrics()
     last = rows[-1] if rows else None
-    state = slurm.state.value if slurm else _local_state(newest)
+    state = slurm.state.value if slurm else _local_state(newest) if job_id or newest else RENDERED
     running = state == "RUNNING"
     step = timeline.step_seconds(rows)
     elapsed = slurm.elapsed_seconds if slurm else None
@@ -86,6 +88,8 @@ def run_status(run: RunDir, slurm: SlurmJob | None = None, now: float | None = N
     speed = throughput.of_run(run, rows)
     deps = query.jobs(list(run.info.after)) if run.info.after else {}
     outcome = end.reason if end and end.kind not in AGAIN else pipeline.why_cancelled(run, state, deps)
+    if state == RENDERED:
+        outcome = f"not submitted: sbatch {run.script}"
     return RunStatus(
         run_dir=str(run.path.resolve()),
         name=spec.name,
@@ -186,16 +190,17 @@ def _print_best(sweep: Sweep) -> None:
     """A sweep's tasks by final loss (the mean of the last 10 iterations), best first."""
     from hpc_mm.run.report import sweep_rows
 
-    ranked = [r for r in sweep_rows(sweep.tasks()) if r["last_loss"] is not None]
+    ranked = [r for r in sweep_rows(sweep.tasks()) if r["final_loss"] is not None]
     if ranked:
         print(
             "\nbest first: "
             + "; ".join(
                 f"task-{r['task']} "
                 + " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in r["values"].items())
-                + f" loss {r['last_loss']:.4g}"
+                + f" final loss {r['final_loss']:.4g}"
                 for r in ranked
             )
+            + "\n(final loss: the mean of the last 10 iterations, while LOSS above is the last one)"
         )
 
 

@@ -101,10 +101,21 @@ def check_resume(spec: JobSpec, run_dir: Path) -> None:
         warn(problem)
 
 
+def _where(run: layout.RunFiles) -> None:
+    """What any use of a run directory refuses, a dry run as much as a submission: a folder of someone
+    else's work, one in use, and a `%`, which sbatch reads in a log's path as a pattern (%j, %x)."""
+    if "%" in str(run.run_dir):
+        raise UserError.one(
+            "--run-dir", f"{run.run_dir} holds a %, which sbatch would read as a file-name pattern", "rename it"
+        )
+    layout.refuse_foreign(run.run_dir)
+    refuse_if_active(run.run_dir)
+
+
 def prepare(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None) -> layout.RunFiles:
     """Everything the run directory will hold, the script included; nothing is written."""
     run = layout.plan_run(spec, run_dir)
-    refuse_if_active(run.run_dir)
+    _where(run)
     check_resume(spec, run.run_dir)
     script = render_script(spec, run.run_dir, template_dir)
     return dataclasses.replace(run, files={**run.files, layout.SCRIPT_FILE: script})
@@ -115,7 +126,7 @@ def check(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None)
     for is known only when it is submitted)."""
     spec = dataclasses.replace(spec, after=[])
     run = layout.plan_run(spec, run_dir)
-    refuse_if_active(run.run_dir)
+    _where(run)
     check_resume(spec, run.run_dir)
     check_script(spec, run.run_dir, template_dir)
 
@@ -124,26 +135,38 @@ def render(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None
     """Write the run directory (the script runs `hpc-mm launch` on it) and print the script."""
     spec, _ = pipeline.resolve(spec)
     run = prepare(spec, run_dir, template_dir)
+    if output and (output.is_dir() or not output.parent.is_dir()):
+        raise UserError.one("--output", f"{output} is a folder, or its folder does not exist", "name a file to write")
     layout.create(run)
     script = run.files[layout.SCRIPT_FILE]
     print(f"run directory: {run.run_dir}", file=sys.stderr)
     if output:
-        output.write_text(script)
+        try:
+            layout.write_private(output, script)  # as the run's own copy: it holds the job's environment
+        except OSError as exc:
+            raise UserError.one("--output", f"cannot write {output} ({exc.strerror})") from None
         print(f"wrote {output}", file=sys.stderr)
     else:
         sys.stdout.write(script)
     return 0
 
 
-def dry_run(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None, as_json: bool = False) -> int:
-    for problem in grace_problems(spec, run_dir):
-        warn(problem)
+def ask_slurm(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None) -> tuple[layout.RunFiles, str]:
+    """The run as it would be submitted (nothing written), and `sbatch --test-only`'s word on its
+    script where Slurm can be asked (a refusal is the user's error, as at submit)."""
     spec, _ = pipeline.resolve(spec)
     run = prepare(spec, run_dir, template_dir)
     script = run.files[layout.SCRIPT_FILE]
-    check = (
+    return run, (
         test_only(script, spec) if query.available() else "Slurm not reachable from here: sbatch --test-only skipped"
     )
+
+
+def dry_run(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None, as_json: bool = False) -> int:
+    for problem in grace_problems(spec, run_dir):
+        warn(problem)
+    run, check = ask_slurm(spec, run_dir, template_dir)
+    script = run.files[layout.SCRIPT_FILE]
     if as_json:
         print(json.dumps({"run_dir": str(run.run_dir), "script": script, "test_only": check}))
     else:
@@ -215,15 +238,7 @@ def submit_sweep(
 ) -> Submitted:
     """One job array, a task per combination of the swept values (slurm/sweep.py)."""
     _require_sbatch()
-    combos = sweep.tasks(load, sweeps, zipped=zipped)
-    sweep.check_size(len(combos))
-    parent = Path(run_dir or layout.default_run_dir(base)).resolve()
-    if parent.exists() and any(parent.iterdir()):
-        raise UserError.one("--run-dir", f"{parent} is not empty", "a sweep needs a folder of its own")
-    base, _ = pipeline.resolve(base)
-    script, runs = sweep.prepare(base, combos, parent, template_dir, max_parallel)
-    for run in runs:
-        refuse_if_active(run.run_dir)
+    combos, parent, script, runs = _sweep(load, base, sweeps, run_dir, template_dir, max_parallel, zipped)
     parent.mkdir(parents=True, exist_ok=True)
     try:
         for run in runs:
@@ -235,6 +250,42 @@ def submit_sweep(
     sweep.record(parent, array_id, combos, runs, max_parallel)
     tasks = tuple((f"{array_id}_{i}", run.run_dir, values) for i, ((values, _), run) in enumerate(zip(combos, runs)))
     return Submitted(array_id, parent, base, tasks)
+
+
+def _sweep(load, base, sweeps, run_dir, template_dir, max_parallel, zipped):
+    """Everything a sweep will write and submit, in memory: (combinations, folder, script, runs)."""
+    combos = sweep.tasks(load, sweeps, zipped=zipped)
+    parent = Path(run_dir or layout.default_run_dir(base)).resolve()
+    if "%" in str(parent):
+        raise UserError.one("--run-dir", f"{parent} holds a %, which sbatch would read as a file-name pattern")
+    if parent.exists() and (not parent.is_dir() or any(parent.iterdir())):
+        raise UserError.one("--run-dir", f"{parent} is not an empty folder", "a sweep needs a folder of its own")
+    base, _ = pipeline.resolve(base)
+    script, runs = sweep.prepare(base, combos, parent, template_dir, max_parallel)
+    for run in runs:
+        refuse_if_active(run.run_dir)
+    return combos, parent, script, runs
+
+
+def dry_run_sweep(
+    load, base, sweeps, run_dir, template_dir=None, max_parallel=None, zipped=False, as_json=False
+) -> int:
+    """The sweep's script and tasks as they would be submitted, checked by `sbatch --test-only`."""
+    combos, parent, script, runs = _sweep(load, base, sweeps, run_dir, template_dir, max_parallel, zipped)
+    check = (
+        test_only(script, base) if query.available() else "Slurm not reachable from here: sbatch --test-only skipped"
+    )
+    listed = [
+        {"task": i, "values": values, "run_dir": str(r.run_dir)} for i, ((values, _), r) in enumerate(zip(combos, runs))
+    ]
+    if as_json:
+        print(json.dumps({"run_dir": str(parent), "script": script, "tasks": listed, "test_only": check}))
+        return 0
+    print(script, end="")
+    for t in listed:
+        print(f"# task {t['task']}: {' '.join(f'{k}={v}' for k, v in t['values'].items())}")
+    print(f"# sweep directory (not created): {parent}\n# sbatch --test-only: {check}")
+    return 0
 
 
 def _submit(folder: Path, script: str, spec: JobSpec) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,8 @@ from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
 from hpc_mm.slurm.render import render_script, sbatch_options
+
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's own default MaxArraySize
 
 
 def parse(sweeps: list[str]) -> list[tuple[str, list[str]]]:
@@ -40,9 +43,18 @@ def parse(sweeps: list[str]) -> list[tuple[str, list[str]]]:
     return axes
 
 
+def count(sweeps: list[str], zipped: bool = False) -> int:
+    """How many tasks the sweep makes, before any of them is loaded."""
+    axes = parse(sweeps)
+    if zipped:
+        return len(axes[0][1]) if axes else 0
+    return math.prod(len(values) for _, values in axes)
+
+
 def tasks(load: Callable[[list[str]], JobSpec], sweeps: list[str], zipped: bool = False) -> list[tuple[dict, JobSpec]]:
     """(the task's values, its job) for every combination (`zipped`: the i-th value of every key
-    together), each job checked on its own."""
+    together), each job checked on its own; a sweep larger than the cluster takes is refused first."""
+    check_size(count(sweeps, zipped))
     axes = parse(sweeps)
     if zipped:
         lengths = {key: len(values) for key, values in axes}
@@ -61,9 +73,10 @@ def tasks(load: Callable[[list[str]], JobSpec], sweeps: list[str], zipped: bool 
 
 
 def check_size(count: int) -> None:
-    """A job array has indices 0..count-1, which must be below the cluster's MaxArraySize."""
-    limit = query.max_array_size()
-    if limit is not None and count > limit:
+    """A job array has indices 0..count-1, which must be below the cluster's MaxArraySize (Slurm's
+    default, 1001, where the cluster cannot be asked)."""
+    limit = query.max_array_size() or DEFAULT_MAX_ARRAY_SIZE
+    if count > limit:
         raise UserError.one(
             "--sweep",
             f"{count} tasks, but this cluster's MaxArraySize is {limit} (indices 0..{limit - 1})",
@@ -81,15 +94,16 @@ def prepare(
     """The array's script, and every task's run directory (in memory)."""
     probe = parent / "task-0"
     wanted = sbatch_options(base, probe)
+    script = render_script(base, parent, template_dir, array=len(combos), throttle=max_parallel)
     for i, (values, spec) in enumerate(combos):
-        if sbatch_options(spec, probe) != wanted:
+        other = sbatch_options(spec, probe) != wanted
+        if other or render_script(spec, parent, template_dir, array=len(combos), throttle=max_parallel) != script:
+            what = "asks Slurm for other resources than the rest" if other else "changes the array's batch script"
             raise UserError.one(
                 "--sweep",
-                f"task {i} ({', '.join(f'{k}={v}' for k, v in values.items())}) asks Slurm "
-                "for other resources than the rest",
-                "a job array's tasks share one script: sweep training values, not slurm.* or the number of nodes",
+                f"task {i} ({', '.join(f'{k}={v}' for k, v in values.items())}) {what}, which its tasks share",
+                "sweep training values, not slurm.*, setup lines, the number of nodes or what the script runs",
             )
-    script = render_script(base, parent, template_dir, array=len(combos), throttle=max_parallel)
     runs = []
     for i, (_values, spec) in enumerate(combos):
         run = layout.plan_run(spec, parent / f"task-{i}")

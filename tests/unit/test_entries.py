@@ -4,6 +4,7 @@ by running MindSpeed-MM's own example scripts through hpc-mm."""
 
 import copy
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -235,7 +236,8 @@ def test_args_is_exactly_what_launch_runs(tmp_path, overrides):
     sets = [a for o in overrides for a in ("--set", o)]
     printed = run_cli("args", path, "--run-dir", run, *sets)
     assert printed.returncode == 0, printed.stderr
-    plan = resolve_plan(path, overrides, run, env={**slurm(1, nodes=2), "HPC_MM_DEVICE": "cpu"})
+    run_cli("render", path, "--run-dir", run, *sets, "-o", os.devnull, check=True)  # as submit writes it
+    plan = resolve_plan(str(run), [], None, env={**slurm(1, nodes=2), "HPC_MM_DEVICE": "cpu"})
     from hpc_mm.launch.watchdog import collective_timeout
 
     launched = command(plan, collective_timeout(plan.spec.fault, plan.run))

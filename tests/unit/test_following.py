@@ -61,7 +61,7 @@ def test_cancel_of_a_running_job_asks_it_to_save_first(tmp_path, recorded_slurm,
     assert rc == 0 and ["scancel", "--batch", "--signal=USR1", jid] in fake.orders
     assert ["scancel", jid] not in fake.orders  # it stopped by itself within the grace
     assert RunDir(run.path).cancel_request().job_id == jid
-    assert f"cancelled job {jid}; its last checkpoint is iteration None" in out
+    assert f"cancelled job {jid}; it has no checkpoint yet" in out
 
 
 def test_cancel_now_and_of_what_cannot_be_cancelled(tmp_path, recorded_slurm):

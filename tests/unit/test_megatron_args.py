@@ -3,7 +3,6 @@
 import argparse
 import json
 import shlex
-from pathlib import Path
 
 import pytest
 
@@ -62,8 +61,9 @@ def test_qwen_args_carry_every_seed_flag_with_file_values():
         0,
     )
     assert (args.clip_grad, args.train_iters, args.seed) == (0.0, 10000, 42)
-    assert args.mm_data.endswith("jobs/qwen2vl-7b/data.json") and args.mm_model.endswith("qwen2vl-7b/model.json")
-    assert args.mm_tool.endswith("qwen2vl-7b/tools.json")
+    # the run's copies of the mm files: what every start of a submitted run reads
+    assert args.mm_data == "/tmp/hpc-mm-run/mm/data.json" and args.mm_model == "/tmp/hpc-mm-run/mm/model.json"
+    assert args.mm_tool == "/tmp/hpc-mm-run/mm/tool.json"
     assert args.save == args.load == "/tmp/hpc-mm-run/checkpoints" and args.save_interval == 500
     assert args.pretrained_checkpoint.endswith("MindSpeed-MM/ckpt/mm_path/Qwen2-VL-7B-Instruct")
     assert args.distributed_backend == "nccl"  # NPU: MindSpeed maps nccl to hccl
@@ -103,7 +103,7 @@ def test_qwen_args_pass_megatron_and_mindspeed_checks():
     """The checks of Megatron core_v0.12.1's validate_args and MindSpeed 2.2.0's that these options
     meet, after MindSpeed-MM fills the model's sizes from text_decoder of --mm-model."""
     args = megatron_parser().parse_args(argv_of(JOBS / "qwen2vl-7b.yaml"))
-    decoder = json.loads(Path(args.mm_model).read_text())["text_decoder"]
+    decoder = json.loads((JOBS / "qwen2vl-7b" / "model.json").read_text())["text_decoder"]  # what the run copies
     for name in ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings"):
         setattr(args, name, decoder[name])
     megatron_validate(args, world_size=32)
@@ -114,7 +114,7 @@ def test_qwen_args_pass_megatron_and_mindspeed_checks():
     assert args.vocab_size is not None if args.tokenizer_type == "NullTokenizer" else True  # Megatron
     assert not (args.bf16 and args.fp16)  # Megatron
     assert len(decoder["pipeline_num_layers"]) == args.pipeline_model_parallel_size  # MindSpeed-MM
-    vision = json.loads(Path(args.mm_model).read_text())["image_encoder"]["vision_encoder"]
+    vision = json.loads((JOBS / "qwen2vl-7b" / "model.json").read_text())["image_encoder"]["vision_encoder"]
     assert sum(vision["pipeline_num_layers"]) == vision["num_layers"]  # MindSpeed-MM
 
 

@@ -13,7 +13,7 @@ from hpc_mm.errors import UserError
 from hpc_mm.job.jobfile import load_job
 from hpc_mm.slurm.render import render_script
 
-from conftest import JOBS, ROOT, run_cli
+from conftest import JOBS, ROOT, cli_in_process, run_cli
 
 GOLDEN = ROOT / "tests" / "golden"
 GOLDEN_RUN_DIR = Path("/tmp/hpc-mm-golden/run")
@@ -256,3 +256,40 @@ def test_a_failing_setup_line_is_a_recorded_failure(tmp_path, setup, code, words
     assert result.returncode == code and not (run_dir / "srun.ran").exists()
     last = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
     assert last["event"] == "failed" and last["reason"] == words and last["returncode"] == code
+
+
+def test_a_stop_signal_while_the_script_starts_is_a_stop_not_a_failure(tmp_path):
+    """`hpc-mm cancel` (or a preemption) may signal the batch shell before it reaches the step: bash's
+    default for USR1 would end it (FAILED). The trap is set first; the step is not started; finish
+    hears the stop."""
+    import signal
+    import subprocess
+    import time
+
+    calls = tmp_path / "calls"
+    python = tmp_path / "python"  # stands for the nodes' interpreter running hpc-mm
+    python.write_text(
+        f'#!/bin/bash\necho "$*" >> {calls}\ncase "$*" in *next-restart*) sleep 2; echo 0;; esac\nexit 0\n'
+    )
+    python.chmod(0o755)
+    srun = tmp_path / "srun"
+    srun.write_text(f'#!/bin/bash\necho "srun $*" >> {calls}\nexit 0\n')
+    srun.chmod(0o755)
+    run = tmp_path / "run"
+    rc, _, err = cli_in_process(
+        "render", JOBS / "tiny-vlm.yaml", "--run-dir", run, "--set", f"slurm.python={python}", "-o", os.devnull
+    )
+    assert rc == 0, err
+    shell = subprocess.Popen(
+        ["bash", str(run / "job.sbatch")],
+        env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "7"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    time.sleep(0.7)  # inside next-restart, before the step
+    shell.send_signal(signal.SIGUSR1)
+    out, _ = shell.communicate(timeout=30)
+    assert shell.returncode == 0, out
+    said = calls.read_text()
+    assert "finish" in said and "--signal USR1" in said, said
+    assert " launch " not in said, said  # the training step never started

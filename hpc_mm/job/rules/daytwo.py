@@ -22,7 +22,7 @@ def check(spec: JobSpec) -> list[Problem]:
 
 def _notify(spec: JobSpec) -> list[Problem]:
     n, out = spec.notify, []
-    if n.webhook is not None and not _ENV.match(n.webhook):
+    if n.webhook is not None and not _ENV.fullmatch(n.webhook):
         out += _webhook(n.webhook)
     out += control_characters("notify.command", n.command)
     for i, event in enumerate(n.on):

@@ -96,11 +96,13 @@ def advice(spec: JobSpec) -> list[Problem]:
         options = table(spec.entry.mindspeed_mm)
         if owner(key) is None and options.find(key) is None and options.close(key) is None:
             versions = ", ".join(f"{k} {v}" for k, v in options.versions.items())
+            near = options.close(key, cutoff=0.6)
+            maybe = f"did you mean {near[2:].replace('-', '_')!r} ({near})? " if near else ""
             out.append(
                 Problem(
                     f"gpt.extra.{key}",
                     f"is not an option of {versions}; passed as written",
-                    "check the spelling; options of other entry points are fine",
+                    f"{maybe}check the spelling; options of other entry points are fine",
                 )
             )
     return out
@@ -158,7 +160,7 @@ def _world(spec: JobSpec) -> list[Problem]:
             return [
                 Problem(
                     f"gpt.{name}",
-                    f"world size {ws} ({spec.nnodes} nodes x {ws // spec.nnodes}) is not "
+                    f"world size {ws} ({spec.nnodes} node(s) x {ws // spec.nnodes}) is not "
                     f"divisible by TP x PP x CP = {sizes}: {short} = {getattr(g, name)} breaks it",
                     "change the parallel sizes or the number of nodes/devices",
                 )
