@@ -152,3 +152,5 @@ def hermetic_slurm(request, monkeypatch):
     folder = request.getfixturevalue("recorded_commands")
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SLURM_CONF", "/nonexistent/slurm.conf")
+    # where hpc-mm remembers the user's jobs (run/known.py): the test's own
+    monkeypatch.setenv("XDG_STATE_HOME", str(request.getfixturevalue("tmp_path") / "state"))

@@ -57,6 +57,9 @@ def build(cls: type, data: Any, path: str, problems: list[Problem]) -> Any:
             continue
         where = _join(path, f.name)
         if f.name in data:
+            strict = _strict(f, data[f.name], where)
+            if strict is not None:
+                problems.append(strict)
             kwargs[f.name] = coerce(hints[f.name], data[f.name], where, problems)
         elif isinstance(f.default, Required):
             problems.append(Problem(where, "is required", f.metadata.get("hint", "")))
@@ -67,6 +70,18 @@ def build(cls: type, data: Any, path: str, problems: list[Problem]) -> Any:
         return cls(**kwargs)
     except TypeError:  # a nested section failed; problems already say why
         return None
+
+
+def _strict(f: dataclasses.Field, value: Any, where: str) -> Problem | None:
+    """Fields that take no shorthand (spec.py's `strict`): a list written as a list, text as text; a
+    value that would be taken another way (a lone word for a list of events, a number for a command)
+    is a mistake there."""
+    kind = f.metadata.get("strict")
+    if kind == "list" and value is not None and not isinstance(value, list):
+        return Problem(where, f"expected a list, got {_kind(value)}", f"write [{value}] or one `- item` a line")
+    if kind == "text" and value is not None and not isinstance(value, str):
+        return Problem(where, f"expected text, got {_kind(value)}", "quote it")
+    return None
 
 
 def coerce(tp: Any, value: Any, where: str, problems: list[Problem]) -> Any:

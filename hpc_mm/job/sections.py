@@ -31,8 +31,8 @@ class Notify:
     webhook: Optional[str] = None
     # a shell command run for each event; the event is on its standard input (JSON) and in
     # HPC_MM_EVENT, HPC_MM_RUN, HPC_MM_JOB_ID, HPC_MM_CAUSE, HPC_MM_ITERATION, HPC_MM_LOSS, HPC_MM_LOG
-    command: Optional[str] = None
-    on: list[str] = field(default_factory=lambda: list(DEFAULT_NOTIFY_ON))
+    command: Optional[str] = field(default=None, metadata={"strict": "text"})
+    on: list[str] = field(default_factory=lambda: list(DEFAULT_NOTIFY_ON), metadata={"strict": "list"})
     # the most a delivery may hold up the run (webhook and command together)
     timeout_seconds: float = field(default=4.0, metadata={"at_least": 0.1, "bound_hint": "seconds, at most 5"})
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from hpc_mm.errors import UserError
+from hpc_mm.errors import Problem, UserError, warn
 from hpc_mm.run import layout, throughput, timeline
 from hpc_mm.run.events import Kind
 from hpc_mm.run.format import duration, number, rate
@@ -110,8 +110,10 @@ def report(run: RunDir) -> int:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError.one("matplotlib", "is not installed", "pip install 'hpc-mm[report]'") from None
+    except ImportError:  # the summary needs no figure
+        print(summary_text(info))
+        warn(Problem("figure", "not drawn: matplotlib is not installed", "pip install 'hpc-mm[report]'"))
+        return 0
     rows, line = info["rows"], info["timeline"]
     fig, (ax_loss, ax_speed, ax_time) = plt.subplots(3, 1, figsize=(9, 8), gridspec_kw={"height_ratios": [3, 2, 1]})
     ax_loss.plot([r.iteration for r in rows], [r.loss for r in rows], lw=1)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from hpc_mm.run import checkpoints, layout
+from hpc_mm.run import checkpoints, known, layout
 from hpc_mm.run.events import TERMINAL, Event, Kind, StartKey, parse
 from hpc_mm.run.records import (
     CancelRequest,
@@ -183,6 +183,7 @@ class RunDir:
             return
         jobs = tuple(j for j in info.job_ids if j != str(job_id)) + (str(job_id),)
         self.update_info(**changes, job_id=str(job_id), job_ids=jobs)
+        known.remember(str(job_id), self.path)
 
     # ------------------------------------------------------------------ events
     @functools.cached_property

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hpc_mm.environments.slurm import is_job_id
 from hpc_mm.errors import UserError
-from hpc_mm.run import layout
+from hpc_mm.run import known, layout
 from hpc_mm.run.events import Kind
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
@@ -113,6 +113,11 @@ def _by_job_id(job_id: str, folder: Path) -> RunDir | Sweep | None:
     for run in runs(folder):
         if job_id in (run.info.job_id, *run.info.job_ids):
             return RunDir(run.path.resolve())
+    noted = known.recall(job_id)  # submitted from another folder (run/known.py)
+    if noted is not None and layout.is_run_dir(noted):
+        return RunDir(noted)
+    if noted is not None and Sweep.at(noted) is not None:
+        return Sweep.at(noted)
     log = query.show_job(job_id).stdout  # <run dir>/logs/<batch log>, while Slurm remembers the job
     if log and layout.is_run_dir(Path(log).parent.parent):
         return RunDir(Path(log).parent.parent.resolve())

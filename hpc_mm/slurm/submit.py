@@ -142,7 +142,11 @@ def render(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None
     print(f"run directory: {run.run_dir}", file=sys.stderr)
     if output:
         try:
-            layout.write_private(output, script)  # as the run's own copy: it holds the job's environment
+            if output.exists() and not output.is_file():  # /dev/null, a pipe: written to, never replaced
+                with open(output, "w") as f:
+                    f.write(script)
+            else:
+                layout.write_private(output, script)  # as the run's own copy: it holds the job's environment
         except OSError as exc:
             raise UserError.one("--output", f"cannot write {output} ({exc.strerror})") from None
         print(f"wrote {output}", file=sys.stderr)

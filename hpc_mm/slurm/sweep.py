@@ -21,7 +21,7 @@ from typing import Callable
 
 from hpc_mm.errors import UserError
 from hpc_mm.job.spec import JobSpec
-from hpc_mm.run import layout
+from hpc_mm.run import known, layout
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
@@ -129,3 +129,4 @@ def record(
         listing.append({"task": i, "job_id": job_id, "values": values, "run_dir": str(run.run_dir)})
     said = {"array": array_id, "tasks": listing, **({"max_parallel": max_parallel} if max_parallel else {})}
     (parent / layout.SWEEP_FILE).write_text(json.dumps(said))
+    known.remember(array_id, parent)

@@ -186,3 +186,49 @@ def test_validate_names_the_signal_and_its_budget(tmp_path, kind, said):
     rc, out, err = cli_in_process("validate", path)
     assert rc == 0, err
     assert said in out, out
+
+
+def test_the_hang_notification_is_delivered_even_when_the_launcher_exits_at_once(tmp_path):
+    """The launcher exits as soon as its step ends; the watchdog tells `notify:` of the hang only after
+    it ended the step. It must finish that before the process goes (it was a daemon thread that died
+    with it: the hang was handled, its notification lost, one CI run in N)."""
+    import subprocess
+
+    import yaml
+
+    from conftest import JOBS
+
+    heard = tmp_path / "heard"
+    job = yaml.safe_load((JOBS / "tiny-vlm.yaml").read_text())
+    job["mm"] = {k: str(JOBS / v) for k, v in job["mm"].items()}
+    job["notify"] = {"command": f"sleep 1; cat > {heard}", "on": ["hang"]}
+    run = tmp_path / "run"
+    rc, _, err = cli_in_process("render", _write(tmp_path / "job.yaml", job), "--run-dir", run, "-o", os.devnull)
+    assert rc == 0, err
+    script = f"""
+import subprocess, sys
+from hpc_mm.launch import watchdog
+from hpc_mm.launch.progress import Progress
+from hpc_mm.names import Watch
+from hpc_mm.run.events import StartKey
+from hpc_mm.run.rundir import RunDir
+watchdog.HEARTBEAT = 0.2
+run, key = RunDir({str(run)!r}), StartKey("9", 0)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={{"RANK": "0"}})
+dog = watchdog.Watchdog(run, key, 0, Progress(run, key, record=False), child, decides=True,
+                        budgets=watchdog.Budgets(1, 1, 1), builtin=False, watch=Watch.LIVENESS)
+dog.start()
+child.wait()  # ended by the watchdog
+dog.stop()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    told = __import__("json").loads(heard.read_text())
+    assert told["event"] == "hang" and told["job_id"] == "9", told
+
+
+def _write(path, job):
+    import yaml
+
+    path.write_text(yaml.safe_dump(job))
+    return path

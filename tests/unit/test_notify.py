@@ -112,6 +112,10 @@ def test_the_webhook_may_come_from_the_environment(tmp_path, receiver, monkeypat
         ("notify.webhook=slack.com/x", "notify.webhook"),
         ("notify.on=[complete]", "notify.on[0]"),
         ("notify.timeout_seconds=30", "notify.timeout_seconds"),
+        ("notify.on=completed", "notify.on"),
+        ("notify.command=5", "notify.command"),
+        ("notify.webhook=https://h.example.org:0/x", "notify.webhook"),
+        ('notify.webhook="env:HOOK\\n"', "notify.webhook"),
     ],
 )
 def test_bad_notify_settings_are_one_line(setting, field):

@@ -231,3 +231,19 @@ def test_a_launch_started_by_hand_picks_a_free_port():
     assert 1024 <= first.main_port() <= 65535 and first.main_port() != second.main_port()
     assert LocalEnvironment({}, nnodes=2).main_port() == 6000  # several nodes by hand: a port they all know
     assert LocalEnvironment({"MASTER_PORT": "7001"}).main_port() == 7001
+
+
+def test_report_without_matplotlib_prints_the_summary_and_says_why_there_is_no_figure(good_run, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def without_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_matplotlib)
+    rc, out, err = cli("report", good_run)
+    assert rc == 0 and "iterations" in out and "loss" in out, (out, err)
+    assert err.startswith("warning: figure: not drawn: matplotlib is not installed"), err

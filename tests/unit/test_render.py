@@ -293,3 +293,14 @@ def test_a_stop_signal_while_the_script_starts_is_a_stop_not_a_failure(tmp_path)
     said = calls.read_text()
     assert "finish" in said and "--signal USR1" in said, said
     assert " launch " not in said, said  # the training step never started
+
+
+def test_render_to_a_device_writes_to_it_and_never_replaces_it(tmp_path):
+    before = os.stat(os.devnull)
+    rc, _, err = cli_in_process("render", JOBS / "tiny-vlm.yaml", "--run-dir", tmp_path / "run", "-o", os.devnull)
+    assert rc == 0, err
+    after = os.stat(os.devnull)
+    assert stat.S_ISCHR(after.st_mode) and after.st_rdev == before.st_rdev and after.st_mode == before.st_mode
+    out = tmp_path / "job.sbatch"
+    assert cli_in_process("render", JOBS / "tiny-vlm.yaml", "--run-dir", tmp_path / "run2", "-o", out)[0] == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640

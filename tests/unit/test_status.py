@@ -3,6 +3,7 @@ can show, the pending reason, restarts across the jobs of a run directory, the t
 and the table's shape (sweeps, --limit, --json)."""
 
 import json
+import os
 
 import pytest
 from recorded.slurm import job_id
@@ -178,3 +179,21 @@ def test_status_of_nothing_and_of_no_such_run(tmp_path, recorded_slurm, monkeypa
     assert rc == 2 and "no such run" in err
     rc, _, err = cli("status", "12345")
     assert rc == 2 and err.startswith("error: JOB_ID: no run under ./runs was submitted as job 12345")
+
+
+def test_a_job_is_found_by_its_id_from_any_folder_after_slurm_forgot_it(tmp_path, monkeypatch, recorded_slurm):
+    """submit notes job id -> run directory for the user (run/known.py): `status JOB`, `report JOB`,
+    `cancel JOB` find it from another folder, where ./runs does not hold it and Slurm no longer knows it."""
+    from hpc_mm.run.rundir import RunDir
+    from hpc_mm.slurm.runs import find
+
+    from conftest import JOBS, cli_in_process
+
+    recorded_slurm()  # a cluster that knows no job
+    run = tmp_path / "elsewhere" / "run"
+    assert cli_in_process("render", JOBS / "tiny-vlm.yaml", "--run-dir", run, "-o", os.devnull)[0] == 0
+    RunDir(run).record_job_id("4711")
+    monkeypatch.chdir(tmp_path)
+    assert find("4711").path == run.resolve()
+    rc, out, err = cli_in_process("status", "4711")
+    assert rc == 0 and "4711" in out, err
