@@ -22,3 +22,8 @@ class Phase(str, Enum):
     STEP = "step"
     CHECKPOINT = "checkpoint"
     LIVENESS = "liveness"
+
+
+# `hpc-mm finish`'s exit code that tells the batch script to start the step again inside the allocation
+# (the script and finish speak through it; any other code ends the script with it).
+AGAIN_EXIT = 75

@@ -234,8 +234,8 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def cmd_finish(args: argparse.Namespace) -> int:
+    from hpc_mm.launch.finish import finish
     from hpc_mm.slurm import query
-    from hpc_mm.slurm.finish import finish
 
     # A requeue must not be lost to a controller that is restarting: ask it again for 5 minutes.
     with query.patience(300):
@@ -249,14 +249,14 @@ def cmd_finish(args: argparse.Namespace) -> int:
 
 
 def cmd_next_restart(args: argparse.Namespace) -> int:
-    from hpc_mm.slurm.finish import next_restart
+    from hpc_mm.launch.finish import next_restart
 
     print(next_restart(Path(args.target)))
     return 0
 
 
 def cmd_release_hold(args: argparse.Namespace) -> int:
-    from hpc_mm.slurm.hold import release_hold
+    from hpc_mm.launch.hold import release_hold
 
     return release_hold(args.job_id, Path(args.target), args.restart)
 

@@ -25,10 +25,10 @@ from hpc_mm.launch.command import child_env, command, interpreter, write_start_f
 from hpc_mm.launch.plan import Plan, resolve_plan
 from hpc_mm.launch.procs import children
 from hpc_mm.launch.progress import Progress
+from hpc_mm.launch.requeue import note_requeue_by_slurm
 from hpc_mm.run import checkpoints, events, layout, lock
 from hpc_mm.run.events import Kind
 from hpc_mm.run.layout import PROGRESS_FILE, TASK_LOG
-from hpc_mm.slurm.requeue import note_requeue_by_slurm
 
 # Set by the batch script and by `hpc-mm local`: they record how each start ends (finish, local),
 # so the launcher records only how the step ended. A launch started by hand records the end itself.

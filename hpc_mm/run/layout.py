@@ -44,6 +44,7 @@ METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 HEARTBEATS = "heartbeats"  # one small file per node and start, while the step runs (launch/watchdog.py)
 PREFLIGHT = "preflight"  # one result per node and start (launch/preflight.py)
+EXCLUDE_FILE = ".step-exclude"  # + -<job id>: the nodes `finish` leaves out of the next start inside the job
 CANCEL_FILE = "cancel.json"  # `hpc-mm cancel` asked the run to stop (finish then records `cancelled`)
 SWEEP_FILE = "sweep.json"  # in a sweep's folder: the job array and its tasks (slurm/sweep.py)
 RUNS = Path("runs")  # where new runs go, relative to the working directory

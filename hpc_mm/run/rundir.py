@@ -242,6 +242,11 @@ class RunDir:
         """A file the entry may touch to say it moved on ($HPC_MM_PROGRESS_FILE): one a launcher."""
         return self.heartbeat_file(key, node, task).with_suffix(".progress")
 
+    def step_exclude_file(self, job_id: str | None) -> Path:
+        """The nodes the next start inside this Slurm job leaves out (written by finish, read by the
+        batch script and by finish's next decision)."""
+        return self.path / f"{layout.EXCLUDE_FILE}-{job_id}"
+
     def hang_marker(self, key: StartKey) -> Path:
         return self.path / layout.HEARTBEATS / f"{key.tag}-hang.json"
 

@@ -227,6 +227,14 @@ def patience(seconds: float):
         PATIENCE["seconds"] = saved
 
 
+# Words of Slurm's node states that mean a node is gone (it also says DRAIN for one taken out of use).
+BAD_NODE = ("DOWN", "NOT_RESPONDING", "FAIL", "NO_RESPOND")
+
+# After a requeue, each node refuses a new start of the job within the second its old one ended (the
+# job's credential is revoked, to the second): a relaunch waits this long first (launch/hold.py, wait.py).
+SETTLE_SECONDS = 3.0
+
+
 def unreachable(answer: Answer | None) -> bool:
     """Did the controller not answer (as opposed to answer no)?"""
     if answer is None:

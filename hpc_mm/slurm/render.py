@@ -20,7 +20,8 @@ from hpc_mm.errors import UserError
 from hpc_mm.job.rules.slurm import sbatch_value_problem
 from hpc_mm.job.signals import STOP_SIGNALS
 from hpc_mm.job.spec import JobSpec, devices_requested
-from hpc_mm.run.layout import BATCH_LOG, LOGS, task_log_parts
+from hpc_mm.names import AGAIN_EXIT
+from hpc_mm.run.layout import BATCH_LOG, EXCLUDE_FILE, LOGS, task_log_parts
 
 if TYPE_CHECKING:
     import jinja2
@@ -30,8 +31,6 @@ TEMPLATE = "sbatch.sh.j2"
 
 # `finish` exits with this (EX_TEMPFAIL) when the step is to start again inside the allocation, and
 # leaves the nodes it must avoid in RUN_DIR/<EXCLUDE_FILE>-<job id> (a Slurm hostlist).
-AGAIN_EXIT = 75
-EXCLUDE_FILE = ".step-exclude"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from hpc_mm.run.follow import Follower
 from hpc_mm.run.report import summary, summary_text
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
-from hpc_mm.slurm.hold import SETTLE_SECONDS
+from hpc_mm.slurm.jobs import SETTLE_SECONDS
 from hpc_mm.slurm.query import JobState
 
 POLL = 3.0

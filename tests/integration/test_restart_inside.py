@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from hpc_mm.job.jobfile import load_job
+from hpc_mm.launch.blame import preflight_failures
 from hpc_mm.run import events, layout
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.rundir import RunDir
-from hpc_mm.slurm.blame import preflight_failures
 
 from conftest import JOBS, run_cli
 from test_faults import finished, metrics_rows, processes, restore, submit, until, weights

@@ -4,11 +4,11 @@ through `hpc-mm finish` itself, against Slurm as the test cluster answered (test
 from recorded.slurm import job_id
 from test_requeue import Run, _metric, orders
 
+from hpc_mm.launch.finish import next_restart
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.records import PreflightResult
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
-from hpc_mm.slurm.finish import next_restart
 
 
 def spare_run(tmp_path, monkeypatch, *overrides, nodes="n[1-3]", spares=1):

@@ -139,11 +139,12 @@ def test_a_command_past_its_timeout_is_ended_with_its_children_not_left_running(
     import time
 
     marker = tmp_path / "still-running"
+    nap = f"3.{os.getpid():07d}"  # this test's own sleep, told apart from any other on the machine
     spec = load_job(
         JOBS / "tiny-vlm.yaml",
         [
             f"notify.webhook={silent}",
-            f"notify.command='sleep 3; touch {marker}'",
+            f"notify.command='sleep {nap}; touch {marker}'",
             "notify.timeout_seconds=1",
         ],
     )
@@ -152,7 +153,7 @@ def test_a_command_past_its_timeout_is_ended_with_its_children_not_left_running(
     assert {s["to"]: s["error"] for s in said} == {"webhook": "timed out", "command": "timed out"}
     time.sleep(3.5)
     assert not marker.exists()
-    assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).startswith("sleep 3")]
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).startswith(f"sleep {nap}")]
 
 
 def _cmdline(pid: str) -> str:

@@ -8,15 +8,15 @@ import pytest
 from recorded.slurm import job_id, moment
 
 from hpc_mm.job.jobfile import load_job
+from hpc_mm.launch import finish as finish_module
+from hpc_mm.launch import requeue
+from hpc_mm.launch.finish import finish
+from hpc_mm.launch.hold import release_hold
+from hpc_mm.launch.requeue import PREEMPTION, SIGNAL, TIME_LIMIT, classify
 from hpc_mm.run import layout
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.rundir import RunDir
-from hpc_mm.slurm import finish as finish_module
-from hpc_mm.slurm import requeue
-from hpc_mm.slurm.finish import finish
-from hpc_mm.slurm.hold import release_hold
 from hpc_mm.slurm.jobs import SlurmJob
-from hpc_mm.slurm.requeue import PREEMPTION, SIGNAL, TIME_LIMIT, classify
 
 from conftest import JOBS
 

@@ -13,9 +13,7 @@ from hpc_mm.run.events import StartKey
 from hpc_mm.run.records import ended_by_host
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
-from hpc_mm.slurm.render import EXCLUDE_FILE
-
-BAD_NODE = ("DOWN", "NOT_RESPONDING", "FAIL", "NO_RESPOND")
+from hpc_mm.slurm.jobs import BAD_NODE
 
 
 def preflight_failures(run: RunDir, key: StartKey, nodes: tuple[str, ...], step_nodes: int) -> dict[str, list[str]]:
@@ -86,7 +84,7 @@ def srun_first_failure(spec: JobSpec, run: RunDir, key: StartKey) -> tuple[str, 
 
 
 def step_exclude(run: RunDir, key: StartKey) -> list[str]:
-    path = run.path / f"{EXCLUDE_FILE}-{os.environ.get('SLURM_JOB_ID', key.job_id)}"
+    path = run.step_exclude_file(os.environ.get("SLURM_JOB_ID", key.job_id))
     try:
         return [n for n in path.read_text().strip().split(",") if n]
     except OSError:

@@ -11,6 +11,7 @@ from pathlib import Path
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
+from hpc_mm.slurm.jobs import SETTLE_SECONDS
 
 
 def spawn_release(key: StartKey, run: RunDir) -> None:
@@ -46,8 +47,8 @@ HOLD_WAIT = 300.0  # how long release-hold waits for the job to be pending again
 # Why Slurm holds a requeued job back at all: each node revokes the job's credential when the requeue
 # ends its old instance, to the second, and refuses a new one of the same second ("Killing
 # non-startable batch JobId=N: Job credential revoked": the job fails). Seen on the test cluster when
-# the hold was lifted within the second. A few seconds are enough; Slurm's own hold is two minutes.
-SETTLE_SECONDS = 3.0
+# the hold was lifted within the second. A few seconds are enough (SETTLE_SECONDS); Slurm's own hold
+# is two minutes.
 
 
 def release_hold(job_id: str, run_dir: Path, restart: int, clock=time.monotonic, sleep=time.sleep) -> int:

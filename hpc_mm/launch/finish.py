@@ -20,27 +20,24 @@ from pathlib import Path
 
 from hpc_mm.environments.slurm import expand_nodelist
 from hpc_mm.job.spec import JobSpec
-from hpc_mm.run import events, notify
-from hpc_mm.run.events import Kind, StartKey, this_start
-from hpc_mm.run.format import last_checkpoint
-from hpc_mm.run.rundir import RunDir, Start
-from hpc_mm.slurm import query
-from hpc_mm.slurm.blame import BAD_NODE, failed_nodes, preflight_failures, step_exclude
-from hpc_mm.slurm.hold import spawn_release
-from hpc_mm.slurm.render import AGAIN_EXIT, EXCLUDE_FILE
-from hpc_mm.slurm.requeue import (
-    CRASH,
-    ERROR,
+from hpc_mm.launch.blame import failed_nodes, preflight_failures, step_exclude
+from hpc_mm.launch.hold import spawn_release
+from hpc_mm.launch.requeue import (
     GAVE_UP_EXIT,
-    HANG,
-    NODE_FAILURE,
-    PREFLIGHT,
+    INSIDE_CAUSES,
     SIGNAL,
+    Allocation,
     Decision,
     Facts,
     classify,
     decide,
 )
+from hpc_mm.names import AGAIN_EXIT
+from hpc_mm.run import events, notify
+from hpc_mm.run.events import Kind, StartKey, this_start
+from hpc_mm.run.format import last_checkpoint
+from hpc_mm.run.rundir import RunDir, Start
+from hpc_mm.slurm import query
 
 
 def finish(
@@ -100,6 +97,7 @@ def _finish(run: RunDir, returncode: int, signal_name: str | None, failed: str |
         failed_nodes=(failed_nodes(spec, run, key, nodes) if returncode != 0 and not (signal_name or hang) else ()),
         hang=dict(hang.data) if hang else None,
         error=exited.get("error") if exited else None,
+        allocation=_allocation(spec, run, key, nodes),
     )
     if facts.preflight_failed:
         run.record(Kind.PREFLIGHT, key, failed=facts.preflight_failed, nodes=list(nodes))
@@ -109,12 +107,37 @@ def _finish(run: RunDir, returncode: int, signal_name: str | None, failed: str |
     return _act(spec, run, key, decision, facts)
 
 
+def _allocation(spec: JobSpec, run: RunDir, key: StartKey, nodes: tuple[str, ...]) -> Allocation | None:
+    """The job's nodes as the policy weighs them: Slurm's states, who is left out already, the
+    partition's size, and what earlier faults of the run said of nodes."""
+    if not key.job_id:
+        return None
+    said = [e for e in run.events() if e.kind is Kind.QUARANTINED]
+
+    def named(applied_only: bool) -> tuple[str, ...]:
+        found = {n for e in said if e.get("applied") or not applied_only for n in (e.get("nodes") or [])}
+        return tuple(sorted(n for n in found if isinstance(n, str)))
+
+    partition = (query.show_job(key.job_id).partition or spec.slurm.partition or "").split(",")[0]
+    return Allocation(
+        nodes=nodes,
+        states=query.node_states(list(nodes)) if nodes else {},
+        step_excluded=tuple(step_exclude(run, key)),
+        partition=partition,
+        partition_nodes=query.partition_nodes(partition) if partition else None,
+        quarantined=named(applied_only=True),
+        named=named(applied_only=False),
+    )
+
+
 def _iteration_reached(run: RunDir, this: Start) -> int | None:
     rows = [r.iteration for r in run.metrics() if this.began is None or (r.time or 0) >= this.began]
     return rows[-1] if rows else None
 
 
 def _act(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: Facts) -> int:
+    """Do what the policy decided, once: record the start's end (and the fault's quarantine), then
+    requeue, start again inside the allocation, or end."""
     latest = run.latest_checkpoint(spec)
     said = {
         "reason": decision.reason,
@@ -131,14 +154,17 @@ def _act(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: F
     if decision.action == "complete":
         run.record(Kind.COMPLETED, key, **said)
         return 0
+    _record_quarantine(run, key, decision)
+    if decision.action == "restart-inside":
+        return _restart_inside(run, key, decision, said, list(decision.exclude))
     if decision.action == "requeue" and key.job_id:
-        # One quarantine decision a fault, recorded once, whichever way the job goes on: asked a
-        # second time it would take its own "they stay in" as a second piece of evidence.
-        quarantined = _quarantine(spec, run, key, decision)
-        exclude = _inside(spec, run, key, decision, facts, quarantined)
-        if exclude is not None:
-            return _restart_inside(run, key, decision, said, exclude)
-        done, err = _requeue(spec, run, key, decision, said, quarantined)
+        if facts.allocation is not None and decision.cause in INSIDE_CAUSES and spec.requeue.inside:
+            print(
+                f"hpc-mm: too few healthy nodes left in the allocation for a {spec.nnodes}-node step; "
+                "back through the queue",
+                flush=True,
+            )
+        done, err = _requeue(spec, run, key, decision, said, list(decision.exclude))
         if done:
             return 0
         said["reason"] = f"{decision.reason}; the requeue failed: {err}"
@@ -153,39 +179,36 @@ def _act(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: F
     return facts.returncode or 1
 
 
-# Faults a start of the step can be repeated after inside the same allocation: nothing about them
-# needs the queue (a preemption or the time limit does: the job must leave its nodes).
-INSIDE_CAUSES = (CRASH, HANG, NODE_FAILURE, PREFLIGHT, ERROR)
-
-
-def _inside(
-    spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: Facts, quarantined: list[str]
-) -> list[str] | None:
-    """The nodes to leave out if the step can start again inside this allocation (requeue.inside, a
-    fault that does not need the queue, enough healthy nodes left); None if it must be requeued."""
-    allocation = os.environ.get("SLURM_JOB_NODELIST")
-    if not (spec.requeue.inside and decision.cause in INSIDE_CAUSES and allocation and not facts.signal):
-        return None
-    nodes = expand_nodelist(allocation)
-    before = set(step_exclude(run, key))
-    blamed = set(quarantined)
-    states = query.node_states(nodes)
-    gone = {n for n, s in states.items() if any(word in s for word in BAD_NODE + ("DRAIN",))}
-    exclude = sorted((before | blamed | gone | set(facts.failed_nodes)) & set(nodes))
-    healthy = [n for n in nodes if n not in exclude]
-    if len(healthy) < spec.nnodes:
-        print(
-            f"hpc-mm: {len(healthy)} healthy node(s) left in the allocation for a {spec.nnodes}-node step; "
-            "back through the queue",
-            flush=True,
+def _record_quarantine(run: RunDir, key: StartKey, decision: Decision) -> None:
+    """The fault's quarantine as the policy decided it: who stays in, who is left out, or why not."""
+    q = decision.quarantine
+    if q.kept_in:
+        run.record(
+            Kind.QUARANTINED,
+            key,
+            nodes=list(q.kept_in),
+            applied=False,
+            evidence=decision.reason,
+            reason="one fault pointed at several nodes and nothing else points at these; they stay in",
         )
-        return None
-    return exclude
+    if q.refused:
+        run.record(
+            Kind.QUARANTINED,
+            key,
+            nodes=list(q.refused),
+            applied=False,
+            evidence=decision.reason,
+            reason=q.refused_reason,
+        )
+    if q.applied:
+        run.record(
+            Kind.QUARANTINED, key, nodes=list(q.applied), applied=True, evidence=decision.reason, cause=decision.cause
+        )
 
 
 def _restart_inside(run: RunDir, key: StartKey, decision: Decision, said: dict, exclude: list[str]) -> int:
     """Record the start's end and tell the batch script to start the step again, without `exclude`."""
-    path = run.path / f"{EXCLUDE_FILE}-{os.environ.get('SLURM_JOB_ID', key.job_id)}"
+    path = run.step_exclude_file(os.environ.get("SLURM_JOB_ID", key.job_id))
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(",".join(exclude))
     os.replace(tmp, path)
@@ -236,45 +259,3 @@ def _requeue(
     print(f"hpc-mm: requeued job {key.job_id}: {decision.reason}", flush=True)
     spawn_release(key, run)
     return True, ""
-
-
-def _quarantine(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision) -> list[str]:
-    """The nodes the next start must avoid: those blamed before and now, unless that leaves the job
-    too few nodes in its partition (then it waits for them, and says so)."""
-    quarantined = [e for e in run.events() if e.kind is Kind.QUARANTINED]
-    before = {n for e in quarantined if e.get("applied") for n in e.get("nodes", [])}
-    new = [n for n in decision.exclude if n and n not in before]
-    if not spec.fault.quarantine or not new:
-        return sorted(before) if spec.fault.quarantine else []
-    if len(new) > 1:  # one fault pointing at several nodes: only those with a second piece of evidence
-        seen = {n for e in quarantined for n in e.get("nodes", [])}
-        states = query.node_states(new)
-        sure = [n for n in new if n in seen or any(w in states.get(n, "") for w in BAD_NODE + ("DRAIN",))]
-        if len(sure) < len(new):
-            run.record(
-                Kind.QUARANTINED,
-                key,
-                nodes=sorted(set(new) - set(sure)),
-                applied=False,
-                evidence=decision.reason,
-                reason="one fault pointed at several nodes and nothing else points at these; they stay in",
-            )
-        new = sure
-        if not new:
-            return sorted(before)
-    wanted = sorted(before | set(new))
-    partition = (query.show_job(key.job_id).partition or spec.slurm.partition or "").split(",")[0]
-    total = query.partition_nodes(partition) if partition else None
-    if total is not None and total - len(wanted) < spec.nnodes:
-        run.record(
-            Kind.QUARANTINED,
-            key,
-            nodes=new,
-            applied=False,
-            evidence=decision.reason,
-            reason=f"leaving out {', '.join(wanted)} would leave {total - len(wanted)} node(s) of "
-            f"{partition} for a {spec.nnodes}-node job; it runs on the nodes it can get",
-        )
-        return sorted(before)
-    run.record(Kind.QUARANTINED, key, nodes=new, applied=True, evidence=decision.reason, cause=decision.cause)
-    return wanted

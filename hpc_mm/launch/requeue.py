@@ -19,6 +19,19 @@ record, in this order:
   - an exit 0 with training unfinished and no stop signal is a failure, never a completion.
 Whatever is requeued, requeue.max_restarts_without_progress starts in a row that moved no
 checkpoint end the job (preemptions aside). A job that gives up ends with exit code 3.
+
+What is requeued may start again inside the allocation instead (`restart-inside`), and which nodes
+both leave out; these rows come last, over the facts of the allocation (`Allocation`):
+  - the nodes a fault points at are quarantined when quarantine is on: one node on its own evidence;
+    several nodes from one fault only those that something else points at too (Slurm marks them
+    down or drained, or an earlier fault named them), the others stay in (recorded as such); none
+    at all when leaving them out would leave the partition too few nodes for the job (recorded);
+  - a fault that needs no queue (a crash, a hang, a node failure, a failed preflight, the entry's
+    refusal) with requeue.inside on and no stop signal starts again inside the allocation without
+    the nodes left out so far, the quarantined ones, the ones Slurm marks down or drained and the
+    failed ones, when enough healthy nodes remain for the step;
+  - otherwise it is requeued, kept off the quarantined nodes.
+One fault is one decision: the quarantine is decided here once, whichever way the job goes on.
 The limits count the starts of this submission (`submission`): a run resubmitted with --run-dir
 starts counting again; a chain of jobs (requeue.mode: chain) is one submission.
 Slurm may requeue a preempted job itself before `finish` runs; the next start then records that
@@ -28,13 +41,15 @@ requeue (`note_requeue_by_slurm`).
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Mapping
 
 from hpc_mm.job.entries import contract
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import checkpoints, notify
 from hpc_mm.run.events import AGAIN, Kind, StartKey
 from hpc_mm.run.rundir import RunDir, Start
+from hpc_mm.slurm.jobs import BAD_NODE
 from hpc_mm.slurm.query import SlurmJob
 
 PREEMPTION, TIME_LIMIT, SIGNAL, BY_SLURM = "preemption", "time-limit", "signal", "slurm"
@@ -43,6 +58,36 @@ HANG, NODE_FAILURE, PREFLIGHT, CRASH, ERROR = "hang", "node-failure", "preflight
 NOT_COUNTED = (PREEMPTION, BY_SLURM, NODE_FAILURE, PREFLIGHT)
 GAVE_UP_EXIT = 3
 clock = dt.datetime.now  # Slurm's times are local times
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What the policy knows of the job's nodes when a start ends (gathered by finish)."""
+
+    nodes: tuple[str, ...] = ()  # the whole allocation, spares included (SLURM_JOB_NODELIST)
+    states: Mapping[str, str] = field(default_factory=dict)  # Slurm's state of each node (DOWN, DRAIN, ...)
+    step_excluded: tuple[str, ...] = ()  # left out of this job's starts so far
+    partition: str = ""
+    partition_nodes: int | None = None  # nodes in the partition (None: Slurm cannot say)
+    quarantined: tuple[str, ...] = ()  # nodes earlier faults of the run quarantined
+    named: tuple[str, ...] = ()  # nodes earlier faults pointed at, quarantined or not
+
+    def sick(self, nodes) -> set[str]:
+        """The nodes Slurm itself marks down, not responding, failed or drained."""
+        return {n for n in nodes if any(word in self.states.get(n, "") for word in BAD_NODE + ("DRAIN",))}
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """What one fault does to nodes: those it quarantines, those it points at that stay in (one fault
+    naming several, with nothing else against them), and a quarantine not applied (the partition
+    would be too small: `refused` says so)."""
+
+    applied: tuple[str, ...] = ()
+    kept_in: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
+    refused_reason: str = ""
+    avoid: tuple[str, ...] = ()  # every node the next start must avoid: earlier quarantines and `applied`
 
 
 @dataclass(frozen=True)
@@ -57,15 +102,17 @@ class Facts:
     failed_nodes: tuple[str, ...] = ()  # nodes Slurm marks down or not responding
     hang: dict | None = None  # the watchdog's hang event of this start
     error: str | None = None  # the entry's own `error:` line (a job it refuses: never retried)
+    allocation: Allocation | None = None  # the job's nodes as Slurm sees them (None: not under Slurm)
 
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # "complete", "requeue", "fail", "cancel", "give-up"
+    action: str  # "complete", "restart-inside", "requeue", "fail", "cancel", "give-up"
     reason: str
     cause: str = ""
-    exclude: tuple[str, ...] = field(default=())
+    exclude: tuple[str, ...] = field(default=())  # the nodes the next start leaves out
     failure: str = ""  # a crash's signature, to tell a repeating one
+    quarantine: Quarantine = field(default_factory=Quarantine)
 
     @property
     def requeue(self) -> bool:
@@ -94,7 +141,57 @@ def submission(run: RunDir, key: StartKey) -> list[Start]:
     return before[begin:]
 
 
+# Faults a start of the step can be repeated after inside the same allocation: nothing about them
+# needs the queue (a preemption or the time limit does: the job must leave its nodes).
+INSIDE_CAUSES = (CRASH, HANG, NODE_FAILURE, PREFLIGHT, ERROR)
+
+
 def decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
+    """The whole policy: what follows this start, and which nodes the next one leaves out."""
+    decision = _decide(spec, run, facts)
+    if decision.action != "requeue" or facts.allocation is None:
+        return decision
+    quarantine = quarantine_for(spec, facts.allocation, decision.exclude)
+    inside = _inside(spec, facts, decision, quarantine)
+    if inside is not None:
+        return replace(decision, action="restart-inside", exclude=inside, quarantine=quarantine)
+    return replace(decision, exclude=quarantine.avoid, quarantine=quarantine)
+
+
+def quarantine_for(spec: JobSpec, allocation: Allocation, pointed: tuple[str, ...]) -> Quarantine:
+    """The quarantine one fault pointing at `pointed` earns (see the table above)."""
+    before = tuple(sorted(allocation.quarantined))
+    if not spec.fault.quarantine:
+        return Quarantine()
+    new = [n for n in dict.fromkeys(pointed) if n and n not in before]
+    kept_in: list[str] = []
+    if len(new) > 1:  # one fault pointing at several nodes: only those with a second piece of evidence
+        sure = [n for n in new if n in allocation.named or n in allocation.sick(new)]
+        kept_in, new = sorted(set(new) - set(sure)), sure
+    wanted = sorted(set(before) | set(new))
+    total = allocation.partition_nodes
+    if new and total is not None and total - len(wanted) < spec.nnodes:
+        reason = (
+            f"leaving out {', '.join(wanted)} would leave {total - len(wanted)} node(s) of "
+            f"{allocation.partition} for a {spec.nnodes}-node job; it runs on the nodes it can get"
+        )
+        return Quarantine((), tuple(kept_in), tuple(new), reason, before)
+    return Quarantine(tuple(new), tuple(kept_in), (), "", tuple(wanted))
+
+
+def _inside(spec: JobSpec, facts: Facts, decision: Decision, quarantine: Quarantine) -> tuple[str, ...] | None:
+    """The nodes to leave out if the step can start again inside this allocation; None if it cannot."""
+    allocation = facts.allocation
+    if not (spec.requeue.inside and decision.cause in INSIDE_CAUSES and allocation.nodes and not facts.signal):
+        return None
+    nodes = allocation.nodes
+    left_out = set(allocation.step_excluded) | set(quarantine.avoid) | allocation.sick(nodes) | set(facts.failed_nodes)
+    exclude = tuple(sorted(left_out & set(nodes)))
+    healthy = [n for n in nodes if n not in exclude]
+    return exclude if len(healthy) >= spec.nnodes else None
+
+
+def _decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
     latest = run.latest_checkpoint(spec) or 0
     train_iters = contract(spec).train_iters(spec)
     if train_iters is None:  # a command: it is done when it ends well

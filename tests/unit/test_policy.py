@@ -1,0 +1,139 @@
+"""The restart policy's rows for nodes, as pure functions over gathered facts (launch/requeue.py):
+which nodes one fault quarantines (`quarantine_for`), and when a start begins again inside the
+allocation rather than through the queue (`decide`'s last rows). The rows before them (complete,
+fail, give up, cancel, requeue and their limits) are walked through `finish` in test_requeue.py."""
+
+import dataclasses
+
+import pytest
+from test_requeue import Run
+
+from hpc_mm.job.jobfile import load_job
+from hpc_mm.launch.requeue import CRASH, HANG, PREEMPTION, Allocation, Facts, decide, quarantine_for
+from hpc_mm.run.events import Kind, StartKey
+
+from conftest import JOBS
+
+ALLOC = Allocation(nodes=("n1", "n2", "n3"), partition="low", partition_nodes=4)
+
+
+@pytest.mark.parametrize(
+    "row, allocation, pointed, spec_overrides, applied, kept_in, refused, avoid",
+    [
+        ("quarantine off: nothing", ALLOC, ("n2",), ["fault.quarantine=false"], (), (), (), ()),
+        ("one node on its own evidence", ALLOC, ("n2",), [], ("n2",), (), (), ("n2",)),
+        ("several, nothing else against them: they stay in", ALLOC, ("n2", "n3"), [], (), ("n2", "n3"), (), ()),
+        (
+            "several, one marked down by Slurm: that one",
+            dataclasses.replace(ALLOC, states={"n2": "DOWN*", "n3": "ALLOCATED"}),
+            ("n2", "n3"),
+            [],
+            ("n2",),
+            ("n3",),
+            (),
+            ("n2",),
+        ),
+        (
+            "several, one drained by the site: that one",
+            dataclasses.replace(ALLOC, states={"n3": "ALLOCATED+DRAIN"}),
+            ("n2", "n3"),
+            [],
+            ("n3",),
+            ("n2",),
+            (),
+            ("n3",),
+        ),
+        (
+            "several, one named by an earlier fault: that one",
+            dataclasses.replace(ALLOC, named=("n3",)),
+            ("n2", "n3"),
+            [],
+            ("n3",),
+            ("n2",),
+            (),
+            ("n3",),
+        ),
+        (
+            "the partition would be too small: none, and why",
+            dataclasses.replace(ALLOC, partition_nodes=2),
+            ("n2",),
+            [],
+            (),
+            (),
+            ("n2",),
+            (),
+        ),
+        (
+            "an earlier quarantine stays, nothing new",
+            dataclasses.replace(ALLOC, quarantined=("n4",), named=("n4",)),
+            ("n4",),
+            [],
+            (),
+            (),
+            (),
+            ("n4",),
+        ),
+        (
+            "an earlier quarantine and a new node",
+            dataclasses.replace(ALLOC, quarantined=("n4",), named=("n4",)),
+            ("n2",),
+            [],
+            ("n2",),
+            (),
+            (),
+            ("n2", "n4"),
+        ),
+    ],
+)
+def test_one_fault_quarantines(row, allocation, pointed, spec_overrides, applied, kept_in, refused, avoid):
+    spec = load_job(JOBS / "tiny-vlm.yaml", spec_overrides)
+    q = quarantine_for(spec, allocation, pointed)
+    assert (q.applied, q.kept_in, q.refused, q.avoid) == (applied, kept_in, refused, avoid), row
+    assert bool(q.refused_reason) == bool(refused), row
+
+
+def facts(run, **kwargs):
+    return Facts(start=run.key, nodes=ALLOC.nodes, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "row, overrides, fact, allocation, action, exclude, cause",
+    [
+        ("a crash, nodes to spare: inside, nobody left out", ["requeue.on_failure=2"], {"returncode": 1}, ALLOC,
+         "restart-inside", (), CRASH),
+        ("a hang pointing at n2: inside without it", [], {"returncode": 137, "hang": {"nodes": ["n2"],
+         "phase": "step", "stalled_seconds": 31.0, "blamed": []}}, ALLOC, "restart-inside", ("n2",), HANG),
+        ("a crash, a node drained meanwhile: inside without it", ["requeue.on_failure=2"], {"returncode": 1},
+         dataclasses.replace(ALLOC, states={"n1": "MIXED+DRAIN"}), "restart-inside", ("n1",), CRASH),
+        ("a crash, left out before: still left out", ["requeue.on_failure=2"], {"returncode": 1},
+         dataclasses.replace(ALLOC, step_excluded=("n3",)), "restart-inside", ("n3",), CRASH),
+        ("a node failure leaving too few healthy nodes: the queue, kept off it", [],
+         {"returncode": 1, "failed_nodes": ("n2",)}, dataclasses.replace(ALLOC, nodes=("n1", "n2")), "requeue",
+         ("n2",), "node-failure"),
+        ("requeue.inside false: the queue", ["requeue.inside=false", "requeue.on_failure=2"], {"returncode": 1},
+         ALLOC, "requeue", (), CRASH),
+        ("a preemption: the queue, never inside", [], {"returncode": 0, "signal": "USR1", "cause": PREEMPTION},
+         ALLOC, "requeue", (), PREEMPTION),
+        ("not under Slurm: requeue as decided, no nodes", ["requeue.on_failure=2"], {"returncode": 1}, None,
+         "requeue", (), CRASH),
+    ],
+)  # fmt: skip
+def test_inside_or_through_the_queue(tmp_path, monkeypatch, row, overrides, fact, allocation, action, exclude, cause):
+    run = Run(tmp_path, monkeypatch, *overrides).started(0).checkpoint(40)
+    decision = decide(run.run.job, run.run, facts(run, allocation=allocation, **fact))
+    assert (decision.action, decision.exclude, decision.cause) == (action, exclude, cause), (row, decision)
+
+
+def test_the_policy_reads_no_slurm_and_writes_nothing(tmp_path, monkeypatch):
+    """decide() is a function of its facts and the run's record: it asks Slurm nothing (a recorded
+    Slurm that answers nothing would fail it) and records nothing."""
+    from hpc_mm.slurm import query
+
+    run = Run(tmp_path, monkeypatch, "requeue.on_failure=2").started(0).checkpoint(40)
+    monkeypatch.setattr(query, "_run", lambda *a, **k: pytest.fail("the policy asked Slurm"))
+    before = run.run.events_file.read_text()
+    hang = {"nodes": ["n2", "n3"], "phase": "step", "stalled_seconds": 31.0, "blamed": []}
+    decision = decide(run.run.job, run.run, facts(run, returncode=137, hang=hang, allocation=ALLOC))
+    assert decision.action == "restart-inside" and decision.quarantine.kept_in == ("n2", "n3")
+    assert run.run.events_file.read_text() == before
+    assert [e.kind for e in run.run.reread().events()] == [Kind.STARTED] and run.key == StartKey(run.key.job_id, 0)
