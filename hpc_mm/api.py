@@ -25,14 +25,13 @@ from typing import Any, Iterable, Mapping
 
 from hpc_mm.errors import Problem, UserError
 from hpc_mm.job.spec import JobSpec
+from hpc_mm.names import RunState
 from hpc_mm.run import layout
 from hpc_mm.run.events import Event
 from hpc_mm.run.records import Metric
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import pipeline as pipelines
-from hpc_mm.slurm import query
 from hpc_mm.slurm import runs as found_runs
-from hpc_mm.slurm.jobs import JobState
 from hpc_mm.slurm.table import RunStatus
 
 __all__ = [
@@ -149,9 +148,9 @@ class Run:
         return self.status()
 
     @property
-    def state(self) -> JobState:
-        job_id = self.job_id
-        return query.job(job_id).state if job_id else JobState.UNKNOWN
+    def state(self) -> RunState:
+        """The run's state, as `status()` has it (one type for both)."""
+        return self.status().state
 
     def cancel(self, now: bool = False) -> list[str]:
         """Stop the run's job: it saves a checkpoint first (unless `now`); what happened, line by line."""

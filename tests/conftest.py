@@ -154,3 +154,16 @@ def hermetic_slurm(request, monkeypatch):
     monkeypatch.setenv("SLURM_CONF", "/nonexistent/slurm.conf")
     # where hpc-mm remembers the user's jobs (run/known.py): the test's own
     monkeypatch.setenv("XDG_STATE_HOME", str(request.getfixturevalue("tmp_path") / "state"))
+
+
+@pytest.fixture(autouse=True)
+def signal_dispositions():
+    """`finish` ignores SIGTERM while it requeues (its process ends right after); run in-process by a
+    test, that would leak into every process the test worker starts afterwards. Put them back."""
+    import signal
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)}
+    yield
+    for s, handler in saved.items():
+        if handler is not None:
+            signal.signal(s, handler)

@@ -6,22 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-# The events a notification may follow (run/events.py's kinds a user cares about).
-NOTIFY_EVENTS = (
-    "started",
-    "checkpoint",
-    "hang",
-    "quarantined",
-    "requeued",
-    "restarted",
-    "completed",
-    "failed",
-    "stopped",
-    "cancelled",
-    "gave_up",
-)
-# By default: how a run ends, and what needs a person (a hang, a node kept out, giving up).
-DEFAULT_NOTIFY_ON = ("completed", "failed", "stopped", "cancelled", "gave_up", "hang", "quarantined")
+from hpc_mm.names import NOTIFIED, NOTIFIED_BY_DEFAULT
+
+# The events a notification may follow, as the job file names them (names.py owns the kinds).
+NOTIFY_EVENTS = tuple(k.value for k in NOTIFIED)
+DEFAULT_NOTIFY_ON = tuple(k.value for k in NOTIFIED_BY_DEFAULT)
 
 
 @dataclass(frozen=True)

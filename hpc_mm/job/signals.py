@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import signal
 
-# What `requeue.signal` may be, and what the batch script traps (in this order).
-STOP_SIGNALS = ("USR1", "USR2", "TERM")
+from hpc_mm.names import STOP_SIGNALS
+
 DEFAULT_STOP_SIGNAL = "USR1"
 # What the ranks receive for any stop: Megatron's exit signal.
 EXIT_SIGNAL = signal.SIGTERM

@@ -17,7 +17,8 @@ from typing import Any, Literal, Optional, Union
 from hpc_mm.job.coerce import REQUIRED
 from hpc_mm.job.declare import option
 from hpc_mm.job.sections import Notify, Throughput
-from hpc_mm.job.signals import DEFAULT_STOP_SIGNAL, STOP_SIGNALS
+from hpc_mm.job.signals import DEFAULT_STOP_SIGNAL
+from hpc_mm.names import STOP_SIGNALS
 
 Launcher = Literal["torchrun", "srun", "msrun"]  # msrun: MindSpore's launcher (MindSpeed-MM's MindSpore examples)
 # What the entry is (job/entries/): Megatron arguments (pretrain_vlm.py, pretrain_sora.py, ...), the

@@ -9,11 +9,11 @@ import os
 import re
 
 from hpc_mm.job.spec import JobSpec
+from hpc_mm.names import BAD_NODE
 from hpc_mm.run.events import StartKey
 from hpc_mm.run.records import ended_by_host
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
-from hpc_mm.slurm.jobs import BAD_NODE
 
 
 def preflight_failures(run: RunDir, key: StartKey, nodes: tuple[str, ...], step_nodes: int) -> dict[str, list[str]]:

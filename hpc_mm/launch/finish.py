@@ -32,7 +32,7 @@ from hpc_mm.launch.requeue import (
     classify,
     decide,
 )
-from hpc_mm.names import AGAIN_EXIT
+from hpc_mm.names import AGAIN_EXIT, Action, Cause
 from hpc_mm.run import events, notify
 from hpc_mm.run.events import Kind, StartKey, this_start
 from hpc_mm.run.format import last_checkpoint
@@ -55,7 +55,7 @@ def finish(
 def _finish(run: RunDir, returncode: int, signal_name: str | None, failed: str | None, preflight_failed: bool) -> int:
     key = this_start()
     if failed:  # the batch shell ended before the step (a setup line, an exit): nothing to requeue
-        run.record(Kind.FAILED, key, reason=failed, cause="batch-script", returncode=returncode)
+        run.record(Kind.FAILED, key, reason=failed, cause=Cause.BATCH_SCRIPT, returncode=returncode)
         return returncode or 1
     spec = run.job
     env = os.environ
@@ -67,7 +67,7 @@ def _finish(run: RunDir, returncode: int, signal_name: str | None, failed: str |
             Kind.CANCELLED,
             key,
             reason=f"cancelled by hpc-mm cancel; last checkpoint {latest}",
-            cause="user",
+            cause=Cause.USER,
             returncode=returncode,
             iteration=latest,
             **events.batch_times(env, "signal_at", "step_ended_at"),
@@ -148,16 +148,16 @@ def _act(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: F
     }
     if decision.failure:
         said["failure"] = decision.failure
-    if decision.action != "complete" and facts.iteration is not None:
+    if decision.action is not Action.COMPLETE and facts.iteration is not None:
         said["lost_iterations"] = events.lost_iterations(facts.iteration, latest)
-    print(f"hpc-mm: {decision.action}: {decision.reason}", flush=True)
-    if decision.action == "complete":
+    print(f"hpc-mm: {decision.action.value}: {decision.reason}", flush=True)
+    if decision.action is Action.COMPLETE:
         run.record(Kind.COMPLETED, key, **said)
         return 0
     _record_quarantine(run, key, decision)
-    if decision.action == "restart-inside":
+    if decision.action is Action.RESTART_INSIDE:
         return _restart_inside(run, key, decision, said, list(decision.exclude))
-    if decision.action == "requeue" and key.job_id:
+    if decision.action is Action.REQUEUE and key.job_id:
         if facts.allocation is not None and decision.cause in INSIDE_CAUSES and spec.requeue.inside:
             print(
                 f"hpc-mm: too few healthy nodes left in the allocation for a {spec.nnodes}-node step; "
@@ -168,10 +168,10 @@ def _act(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: F
         if done:
             return 0
         said["reason"] = f"{decision.reason}; the requeue failed: {err}"
-    if decision.action == "cancel":
+    if decision.action is Action.CANCEL:
         run.record(Kind.CANCELLED, key, **said)
         return 0
-    if decision.action == "give-up":
+    if decision.action is Action.GIVE_UP:
         run.record(Kind.GAVE_UP, key, **said)
         print(f"hpc-mm: gave up (exit code {GAVE_UP_EXIT}): {decision.reason}", flush=True)
         return GAVE_UP_EXIT

@@ -46,14 +46,14 @@ from typing import Mapping
 
 from hpc_mm.job.entries import contract
 from hpc_mm.job.spec import JobSpec
+from hpc_mm.names import BAD_NODE, Action, Cause
 from hpc_mm.run import checkpoints, notify
 from hpc_mm.run.events import AGAIN, Kind, StartKey
 from hpc_mm.run.rundir import RunDir, Start
-from hpc_mm.slurm.jobs import BAD_NODE
 from hpc_mm.slurm.query import SlurmJob
 
-PREEMPTION, TIME_LIMIT, SIGNAL, BY_SLURM = "preemption", "time-limit", "signal", "slurm"
-HANG, NODE_FAILURE, PREFLIGHT, CRASH, ERROR = "hang", "node-failure", "preflight", "crash", "error"
+PREEMPTION, TIME_LIMIT, SIGNAL, BY_SLURM = Cause.PREEMPTION, Cause.TIME_LIMIT, Cause.SIGNAL, Cause.BY_SLURM
+HANG, NODE_FAILURE, PREFLIGHT, CRASH, ERROR = Cause.HANG, Cause.NODE_FAILURE, Cause.PREFLIGHT, Cause.CRASH, Cause.ERROR
 # Requeues that are not the job's doing: they never use up requeue.max_restarts.
 NOT_COUNTED = (PREEMPTION, BY_SLURM, NODE_FAILURE, PREFLIGHT)
 GAVE_UP_EXIT = 3
@@ -107,7 +107,7 @@ class Facts:
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # "complete", "restart-inside", "requeue", "fail", "cancel", "give-up"
+    action: Action
     reason: str
     cause: str = ""
     exclude: tuple[str, ...] = field(default=())  # the nodes the next start leaves out
@@ -116,7 +116,7 @@ class Decision:
 
     @property
     def requeue(self) -> bool:
-        return self.action == "requeue"
+        return self.action is Action.REQUEUE
 
 
 def classify(job: SlurmJob, grace_seconds: int, now: dt.datetime | None = None) -> str:
@@ -149,12 +149,12 @@ INSIDE_CAUSES = (CRASH, HANG, NODE_FAILURE, PREFLIGHT, ERROR)
 def decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
     """The whole policy: what follows this start, and which nodes the next one leaves out."""
     decision = _decide(spec, run, facts)
-    if decision.action != "requeue" or facts.allocation is None:
+    if decision.action is not Action.REQUEUE or facts.allocation is None:
         return decision
     quarantine = quarantine_for(spec, facts.allocation, decision.exclude)
     inside = _inside(spec, facts, decision, quarantine)
     if inside is not None:
-        return replace(decision, action="restart-inside", exclude=inside, quarantine=quarantine)
+        return replace(decision, action=Action.RESTART_INSIDE, exclude=inside, quarantine=quarantine)
     return replace(decision, exclude=quarantine.avoid, quarantine=quarantine)
 
 
@@ -196,15 +196,15 @@ def _decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
     train_iters = contract(spec).train_iters(spec)
     if train_iters is None:  # a command: it is done when it ends well
         if facts.returncode == 0 and not facts.signal and facts.preflight_failed is None and not facts.hang:
-            return Decision("complete", "the command ended (exit 0)")
+            return Decision(Action.COMPLETE, "the command ended (exit 0)")
     elif latest >= train_iters:
-        return Decision("complete", f"training finished (checkpoint at iteration {latest})")
+        return Decision(Action.COMPLETE, f"training finished (checkpoint at iteration {latest})")
     starts = submission(run, facts.start)
     if facts.preflight_failed is not None:
         blamed = sorted(n for n in facts.preflight_failed if n)
         if blamed and (_same_everywhere(facts.preflight_failed, blamed) or set(blamed) >= set(facts.nodes)):
             return Decision(  # no node to leave out would help: the job is wrong
-                "fail",
+                Action.FAIL,
                 "the preflight failed on every node: "
                 + "; ".join(sorted({p for ps in facts.preflight_failed.values() for p in ps})),
                 PREFLIGHT,
@@ -242,11 +242,11 @@ def _decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
     if facts.signal:
         return _signalled(spec, starts, facts, latest)
     if facts.error:
-        return Decision("fail", facts.error, ERROR)
+        return Decision(Action.FAIL, facts.error, ERROR)
     if facts.returncode != 0:
         return _crashed(spec, starts, facts, latest)
     return Decision(
-        "fail",
+        Action.FAIL,
         f"the step ended (exit 0) at checkpoint {latest} of {train_iters} without a "
         "stop signal; training is unfinished",
         CRASH,
@@ -256,9 +256,11 @@ def _decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
 def _signalled(spec: JobSpec, starts: list[Start], facts: Facts, latest: int) -> Decision:
     r, cause = spec.requeue, facts.cause
     if cause != PREEMPTION and facts.signal == "TERM":
-        return Decision("cancel", f"cancelled (SIGTERM: scancel or the hard time limit) at checkpoint {latest}", cause)
+        return Decision(
+            Action.CANCEL, f"cancelled (SIGTERM: scancel or the hard time limit) at checkpoint {latest}", cause
+        )
     if cause != PREEMPTION and facts.signal != r.signal:
-        return Decision("fail", f"stopped by SIG{facts.signal}, not by requeue.signal {r.signal}", cause)
+        return Decision(Action.FAIL, f"stopped by SIG{facts.signal}, not by requeue.signal {r.signal}", cause)
     return _requeue(
         spec,
         starts,
@@ -288,11 +290,13 @@ def _crashed(spec: JobSpec, starts: list[Start], facts: Facts, latest: int) -> D
     this = f"a crash after iteration {facts.iteration}"  # its signature (exit codes vary with which task srun saw)
     previous = starts[-2].end if len(starts) > 1 else None
     if previous and previous.cause == CRASH and previous.get("failure") == this:
-        return Decision("give-up", f"the same failure twice in a row ({this}); it would repeat", CRASH, failure=this)
+        return Decision(
+            Action.GIVE_UP, f"the same failure twice in a row ({this}); it would repeat", CRASH, failure=this
+        )
     used = len(_ended(starts, AGAIN, CRASH))
     if used >= spec.requeue.on_failure:
         return Decision(
-            "fail", f"{this}; not requeued (requeue.on_failure = {spec.requeue.on_failure})", CRASH, failure=this
+            Action.FAIL, f"{this}; not requeued (requeue.on_failure = {spec.requeue.on_failure})", CRASH, failure=this
         )
     decision = _requeue(
         spec,
@@ -318,12 +322,12 @@ def _requeue(
 ) -> Decision:
     r = spec.requeue
     if not r.enabled:
-        return Decision("fail", f"{reason}; requeue.enabled is false", cause)
+        return Decision(Action.FAIL, f"{reason}; requeue.enabled is false", cause)
     if cause != PREEMPTION:
         stalled = _starts_without_progress(starts, latest)
         if stalled >= r.max_restarts_without_progress:
             return Decision(
-                "give-up",
+                Action.GIVE_UP,
                 f"{reason}; {stalled} starts in a row moved no checkpoint (still at "
                 f"{latest}; requeue.max_restarts_without_progress = {r.max_restarts_without_progress})",
                 cause,
@@ -332,16 +336,18 @@ def _requeue(
         used = len([s for s in _ended(starts, AGAIN) if s.end.cause not in NOT_COUNTED + (CRASH,)])
         if used >= r.max_restarts:
             return Decision(
-                "fail", f"{reason}; restart limit reached ({used} of requeue.max_restarts = {r.max_restarts})", cause
+                Action.FAIL,
+                f"{reason}; restart limit reached ({used} of requeue.max_restarts = {r.max_restarts})",
+                cause,
             )
         if cause in (TIME_LIMIT, SIGNAL) and latest <= _checkpoint_at_start(starts[-1]):
             return Decision(
-                "fail",
+                Action.FAIL,
                 f"no progress this restart (checkpoint still at iteration {latest}); "
                 "raise requeue.grace_seconds if the save did not fit in it",
                 cause,
             )
-    return Decision("requeue", reason, cause, tuple(exclude))
+    return Decision(Action.REQUEUE, reason, cause, tuple(exclude))
 
 
 def _checkpoint_at_start(start: Start) -> int:

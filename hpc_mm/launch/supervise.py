@@ -42,6 +42,12 @@ def launch(
     nodes: int | None = None,
     nproc_per_node: int | str | None = None,
 ) -> int:
+    # A stop that comes while the launcher starts (planning, the preflight's import check, the record)
+    # is held, never lost, nor fatal: the entry hears it as soon as it runs. (A launcher that inherits
+    # SIGTERM ignored would otherwise drop it, and run on.)
+    stops: list[int] = []
+    for signum in FORWARDED:
+        signal.signal(signum, lambda received, _frame: stops.append(received))
     plan = resolve_plan(target, overrides, run_dir, nodes=nodes, nproc_per_node=nproc_per_node)
     _log_to_task_file(plan)
     workdir = Path(plan.spec.entry.workdir)
@@ -54,7 +60,7 @@ def launch(
     try:
         if plan.leader:
             _start_record(plan)
-        return _run(plan)
+        return _run(plan, stops)
     finally:
         if held:
             held.release()
@@ -76,7 +82,7 @@ def _log_to_task_file(plan: Plan) -> None:
     os.close(fd)
 
 
-def _run(plan: Plan) -> int:
+def _run(plan: Plan, stops: list[int]) -> int:
     run = plan.run
     limits = watchdog.budgets(plan.spec.fault, run)
     entry = contract(plan.spec)
@@ -98,7 +104,6 @@ def _run(plan: Plan) -> int:
     # torchrun and the entry keep their temporary files (torchelastic_*) in a folder of ours,
     # removed when the step ends, however it ends.
     scratch = tempfile.mkdtemp(prefix="hpc-mm-launch-")
-    stops: list[int] = []
     progress = Progress(
         run,
         plan.start,
@@ -133,6 +138,12 @@ def _run(plan: Plan) -> int:
         dogs.append(dog)
 
     env = {**child_env(plan, max(limits.step, limits.checkpoint)), "TMPDIR": scratch, PROGRESS_FILE: str(touched)}
+    if stops:  # stopped before the entry started: there is nothing to save, and nothing to run
+        print(f"hpc-mm launch: stopped (SIG{signal.Signals(stops[0]).name}) before the entry started", file=sys.stderr)
+        shutil.rmtree(scratch, ignore_errors=True)
+        if plan.leader:
+            _record_exit(plan, 0, stops[0], None, progress)
+        return 0
     try:
         rc, received = run_forwarding_signals(
             cmd,
@@ -262,6 +273,8 @@ def run_forwarding_signals(
                 pass
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    if received:  # a stop came before the entry ran: it hears it now
+        forward(received.pop(0), None)
     try:
         while True:
             try:

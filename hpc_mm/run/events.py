@@ -13,7 +13,6 @@ gives them as plain objects, for tools and tests.
 
 from __future__ import annotations
 
-import enum
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,35 +21,9 @@ from typing import Any, Mapping
 
 from hpc_mm.environments.base import restart_from
 from hpc_mm.environments.slurm import job_id_of
+from hpc_mm.names import Kind
 from hpc_mm.run.layout import EVENTS
 from hpc_mm.run.records import integer, number, read_objects
-
-
-class Kind(str, enum.Enum):
-    """What an event says. The terminal ones end a start; the others happen during it."""
-
-    SUBMITTED = "submitted"  # a job was submitted for this run (hpc-mm submit, or hpc-mm local)
-    STARTED = "started"  # the leader's launcher began training on the nodes
-    SIGNAL = "signal"  # the launchers caught a stop signal (finish decides what follows)
-    EXITED = "exited"  # the training step ended: exit code, the entry's error line, a hang
-    CHECKPOINT = "checkpoint"  # a checkpoint committed (iteration, reason, seconds)
-    RESUMED = "resumed"  # the entry loaded a checkpoint (its own, or pretrained weights)
-    HANG = "hang"  # node 0's watchdog found the step hung
-    PREFLIGHT = "preflight"  # the preflight failed on some nodes
-    QUARANTINED = "quarantined"  # nodes to keep off the next start
-    RELEASED = "released"  # Slurm's hold on the requeued job was lifted: this start may begin at once
-    REQUEUED = "requeued"  # back through Slurm's queue (a preemption, the time limit, no healthy nodes left)
-    RESTARTED = "restarted"  # started again inside the same allocation, without the nodes to blame
-    COMPLETED = "completed"
-    FAILED = "failed"
-    STOPPED = "stopped"
-    CANCELLED = "cancelled"
-    GAVE_UP = "gave_up"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL
-
 
 TERMINAL = frozenset(
     {Kind.REQUEUED, Kind.RESTARTED, Kind.COMPLETED, Kind.FAILED, Kind.STOPPED, Kind.CANCELLED, Kind.GAVE_UP}

@@ -26,12 +26,13 @@ import random
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 
+from hpc_mm.names import Fault, Strategy
 from hpc_mm.run.events import AGAIN, Kind
 from hpc_mm.run.interval import young_daly
 from hpc_mm.run.records import number
 from hpc_mm.run.rundir import RunDir
 
-STRATEGIES = ("requeue", "inside", "spares")
+STRATEGIES = tuple(Strategy)
 # Meta, Llama 3 (2024): 1.8 h between interruptions on 16,384 GPUs; 78% of unexpected ones hardware.
 META_RATE_PER_ACCELERATOR_HOUR = 1.0 / (1.8 * 16384)
 META_NODE_LOSS_FRACTION = 0.78
@@ -85,15 +86,18 @@ def interval_for(costs: Costs, scale: Scale) -> float:
 
 def closed_form(costs: Costs, scale: Scale, strategy: str, interval: float | None = None) -> float:
     """First order, wall-clock: 1 - save/tau - (tau/2 + recovery) / MTBF (queue waits included)."""
+    strategy = Strategy(strategy)  # an unknown one is an error, never another strategy
     tau = interval or interval_for(costs, scale)
     if not math.isfinite(scale.mtbf):
         return 1.0 / (1.0 + costs.save / tau)
     fail = scale.accelerators * scale.failure_rate / 3600.0
     preempt = scale.preemptions_per_day / 86400.0
     queue = costs.stop + scale.queue_wait + costs.startup
-    lost = {"requeue": queue, "inside": costs.restart_inside, "spares": costs.restart_inside}
-    node_loss = scale.node_loss if strategy == "inside" else 0.0
-    per_failure = tau / 2 + (node_loss * queue + (1 - node_loss) * lost[strategy] if strategy != "requeue" else queue)
+    lost = {Strategy.REQUEUE: queue, Strategy.INSIDE: costs.restart_inside, Strategy.SPARES: costs.restart_inside}
+    node_loss = scale.node_loss if strategy is Strategy.INSIDE else 0.0
+    per_failure = tau / 2 + (
+        node_loss * queue + (1 - node_loss) * lost[strategy] if strategy is not Strategy.REQUEUE else queue
+    )
     per_preemption = queue + (0.0 if scale.saves_on_signal else tau / 2)
     rate = fail * per_failure + preempt * per_preemption  # wasted seconds per second of the job
     return max(0.0, (1.0 / (1.0 + costs.save / tau)) / (1.0 + rate))
@@ -123,15 +127,16 @@ def simulate(
 ) -> Outcome:
     """Train `work` seconds of iterations; faults at random (or at the wall-clock times of
     `schedule`: (time, "crash" | "node" | "preemption")). Time is wall-clock seconds."""
+    strategy = Strategy(strategy)  # an unknown one is an error, never another strategy
     rng = random.Random(seed)
     tau = interval or interval_for(costs, scale)
     fail_rate = scale.accelerators * scale.failure_rate / 3600.0
     preempt_rate = scale.preemptions_per_day / 86400.0
-    planned = sorted(schedule or [])
+    planned = sorted((at, Fault(kind)) for at, kind in schedule or [])
     clock = useful = held = lost_work = 0.0
     done = 0.0  # training kept (checkpointed)
     requeues = inside = interruptions = 0
-    spares = scale.spares if strategy == "spares" else 0
+    spares = scale.spares if strategy is Strategy.SPARES else 0
     held_nodes = scale.nodes + spares
     pending_repeat = False
 
@@ -141,13 +146,13 @@ def simulate(
                 planned.pop(0)
             return planned.pop(0) if planned else (math.inf, "")
         if pending_repeat:
-            return now + costs.step, "repeat"
+            return now + costs.step, Fault.REPEAT
         waits = []
         if fail_rate > 0:
-            kind = "node" if rng.random() < scale.node_loss else "crash"
+            kind = Fault.NODE if rng.random() < scale.node_loss else Fault.CRASH
             waits.append((now + rng.expovariate(fail_rate), kind))
         if preempt_rate > 0:
-            waits.append((now + rng.expovariate(preempt_rate), "preemption"))
+            waits.append((now + rng.expovariate(preempt_rate), Fault.PREEMPTION))
         return min(waits) if waits else (math.inf, "")
 
     clock += costs.startup  # the first start
@@ -174,7 +179,7 @@ def simulate(
         trained = max(0.0, min(fault_at - t, tau))
         interruptions += 1
         pending_repeat = False
-        if kind == "preemption" and scale.saves_on_signal:
+        if kind is Fault.PREEMPTION and scale.saves_on_signal:
             progress += min(trained, work - progress)
             trained_lost = 0.0
         else:
@@ -184,24 +189,28 @@ def simulate(
         held += (fault_at - clock) * held_nodes
         done, clock = progress, fault_at
         # a failure that repeats after a restart inside points at a node nobody blamed: the queue
-        needs_queue = kind in ("preemption", "repeat") or strategy == "requeue" or (kind == "node" and spares == 0)
+        needs_queue = (
+            kind in (Fault.PREEMPTION, Fault.REPEAT)
+            or strategy is Strategy.REQUEUE
+            or (kind is Fault.NODE and spares == 0)
+        )
         if needs_queue:
             requeues += 1
             wait = rng.expovariate(1.0 / scale.queue_wait) if scale.queue_wait > 0 else 0.0
             held += costs.stop * held_nodes
             clock += costs.stop + wait
-            spares = scale.spares if strategy == "spares" else 0
+            spares = scale.spares if strategy is Strategy.SPARES else 0
             held_nodes = scale.nodes + spares  # a new allocation
             held += costs.startup * held_nodes
             clock += costs.startup
         else:
             inside += 1
-            if kind == "node":
+            if kind is Fault.NODE:
                 spares -= 1
                 held_nodes -= 1  # the dead node leaves the allocation
             held += costs.restart_inside * held_nodes
             clock += costs.restart_inside
-            pending_repeat = schedule is None and kind == "crash" and rng.random() < scale.repeat
+            pending_repeat = schedule is None and kind is Fault.CRASH and rng.random() < scale.repeat
     return Outcome(
         strategy,
         useful / clock if clock > 0 else 0.0,

@@ -17,6 +17,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hpc_mm.names import Cause
 from hpc_mm.run.events import AGAIN, Kind
 from hpc_mm.run.rundir import RunDir
 
@@ -26,7 +27,15 @@ ASSUMED_SAVE_SECONDS = 60.0
 ASSUMED_MTBF_SECONDS = 24 * 3600.0
 # What interrupts a run: a preemption, a crash, a hang, a dead node, a failed preflight (not a
 # planned end: the time limit, a cancel, a completion).
-INTERRUPTIONS = ("preemption", "crash", "hang", "node-failure", "preflight", "slurm", "error")
+INTERRUPTIONS = (
+    Cause.PREEMPTION,
+    Cause.CRASH,
+    Cause.HANG,
+    Cause.NODE_FAILURE,
+    Cause.PREFLIGHT,
+    Cause.BY_SLURM,
+    Cause.ERROR,
+)
 
 
 def young_daly(save_seconds: float, mtbf_seconds: float) -> float:

@@ -15,6 +15,7 @@ import time
 
 from hpc_mm.environments.slurm import is_job_id
 from hpc_mm.errors import UserError
+from hpc_mm.names import Cause
 from hpc_mm.run import checkpoints
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.format import last_checkpoint
@@ -110,5 +111,5 @@ def _at_once(run: RunDir | None, job_id: str, how: str, say) -> None:
         if run.reread().start(key).end is not None:
             say(f"cancelled job {job_id} ({how}); {last_checkpoint(_latest(run))}")
             return
-    run.record(Kind.CANCELLED, key, reason=f"cancelled {how} (hpc-mm cancel)", cause="user", iteration=_latest(run))
+    run.record(Kind.CANCELLED, key, reason=f"cancelled {how} (hpc-mm cancel)", cause=Cause.USER, iteration=_latest(run))
     say(f"cancelled job {job_id} ({how}); {last_checkpoint(_latest(run))}")

@@ -4,73 +4,17 @@ sacct or scontrol answered, read from their text (`query.py` asks them)."""
 from __future__ import annotations
 
 import contextlib
-import enum
 import re
 from dataclasses import dataclass
 
 from hpc_mm.job import slurmtime
+from hpc_mm.names import ENDED, JobState  # noqa: F401 - Slurm's job states: a closed set owned by names.py
 
 _FIELD = re.compile(r"(?:^|(?<=\s))([A-Za-z][\w:/.]*)=")
 SACCT_FIELDS = "JobID,State,ExitCode,NNodes,NodeList,ElapsedRaw"
 SQUEUE_FIELDS = "%i|%T|%r|%M|%L|%D|%N"
 
 
-class JobState(str, enum.Enum):
-    """Slurm's job states (squeue's long names, sacct's, scontrol's JobState)."""
-
-    PENDING = "PENDING"
-    CONFIGURING = "CONFIGURING"
-    RUNNING = "RUNNING"
-    COMPLETING = "COMPLETING"
-    SUSPENDED = "SUSPENDED"
-    REQUEUED = "REQUEUED"
-    REQUEUE_HOLD = "REQUEUE_HOLD"
-    REQUEUE_FED = "REQUEUE_FED"
-    RESIZING = "RESIZING"
-    SIGNALING = "SIGNALING"
-    STAGE_OUT = "STAGE_OUT"
-    PREEMPTED = "PREEMPTED"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMEOUT = "TIMEOUT"
-    NODE_FAIL = "NODE_FAIL"
-    OUT_OF_MEMORY = "OUT_OF_MEMORY"
-    BOOT_FAIL = "BOOT_FAIL"
-    DEADLINE = "DEADLINE"
-    UNKNOWN = "UNKNOWN"  # Slurm does not (or no longer) know the job, or could not be asked
-
-    @classmethod
-    def parse(cls, text: str | None) -> JobState:
-        """sacct prints `CANCELLED by 0`, squeue `COMPLETING+`: the first word, without the `+`."""
-        word = (text or "").split()[0].rstrip("+") if (text or "").split() else ""
-        try:
-            return cls(word)
-        except ValueError:
-            return cls.UNKNOWN
-
-    @property
-    def ended(self) -> bool:
-        return self in ENDED
-
-    @property
-    def queued(self) -> bool:
-        """Waiting to start (again)."""
-        return self in (JobState.PENDING, JobState.REQUEUED, JobState.REQUEUE_HOLD, JobState.SUSPENDED)
-
-
-ENDED = frozenset(
-    {
-        JobState.COMPLETED,
-        JobState.FAILED,
-        JobState.CANCELLED,
-        JobState.TIMEOUT,
-        JobState.NODE_FAIL,
-        JobState.OUT_OF_MEMORY,
-        JobState.BOOT_FAIL,
-        JobState.DEADLINE,
-    }
-)
 # A job preempted with PreemptMode=REQUEUE shows PREEMPTED for a moment and then runs again, so
 # PREEMPTED is unfinished (as submitit counts it); UNKNOWN is neither.
 
@@ -226,9 +170,6 @@ def patience(seconds: float):
     finally:
         PATIENCE["seconds"] = saved
 
-
-# Words of Slurm's node states that mean a node is gone (it also says DRAIN for one taken out of use).
-BAD_NODE = ("DOWN", "NOT_RESPONDING", "FAIL", "NO_RESPOND")
 
 # After a requeue, each node refuses a new start of the job within the second its old one ended (the
 # job's credential is revoked, to the second): a relaunch waits this long first (launch/hold.py, wait.py).

@@ -81,7 +81,11 @@ def chain(specs: list[JobSpec], cli_after: list[str]) -> list[JobSpec]:
 def waits(run: RunDir, slurm: dict[str, SlurmJob]) -> list[dict]:
     """What the run waits for (or waited for): each job, its run directory, its state."""
     return [
-        {"job_id": job_id, "run_dir": run_dir, "state": slurm[job_id].state.value if job_id in slurm else "UNKNOWN"}
+        {
+            "job_id": job_id,
+            "run_dir": run_dir,
+            "state": (slurm[job_id].state if job_id in slurm else JobState.UNKNOWN).value,
+        }
         for job_id, run_dir in (run.info.after or {}).items()
     ]
 
@@ -90,7 +94,9 @@ def why_cancelled(run: RunDir, state: str, slurm: dict[str, SlurmJob]) -> str | 
     """For a stage Slurm cancelled because what it waited for failed: which, and how it ended."""
     if state != JobState.CANCELLED.value or run.starts() and any(s.began for s in run.starts()):
         return None
-    failed = [w for w in waits(run, slurm) if w["state"] not in ("COMPLETED", "UNKNOWN") and w["state"] != "PENDING"]
+    failed = [
+        w for w in waits(run, slurm) if w["state"] not in (JobState.COMPLETED, JobState.UNKNOWN, JobState.PENDING)
+    ]
     if not failed:
         return None
     w = failed[0]

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING
 from hpc_mm import __version__
 from hpc_mm.errors import UserError
 from hpc_mm.job.rules.slurm import sbatch_value_problem
-from hpc_mm.job.signals import STOP_SIGNALS
 from hpc_mm.job.spec import JobSpec, devices_requested
-from hpc_mm.names import AGAIN_EXIT
+from hpc_mm.names import AGAIN_EXIT, STOP_SIGNALS
 from hpc_mm.run.layout import BATCH_LOG, EXCLUDE_FILE, LOGS, task_log_parts
 
 if TYPE_CHECKING:

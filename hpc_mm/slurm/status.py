@@ -14,6 +14,7 @@ from pathlib import Path
 from hpc_mm.errors import UserError
 from hpc_mm.job import slurmtime
 from hpc_mm.job.entries import contract
+from hpc_mm.names import RunState, run_state
 from hpc_mm.run import layout, throughput, timeline
 from hpc_mm.run.events import AGAIN, Kind
 from hpc_mm.run.format import DASH, duration, rate, text
@@ -24,21 +25,19 @@ from hpc_mm.slurm.query import SlurmJob
 from hpc_mm.slurm.runs import Sweep, find, job_of, runs
 from hpc_mm.slurm.table import COLUMNS, RunStatus, format_table, grouped_rows, table_row
 
-# A run directory `render` wrote that no job ever ran (`sbatch RUN_DIR/job.sbatch` starts it).
-RENDERED = "RENDERED"
 # A run Slurm does not know (local, or long forgotten): its state from its newest start's record.
 _LOCAL_STATES = {
-    Kind.STARTED: "RUNNING",
-    Kind.EXITED: "RUNNING",
-    Kind.COMPLETED: "COMPLETED",
-    Kind.FAILED: "FAILED",
-    Kind.SIGNAL: "STOPPED",
-    Kind.STOPPED: "STOPPED",
-    Kind.CANCELLED: "CANCELLED",
-    Kind.GAVE_UP: "GAVE_UP",
-    Kind.REQUEUED: "REQUEUED",
-    Kind.RESTARTED: "RUNNING",  # starting again inside its allocation
-    Kind.SUBMITTED: "STARTING",
+    Kind.STARTED: RunState.RUNNING,
+    Kind.EXITED: RunState.RUNNING,
+    Kind.COMPLETED: RunState.COMPLETED,
+    Kind.FAILED: RunState.FAILED,
+    Kind.SIGNAL: RunState.STOPPED,
+    Kind.STOPPED: RunState.STOPPED,
+    Kind.CANCELLED: RunState.CANCELLED,
+    Kind.GAVE_UP: RunState.GAVE_UP,
+    Kind.REQUEUED: RunState.REQUEUED,
+    Kind.RESTARTED: RunState.RUNNING,  # starting again inside its allocation
+    Kind.SUBMITTED: RunState.STARTING,
 }
 
 
@@ -71,8 +70,8 @@ def run_status(run: RunDir, slurm: SlurmJob | None = None, now: float | None = N
     newest = starts[-1] if starts else None
     rows = run.metrics()
     last = rows[-1] if rows else None
-    state = slurm.state.value if slurm else _local_state(newest) if job_id or newest else RENDERED
-    running = state == "RUNNING"
+    state = run_state(slurm.state) if slurm else _local_state(newest) if job_id or newest else RunState.RENDERED
+    running = state is RunState.RUNNING
     step = timeline.step_seconds(rows)
     elapsed = slurm.elapsed_seconds if slurm else None
     if elapsed is None and running and newest is not None and newest.began:
@@ -88,7 +87,7 @@ def run_status(run: RunDir, slurm: SlurmJob | None = None, now: float | None = N
     speed = throughput.of_run(run, rows)
     deps = query.jobs(list(run.info.after)) if run.info.after else {}
     outcome = end.reason if end and end.kind not in AGAIN else pipeline.why_cancelled(run, state, deps)
-    if state == RENDERED:
+    if state is RunState.RENDERED:
         outcome = f"not submitted: sbatch {run.script}"
     return RunStatus(
         run_dir=str(run.path.resolve()),
@@ -131,9 +130,9 @@ def _limit_seconds(time_text: str) -> float | None:
         return None
 
 
-def _local_state(newest: Start | None) -> str:
+def _local_state(newest: Start | None) -> RunState:
     last = next((e.kind for e in reversed(newest.events) if e.kind in _LOCAL_STATES), None) if newest else None
-    return _LOCAL_STATES.get(last, "UNKNOWN")
+    return _LOCAL_STATES.get(last, RunState.UNKNOWN)
 
 
 def _entries(folder: Path) -> list[RunDir | Sweep]:

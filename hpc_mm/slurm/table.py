@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hpc_mm.names import RunState
 from hpc_mm.run.format import duration, number, rate, text
 
 COLUMNS = (
@@ -29,7 +30,7 @@ class RunStatus:
     run_dir: str  # absolute
     name: str
     job_id: str | None
-    state: str
+    state: RunState
     reason: str | None  # why it is pending
     exit_code: str | None
     nodes: int

@@ -152,7 +152,7 @@ def test_a_crash_a_hang_and_a_dead_node_are_recovered_inside_the_job_on_its_spar
 
 
 def test_a_restart_inside_keeps_its_nodes_where_a_requeue_waits_behind_a_competing_job(slurm_cluster, tmp_path):
-    job = [*JOB, "slurm.exclusive=true", "requeue.on_failure=1", "gpt.train_iters=80"]
+    job = [*JOB, "slurm.exclusive=true", "requeue.on_failure=1", "gpt.train_iters=300"]  # both still train when killed
     inside_dir, requeue_dir = tmp_path / "inside", tmp_path / "requeue"
     inside = submit(inside_dir, *job)
     requeued = submit(requeue_dir, *job, "requeue.inside=false")

@@ -122,3 +122,54 @@ def test_no_environment_type_tests_outside_environments():
         if "environments" not in p.parts and "isinstance(" in p.read_text() and "Environment)" in p.read_text()
     ]
     assert not offenders, offenders
+
+
+def test_the_queue_side_never_reaches_into_the_allocation():
+    """slurm/ is the queue side (render, submit, query, status, ...); launch/ runs inside the allocation
+    (launch, supervise, watchdog, preflight, finish, the restart policy, blame, hold)."""
+    wrong = [
+        f"{p.relative_to(ROOT)}:{line} imports {target}"
+        for p in modules()
+        if layer(module_name(p)) == "slurm"
+        for target, line in imports(p)
+        if layer(target) == "launch"
+    ]
+    assert not wrong, wrong
+
+
+def _string_sets(path: Path) -> dict[str, int]:
+    """Module-level names bound to a tuple, list, set or frozenset of two or more string literals."""
+    found = {}
+    for node in ast.parse(path.read_text()).body:
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1 or not isinstance(node.targets[0], ast.Name):
+            continue
+        value = node.value
+        if (
+            isinstance(value, ast.Call)
+            and getattr(value.func, "id", "") in ("frozenset", "set", "tuple")
+            and value.args
+        ):
+            value = value.args[0]
+        if isinstance(value, (ast.Tuple, ast.List, ast.Set)) and len(value.elts) >= 2:
+            if all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in value.elts):
+                found[node.targets[0].id] = node.lineno
+    return found
+
+
+def test_closed_sets_of_names_are_owned_by_the_vocabulary_module():
+    """A set of names another module compares against (causes, actions, event kinds, phases, states,
+    strategies) lives in hpc_mm/names.py; a module may keep a set of strings for itself or its folder
+    (files to skip, its own flags, a table of variable names), never share one with another room."""
+    owners = {name: (p, line) for p in modules() if p.name != "names.py" for name, line in _string_sets(p).items()}
+    shared = []
+    for p in modules():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hpc_mm"):
+                for alias in node.names:
+                    where, line = owners.get(alias.name, (p, 0))
+                    room = layer(module_name(where)) or where
+                    if where != p and room != (layer(module_name(p)) or p):  # a room may share its own
+                        shared.append(
+                            f"{where.relative_to(ROOT)}:{line} {alias.name}, imported by {p.relative_to(ROOT)}"
+                        )
+    assert not shared, shared
