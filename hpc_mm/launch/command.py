@@ -69,7 +69,7 @@ def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[s
 def msrun_args(plan: Plan) -> list[str]:
     """MindSpore's msrun for this node, from the same variables torchrun gets (its workers' own logs go
     into the run's log folder, one folder a start)."""
-    logs = Path(plan.run_dir) / "logs" / f"msrun-{plan.start.tag if plan.start else 'local'}"
+    logs = plan.run.msrun_logs(plan.start.tag if plan.start else "local")
     return [
         "--worker_num",
         str(plan.world_size),

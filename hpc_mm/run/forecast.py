@@ -68,7 +68,7 @@ def forecast(args: argparse.Namespace) -> int:
     )
     scales = [replace(base, accelerators=n) for n in _scales(args.accelerators)]
     rows = goodput.predict(costs, scales, seeds=args.seeds, work=args.days * 86400)
-    figure = args.figure or (run.path / "goodput.png" if run is not None else None)
+    figure = args.figure or (run.goodput_figure if run is not None else None)
     if figure is not None:
         plot(rows, figure, spec.name)
     if args.json:

@@ -32,7 +32,6 @@ from hpc_mm.run.events import Event
 from hpc_mm.run.records import read_objects
 from hpc_mm.run.rundir import RunDir, append_line
 
-NOTIFICATIONS = "notifications.jsonl"
 _RUNNING: set[int] = set()  # process groups of the commands being delivered to
 
 
@@ -82,13 +81,13 @@ def deliver(run: RunDir, events: Iterable[Event], spec: JobSpec | None = None) -
             sends.append(("command", lambda b=body: _command(n.command, b, deadline)))
         for to, result in _together(sends, deadline):
             said = {"event": event.kind.value, "job_id": event.job_id, "restart": event.restart, "to": to, **result}
-            append_line(run.path / NOTIFICATIONS, {"time": time.time(), **said})
+            append_line(run.notifications_file, {"time": time.time(), **said})
             out.append(said)
     return out
 
 
 def delivered(run_dir: Path) -> list[dict]:
-    return read_objects(Path(run_dir) / NOTIFICATIONS)
+    return read_objects(RunDir(run_dir).notifications_file)
 
 
 def _together(sends, deadline: float) -> list[tuple[str, dict]]:

@@ -5,6 +5,7 @@ figures come from metrics.jsonl and events.jsonl, which the launcher writes for 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from hpc_mm.errors import Problem, UserError, warn
 from hpc_mm.run import layout, throughput, timeline
@@ -153,7 +154,7 @@ def report(run: RunDir) -> int:
     goodput = f", goodput {info['goodput']:.0%}" if info["goodput"] is not None else ""
     ax_loss.set_title(f"{run.name}: {info['iterations']} iterations, {len(info['restarts'])} restart(s){goodput}")
     fig.tight_layout()
-    out = run.path / "report.png"
+    out = run.report_figure
     try:
         fig.savefig(out, dpi=100)
     except OSError as exc:
@@ -233,7 +234,7 @@ def report_sweep(folder, tasks: list[RunDir]) -> int:
     ax.set_ylabel("loss")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    out = folder / "report.png"
+    out = Path(folder) / layout.REPORT_FIGURE
     try:
         fig.savefig(out, dpi=100)
     except OSError as exc:

@@ -242,6 +242,26 @@ class RunDir:
         """A file the entry may touch to say it moved on ($HPC_MM_PROGRESS_FILE): one a launcher."""
         return self.heartbeat_file(key, node, task).with_suffix(".progress")
 
+    @property
+    def notifications_file(self) -> Path:
+        return self.path / layout.NOTIFICATIONS
+
+    @property
+    def report_figure(self) -> Path:
+        return self.path / layout.REPORT_FIGURE
+
+    @property
+    def goodput_figure(self) -> Path:
+        return self.path / layout.GOODPUT_FIGURE
+
+    @property
+    def submitit_folder(self) -> Path:
+        return self.path / layout.SUBMITIT
+
+    def msrun_logs(self, tag: str) -> Path:
+        """msrun's own worker logs of one start."""
+        return self.logs / f"msrun-{tag}"
+
     def step_exclude_file(self, job_id: str | None) -> Path:
         """The nodes the next start inside this Slurm job leaves out (written by finish, read by the
         batch script and by finish's next decision)."""

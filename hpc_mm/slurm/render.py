@@ -20,7 +20,7 @@ from hpc_mm.errors import UserError
 from hpc_mm.job.rules.slurm import sbatch_value_problem
 from hpc_mm.job.spec import JobSpec, devices_requested
 from hpc_mm.names import AGAIN_EXIT, STOP_SIGNALS
-from hpc_mm.run.layout import BATCH_LOG, EXCLUDE_FILE, LOGS, task_log_parts
+from hpc_mm.run.layout import BATCH_LOG, EXCLUDE_FILE, LOGS, TASK, task_log_parts
 
 if TYPE_CHECKING:
     import jinja2
@@ -98,7 +98,7 @@ def sbatch_options(spec: JobSpec, run_dir: Path, array: int | None = None, throt
     """The #SBATCH options; for a job array of `array` tasks, `run_dir` is the sweep's folder and
     each task's batch log goes into its own run directory (task-<index>)."""
     s = spec.slurm
-    logs = _option_value("--run-dir", str(run_dir / "task-%a" / LOGS if array else run_dir / LOGS))
+    logs = _option_value("--run-dir", str(run_dir / TASK.format("%a") / LOGS if array else run_dir / LOGS))
     nodes = spec.nnodes + s.spare_nodes  # the step runs on nnodes of them: the others replace a blamed node
     opts = [f"--job-name={spec.name}", f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node(spec)}"]
     if s.cpus_per_task:

@@ -32,7 +32,7 @@ class Sweep:
         return self.path.name
 
     def tasks(self) -> list[RunDir]:
-        found = [RunDir(p) for p in self.path.glob("task-*") if layout.is_run_dir(p)]
+        found = [RunDir(p) for p in self.path.glob(layout.TASK.format("*")) if layout.is_run_dir(p)]
         return sorted(found, key=lambda r: (r.info.task if r.info.task is not None else 1 << 30, r.name))
 
     @classmethod

@@ -155,9 +155,36 @@ def statuses(found: list[RunDir]) -> list[RunStatus]:
     for run in found:
         try:
             out.append(run_status(run, slurm.get(ids[run] or "")))
-        except UserError:
-            continue  # a run directory whose job file no longer reads: not one to show
+        except UserError as exc:  # its job file no longer reads (edited, or from another hpc-mm): shown, and why
+            out.append(unreadable_status(run, ids[run], slurm.get(ids[run] or ""), exc))
     return out
+
+
+def unreadable_status(run: RunDir, job_id: str | None, slurm: SlurmJob | None, error: UserError) -> RunStatus:
+    """A run whose job file does not validate today: what Slurm and run.json still say, and why."""
+    known = slurm is not None and slurm.known
+    return RunStatus(
+        run_dir=str(run.path.resolve()),
+        name=run.info.name or run.path.name,
+        job_id=job_id,
+        state=run_state(slurm.state) if known else RunState.UNKNOWN,
+        reason=None,
+        exit_code=slurm.exit_code if known else None,
+        nodes=(slurm.nodes if known else None) or run.info.nodes or 0,
+        nodelist=slurm.nodelist if known else None,
+        restarts=0,
+        restart_cause=None,
+        last_iteration=None,
+        train_iters=None,
+        last_loss=None,
+        last_checkpoint=None,
+        elapsed_seconds=slurm.elapsed_seconds if known else None,
+        time_left_seconds=None,
+        eta_seconds=None,
+        step_seconds=None,
+        last_event=None,
+        outcome=f"its job file no longer validates: {error.problems[0]}",
+    )
 
 
 def print_status(

@@ -295,6 +295,6 @@ def dry_run_sweep(
 def _submit(folder: Path, script: str, spec: JobSpec) -> str:
     """Submit `script` (submitit keeps its files under `folder`); the job id."""
     try:
-        return query.submit(folder / "submitit", script)
+        return query.submit(folder / layout.SUBMITIT, script)
     except query.Refused as exc:
         raise sbatch_error(str(exc), spec) from None

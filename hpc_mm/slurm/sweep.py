@@ -92,7 +92,7 @@ def prepare(
     max_parallel: int | None = None,
 ) -> tuple[str, list[layout.RunFiles]]:
     """The array's script, and every task's run directory (in memory)."""
-    probe = parent / "task-0"
+    probe = parent / layout.TASK.format(0)
     wanted = sbatch_options(base, probe)
     script = render_script(base, parent, template_dir, array=len(combos), throttle=max_parallel)
     for i, (values, spec) in enumerate(combos):
@@ -106,7 +106,7 @@ def prepare(
             )
     runs = []
     for i, (_values, spec) in enumerate(combos):
-        run = layout.plan_run(spec, parent / f"task-{i}")
+        run = layout.plan_run(spec, parent / layout.TASK.format(i))
         runs.append(layout.RunFiles(run.run_dir, {**run.files, layout.SCRIPT_FILE: script}))
     return script, runs
 

@@ -173,3 +173,26 @@ def test_closed_sets_of_names_are_owned_by_the_vocabulary_module():
                             f"{where.relative_to(ROOT)}:{line} {alias.name}, imported by {p.relative_to(ROOT)}"
                         )
     assert not shared, shared
+
+
+def test_the_run_directorys_names_have_one_owner():
+    """Every name in a run directory (and a sweep's folder) is spelled once, in run/layout.py, and
+    paths are built by RunDir: no other module writes "events.jsonl" or "report.png" itself."""
+    from hpc_mm.run import layout
+
+    names = {
+        v
+        for k, v in vars(layout).items()
+        if k.isupper()
+        and isinstance(v, str)
+        and k not in ("TASK_LOG", "PROGRESS_FILE", "BATCH_LOG")
+        and ("." in v or v in ("heartbeats", "submitit"))  # file names (folder names are also words, commands)
+    }
+    spelled = []
+    for p in modules():
+        if p.name in ("layout.py",):
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                spelled.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not spelled, spelled

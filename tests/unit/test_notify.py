@@ -45,7 +45,7 @@ def test_finish_sends_the_terminal_event_with_the_runs_numbers(tmp_path, monkeyp
     assert body["log"].endswith(".batch.out") and "completed" in body["text"]
     [said] = notify.delivered(run.path)
     assert said["ok"] and said["to"] == "webhook" and said["event"] == "completed"
-    assert "SECRET-TOKEN" not in (run.path / notify.NOTIFICATIONS).read_text()
+    assert "SECRET-TOKEN" not in run.run.notifications_file.read_text()
 
 
 def test_events_the_job_did_not_pick_are_not_sent(tmp_path, monkeypatch, recorded_slurm, receiver):

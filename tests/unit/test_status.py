@@ -197,3 +197,18 @@ def test_a_job_is_found_by_its_id_from_any_folder_after_slurm_forgot_it(tmp_path
     assert find("4711").path == run.resolve()
     rc, out, err = cli_in_process("status", "4711")
     assert rc == 0 and "4711" in out, err
+
+
+def test_a_run_whose_job_file_no_longer_validates_is_shown_with_why(tmp_path, monkeypatch, recorded_slurm):
+    from conftest import JOBS, cli_in_process
+
+    recorded_slurm()
+    runs = tmp_path / "runs"
+    assert cli_in_process("render", JOBS / "tiny-vlm.yaml", "--run-dir", runs / "old", "-o", os.devnull)[0] == 0
+    job = runs / "old" / "job.yaml"
+    job.write_text(job.read_text().replace("lr: ", "lr: -"))  # as an older hpc-mm, or an edit, left it
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = cli_in_process("status", "--json")
+    assert rc == 0, err
+    [row] = json.loads(out)
+    assert row["name"] == "old" and "no longer validates: gpt." in row["outcome"], row
