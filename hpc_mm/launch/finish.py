@@ -13,6 +13,7 @@ job's records in the same run directory.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -97,35 +98,40 @@ def _finish(run: RunDir, returncode: int, signal_name: str | None, failed: str |
         failed_nodes=(failed_nodes(spec, run, key, nodes) if returncode != 0 and not (signal_name or hang) else ()),
         hang=dict(hang.data) if hang else None,
         error=exited.get("error") if exited else None,
-        allocation=_allocation(spec, run, key, nodes),
     )
     if facts.preflight_failed:
         run.record(Kind.PREFLIGHT, key, failed=facts.preflight_failed, nodes=list(nodes))
     if facts.error:
         print(f"error: {facts.error}", flush=True)  # the entry's own line, in the batch log too
     decision = decide(spec, run, facts)
+    if decision.action is Action.REQUEUE and key.job_id:  # which nodes, and whether inside: Slurm's facts too
+        facts = dataclasses.replace(facts, allocation=_allocation(spec, run, key, nodes, decision))
+        decision = decide(spec, run, facts)
     return _act(spec, run, key, decision, facts)
 
 
-def _allocation(spec: JobSpec, run: RunDir, key: StartKey, nodes: tuple[str, ...]) -> Allocation | None:
-    """The job's nodes as the policy weighs them: Slurm's states, who is left out already, the
-    partition's size, and what earlier faults of the run said of nodes."""
-    if not key.job_id:
-        return None
+def _allocation(spec: JobSpec, run: RunDir, key: StartKey, nodes: tuple[str, ...], decision: Decision) -> Allocation:
+    """The job's nodes as the policy weighs them: who is left out already and what earlier faults of
+    the run said of nodes (the record), and from Slurm, only where the decision can turn on them,
+    the nodes' states (a restart inside, or one fault naming several nodes) and the partition's size
+    (nodes to quarantine). A requeue that needs neither asks Slurm nothing more."""
     said = [e for e in run.events() if e.kind is Kind.QUARANTINED]
 
     def named(applied_only: bool) -> tuple[str, ...]:
         found = {n for e in said if e.get("applied") or not applied_only for n in (e.get("nodes") or [])}
         return tuple(sorted(n for n in found if isinstance(n, str)))
 
-    partition = (query.show_job(key.job_id).partition or spec.slurm.partition or "").split(",")[0]
+    quarantined = named(applied_only=True)
+    inside = spec.requeue.inside and decision.cause in INSIDE_CAUSES and nodes
+    pointed = [n for n in decision.exclude if n not in quarantined] if spec.fault.quarantine else []
+    partition = (query.show_job(key.job_id).partition or spec.slurm.partition or "").split(",")[0] if pointed else ""
     return Allocation(
         nodes=nodes,
-        states=query.node_states(list(nodes)) if nodes else {},
+        states=query.node_states(list(nodes)) if nodes and (inside or len(pointed) > 1) else {},
         step_excluded=tuple(step_exclude(run, key)),
         partition=partition,
         partition_nodes=query.partition_nodes(partition) if partition else None,
-        quarantined=named(applied_only=True),
+        quarantined=quarantined,
         named=named(applied_only=False),
     )
 
