@@ -80,6 +80,7 @@ class Phase(Name):
     STEP = "step"
     CHECKPOINT = "checkpoint"
     LIVENESS = "liveness"
+    TEARDOWN = "teardown"  # after the last iteration and its save: only the processes' exit is left
 
 
 # Words of Slurm's node states that mean a node is gone (it also says DRAIN for one taken out of use).

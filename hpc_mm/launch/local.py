@@ -30,6 +30,7 @@ from hpc_mm.environments.base import restart_from
 from hpc_mm.errors import UserError
 from hpc_mm.job.entries import contract
 from hpc_mm.job.spec import JobSpec, nproc_hint
+from hpc_mm.launch.requeue import training_finished
 from hpc_mm.run import layout, lock, notify
 from hpc_mm.run.events import LOCAL_JOB_VARIABLE, Kind, StartKey
 from hpc_mm.run.follow import Follower
@@ -103,7 +104,7 @@ def run_local(spec: JobSpec, run_dir: Path | None, mpirun: str = "mpirun", preem
             restart += 1
         follower.close()
         before = len(run.reread().events())
-        _record_end(run, rc, received, StartKey(job_id, restart))
+        rc = _record_end(spec, run, rc, received, StartKey(job_id, restart))
         notify.deliver(run, run.reread().events()[before:], spec)
         try:
             print(summary_text(summary(run)), flush=True)
@@ -169,9 +170,22 @@ def _start(
     return child.returncode, (received[0] if received else None), preempted
 
 
-def _record_end(run: RunDir, rc: int, received: int | None, key: StartKey) -> None:
-    """Every local run ends with a terminal event, whatever the ranks managed to record."""
-    this = run.reread().start(key)
+def _record_end(spec: JobSpec, run: RunDir, rc: int, received: int | None, key: StartKey) -> int:
+    """Every local run ends with a terminal event, whatever the ranks managed to record; the exit code
+    of the run (0 once training finished, as finish rules under Slurm: a teardown error after the
+    last checkpoint is no failure)."""
+    run = run.reread()
+    this = run.start(key)
+    done = training_finished(spec, run) if rc != 0 and not received else None
+    if done is not None and this.end is None:
+        run.record(
+            Kind.COMPLETED,
+            key,
+            returncode=rc,
+            reason=f"training finished (checkpoint at iteration {done}); the processes ended with {rc} after it",
+        )
+        print(f"hpc-mm local: training finished; the processes' exit code {rc} came after it", flush=True)
+        return 0
     if received:
         name = signal.Signals(received).name
         run.record(
@@ -193,6 +207,7 @@ def _record_end(run: RunDir, rc: int, received: int | None, key: StartKey) -> No
             **({} if rc == 0 else _lost(run, key)),
             reason="" if rc == 0 else error or f"mpirun ended with exit code {rc}",
         )
+    return rc
 
 
 def _lost(run: RunDir, key: StartKey) -> dict:

@@ -95,6 +95,7 @@ class Progress:
     pattern: re.Pattern | None = None  # fault.progress_pattern
     last_output: float = field(default_factory=time.time)  # when the entry last wrote anything
     steps: int = 0  # progress lines other than Megatron's iterations (bars, verl steps, the pattern)
+    final_saved: bool = False  # the checkpoint of the last iteration is committed: training is over
     _marks: dict = field(default_factory=dict)  # the last count each kind of progress line showed
 
     def output(self) -> None:
@@ -164,6 +165,7 @@ class Progress:
     def _saved(self, iteration: int, now: float) -> None:
         started = self.saving.pop(iteration, now)
         self.last_progress = now
+        self.final_saved = self.final_saved or bool(self.train_iters and iteration >= self.train_iters)
         if self.record and self.run is not None:
             reason = (
                 "signal"

@@ -191,13 +191,22 @@ def _inside(spec: JobSpec, facts: Facts, decision: Decision, quarantine: Quarant
     return exclude if len(healthy) >= spec.nnodes else None
 
 
+def training_finished(spec: JobSpec, run: RunDir) -> int | None:
+    """The committed checkpoint, if it reached the end of training (then the start completed, whatever
+    its processes did after it: a teardown error, a stop signal); None otherwise. The one rule for how
+    a start ended, shared by finish (the batch script), hpc-mm local and a launch started by hand."""
+    train_iters = contract(spec).train_iters(spec)
+    latest = run.latest_checkpoint(spec)
+    return latest if train_iters is not None and latest is not None and latest >= train_iters else None
+
+
 def _decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
     latest = run.latest_checkpoint(spec) or 0
     train_iters = contract(spec).train_iters(spec)
     if train_iters is None:  # a command: it is done when it ends well
         if facts.returncode == 0 and not facts.signal and facts.preflight_failed is None and not facts.hang:
             return Decision(Action.COMPLETE, "the command ended (exit 0)")
-    elif latest >= train_iters:
+    elif training_finished(spec, run) is not None:
         return Decision(Action.COMPLETE, f"training finished (checkpoint at iteration {latest})")
     starts = submission(run, facts.start)
     if facts.preflight_failed is not None:

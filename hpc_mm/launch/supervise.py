@@ -25,7 +25,7 @@ from hpc_mm.launch.command import child_env, command, interpreter, write_start_f
 from hpc_mm.launch.plan import Plan, resolve_plan
 from hpc_mm.launch.procs import children
 from hpc_mm.launch.progress import Progress
-from hpc_mm.launch.requeue import note_requeue_by_slurm
+from hpc_mm.launch.requeue import note_requeue_by_slurm, training_finished
 from hpc_mm.run import checkpoints, events, layout, lock
 from hpc_mm.run.events import Kind
 from hpc_mm.run.layout import PROGRESS_FILE, TASK_LOG
@@ -182,8 +182,9 @@ def _record_exit(plan: Plan, rc: int, received: int | None, hung: dict | None, p
         said.update(cause="hang", reason=f"no progress for {hung['stalled_seconds']:.0f} s in {hung['phase']}")
     run.record(Kind.EXITED, plan.start, **said)
     if not any(name in os.environ for name in SUPERVISED):
+        finished = rc == 0 and not received or training_finished(plan.spec, run.reread()) is not None
         run.record(
-            Kind.COMPLETED if rc == 0 and not received else Kind.STOPPED if received else Kind.FAILED,
+            Kind.COMPLETED if finished else Kind.STOPPED if received else Kind.FAILED,
             plan.start,
             returncode=rc,
             reason=progress.error or hung and said.get("reason") or "",

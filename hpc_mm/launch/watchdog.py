@@ -48,6 +48,7 @@ from hpc_mm.run.rundir import RunDir
 
 HEARTBEAT = 2.0  # seconds between heartbeats
 DUMP_WAIT = 6.0  # how long node 0 waits for the other nodes' stack dumps
+TEARDOWN_SECONDS = 60.0  # the most a finished step's processes may take to exit
 STOP_WAIT = 40.0  # the most the launcher waits for its watchdog to finish (a stack dump, a notification)
 STUCK_STATES = {"T": "stopped", "t": "stopped", "D": "in uninterruptible I/O", "Z": "dead (zombie)", "X": "dead"}
 
@@ -62,6 +63,12 @@ class Budgets:
     def liveness(self) -> float:
         """An entry judged by liveness alone gets the largest budget: it may be in any phase."""
         return max(self.startup, self.step, self.checkpoint)
+
+    @property
+    def teardown(self) -> float:
+        """Training is over and its last checkpoint committed: a rank stuck on its way out (a process
+        group never destroyed, a peer that aborted) holds nothing worth waiting a step's budget for."""
+        return min(self.step, TEARDOWN_SECONDS)
 
     def of(self, phase: Phase) -> float:
         return getattr(self, phase.value)
@@ -210,6 +217,9 @@ class Watchdog(threading.Thread):
             return Phase.LIVENESS
         if self.progress.saving:
             return Phase.CHECKPOINT
+        p = self.progress
+        if p.iteration is not None and p.train_iters and p.iteration >= p.train_iters and p.final_saved:
+            return Phase.TEARDOWN
         moved = self.progress.iteration is not None or (self.watch is Watch.PATTERN and self.progress.steps)
         return Phase.STEP if moved else Phase.STARTUP
 
@@ -286,7 +296,8 @@ class Watchdog(threading.Thread):
         self._cpu_history.append((now, {r["rank"]: r["cpu"] for b in beats for r in b.ranks}))
         last = max([b.last_progress for b in beats] + [self.progress.last_progress])
         phases = {b.phase for b in beats} | {self.phase().value}
-        phase = next((p for p in (Phase.LIVENESS, Phase.CHECKPOINT, Phase.STEP) if p.value in phases), Phase.STARTUP)
+        order = (Phase.LIVENESS, Phase.CHECKPOINT, Phase.STEP, Phase.TEARDOWN)
+        phase = next((p for p in order if p.value in phases), Phase.STARTUP)
         budget = self.budgets.of(phase)
         if now - last <= budget:
             return

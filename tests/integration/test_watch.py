@@ -232,3 +232,38 @@ def _write(path, job):
 
     path.write_text(yaml.safe_dump(job))
     return path
+
+
+def test_a_rank_stuck_on_its_way_out_after_the_last_checkpoint_is_ended_soon(tmp_path, monkeypatch):
+    """Training over and its checkpoint committed, a process that does not exit (a peer aborted in
+    teardown, a process group never destroyed) is ended after the teardown budget, not a step's."""
+    monkeypatch.setattr(watchdog, "TEARDOWN_SECONDS", 1.0)
+    code = """
+        import time
+        for i in range(1, 4):
+            print(f" iteration {i}/3 | lm loss: 1.0 |", flush=True)
+        print("successfully saved checkpoint from iteration 3 to /ckpt [ t 1/1, p 1/1 ]", flush=True)
+        time.sleep(60)
+    """
+    run = RunDir(tmp_path)
+    progress = Progress(run, KEY, record=False)
+    dogs = []
+
+    def on_start(child):
+        dog = watchdog.Watchdog(
+            run, KEY, 0, progress, child, decides=True, budgets=watchdog.Budgets(100, 100, 100), builtin=False
+        )
+        dog.start()
+        dogs.append(dog)
+
+    began = time.time()
+    rc, _ = run_forwarding_signals(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        tmp_path,
+        dict(os.environ),
+        on_line=progress.feed,
+        on_start=on_start,
+    )
+    dogs[0].stop()
+    assert dogs[0].hung is not None and dogs[0].hung["phase"] == "teardown", dogs[0].hung
+    assert rc == -signal.SIGKILL and time.time() - began < 30

@@ -13,7 +13,7 @@ from hpc_mm.run.rundir import RunDir
 
 
 def launcher(run, key, node, task, child):
-    progress = SimpleNamespace(iteration=5, last_progress=0.0, saving=False)
+    progress = SimpleNamespace(iteration=5, last_progress=0.0, saving=False, train_iters=10, final_saved=False)
     budgets = watchdog.Budgets(startup=60, step=60, checkpoint=60)
     return watchdog.Watchdog(run, key, node, progress, child, decides=False, budgets=budgets, builtin=True, task=task)
 

@@ -137,3 +137,21 @@ def test_the_policy_reads_no_slurm_and_writes_nothing(tmp_path, monkeypatch):
     assert decision.action == "restart-inside" and decision.quarantine.kept_in == ("n2", "n3")
     assert run.run.events_file.read_text() == before
     assert [e.kind for e in run.run.reread().events()] == [Kind.STARTED] and run.key == StartKey(run.key.job_id, 0)
+
+
+def test_one_rule_for_how_a_start_ended_a_teardown_error_after_the_last_checkpoint_completes(tmp_path, monkeypatch):
+    """finish (under Slurm), hpc-mm local and a hand-started launch share it: training finished is a
+    completion, whatever exit code the processes' teardown left (MindSpeed-MM's trainers exit without
+    destroying their process group; gloo may abort then)."""
+    from hpc_mm.launch.local import _record_end
+    from hpc_mm.launch.requeue import training_finished
+
+    run = Run(tmp_path, monkeypatch).started(0)
+    spec = run.run.job
+    assert training_finished(spec, run.run.reread()) is None
+    run.checkpoint(spec.gpt.train_iters)
+    assert training_finished(spec, run.run.reread()) == spec.gpt.train_iters
+    assert _record_end(spec, run.run, 134, None, run.key) == 0
+    end = run.run.reread().start(run.key).end
+    assert end.kind is Kind.COMPLETED and end.get("returncode") == 134
+    assert decide(spec, run.run.reread(), facts(run, returncode=134)).action == "complete"
