@@ -39,14 +39,7 @@ def _job_options(
         p.add_argument("jobs", nargs="+", metavar="job", help="job files (YAML)")
     else:
         p.add_argument("job", nargs="?" if optional else None, help=what)
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a job-file value, e.g. --set gpt.lr=1.0e-4 (repeatable; value is YAML)",
-    )
+    _set_option(p, "override a job-file value, e.g. --set gpt.lr=1.0e-4 (repeatable; value is YAML)")
     p.add_argument("--nodes", type=positive_int, help="number of nodes (sets slurm.nodes and distributed.nnodes)")
     p.add_argument(
         "--nproc-per-node",
@@ -66,6 +59,10 @@ SHORTCUTS = (
     ("-q", "--qos", "slurm.qos", str, "quality of service"),
     (None, "--gpus-per-node", "slurm.gpus_per_node", str, "GPUs to ask Slurm for on every node"),
 )
+
+
+def _set_option(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=text)
 
 
 def _slurm_shortcuts(p: argparse.ArgumentParser) -> None:
@@ -259,14 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "what it never did is assumed, and any of them can be declared.",
     )
     p.add_argument("target", help="a run directory (its measured costs), or a job file (declare the costs)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a value of the job (its file, or the run's), e.g. --set slurm.spare_nodes=2",
-    )
+    _set_option(p, "override a value of the job (its file, or the run's), e.g. --set slurm.spare_nodes=2")
     p.add_argument("--nodes", type=positive_int, help="number of nodes of the job")
     p.add_argument("--accelerators", default="1024,4096,16384,65536,100000", help="scales to predict, comma-separated")
     p.add_argument("--per-node", type=positive_int, help="accelerators a node (default: the job's nproc_per_node)")
