@@ -188,28 +188,12 @@ def _act(spec: JobSpec, run: RunDir, key: StartKey, decision: Decision, facts: F
 def _record_quarantine(run: RunDir, key: StartKey, decision: Decision) -> None:
     """The fault's quarantine as the policy decided it: who stays in, who is left out, or why not."""
     q = decision.quarantine
-    if q.kept_in:
-        run.record(
-            Kind.QUARANTINED,
-            key,
-            nodes=list(q.kept_in),
-            applied=False,
-            evidence=decision.reason,
-            reason="one fault pointed at several nodes and nothing else points at these; they stay in",
-        )
-    if q.refused:
-        run.record(
-            Kind.QUARANTINED,
-            key,
-            nodes=list(q.refused),
-            applied=False,
-            evidence=decision.reason,
-            reason=q.refused_reason,
-        )
-    if q.applied:
-        run.record(
-            Kind.QUARANTINED, key, nodes=list(q.applied), applied=True, evidence=decision.reason, cause=decision.cause
-        )
+    kept = "one fault pointed at several nodes and nothing else points at these; they stay in"
+    for nodes, said in ((q.kept_in, {"applied": False, "reason": kept}),
+                        (q.refused, {"applied": False, "reason": q.refused_reason}),
+                        (q.applied, {"applied": True, "cause": decision.cause})):  # fmt: skip
+        if nodes:
+            run.record(Kind.QUARANTINED, key, nodes=list(nodes), evidence=decision.reason, **said)
 
 
 def _restart_inside(run: RunDir, key: StartKey, decision: Decision, said: dict, exclude: list[str]) -> int:
