@@ -30,6 +30,7 @@ from hpc_mm.run import layout
 from hpc_mm.run.events import Event
 from hpc_mm.run.records import Metric
 from hpc_mm.run.rundir import RunDir
+from hpc_mm.run.sweepdir import SweepDir
 from hpc_mm.slurm import pipeline as pipelines
 from hpc_mm.slurm import runs as found_runs
 from hpc_mm.slurm.table import RunStatus
@@ -287,7 +288,7 @@ def sweep_with(load, items: list[str], run_dir=None, zipped=False, max_parallel=
 def run(target: str | os.PathLike | None = None, root: str | os.PathLike = layout.RUNS) -> Run:
     """The run a run directory or Slurm job id names (default: the newest under `root`)."""
     found = found_runs.find(None if target is None else str(target), Path(root))
-    if isinstance(found, found_runs.Sweep):
+    if isinstance(found, SweepDir):
         raise UserError.one("RUN_DIR", f"{found.path} is a sweep", "use its tasks' run directories")
     return Run(found.path)
 

@@ -41,10 +41,10 @@ def _login_argv(spec, run_dir: Path | None) -> list[str]:
 def _login_paths(spec, run_dir: Path | None):
     from hpc_mm.job.entries.base import Paths
     from hpc_mm.run.checkpoints import latest_whole
-    from hpc_mm.run.layout import CHECKPOINTS, checkpoint_dir
+    from hpc_mm.run.layout import checkpoint_dir
 
     run_dir = Path(run_dir).resolve() if run_dir else Path(PLACEHOLDER)
-    ckpt = checkpoint_dir(spec, run_dir) if run_dir.is_absolute() or spec.checkpoint.dir else run_dir / CHECKPOINTS
+    ckpt = checkpoint_dir(spec, run_dir, resolve=run_dir.is_absolute())
     return Paths(run_dir, ckpt, latest_whole(ckpt) if run_dir.is_absolute() else None)
 
 
@@ -263,10 +263,11 @@ def cmd_release_hold(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from hpc_mm.run.report import report, report_sweep
-    from hpc_mm.slurm.runs import Sweep, find
+    from hpc_mm.run.sweepdir import SweepDir
+    from hpc_mm.slurm.runs import find
 
     found = find(args.target)
-    return report_sweep(found.path, found.tasks()) if isinstance(found, Sweep) else report(found)
+    return report_sweep(found.path, found.tasks()) if isinstance(found, SweepDir) else report(found)
 
 
 def cmd_goodput(args: argparse.Namespace) -> int:

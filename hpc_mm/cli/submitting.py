@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from hpc_mm.errors import Problem, UserError, warn
+from hpc_mm.run.sweepdir import label
 
 
 @contextlib.contextmanager
@@ -131,8 +132,7 @@ def _report(job_id: str, run_dir: Path, tasks: list, args) -> int:
     elif not args.json and tasks:
         print(f"submitted job array {job_id} ({len(tasks)} tasks)\nsweep directory: {run_dir}", flush=True)
         for t in listed:
-            values = " ".join(f"{k}={v}" for k, v in t["values"].items())
-            print(f"  {t['job_id']}  {values}  {Path(t['run_dir']).name}", flush=True)
+            print(f"  {t['job_id']}  {label(t['values'])}  {Path(t['run_dir']).name}", flush=True)
     elif not args.json:
         print(f"submitted job {job_id}\nrun directory: {run_dir}", flush=True)
     if not args.wait:

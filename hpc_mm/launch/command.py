@@ -5,13 +5,13 @@ the hang budget."""
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 
 from hpc_mm.job.entries import contract
 from hpc_mm.job.entries.base import Paths
 from hpc_mm.launch.plan import Plan
+from hpc_mm.run.atomic import write_atomic
 from hpc_mm.run.checkpoints import latest_whole
 
 
@@ -92,11 +92,7 @@ def write_start_files(plan: Plan) -> None:
     entry = contract(plan.spec)
     paths = Paths(plan.run_dir, plan.checkpoint_dir, latest_whole(plan.checkpoint_dir))
     for name, text in entry.start_files(plan.spec, paths).items():
-        target = Path(plan.run_dir) / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, target)
+        write_atomic(Path(plan.run_dir) / name, text)
 
 
 def collective_timeouts(device: str, budget_seconds: float) -> dict:

@@ -35,6 +35,7 @@ from hpc_mm.launch.requeue import (
 )
 from hpc_mm.names import AGAIN_EXIT, Action, Cause
 from hpc_mm.run import events, notify
+from hpc_mm.run.atomic import write_atomic
 from hpc_mm.run.events import Kind, StartKey, this_start
 from hpc_mm.run.format import last_checkpoint
 from hpc_mm.run.rundir import RunDir, Start
@@ -199,9 +200,7 @@ def _record_quarantine(run: RunDir, key: StartKey, decision: Decision) -> None:
 def _restart_inside(run: RunDir, key: StartKey, decision: Decision, said: dict, exclude: list[str]) -> int:
     """Record the start's end and tell the batch script to start the step again, without `exclude`."""
     path = run.step_exclude_file(os.environ.get("SLURM_JOB_ID", key.job_id))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(",".join(exclude))
-    os.replace(tmp, path)
+    write_atomic(path, ",".join(exclude))
     run.record(Kind.RESTARTED, key, **said, exclude=exclude)
     left = f" without {', '.join(exclude)}" if exclude else ""
     print(f"hpc-mm: starting again inside job {key.job_id}{left}: {decision.reason}", flush=True)

@@ -123,7 +123,7 @@ def _start(
     """One start of the emulated job; returns (exit code, the user's stop signal, preempted)."""
     scratch = tempfile.mkdtemp(prefix="hpc-mm-local-")
     package_root = str(Path(__file__).resolve().parent.parent.parent)
-    log = run_dir / layout.local_task_log(spec.name, key.job_id, key.restart)
+    log = RunDir(run_dir).local_task_log(spec.name, key)
     env = dict(
         os.environ,
         TMPDIR=scratch,
@@ -133,7 +133,7 @@ def _start(
     )
     received: list[int] = []
     preempted = False
-    with open(run_dir / layout.LOGS / f"{spec.name}-local.mpirun.out", "a") as mpi_log:
+    with open(RunDir(run_dir).mpirun_log(spec.name), "a") as mpi_log:
         child = subprocess.Popen(
             mpirun_command(spec, run_dir, mpirun),
             env=env,

@@ -116,7 +116,7 @@ def load_target(
                 f"is not a run directory (no {layout.JOB_FILE})",
                 "pass the run directory printed by submit/render, or a job file",
             )
-        return load_job(path / layout.JOB_FILE, overrides, nodes, nproc_per_node), path.resolve()
+        return load_job(RunDir(path).job_file, overrides, nodes, nproc_per_node), path.resolve()
     spec = load_job(path, overrides, nodes, nproc_per_node)
     return spec, Path(run_dir or layout.default_run_dir(spec)).resolve()
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from hpc_mm.environments.devices import MODULES
 from hpc_mm.errors import Problem, UserError
 from hpc_mm.launch.reach import Listener, reach_master
-from hpc_mm.run import checkpoints, layout
+from hpc_mm.run import checkpoints
+from hpc_mm.run.atomic import write_atomic
 
 MIN_FREE = 256 * 2**20  # with no checkpoint yet to size one by
 
@@ -146,10 +147,7 @@ def interpreter_once(memo: Path, command: list[str], workdir: Path, modules: tup
         pass
     interpreter(command, workdir, modules)
     if stamp is not None:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(key))
-        os.replace(tmp, memo)
+        write_atomic(memo, json.dumps(key))
 
 
 def run_checks(run_dir: Path) -> int:
@@ -191,7 +189,7 @@ def run_checks(run_dir: Path) -> int:
     if device is not None:
         checks.append(
             lambda: interpreter_once(
-                run.path / layout.PREFLIGHT / f"interpreter-{node}.json",
+                run.interpreter_memo(node),
                 [*spec.entry.wrapper, spec.entry.python or sys.executable],
                 workdir_,
                 needed_modules(device.kind, workdir_, spec.builtin),

@@ -21,6 +21,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpc_mm.run.atomic import write_atomic
 from hpc_mm.run.durable import DurableWriter, crc32_of
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -55,23 +56,9 @@ def saved_iterations(save_dir: str | os.PathLike) -> list[int]:
         return []
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_tracker(save_dir: Path, iteration: int) -> None:
     """Commit `iteration`: a temporary file, fsync, rename over the tracker, fsync the folder."""
-    tmp = Path(save_dir) / f".{TRACKER}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(str(iteration))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, Path(save_dir) / TRACKER)
-    fsync_dir(Path(save_dir))
+    write_atomic(Path(save_dir) / TRACKER, str(iteration), durable=True)
 
 
 def sha256(path: Path) -> str:

@@ -22,7 +22,6 @@ from typing import Any, Mapping
 from hpc_mm.environments.base import restart_from
 from hpc_mm.environments.slurm import job_id_of
 from hpc_mm.names import Kind
-from hpc_mm.run.layout import EVENTS
 from hpc_mm.run.records import integer, number, read_objects
 
 TERMINAL = frozenset(
@@ -80,6 +79,13 @@ class Event:
         return integer(self.data.get("iteration"))
 
     @property
+    def save_seconds(self) -> float | None:
+        """How long a checkpoint event's save took (a positive, finite number of seconds), else None:
+        the one reading of a save's time (grace, the interval, goodput, history, the timeline)."""
+        seconds = number(self.data.get("seconds")) if self.kind is Kind.CHECKPOINT else None
+        return seconds if seconds is not None and seconds > 0 else None
+
+    @property
     def reason(self) -> str:
         return str(self.data.get("reason") or "")
 
@@ -126,11 +132,6 @@ def parse(path: Path) -> list[Event]:
     """The events in `path`, oldest first; lines that are not an event (a cut line, an unknown kind,
     no time or restart number) are skipped."""
     return [e for e in (Event.from_json(v) for v in read_objects(path)) if e is not None]
-
-
-def read(run_dir: str | os.PathLike) -> list[dict]:
-    """The run's events as JSON objects (as events.jsonl holds them), oldest first."""
-    return [e.to_json() for e in parse(Path(run_dir) / EVENTS)]
 
 
 # The batch shell's clock at moments only it sees (bash's EPOCHREALTIME, exported by the script).

@@ -23,7 +23,7 @@ class Follower:
         self.tty = self.stream.isatty()
         self.state = state
         self._last_text, self._last_print, self._shown = "", 0.0, False
-        self.tail = metrics.Tail(self.run_dir)
+        self.tail = metrics.Tail(RunDir(self.run_dir).metrics_file)
 
     def iteration(self) -> int:
         rows = self.tail.read()

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field, replace
 from hpc_mm.names import Fault, Strategy
 from hpc_mm.run.events import AGAIN, Kind
 from hpc_mm.run.interval import young_daly
-from hpc_mm.run.records import number
 from hpc_mm.run.rundir import RunDir
 
 STRATEGIES = tuple(Strategy)
@@ -257,7 +256,7 @@ def measured(run: RunDir) -> Costs:
         out[name] = statistics.median(values) if values else default
         sources[name] = f"measured ({len(values)})" if values else "assumed"
 
-    put("save", [number(e.get("seconds")) for e in events if e.kind is Kind.CHECKPOINT], 60.0)
+    put("save", [e.save_seconds for e in events if e.save_seconds], 60.0)
     stops = []
     for s in starts:
         signal_at, ended = (s.end.get("signal_at"), s.end.get("step_ended_at")) if s.end else (None, None)

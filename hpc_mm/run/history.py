@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hpc_mm.run.events import Kind
 from hpc_mm.run.rundir import RunDir
 
 
@@ -39,11 +38,5 @@ def durations(run: RunDir) -> Durations:
         crossed = any(before.time < s <= after.time for s in starts)  # a restart lies between them
         if not crossed and after.iteration > before.iteration and after.time >= before.time:
             steps.append(after.time - before.time)
-    saves = [
-        float(e.get("seconds"))
-        for e in run.events()
-        if e.kind is Kind.CHECKPOINT
-        and isinstance(e.get("seconds"), (int, float))
-        and not isinstance(e.get("seconds"), bool)
-    ]
+    saves = [e.save_seconds for e in run.events() if e.save_seconds]
     return Durations(startup, steps, saves)

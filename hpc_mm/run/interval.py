@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hpc_mm.names import Cause
-from hpc_mm.run.events import AGAIN, Kind
+from hpc_mm.run.events import AGAIN
 from hpc_mm.run.rundir import RunDir
 
 AUTO = "auto"
@@ -74,14 +74,7 @@ def measured_save_seconds(run: RunDir | None, before: float | None = None) -> tu
     """The median save time of the run's checkpoints so far, and how many there were."""
     if run is None:
         return None, 0
-    seconds = [
-        float(e.get("seconds"))
-        for e in run.events()
-        if e.kind is Kind.CHECKPOINT
-        and isinstance(e.get("seconds"), (int, float))
-        and e.get("seconds") > 0
-        and (before is None or e.time < before)
-    ]
+    seconds = [e.save_seconds for e in run.events() if e.save_seconds and (before is None or e.time < before)]
     return (statistics.median(seconds), len(seconds)) if seconds else (None, 0)
 
 

@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+from hpc_mm.run.atomic import write_atomic
 from hpc_mm.run.records import read_objects
 
 KEEP = 5000  # lines kept when the file is trimmed
@@ -48,6 +49,4 @@ def recall(job_id: str) -> Path | None:
 
 def _trim(target: Path) -> None:
     lines = target.read_text(errors="replace").splitlines()[-KEEP:]
-    tmp = target.with_name(f".{target.name}.{os.getpid()}")
-    tmp.write_text("".join(f"{line}\n" for line in lines))
-    os.replace(tmp, target)
+    write_atomic(target, "".join(f"{line}\n" for line in lines))

@@ -32,6 +32,7 @@ from hpc_mm.errors import UserError
 from hpc_mm.job.entries import contract
 from hpc_mm.job.jobfile import job_text
 from hpc_mm.job.spec import JobSpec
+from hpc_mm.run.atomic import PRIVATE, write_atomic
 from hpc_mm.run.records import RunInfo, read_object
 
 JOB_FILE = "job.yaml"
@@ -92,9 +93,17 @@ def default_run_dir(spec: JobSpec) -> Path:
     return RUNS / f"{spec.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def checkpoint_dir(spec: JobSpec, run_dir: Path) -> Path:
-    """Where the run's checkpoints go: `--save` and `--load` of the entry."""
-    return Path(spec.checkpoint.dir) if spec.checkpoint.dir else Path(run_dir).resolve() / CHECKPOINTS
+def checkpoint_dir(spec: JobSpec, run_dir: Path, resolve: bool = True) -> Path:
+    """Where the run's checkpoints go: `--save` and `--load` of the entry (`resolve`: from the
+    run directory's real path; not for a placeholder shown before the run has one)."""
+    if spec.checkpoint.dir:
+        return Path(spec.checkpoint.dir)
+    return (Path(run_dir).resolve() if resolve else Path(run_dir)) / CHECKPOINTS
+
+
+def lock_file(run_dir: Path) -> Path:
+    """The lock the run's holder keeps (run/lock.py); built before the run directory may exist."""
+    return Path(run_dir) / LOCK_FILE
 
 
 @dataclass(frozen=True)
@@ -158,13 +167,7 @@ class Created:
 
 def write_private(path: Path, text: str) -> None:
     """Write a file only its owner and group can read: the job's files hold its environment."""
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o640)  # whatever the umask
-    os.replace(tmp, path)
+    write_atomic(path, text, mode=PRIVATE)
 
 
 def create(run: RunFiles) -> Created:

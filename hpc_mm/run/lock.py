@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from hpc_mm.errors import UserError
-from hpc_mm.run.layout import LOCK_FILE, refuse_foreign
+from hpc_mm.run.layout import lock_file, refuse_foreign
 
 # Set by `hpc-mm local` for the processes it starts: they run under its lock.
 INHERITED = "HPC_MM_RUN_LOCK_HOLDER"
@@ -46,7 +46,7 @@ def describe(holder: dict) -> str:
 
 def holder(run_dir: Path) -> dict | None:
     """Who runs in this directory now (None: nobody). Reading takes no lock of its own."""
-    path = Path(run_dir) / LOCK_FILE
+    path = lock_file(run_dir)
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -78,7 +78,7 @@ def acquire(run_dir: Path, job_id: str | None = None, env: dict | None = None) -
     ):
         return RunLock(run_dir, None)  # started by `hpc-mm local`, which holds it for us
     run_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
+    fd = os.open(lock_file(run_dir), os.O_RDWR | os.O_CREAT, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

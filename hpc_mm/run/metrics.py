@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hpc_mm.run.layout import METRICS
 from hpc_mm.run.records import Metric
 
 
 class Tail:
     """The rows of a growing metrics.jsonl. A line still being written waits for its newline."""
 
-    def __init__(self, run_dir: Path):
-        self.path, self.rows = Path(run_dir) / METRICS, []
+    def __init__(self, path: Path):
+        self.path, self.rows = Path(path), []
         self._offset, self._partial = 0, b""
 
     def read(self) -> list[Metric]:

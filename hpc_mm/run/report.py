@@ -5,13 +5,14 @@ figures come from metrics.jsonl and events.jsonl, which the launcher writes for 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from hpc_mm.errors import Problem, UserError, warn
 from hpc_mm.run import layout, throughput, timeline
 from hpc_mm.run.events import Kind
 from hpc_mm.run.format import duration, number, rate
 from hpc_mm.run.rundir import RunDir
+from hpc_mm.run.sweepdir import SweepDir
+from hpc_mm.run.sweepdir import label as sweep_label
 
 COLORS = {"queued": "#bbbbbb", "starting": "#f2b134", "running": "#4c9f38", "saving": "#2f6db5", "stopped": "#c0392b"}
 
@@ -228,13 +229,13 @@ def report_sweep(folder, tasks: list[RunDir]) -> int:
     fig, ax = plt.subplots(figsize=(9, 5))
     for task in tasks:
         metrics = task.metrics()
-        label = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in (task.info.values or {}).items()) or task.name
+        label = sweep_label(task.info.values or {}, short=True) or task.name
         ax.plot([m.iteration for m in metrics], [m.loss for m in metrics], lw=1, label=label)
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    out = Path(folder) / layout.REPORT_FIGURE
+    out = SweepDir(folder).report_figure
     try:
         fig.savefig(out, dpi=100)
     except OSError as exc:

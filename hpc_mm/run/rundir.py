@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from hpc_mm.run import checkpoints, known, layout
+from hpc_mm.run.atomic import PRIVATE, write_atomic
 from hpc_mm.run.events import TERMINAL, Event, Kind, StartKey, parse
 from hpc_mm.run.records import (
     CancelRequest,
@@ -87,11 +88,9 @@ def append_line(path: Path, entry: dict) -> None:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def write_atomic(target: Path, value: dict) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, target)
+def read_events(run_dir: str | os.PathLike) -> list[dict]:
+    """The run's events as JSON objects (as events.jsonl holds them), oldest first."""
+    return [e.to_json() for e in parse(RunDir(run_dir).events_file)]
 
 
 class RunDir:
@@ -172,7 +171,7 @@ class RunDir:
 
     def update_info(self, **changes) -> RunInfo:
         info = replace(self.info, **changes)
-        layout.write_private(self.info_file, json.dumps(info.to_json()))
+        write_atomic(self.info_file, json.dumps(info.to_json()), mode=PRIVATE)
         self.__dict__["info"] = info
         return info
 
@@ -246,6 +245,18 @@ class RunDir:
     def notifications_file(self) -> Path:
         return self.path / layout.NOTIFICATIONS
 
+    def local_task_log(self, name: str, key: StartKey) -> Path:
+        """Each emulated node's log under `hpc-mm local` (a pattern: mpirun puts the task for %t)."""
+        return self.path / layout.local_task_log(name, key.job_id, key.restart)
+
+    def mpirun_log(self, name: str) -> Path:
+        """What mpirun itself says under `hpc-mm local` (every start appends)."""
+        return self.logs / f"{name}-local.mpirun.out"
+
+    def interpreter_memo(self, node: str) -> Path:
+        """The preflight's note that `node`'s interpreter imports the device's modules."""
+        return self.path / layout.PREFLIGHT / f"interpreter-{node}.json"
+
     @property
     def report_figure(self) -> Path:
         return self.path / layout.REPORT_FIGURE
@@ -276,14 +287,14 @@ class RunDir:
         return [b for b in beats if b is not None]
 
     def write_heartbeat(self, target: Path, beat: Heartbeat | dict) -> None:
-        write_atomic(target, beat.to_json() if isinstance(beat, Heartbeat) else beat)
+        write_atomic(target, json.dumps(beat.to_json() if isinstance(beat, Heartbeat) else beat))
 
     # ------------------------------------------------------------------ preflight (launch/preflight.py)
     def preflight_file(self, key: StartKey, node: str) -> Path:
         return self.path / layout.PREFLIGHT / f"{key.tag}-{node}.json"
 
     def write_preflight(self, key: StartKey, result: PreflightResult) -> None:
-        write_atomic(self.preflight_file(key, result.node), result.to_json())
+        write_atomic(self.preflight_file(key, result.node), json.dumps(result.to_json()))
 
     def preflight_results(self, key: StartKey) -> dict[str, PreflightResult]:
         found = (self.path / layout.PREFLIGHT).glob(f"{_glob(key.tag)}-*.json")
@@ -297,7 +308,7 @@ class RunDir:
 
     def request_cancel(self, job_id: str | None) -> CancelRequest:
         request = CancelRequest(job_id, round(time.time(), 3))
-        write_atomic(self.cancel_file, request.to_json())
+        write_atomic(self.cancel_file, json.dumps(request.to_json()))
         return request
 
 

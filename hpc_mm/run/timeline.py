@@ -77,9 +77,7 @@ def build(run: RunDir, now: float) -> Timeline:
         first = mine[0].time if mine else end
         line.intervals.append(Interval("starting", held_from, first, start.number))
         saves = sorted(
-            (e.time - float(e.get("seconds") or 0), e.time)
-            for e in start.all(Kind.CHECKPOINT)
-            if began <= e.time <= end
+            (e.time - (e.save_seconds or 0.0), e.time) for e in start.all(Kind.CHECKPOINT) if began <= e.time <= end
         )
         cursor = first
         for save_start, save_end in saves:

@@ -20,8 +20,9 @@ from hpc_mm.run import checkpoints
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.format import last_checkpoint
 from hpc_mm.run.rundir import RunDir
+from hpc_mm.run.sweepdir import SweepDir
 from hpc_mm.slurm import query
-from hpc_mm.slurm.runs import Sweep, find, job_of
+from hpc_mm.slurm.runs import find, job_of
 
 POLL = 2.0
 
@@ -38,7 +39,7 @@ def cancel(target: str, now: bool = False, say=_print) -> int:
         if not is_job_id(target):
             raise
         found = None  # a job id no run directory claims: cancel the job itself
-    if isinstance(found, Sweep):
+    if isinstance(found, SweepDir):
         active = [(run, j) for run in found.tasks() if (j := job_of(run)) and not query.job(j).ended]
         if not active:
             raise UserError.one(

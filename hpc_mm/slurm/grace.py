@@ -7,7 +7,6 @@ from pathlib import Path
 from hpc_mm.job.entries import contract
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import layout
-from hpc_mm.run.events import Kind
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
 
@@ -24,9 +23,9 @@ def grace_problems(spec: JobSpec, run_dir: Path | None, preemption=None) -> list
         return []
     folder = layout.plan_run(spec, run_dir).run_dir
     run = RunDir(folder) if layout.is_run_dir(folder) else None
-    saves = [e for e in run.events() if e.kind is Kind.CHECKPOINT and (e.get("seconds") or 0) > 0] if run else []
+    saves = [e.save_seconds for e in run.events() if e.save_seconds] if run else []
     if saves:
-        save, how = float(saves[-1].get("seconds")), "the run's last save took"
+        save, how = saves[-1], "the run's last save took"
     else:
         ckpt = checkpoints.latest_whole(run.checkpoint_dir(spec)) if run else None
         if ckpt is None:

@@ -21,6 +21,8 @@ from hpc_mm.job.rules.slurm import sbatch_value_problem
 from hpc_mm.job.spec import JobSpec, devices_requested
 from hpc_mm.names import AGAIN_EXIT, STOP_SIGNALS
 from hpc_mm.run.layout import BATCH_LOG, EXCLUDE_FILE, LOGS, TASK, task_log_parts
+from hpc_mm.run.rundir import RunDir
+from hpc_mm.run.sweepdir import SweepDir
 
 if TYPE_CHECKING:
     import jinja2
@@ -98,7 +100,7 @@ def sbatch_options(spec: JobSpec, run_dir: Path, array: int | None = None, throt
     """The #SBATCH options; for a job array of `array` tasks, `run_dir` is the sweep's folder and
     each task's batch log goes into its own run directory (task-<index>)."""
     s = spec.slurm
-    logs = _option_value("--run-dir", str(run_dir / TASK.format("%a") / LOGS if array else run_dir / LOGS))
+    logs = _option_value("--run-dir", str(RunDir(SweepDir(run_dir).task_dir("%a") if array else run_dir).logs))
     nodes = spec.nnodes + s.spare_nodes  # the step runs on nnodes of them: the others replace a blamed node
     opts = [f"--job-name={spec.name}", f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node(spec)}"]
     if s.cpus_per_task:
@@ -155,7 +157,7 @@ def context(
     env = [(k, shlex.quote(v)) for k, v in spec.env.items()]
     head, tail = task_log_parts(spec.name, array=bool(array))
     logs = '"$RUN_DIR"/' + shlex.quote(f"{LOGS}/{head}") + '"$RESTART"' + shlex.quote(tail)
-    where = shlex.quote(str(run_dir)) + ('/task-"$SLURM_ARRAY_TASK_ID"' if array else "")
+    where = shlex.quote(str(run_dir)) + ("/" + TASK.format('"$SLURM_ARRAY_TASK_ID"') if array else "")
     return ScriptContext(
         name=spec.name,
         version=__version__,

@@ -8,8 +8,6 @@ still queued, by where Slurm writes their batch log.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_mm.environments.slurm import is_job_id
@@ -17,32 +15,8 @@ from hpc_mm.errors import UserError
 from hpc_mm.run import known, layout
 from hpc_mm.run.events import Kind
 from hpc_mm.run.rundir import RunDir
+from hpc_mm.run.sweepdir import SweepDir
 from hpc_mm.slurm import query
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """A sweep's folder: one job array, a run directory per task."""
-
-    path: Path
-    array: str | None
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    def tasks(self) -> list[RunDir]:
-        found = [RunDir(p) for p in self.path.glob(layout.TASK.format("*")) if layout.is_run_dir(p)]
-        return sorted(found, key=lambda r: (r.info.task if r.info.task is not None else 1 << 30, r.name))
-
-    @classmethod
-    def at(cls, path: Path) -> Sweep | None:
-        try:
-            value = json.loads((Path(path) / layout.SWEEP_FILE).read_text())
-        except (OSError, ValueError):
-            return None
-        array = value.get("array") if isinstance(value, dict) else None
-        return cls(Path(path).resolve(), str(array) if array is not None else None)
 
 
 def _created(run: RunDir) -> float:
@@ -60,11 +34,11 @@ def runs(folder: Path = layout.RUNS) -> list[RunDir]:
     return sorted(found, key=_created, reverse=True)
 
 
-def sweeps(folder: Path = layout.RUNS) -> list[Sweep]:
-    return [s for s in (Sweep.at(p) for p in folder.glob("*") if (p / layout.SWEEP_FILE).is_file()) if s]
+def sweeps(folder: Path = layout.RUNS) -> list[SweepDir]:
+    return [s for s in (SweepDir.at(p) for p in folder.glob("*") if SweepDir.is_sweep(p)) if s]
 
 
-def find(target: str | None, folder: Path = layout.RUNS) -> RunDir | Sweep:
+def find(target: str | None, folder: Path = layout.RUNS) -> RunDir | SweepDir:
     """The run (or sweep) `target` names; a UserError saying there is no such run otherwise."""
     if target is None:
         found = runs(folder)
@@ -74,8 +48,8 @@ def find(target: str | None, folder: Path = layout.RUNS) -> RunDir | Sweep:
     path = Path(target)
     if layout.is_run_dir(path):
         return RunDir(path.resolve())
-    if Sweep.at(path) is not None:
-        return Sweep.at(path)
+    if SweepDir.at(path) is not None:
+        return SweepDir.at(path)
     if path.exists():
         raise UserError.one(
             "RUN_DIR",
@@ -97,7 +71,7 @@ def find(target: str | None, folder: Path = layout.RUNS) -> RunDir | Sweep:
 def find_run(target: str | None, folder: Path = layout.RUNS) -> RunDir:
     """Like `find`, for commands that take one run (a sweep has several)."""
     found = find(target, folder)
-    if isinstance(found, Sweep):
+    if isinstance(found, SweepDir):
         raise UserError.one(
             "RUN_DIR",
             f"{target} is a sweep of {len(found.tasks())} runs",
@@ -106,7 +80,7 @@ def find_run(target: str | None, folder: Path = layout.RUNS) -> RunDir:
     return found
 
 
-def _by_job_id(job_id: str, folder: Path) -> RunDir | Sweep | None:
+def _by_job_id(job_id: str, folder: Path) -> RunDir | SweepDir | None:
     for sweep in sweeps(folder):
         if sweep.array == job_id:
             return sweep
@@ -116,8 +90,8 @@ def _by_job_id(job_id: str, folder: Path) -> RunDir | Sweep | None:
     noted = known.recall(job_id)  # submitted from another folder (run/known.py)
     if noted is not None and layout.is_run_dir(noted):
         return RunDir(noted)
-    if noted is not None and Sweep.at(noted) is not None:
-        return Sweep.at(noted)
+    if noted is not None and SweepDir.at(noted) is not None:
+        return SweepDir.at(noted)
     log = query.show_job(job_id).stdout  # <run dir>/logs/<batch log>, while Slurm remembers the job
     if log and layout.is_run_dir(Path(log).parent.parent):
         return RunDir(Path(log).parent.parent.resolve())

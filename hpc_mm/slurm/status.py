@@ -19,10 +19,11 @@ from hpc_mm.run import layout, throughput, timeline
 from hpc_mm.run.events import AGAIN, Kind
 from hpc_mm.run.format import DASH, duration, rate, text
 from hpc_mm.run.rundir import RunDir, Start
+from hpc_mm.run.sweepdir import SweepDir, label
 from hpc_mm.run.timeline import lost_iterations
 from hpc_mm.slurm import pipeline, query
 from hpc_mm.slurm.query import SlurmJob
-from hpc_mm.slurm.runs import Sweep, find, job_of, runs
+from hpc_mm.slurm.runs import find, job_of, runs
 from hpc_mm.slurm.table import COLUMNS, RunStatus, format_table, grouped_rows, table_row
 
 # A run Slurm does not know (local, or long forgotten): its state from its newest start's record.
@@ -135,11 +136,11 @@ def _local_state(newest: Start | None) -> RunState:
     return _LOCAL_STATES.get(last, RunState.UNKNOWN)
 
 
-def _entries(folder: Path) -> list[RunDir | Sweep]:
+def _entries(folder: Path) -> list[RunDir | SweepDir]:
     """What the table lists, newest first: each run, and each sweep as one entry."""
     entries, seen = [], set()
     for run in runs(folder):
-        sweep = Sweep.at(run.path.parent) if run.info.array else None
+        sweep = SweepDir.at(run.path.parent) if run.info.array else None
         if sweep is None:
             entries.append(run)
         elif sweep.path not in seen:
@@ -200,19 +201,19 @@ def print_status(
         if not entries:
             raise UserError.one("RUN_DIR", f"no runs under ./{folder}", "submit one, or pass a run directory")
     shown = entries if show_all or target is not None else entries[:limit]
-    infos = statuses([r for e in shown for r in (e.tasks() if isinstance(e, Sweep) else [e])])
+    infos = statuses([r for e in shown for r in (e.tasks() if isinstance(e, SweepDir) else [e])])
     if as_json:
         print(json.dumps([i.to_json() for i in infos], sort_keys=True))
         return 0
     print(format_table(COLUMNS, grouped_rows(infos)))
-    if target is not None and isinstance(found, Sweep):
+    if target is not None and isinstance(found, SweepDir):
         _print_best(found)
     if len(entries) > len(shown):
         print(f"({len(entries) - len(shown)} older runs: --all shows them)")
     return 0
 
 
-def _print_best(sweep: Sweep) -> None:
+def _print_best(sweep: SweepDir) -> None:
     """A sweep's tasks by final loss (the mean of the last 10 iterations), best first."""
     from hpc_mm.run.report import sweep_rows
 
@@ -221,9 +222,7 @@ def _print_best(sweep: Sweep) -> None:
         print(
             "\nbest first: "
             + "; ".join(
-                f"task-{r['task']} "
-                + " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in r["values"].items())
-                + f" final loss {r['final_loss']:.4g}"
+                f"task-{r['task']} " + label(r["values"], short=True) + f" final loss {r['final_loss']:.4g}"
                 for r in ranked
             )
             + "\n(final loss: the mean of the last 10 iterations, while LOSS above is the last one)"

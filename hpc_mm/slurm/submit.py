@@ -24,6 +24,7 @@ from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import layout, lock, resume
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.rundir import RunDir
+from hpc_mm.run.sweepdir import SweepDir, label
 from hpc_mm.slurm import pipeline, query, sweep
 from hpc_mm.slurm.grace import grace_problems
 from hpc_mm.slurm.render import check_script, render_script
@@ -219,7 +220,7 @@ def submit(
     run = prepare(spec, run_dir, template_dir)
     created = layout.create(run)
     try:
-        job_id = _submit(run.run_dir, run.files[layout.SCRIPT_FILE], spec)
+        job_id = _submit(RunDir(run.run_dir).submitit_folder, run.files[layout.SCRIPT_FILE], spec)
     except BaseException:
         created.undo()
         raise
@@ -247,7 +248,7 @@ def submit_sweep(
     try:
         for run in runs:
             layout.create(run)
-        array_id = _submit(parent, script, base)
+        array_id = _submit(SweepDir(parent).submitit_folder, script, base)
     except BaseException:
         shutil.rmtree(parent, ignore_errors=True)
         raise
@@ -287,14 +288,14 @@ def dry_run_sweep(
         return 0
     print(script, end="")
     for t in listed:
-        print(f"# task {t['task']}: {' '.join(f'{k}={v}' for k, v in t['values'].items())}")
+        print(f"# task {t['task']}: {label(t['values'])}")
     print(f"# sweep directory (not created): {parent}\n# sbatch --test-only: {check}")
     return 0
 
 
 def _submit(folder: Path, script: str, spec: JobSpec) -> str:
-    """Submit `script` (submitit keeps its files under `folder`); the job id."""
+    """Submit `script` (submitit keeps its files in `folder`: the run's or the sweep's); the job id."""
     try:
-        return query.submit(folder / layout.SUBMITIT, script)
+        return query.submit(folder, script)
     except query.Refused as exc:
         raise sbatch_error(str(exc), spec) from None

@@ -13,7 +13,6 @@ MaxArraySize is refused with the number before anything is written.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import known, layout
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.rundir import RunDir
+from hpc_mm.run.sweepdir import SweepDir, label
 from hpc_mm.slurm import query
 from hpc_mm.slurm.render import render_script, sbatch_options
 
@@ -92,7 +92,8 @@ def prepare(
     max_parallel: int | None = None,
 ) -> tuple[str, list[layout.RunFiles]]:
     """The array's script, and every task's run directory (in memory)."""
-    probe = parent / layout.TASK.format(0)
+    folder = SweepDir(parent)
+    probe = folder.task_dir(0)
     wanted = sbatch_options(base, probe)
     script = render_script(base, parent, template_dir, array=len(combos), throttle=max_parallel)
     for i, (values, spec) in enumerate(combos):
@@ -101,12 +102,12 @@ def prepare(
             what = "asks Slurm for other resources than the rest" if other else "changes the array's batch script"
             raise UserError.one(
                 "--sweep",
-                f"task {i} ({', '.join(f'{k}={v}' for k, v in values.items())}) {what}, which its tasks share",
+                f"task {i} ({label(values)}) {what}, which its tasks share",
                 "sweep training values, not slurm.*, setup lines, the number of nodes or what the script runs",
             )
     runs = []
     for i, (_values, spec) in enumerate(combos):
-        run = layout.plan_run(spec, parent / layout.TASK.format(i))
+        run = layout.plan_run(spec, folder.task_dir(i))
         runs.append(layout.RunFiles(run.run_dir, {**run.files, layout.SCRIPT_FILE: script}))
     return script, runs
 
@@ -127,6 +128,5 @@ def record(
         )
         rundir.record(Kind.SUBMITTED, StartKey(job_id, 0), nodes=spec.nnodes, values=values)
         listing.append({"task": i, "job_id": job_id, "values": values, "run_dir": str(run.run_dir)})
-    said = {"array": array_id, "tasks": listing, **({"max_parallel": max_parallel} if max_parallel else {})}
-    (parent / layout.SWEEP_FILE).write_text(json.dumps(said))
+    SweepDir(parent).write(array_id, listing, max_parallel)
     known.remember(array_id, parent)

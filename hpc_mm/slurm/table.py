@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hpc_mm.names import RunState
 from hpc_mm.run.format import duration, number, rate, text
+from hpc_mm.run.sweepdir import label
 
 COLUMNS = (
     "run",
@@ -111,6 +112,5 @@ def grouped_rows(infos: list[RunStatus]) -> list[list[str]]:
         )
         for task in tasks:
             row = table_row(task)
-            values = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in (task.values or {}).items())
-            rows.append([f"  {row[0]} {values}".rstrip()] + row[1:])
+            rows.append([f"  {row[0]} {label(task.values or {}, short=True)}".rstrip()] + row[1:])
     return rows

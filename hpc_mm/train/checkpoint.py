@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 from hpc_mm.errors import UserError
+from hpc_mm.run.atomic import fsync_dir
 from hpc_mm.run.checkpoints import (
     FILENAME,
     TRACKER,
     checkpoint_file,
-    fsync_dir,
     iter_dir,
     latest_iteration,
     saved_iterations,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpc_mm.run import events
+from hpc_mm.run.rundir import read_events
 
 from conftest import ROOT, run_cli
 from test_faults import finished, metrics_rows, until
@@ -131,7 +131,7 @@ def test_a_run_directory_holds_many_jobs(slurm_cluster, user, tmp_path):
     second = submitted(
         user.cli("submit", STANDIN, "--run-dir", run_dir, "--json", *sets, "--set", "gpt.train_iters=120")
     )
-    assert finished(second) == "COMPLETED", events.read(run_dir)[-3:]
+    assert finished(second) == "COMPLETED", read_events(run_dir)[-3:]
 
     # 3. A resubmission the checkpoint refuses (a changed schedule) is refused at submit, in one line.
     refused = user.cli("submit", STANDIN, "--run-dir", run_dir, *sets, "--set", "gpt.train_iters=240", check=False)
@@ -155,24 +155,24 @@ def test_a_run_directory_holds_many_jobs(slurm_cluster, user, tmp_path):
             "gpt.extra.override_opt_param_scheduler=true",
         )
     )
-    until(lambda: any(e["event"] == "started" and e["job_id"] == third for e in events.read(run_dir)))
+    until(lambda: any(e["event"] == "started" and e["job_id"] == third for e in read_events(run_dir)))
     until(lambda: metrics_rows(run_dir) >= 150)
     high = preempt(hold=3)
-    until(lambda: any(e["event"] == "requeued" and e["job_id"] == third for e in events.read(run_dir)))
+    until(lambda: any(e["event"] == "requeued" and e["job_id"] == third for e in read_events(run_dir)))
     assert finished(high) == "COMPLETED"
     high_ended = _end_time(high)
     restarted = until(
         lambda: next(
-            (e for e in events.read(run_dir) if e["event"] == "started" and e["job_id"] == third and e["restart"] == 1),
+            (e for e in read_events(run_dir) if e["event"] == "started" and e["job_id"] == third and e["restart"] == 1),
             None,
         ),
         timeout=180,
     )
     assert restarted["batch_started_at"] - high_ended < 10, (restarted, high_ended)
     assert finished(third) == "COMPLETED"
-    requeued = next(e for e in events.read(run_dir) if e["event"] == "requeued" and e["job_id"] == third)
+    requeued = next(e for e in read_events(run_dir) if e["event"] == "requeued" and e["job_id"] == third)
     assert requeued["cause"] == "preemption"
-    assert any(e["event"] == "released" and e["job_id"] == third and e["restart"] == 1 for e in events.read(run_dir))
+    assert any(e["event"] == "released" and e["job_id"] == third and e["restart"] == 1 for e in read_events(run_dir))
     for key, value in weights(baseline, 240).items():
         assert torch.equal(value, weights(run_dir, 240)[key])
 
@@ -212,10 +212,10 @@ def test_a_run_directory_holds_many_jobs(slurm_cluster, user, tmp_path):
         )
     )
     assert finished(fourth) == "FAILED"
-    last = events.read(run_dir)[-1]
+    last = read_events(run_dir)[-1]
     assert (last["event"], last["cause"], last["job_id"]) == ("failed", "crash", fourth), last
     assert "a crash after iteration" in last["reason"]
-    assert [e["event"] for e in events.read(run_dir) if e["job_id"] == fourth].count("failed") == 1
+    assert [e["event"] for e in read_events(run_dir) if e["job_id"] == fourth].count("failed") == 1
 
 
 def _end_time(job_id: str) -> float:

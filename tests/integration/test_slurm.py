@@ -7,7 +7,7 @@ import time
 
 from receiver import Receiver
 
-from hpc_mm.run import events
+from hpc_mm.run.rundir import read_events
 
 from conftest import HPC_MM, JOBS, run_cli
 
@@ -67,7 +67,7 @@ def preempt_and_resume(job_id: str, run_dir, hold: int = 2) -> None:
     then let the requeued job start at once (Slurm holds requeued jobs back a while: BeginTime)."""
     high = preempt(hold=hold)
     deadline = time.time() + 300
-    while time.time() < deadline and not any(e["event"] == "requeued" for e in events.read(run_dir)):
+    while time.time() < deadline and not any(e["event"] == "requeued" for e in read_events(run_dir)):
         time.sleep(1)
     assert wait_for(high) == "COMPLETED"
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
@@ -138,7 +138,7 @@ def test_rendered_script_with_plain_sbatch(slurm_cluster, hostile_tmp):
     assert wait_for(job_id) == "COMPLETED", (run_dir / "logs").iterdir()
     assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "60"
     assert any(p.name.endswith(".batch.out") for p in (run_dir / "logs").iterdir())
-    assert [e["event"] for e in events.read(run_dir)][-1] == "completed"
+    assert [e["event"] for e in read_events(run_dir)][-1] == "completed"
     # A plain-sbatch run is first-class: its script and job id are in the run directory.
     assert (run_dir / "job.sbatch").read_text() == script.read_text()
     assert json.loads((run_dir / "run.json").read_text())["job_id"] == job_id
@@ -211,7 +211,7 @@ def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, tmp_path):
     time.sleep(4)
     preempt_and_resume(job_id, run_dir, hold=3)
     assert wait_for(job_id, timeout=600) == "COMPLETED"
-    record = events.read(run_dir)
+    record = read_events(run_dir)
     kinds = [e["event"] for e in record]
     assert "signal" in kinds and "requeued" in kinds, kinds
     # hpc-mm finish requeues it (cause: preemption), unless Slurm's own preemption requeue
@@ -270,14 +270,14 @@ def test_time_limit_saves_requeues_and_finishes(slurm_cluster, tmp_path):
         state, _ = sacct(job_id)
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
             break
-        if not extended and any(e["event"] == "requeued" for e in events.read(run_dir)):
+        if not extended and any(e["event"] == "requeued" for e in read_events(run_dir)):
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=20"], capture_output=True)
             extended = True
         if state == "PENDING":  # Slurm holds requeued jobs back a while (BeginTime)
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
         time.sleep(2)
-    assert state == "COMPLETED", [e["event"] for e in events.read(run_dir)]
-    record = events.read(run_dir)
+    assert state == "COMPLETED", [e["event"] for e in read_events(run_dir)]
+    record = read_events(run_dir)
     requeued = [e for e in record if e["event"] == "requeued"]
     assert requeued and all(e["cause"] == "time-limit" for e in requeued)
     resumed = [e for e in record if e["event"] == "resumed"]

@@ -196,3 +196,57 @@ def test_the_run_directorys_names_have_one_owner():
             if isinstance(node, ast.Constant) and node.value in names:
                 spelled.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert not spelled, spelled
+
+
+def _layout_names(path: Path) -> set[str]:
+    """The names `path` imports from run/layout.py (`from hpc_mm.run.layout import EVENTS`)."""
+    return {
+        alias.asname or alias.name
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module == "hpc_mm.run.layout"
+        for alias in node.names
+    }
+
+
+def _names_layout(node, imported: set[str]) -> bool:
+    """Is `node` a name of run/layout.py (`layout.EVENTS`, `EVENTS`, `TASK.format(i)`, `layout.f(...)`)?"""
+    if isinstance(node, ast.Call):
+        func = node.func
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "layout":
+            return True  # layout.local_task_log(...)
+        return isinstance(func, ast.Attribute) and _names_layout(func.value, imported)  # TASK.format(i)
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "layout":
+        return node.attr.isupper()
+    return isinstance(node, ast.Name) and node.id in imported and node.id.isupper()
+
+
+def test_every_path_in_a_run_directory_is_built_by_rundir_or_sweepdir():
+    """`folder / layout.EVENTS`, `run_dir / TASK.format(i)`: only RunDir and SweepDir (and layout.py,
+    which plans a run before its directory exists) join a folder with a run directory's name."""
+    builders = {"layout.py", "rundir.py", "sweepdir.py"}
+    built = []
+    for p in modules():
+        if p.name in builders:
+            continue
+        mine = _layout_names(p)
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and _names_layout(node.right, mine):
+                built.append(f"{p.relative_to(ROOT)}:{node.lineno}")
+    assert not built, built
+
+
+def test_one_atomic_writer():
+    """Files are replaced whole in one place (run/atomic.py); the checkpoint's own folder is renamed
+    into place by the trainer's save (a folder, not a file)."""
+    replacing = [
+        f"{p.relative_to(ROOT)}:{node.lineno}"
+        for p in modules()
+        if p.name != "atomic.py"
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("replace", "rename")
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "os"
+    ]
+    assert replacing == ["hpc_mm/train/checkpoint.py:68"], replacing

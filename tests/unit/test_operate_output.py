@@ -102,7 +102,7 @@ def test_restarts_count_a_requeue_before_the_next_start(tmp_path):
 
 
 def test_metrics_tail_waits_for_whole_lines(tmp_path):
-    tail = metrics.Tail(tmp_path)
+    tail = metrics.Tail(tmp_path / "metrics.jsonl")
     assert tail.read() == []  # no file yet
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"iteration": 1, "loss": 2.0}\n{"iteration": 2, "lo')
