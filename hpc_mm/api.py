@@ -138,14 +138,12 @@ class Run:
     def wait(self, timeout: float | None = None) -> RunStatus:
         """Follow the run's newest job until it ends (lifting Slurm's hold after a requeue, as
         `submit --wait` does); its status then. TimeoutError after `timeout` seconds (the job goes on)."""
-        from hpc_mm.job.entries import contract
         from hpc_mm.slurm.wait import wait
 
         job_id = self.job_id
         if job_id is None:
             raise UserError.one("RUN_DIR", f"{self.path} has no Slurm job", "submit it first")
-        spec = self._dir.job
-        wait([(job_id, self.path, contract(spec).train_iters(spec))], quiet=True, timeout=timeout)
+        wait([(job_id, self.path)], quiet=True, timeout=timeout)
         return self.status()
 
     @property
@@ -180,14 +178,9 @@ class Sweep:
     values: tuple[dict, ...]
 
     def wait(self, timeout: float | None = None) -> list[RunStatus]:
-        from hpc_mm.job.entries import contract
         from hpc_mm.slurm.wait import wait
 
-        follow = []
-        for run in self.tasks:
-            spec = RunDir(run.path).job
-            follow.append((run.job_id, run.path, contract(spec).train_iters(spec)))
-        wait(follow, quiet=True, timeout=timeout)
+        wait([(run.job_id, run.path) for run in self.tasks], quiet=True, timeout=timeout)
         return [run.status() for run in self.tasks]
 
 

@@ -84,21 +84,10 @@ def _with_after(spec, after: list[str]):
     return dataclasses.replace(spec, after=list(spec.after) + list(after)) if after else spec
 
 
-def _follow(runs) -> list[tuple[str, Path, int]]:
-    from hpc_mm.job.entries import contract
-    from hpc_mm.run.rundir import RunDir
-
-    out = []
-    for job_id, path in runs:
-        spec = RunDir(path).job
-        out.append((job_id, Path(path), contract(spec).train_iters(spec)))
-    return out
-
-
 def _wait(runs, args) -> dict:
     from hpc_mm.slurm.wait import wait
 
-    return wait(_follow(runs), quiet=args.json)
+    return wait([(job_id, Path(path)) for job_id, path in runs], quiet=args.json)
 
 
 def _ok(states: dict) -> int:

@@ -2,8 +2,9 @@
 print it (`render`), check it with `sbatch --test-only` (`submit --dry-run`), or submit it.
 
 A dry run writes nothing; `render` and `submit` write the run directory, and a submission
-Slurm refuses takes it back. Submission goes through `query.submit` (submitit's SlurmExecutor with
-its script replaced by ours); following the job is hpc-mm's own (`wait.py`, `query.jobs`). The
+Slurm refuses takes it back. A submission and a dry run run the same sbatch command
+(`query.sbatch_command`, as submitit builds it), the dry run with `--test-only`; following the job
+is hpc-mm's own (`wait.py`, `query.jobs`). The
 script never depends on submitit: it is the same text `hpc-mm render` writes for plain `sbatch`.
 """
 
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_mm.errors import UserError, warn
-from hpc_mm.job.entries import contract
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.run import layout, lock, resume
 from hpc_mm.run.events import Kind, StartKey
@@ -197,11 +197,6 @@ class Submitted:
     run_dir: Path
     spec: JobSpec
     tasks: tuple[tuple[str, Path, dict], ...] = ()  # a sweep's: (job id, run directory, values)
-
-    def follow(self) -> list[tuple[str, Path, int]]:
-        """What `wait` follows: (job id, run directory, train_iters) of the job or of each task."""
-        iters = contract(self.spec).train_iters(self.spec)
-        return [(j, r, iters) for j, r, _ in self.tasks] or [(self.job_id, self.run_dir, iters)]
 
 
 def submit(

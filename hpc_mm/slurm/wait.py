@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from hpc_mm.errors import UserError
+from hpc_mm.job.entries import contract
 from hpc_mm.run.follow import Follower
 from hpc_mm.run.report import summary, summary_text
 from hpc_mm.run.rundir import RunDir
@@ -19,13 +20,13 @@ from hpc_mm.slurm.query import JobState
 POLL = 3.0
 
 
-def wait(tasks: list[tuple[str, Path, int]], quiet: bool = False, timeout: float | None = None) -> dict[str, JobState]:
-    """Follow (job id, run directory, train_iters) until every job has ended; {job id: final state}.
+def wait(jobs: list[tuple[str, Path]], quiet: bool = False, timeout: float | None = None) -> dict[str, JobState]:
+    """Follow (job id, run directory) until every job has ended; {job id: final state}.
     `timeout`: give up following after so many seconds (TimeoutError; the jobs go on)."""
     try:
-        return _wait(tasks, quiet, None if timeout is None else time.monotonic() + timeout)
+        return _wait([followed(j, r) for j, r in jobs], quiet, None if timeout is None else time.monotonic() + timeout)
     except KeyboardInterrupt:
-        ids = [job_id for job_id, _, _ in tasks]
+        ids = [job_id for job_id, _ in jobs]
         print(
             f"\nhpc-mm: stopped following; job {', '.join(ids)} keeps running "
             f"(hpc-mm status {ids[0]}; hpc-mm cancel {ids[0]} stops it)",
@@ -33,6 +34,12 @@ def wait(tasks: list[tuple[str, Path, int]], quiet: bool = False, timeout: float
             flush=True,
         )
         raise
+
+
+def followed(job_id: str, run_dir: Path) -> tuple[str, Path, int | None]:
+    """What following a job needs: its id, its run directory, and the iterations it trains to."""
+    spec = RunDir(run_dir).job
+    return job_id, Path(run_dir), contract(spec).train_iters(spec)
 
 
 def _wait(tasks: list[tuple[str, Path, int]], quiet: bool, deadline: float | None) -> dict[str, JobState]:

@@ -98,7 +98,7 @@ def test_wait_follows_until_the_job_ends(tmp_path, recorded_slurm, capsys, monke
 
     monkeypatch.setattr(query, "_run", slurm)
     run.write_metric(Metric(iteration=300, loss=0.5, time=1.0))
-    states = wait.wait([(jid, run.path, 300)])
+    states = wait.wait([(jid, run.path)])
     assert states == {jid: JobState.COMPLETED}
     assert "iterations    300 of 300" in capsys.readouterr().out
 
@@ -106,13 +106,14 @@ def test_wait_follows_until_the_job_ends(tmp_path, recorded_slurm, capsys, monke
 def test_ctrl_c_while_waiting_says_the_job_keeps_running(tmp_path, recorded_slurm, capsys, monkeypatch):
     recorded_slurm("running")
     jid = job_id("running")
+    run = make_run(tmp_path, jid)
 
     def interrupted(*_):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(wait, "_wait", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        wait.wait([(jid, tmp_path, 300)])
+        wait.wait([(jid, run.path)])
     assert f"job {jid} keeps running" in capsys.readouterr().err
 
 
