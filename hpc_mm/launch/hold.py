@@ -1,5 +1,6 @@
 """After a requeue: Slurm holds the job back about two minutes; `hpc-mm release-hold` lifts the
-hold once the job is pending again, so that it starts as soon as it has nodes."""
+hold once the job is pending again, so that it starts as soon as it has nodes. A requeue Slurm did
+on its own (finish never ran) is recorded by the next start (`note_requeue_by_slurm`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from hpc_mm.job.spec import JobSpec
+from hpc_mm.names import Cause
+from hpc_mm.run import checkpoints, notify
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.slurm import query
@@ -72,3 +76,21 @@ def release_hold(job_id: str, run_dir: Path, restart: int, clock=time.monotonic,
             return 1
         sleep(1.0)
     return 1
+
+
+def note_requeue_by_slurm(spec: JobSpec, run: RunDir, key: StartKey) -> None:
+    """On a restart, record the requeue if Slurm did it without us (so the record has every restart)."""
+    if key.restart < 1:
+        return
+    previous = run.start(StartKey(key.job_id, key.restart - 1))
+    if not previous.events or previous.end is not None:
+        return
+    requeued = run.record(
+        Kind.REQUEUED,
+        previous.key,
+        cause=Cause.BY_SLURM,
+        reason="requeued by Slurm (preemption with PreemptMode=REQUEUE, a failed batch host, or an "
+        "administrator); the previous start ended without a word from hpc-mm",
+        iteration=checkpoints.latest_iteration(run.checkpoint_dir(spec)),
+    )
+    notify.deliver(run, [requeued], spec)  # finish never ran for that start: tell of it now

@@ -1,6 +1,6 @@
 """The preflight's network check: the master listens on the port training will use, from the first
 moment of its preflight; every other node connects to it. How a node failed to connect (refused,
-no answer) is what tells the master's fault from the node's (slurm/blame.py)."""
+no answer) is what tells the master's fault from the node's (launch/finish.py, `failed_nodes`)."""
 
 from __future__ import annotations
 

@@ -1,41 +1,44 @@
 """The policy after a training step ends: complete, requeue (and where not), or stop.
 
 `decide` looks at what happened to this start (`Facts`, gathered by `finish.py`) and the run's
-record, in this order:
-  - training finished (the committed checkpoint reached train_iters): completed, even when a
-    stop signal or a teardown error came after the last checkpoint;
-  - the preflight failed: on some nodes, requeued without them (not counted); on every node, the
-    job is wrong: failed;
-  - the step hung (the watchdog ended it): requeued without the nodes that stopped first;
-  - a node failed (Slurm marks it down or not responding): requeued without it (not counted);
-  - a stop signal (to the batch shell, or only to the step): a preemption (Slurm set PreemptTime,
+record. Its table, row by row in the order it is read (tests/unit/test_policy.py walks every row):
+  - training finished: the committed checkpoint reached train_iters (a command: it ended with exit 0
+    and nothing else went wrong): completed, even when a stop signal or a teardown error came after
+    the last checkpoint;
+  - the preflight failed: on some nodes, requeued without them (not counted); on every node, or on
+    several in the same way, the job is wrong: failed;
+  - the step hung: the watchdog ended it: requeued without the nodes that stopped first;
+  - a node failed: Slurm marks it down or not responding: requeued without it (not counted);
+  - a stop signal: to the batch shell, or only to the step. A preemption (Slurm set PreemptTime,
     whatever the signal) is requeued whenever training is unfinished and is not counted; SIGTERM
     otherwise is scancel: cancelled; the job's own signal at the time limit, or sent by hand, is
     requeued with restarts left (requeue.max_restarts) and if the checkpoint moved this start;
-  - the entry refused the job with an `error:` line (a schedule the checkpoint refuses, a model
-    file it cannot build from): failed, never retried: it would fail the same way;
-  - a crash (non-zero exit, no stop signal) is requeued requeue.on_failure times, but the same
+    another signal: failed;
+  - the entry's own error: it refused the job with an `error:` line (a schedule the checkpoint
+    refuses, a model file it cannot build from): failed, never retried: it would fail the same way;
+  - a crash: a non-zero exit, no stop signal: requeued requeue.on_failure times, but the same
     failure at the same iteration twice in a row ends the job;
-  - an exit 0 with training unfinished and no stop signal is a failure, never a completion.
-Whatever is requeued, requeue.max_restarts_without_progress starts in a row that moved no
-checkpoint end the job (preemptions aside). A job that gives up ends with exit code 3.
-
+  - an exit 0 with training unfinished: no stop signal: a failure, never a completion;
+  - requeue off: whatever a row above requeues fails instead (requeue.enabled false);
+  - no progress: requeue.max_restarts_without_progress starts in a row that moved no checkpoint
+    (preemptions aside) end the job, whatever would requeue it. A job that gives up exits with 3.
 What is requeued may start again inside the allocation instead (`restart-inside`), and which nodes
 both leave out; these rows come last, over the facts of the allocation (`Allocation`):
-  - the nodes a fault points at are quarantined when quarantine is on: one node on its own evidence;
-    several nodes from one fault only those that something else points at too (Slurm marks them
-    down or drained, or an earlier fault named them), the others stay in (recorded as such); none
-    at all when leaving them out would leave the partition too few nodes for the job (recorded);
-  - a fault that needs no queue (a crash, a hang, a node failure, a failed preflight, the entry's
-    refusal) with requeue.inside on and no stop signal starts again inside the allocation without
-    the nodes left out so far, the quarantined ones, the ones Slurm marks down or drained and the
-    failed ones, when enough healthy nodes remain for the step;
-  - otherwise it is requeued, kept off the quarantined nodes.
+  - quarantine: the nodes a fault points at are quarantined when fault.quarantine is on: one node
+    on its own evidence; several nodes from one fault only those that something else points at too
+    (Slurm marks them down or drained, or an earlier fault named them), the others stay in
+    (recorded as such); none at all when leaving them out would leave the partition too few nodes
+    for the job (recorded);
+  - restart inside: a fault that needs no queue (a crash, a hang, a node failure, a failed
+    preflight, the entry's refusal) with requeue.inside on and no stop signal starts again inside
+    the allocation without the nodes left out so far, the quarantined ones, the ones Slurm marks
+    down or drained and the failed ones, when enough healthy nodes remain for the step;
+  - through the queue: otherwise it is requeued, kept off the quarantined nodes.
 One fault is one decision: the quarantine is decided here once, whichever way the job goes on.
 The limits count the starts of this submission (`submission`): a run resubmitted with --run-dir
 starts counting again; a chain of jobs (requeue.mode: chain) is one submission.
 Slurm may requeue a preempted job itself before `finish` runs; the next start then records that
-requeue (`note_requeue_by_slurm`).
+requeue (`hold.note_requeue_by_slurm`).
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ from typing import Mapping
 from hpc_mm.job.entries import contract
 from hpc_mm.job.spec import JobSpec
 from hpc_mm.names import BAD_NODE, Action, Cause
-from hpc_mm.run import checkpoints, notify
 from hpc_mm.run.events import AGAIN, Kind, StartKey
 from hpc_mm.run.rundir import RunDir, Start
 from hpc_mm.slurm.query import SlurmJob
@@ -378,21 +380,3 @@ def _starts_without_progress(starts: list[Start], latest: int) -> int:
         count += 1
         moved_to = at
     return count
-
-
-def note_requeue_by_slurm(spec: JobSpec, run: RunDir, key: StartKey) -> None:
-    """On a restart, record the requeue if Slurm did it without us (so the record has every restart)."""
-    if key.restart < 1:
-        return
-    previous = run.start(StartKey(key.job_id, key.restart - 1))
-    if not previous.events or previous.end is not None:
-        return
-    requeued = run.record(
-        Kind.REQUEUED,
-        previous.key,
-        cause=BY_SLURM,
-        reason="requeued by Slurm (preemption with PreemptMode=REQUEUE, a failed batch host, or an "
-        "administrator); the previous start ended without a word from hpc-mm",
-        iteration=checkpoints.latest_iteration(run.checkpoint_dir(spec)),
-    )
-    notify.deliver(run, [requeued], spec)  # finish never ran for that start: tell of it now

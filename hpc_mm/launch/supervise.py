@@ -22,10 +22,11 @@ from hpc_mm.job.entries import contract
 from hpc_mm.job.signals import EXIT_SIGNAL, FORWARDED, IGNORED_BY_ENTRY
 from hpc_mm.launch import preflight, watchdog
 from hpc_mm.launch.command import child_env, command, interpreter, write_start_files
+from hpc_mm.launch.hold import note_requeue_by_slurm
 from hpc_mm.launch.plan import Plan, resolve_plan
 from hpc_mm.launch.procs import children
 from hpc_mm.launch.progress import Progress
-from hpc_mm.launch.requeue import note_requeue_by_slurm, training_finished
+from hpc_mm.launch.requeue import training_finished
 from hpc_mm.run import checkpoints, events, layout, lock
 from hpc_mm.run.events import Kind
 from hpc_mm.run.layout import PROGRESS_FILE, TASK_LOG

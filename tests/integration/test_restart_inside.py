@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from hpc_mm.job.jobfile import load_job
-from hpc_mm.launch.blame import preflight_failures
+from hpc_mm.launch.finish import preflight_failures
 from hpc_mm.run import events, layout
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.rundir import RunDir

@@ -155,3 +155,94 @@ def test_one_rule_for_how_a_start_ended_a_teardown_error_after_the_last_checkpoi
     end = run.run.reread().start(run.key).end
     assert end.kind is Kind.COMPLETED and end.get("returncode") == 134
     assert decide(spec, run.run.reread(), facts(run, returncode=134)).action == "complete"
+
+
+# One case (or more) for every row of decide()'s table (launch/requeue.py's docstring): what the run
+# holds (`earlier`: the starts before this one, as (checkpoint at start, how it ended, data)), the
+# facts of this start, and the decision. A row added to the table without a case fails the walk.
+def _row_cases():
+    hang = {"nodes": ["n2"], "phase": "step", "stalled_seconds": 31.0, "blamed": []}
+    crashed = (40, Kind.REQUEUED, {"cause": CRASH, "failure": "a crash after iteration 50"})
+    quarantined = dataclasses.replace(ALLOC, quarantined=("n4",), named=("n4",))
+    return {
+        "training finished": [
+            ([], 3000, [], {"returncode": 1, "signal": "TERM"}, None, "complete", "", ()),
+        ],
+        "the preflight failed": [
+            ([], 40, [], {"returncode": 1, "preflight_failed": {"n2": ["no /dev/davinci0"]}}, None, "requeue",
+             "preflight", ("n2",)),
+            ([], 40, [], {"returncode": 1, "preflight_failed": {"n1": ["no torch_npu on n1"],
+             "n2": ["no torch_npu on n2"]}}, None, "fail", "preflight", ()),
+        ],
+        "the step hung": [([], 40, [], {"returncode": 137, "hang": hang}, None, "requeue", "hang", ("n2",))],
+        "a node failed": [
+            ([], 40, [], {"returncode": 1, "failed_nodes": ("n2",)}, None, "requeue", "node-failure", ("n2",)),
+        ],
+        "a stop signal": [
+            ([], 40, [], {"returncode": 0, "signal": "USR1", "cause": PREEMPTION}, None, "requeue", "preemption", ()),
+            ([], 40, [], {"returncode": 0, "signal": "TERM"}, None, "cancel", "signal", ()),
+            ([], 40, [], {"returncode": 0, "signal": "USR1", "cause": "time-limit"}, None, "requeue", "time-limit", ()),
+            ([], 0, [], {"returncode": 0, "signal": "USR1", "cause": "time-limit"}, None, "fail", "time-limit", ()),
+            (["requeue.max_restarts=0"], 40, [], {"returncode": 0, "signal": "USR1"}, None, "fail", "signal", ()),
+            ([], 40, [], {"returncode": 0, "signal": "INT"}, None, "fail", "signal", ()),
+        ],
+        "the entry's own error": [
+            (["requeue.on_failure=3"], 40, [], {"returncode": 1, "error": "gpt: the schedule changed"}, None, "fail",
+             "error", ()),
+        ],
+        "a crash": [
+            (["requeue.on_failure=1"], 40, [], {"returncode": 1, "iteration": 50}, None, "requeue", CRASH, ()),
+            ([], 40, [], {"returncode": 1, "iteration": 50}, None, "fail", CRASH, ()),
+            (["requeue.on_failure=3"], 40, [crashed], {"returncode": 1, "iteration": 50}, None, "give-up", CRASH, ()),
+        ],
+        "an exit 0 with training unfinished": [([], 40, [], {"returncode": 0}, None, "fail", CRASH, ())],
+        "requeue off": [
+            (["requeue.enabled=false"], 40, [], {"returncode": 0, "signal": "USR1", "cause": PREEMPTION}, None, "fail",
+             "preemption", ()),
+        ],
+        "no progress": [
+            (["requeue.max_restarts_without_progress=2"], 40, [(40, Kind.REQUEUED, {"cause": HANG})],
+             {"returncode": 137, "hang": hang}, None, "give-up", "hang", ()),
+            (["requeue.max_restarts_without_progress=1"], 40, [], {"returncode": 0, "signal": "USR1",
+             "cause": PREEMPTION}, None, "requeue", "preemption", ()),
+        ],
+        "quarantine": [
+            ([], 40, [], {"returncode": 137, "hang": hang}, ALLOC, "restart-inside", "hang", ("n2",)),
+            ([], 40, [], {"returncode": 137, "hang": hang}, dataclasses.replace(ALLOC, partition_nodes=2),
+             "restart-inside", "hang", ()),  # the partition too small: no quarantine, nobody left out
+        ],
+        "restart inside": [
+            (["requeue.on_failure=2"], 40, [], {"returncode": 1}, ALLOC, "restart-inside", CRASH, ()),
+        ],
+        "through the queue": [
+            ([], 40, [], {"returncode": 0, "signal": "USR1", "cause": PREEMPTION}, quarantined, "requeue",
+             "preemption", ("n4",)),
+            (["requeue.inside=false"], 40, [], {"returncode": 137, "hang": hang}, ALLOC, "requeue", "hang", ("n2",)),
+        ],
+    }  # fmt: skip
+
+
+def _table_rows() -> list[str]:
+    from hpc_mm.launch import requeue
+
+    return [line.strip()[2:].split(":")[0] for line in requeue.__doc__.splitlines() if line.startswith("  - ")]
+
+
+def test_the_table_has_a_case_for_every_row_and_no_case_without_a_row():
+    assert _table_rows() == list(_row_cases())
+
+
+@pytest.mark.parametrize(
+    "row, case", [(row, case) for row, cases in _row_cases().items() for case in cases], ids=lambda v: str(v)[:40]
+)
+def test_every_row_of_the_table(tmp_path, monkeypatch, row, case):
+    overrides, checkpoint, earlier, fact, allocation, action, cause, exclude = case
+    run = Run(tmp_path, monkeypatch, *overrides)
+    jid = run.key.job_id
+    for restart, (at, kind, data) in enumerate(earlier):
+        run.started(at, StartKey(jid, restart)).ended(kind, StartKey(jid, restart), **data)
+    run.job(jid, len(earlier)).started(earlier[-1][0] if earlier else 0)  # this start, from where the last began
+    if checkpoint:
+        run.checkpoint(checkpoint)
+    decision = decide(run.run.job, run.run.reread(), facts(run, allocation=allocation, **fact))
+    assert (decision.action, decision.cause, decision.exclude) == (action, cause, exclude), (row, decision)

@@ -11,7 +11,7 @@ from hpc_mm.job.jobfile import load_job
 from hpc_mm.launch import finish as finish_module
 from hpc_mm.launch import requeue
 from hpc_mm.launch.finish import finish
-from hpc_mm.launch.hold import release_hold
+from hpc_mm.launch.hold import note_requeue_by_slurm, release_hold
 from hpc_mm.launch.requeue import PREEMPTION, SIGNAL, TIME_LIMIT, classify
 from hpc_mm.run import layout
 from hpc_mm.run.events import Kind, StartKey
@@ -371,11 +371,11 @@ def test_a_requeue_by_slurm_is_recorded_once(tmp_path, monkeypatch, recorded_slu
     run.run.record(Kind.SIGNAL, StartKey(jid, 0), name="SIGUSR1")
     spec = run.run.job
     for _ in range(2):
-        requeue.note_requeue_by_slurm(spec, RunDir(run.path), StartKey(jid, 1))
+        note_requeue_by_slurm(spec, RunDir(run.path), StartKey(jid, 1))
     ended = RunDir(run.path).start(StartKey(jid, 0)).end
     assert (ended.kind, ended.cause, ended.iteration) == (Kind.REQUEUED, "slurm", 50)
     assert len([e for e in RunDir(run.path).events() if e.kind is Kind.REQUEUED]) == 1
-    requeue.note_requeue_by_slurm(spec, RunDir(run.path), StartKey("99", 3))  # no such previous start: nothing
+    note_requeue_by_slurm(spec, RunDir(run.path), StartKey("99", 3))  # no such previous start: nothing
     assert len([e for e in RunDir(run.path).events() if e.kind is Kind.REQUEUED]) == 1
 
 
