@@ -47,6 +47,7 @@ def staged_job(spec, folder: str) -> tuple[str, dict[str, Path]]:
     """The resolved job with the files it names that exist here pointing at their copies."""
     import dataclasses
 
+    from hpc_mm.job.entries import contract
     from hpc_mm.job.jobfile import job_text
 
     copies: dict[str, Path] = {}
@@ -57,9 +58,11 @@ def staged_job(spec, folder: str) -> tuple[str, dict[str, Path]]:
         copies[f"{folder}/files/{name}"] = Path(value)
         return f"files/{name}"
 
-    named = {n: getattr(spec.mm, n) for n in ("data", "model", "tool")}
-    mm = {n: copy(v, f"{n}-{Path(v).name}") for n, v in named.items() if v is not None}
-    config = copy(spec.entry.config, f"config-{Path(spec.entry.config).name}") if spec.entry.config else None
+    staged: dict[str, dict[str, str]] = {}  # section -> field -> the value in the staged job
+    for key in contract(spec).copies(spec):  # the files the entry reads ("mm.data", "entry.config")
+        section, name = key.split(".")
+        value = getattr(getattr(spec, section), name)
+        staged.setdefault(section, {})[name] = copy(value, f"{name}-{Path(value).name}")
     workdir = spec.entry.workdir
     script = Path(workdir) / spec.entry.script
     if script.is_file():  # the entry's code lives here: send its folder
@@ -68,10 +71,9 @@ def staged_job(spec, folder: str) -> tuple[str, dict[str, Path]]:
         workdir = "workdir"
     elif Path(workdir).is_dir():
         workdir = "."  # a module or a command from the cluster's environment: run it in the staged folder
+    staged["entry"] = {**staged.get("entry", {}), "workdir": workdir}
     spec = dataclasses.replace(
-        spec,
-        mm=dataclasses.replace(spec.mm, **{k: v for k, v in mm.items() if v is not None}),
-        entry=dataclasses.replace(spec.entry, workdir=workdir, config=config),
+        spec, **{section: dataclasses.replace(getattr(spec, section), **fields) for section, fields in staged.items()}
     )
     return job_text(spec), copies
 
