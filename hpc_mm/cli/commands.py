@@ -97,6 +97,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             "name": spec.name,
             "entry": entry.kind,
             "contract": entry.describe(spec),
+            "preemption": entry.preemption(spec),
             "hang_watch": entry.watch(spec).value if spec.fault.hang_detection else None,
             "hang_watch_why": watchdog.describe(spec.fault, entry.watch(spec), limits),
             "worst_case_loss": worst_case_loss(spec, args.run_dir),
@@ -130,14 +131,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  hang watchdog: {r['hang_watch_why']}")
         if r["save_interval_why"]:
             print(f"  checkpoint.save_interval: auto: {r['save_interval_why']}")
-        loss = r["worst_case_loss"]
+        loss, took = r["worst_case_loss"], ""
         if loss:
             took = (
                 f", about {loss['minutes']:.0f} min at the measured {loss['step_seconds']:.1f} s/iteration"
                 if (loss.get("minutes") is not None)
                 else " (its time is known once the run has logged iterations)"
             )
-            print(f"  a stop (preemption, time limit) loses up to {loss['iterations']} iterations{took}")
+        print(f"  {r['preemption']}{took}")
     return 0
 
 
@@ -233,6 +234,13 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     return run_checks(Path(args.target))
 
 
+def cmd_post(args: argparse.Namespace) -> int:
+    from hpc_mm.launch.post import run_post
+    from hpc_mm.run.rundir import RunDir
+
+    return run_post(RunDir(args.target).job, args.returncode, args.status)
+
+
 def cmd_finish(args: argparse.Namespace) -> int:
     from hpc_mm.launch.finish import finish
     from hpc_mm.slurm import query
@@ -290,6 +298,7 @@ COMMANDS = {
     "preflight": cmd_preflight,
     "release-hold": cmd_release_hold,
     "finish": cmd_finish,
+    "post": cmd_post,
     "next-restart": cmd_next_restart,
     "report": cmd_report,
     "goodput": cmd_goodput,

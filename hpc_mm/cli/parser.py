@@ -239,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", metavar="REASON", help="the batch script failed before the step: record REASON")
     p.add_argument("--preflight-failed", action="store_true", help="the preflight step failed on some node")
 
+    p = sub.add_parser("post", help="(batch script) the job's post lines, after the step; exits with --status")
+    p.add_argument("target", help="run directory")
+    p.add_argument("--returncode", type=int, default=0, help="the training step's exit status (HPC_MM_STEP_RC)")
+    p.add_argument("--status", type=int, default=0, help="the job's own exit status, kept whatever the lines return")
+
     p = sub.add_parser("next-restart", help="(batch script) this start's number within its job")
     p.add_argument("target", help="run directory")
 

@@ -16,7 +16,7 @@ import yaml
 from hpc_mm.errors import Problem, UserError
 from hpc_mm.job import yamlfile
 from hpc_mm.job.coerce import build
-from hpc_mm.job.entries import CONTRACTS, recognise
+from hpc_mm.job.entries import CONTRACTS, contract
 from hpc_mm.job.rules import validate
 from hpc_mm.job.spec import SEED_TOOLS_JSON, JobSpec
 
@@ -86,8 +86,9 @@ def _absolute(base: Path, value: str) -> str:
 def _resolve_kind(spec: JobSpec) -> JobSpec:
     """entry.kind (auto: recognised from the script) and what follows from it: requeue.enabled
     (unset: on for an entry that trains, off for a command)."""
-    kind = spec.entry.kind if spec.entry.kind != "auto" else recognise(spec.entry.script)
-    enabled = spec.requeue.enabled if spec.requeue.enabled is not None else CONTRACTS[kind].trains
+    kind = contract(spec).kind
+    resolved = dataclasses.replace(spec, entry=dataclasses.replace(spec.entry, kind=kind))
+    enabled = spec.requeue.enabled if spec.requeue.enabled is not None else CONTRACTS[kind].resumable(resolved)
     return dataclasses.replace(
         spec,
         entry=dataclasses.replace(spec.entry, kind=kind),
@@ -104,8 +105,10 @@ def _resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
     ckpt = spec.checkpoint.dir and _absolute(base, spec.checkpoint.dir)
     pretrained = spec.checkpoint.pretrained and _absolute(base, spec.checkpoint.pretrained)
     config = spec.entry.config and _absolute(base, spec.entry.config)
+    resume = spec.resume.dir and _absolute(Path(workdir), spec.resume.dir)  # where the entry runs
     return dataclasses.replace(
         spec,
+        resume=dataclasses.replace(spec.resume, dir=resume),
         entry=dataclasses.replace(spec.entry, workdir=workdir, config=config),
         mm=dataclasses.replace(spec.mm, **mm),
         checkpoint=dataclasses.replace(spec.checkpoint, dir=ckpt, pretrained=pretrained),

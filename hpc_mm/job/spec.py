@@ -20,7 +20,9 @@ from hpc_mm.job.sections import Notify, Throughput
 from hpc_mm.job.signals import DEFAULT_STOP_SIGNAL
 from hpc_mm.names import STOP_SIGNALS
 
-Launcher = Literal["torchrun", "srun", "msrun"]  # msrun: MindSpore's launcher (MindSpeed-MM's MindSpore examples)
+# msrun: MindSpore's launcher (MindSpeed-MM's MindSpore examples); accelerate: Hugging Face's `accelerate
+# launch` (diffusers, DiffSynth)
+Launcher = Literal["torchrun", "srun", "msrun", "accelerate"]
 # What the entry is (job/entries/): Megatron arguments (pretrain_vlm.py, pretrain_sora.py, ...), the
 # FSDP2 trainer driven by one YAML file, or any other command; auto: recognised from entry.script.
 EntryKind = Literal["auto", "megatron", "fsdp2", "command"]
@@ -39,7 +41,18 @@ SEED_TOOLS_JSON = "./mindspeed_mm/tools/tools.json"
 
 
 # The launchers that run one agent a node, which starts the ranks.
-AGENTS = ("torchrun", "msrun")
+AGENTS = ("torchrun", "msrun", "accelerate")
+# What each agent is told by hpc-mm, from the allocation: entry.launcher_args may not set these.
+LAUNCHER_OWNS = {
+    "torchrun": ("--nproc_per_node", "--nproc-per-node", "--nnodes", "--node_rank", "--node-rank", "--master_addr",
+                 "--master-addr", "--master_port", "--master-port", "--rdzv_endpoint", "--rdzv-endpoint",
+                 "--rdzv_backend", "--rdzv-backend", "--standalone", "--max_restarts", "--max-restarts"),
+    "msrun": ("--worker_num", "--local_worker_num", "--master_addr", "--master_port", "--node_rank", "--log_dir",
+              "--join"),
+    "accelerate": ("--num_machines", "--machine_rank", "--main_process_ip", "--main_process_port",
+                   "--num_processes"),
+    "srun": (),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,11 @@ class Entry:
     config: Optional[str] = None
     mindspeed_mm: Release = LATEST_RELEASE  # the release the entry is from: its option tables check the job
     save_on_signal: bool = False  # fsdp2: run the trainer through hpc-mm's adapter, which saves on a stop
+    # the launcher's own options, placed before the entry (msrun --bind_core=True, accelerate --config_file
+    # F.yaml); not those hpc-mm sets from the allocation (LAUNCHER_OWNS)
+    launcher_args: list[str] = field(default_factory=list)
+    # the script is a program of its own (a binary, a shell script), run without Python
+    program: bool = False
 
     @property
     def agent(self) -> bool:
@@ -160,6 +178,21 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """How an entry hpc-mm does not drive resumes from its own checkpoints (an `accelerate launch` script,
+    verl, any command that trains): with `dir` set, a preemption costs it at most `every` steps, not the
+    whole run, and it is requeued like a trainer."""
+
+    dir: Optional[str] = None  # where the entry writes its checkpoints (relative: to entry.workdir)
+    pattern: str = r"checkpoint-(\d+)"  # a checkpoint's name in dir; its first group is the step
+    # added to the entry's arguments at a start that finds a checkpoint in dir ({checkpoint}: its path,
+    # {step}: its step), e.g. [--resume_from_checkpoint, latest] or [trainer.resume_mode=auto]
+    args: list[str] = field(default_factory=list)
+    every: Optional[int] = field(default=None, metadata={"at_least": 1})  # steps between its saves
+    steps: Optional[int] = field(default=None, metadata={"at_least": 1})  # the step training ends at
+
+
+@dataclass(frozen=True)
 class Requeue:
     enabled: Optional[bool] = None  # default: on for entries that train, off for a command
     mode: Literal["requeue", "chain"] = (
@@ -211,8 +244,11 @@ class JobSpec:
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     requeue: Requeue = field(default_factory=Requeue)
     fault: Fault = field(default_factory=Fault)
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, Optional[str]] = field(default_factory=dict)  # a null value: unset in the entry's environment
     setup: list[str] = field(default_factory=list)
+    # shell lines run once, on the first node, after the step, whatever its exit status (which the job keeps)
+    post: list[str] = field(default_factory=list)
+    resume: Resume = field(default_factory=Resume)
     # fsdp2: keys of the trainer's YAML (entry.config) to set, as its sections nest them
     config: dict[str, Any] = field(default_factory=dict)
     # a pipeline's stage: start only once these ended well (Slurm's afterok): job ids, run

@@ -11,6 +11,7 @@ from pathlib import Path
 from hpc_mm.job.entries import contract
 from hpc_mm.job.entries.base import Paths
 from hpc_mm.launch.plan import Plan
+from hpc_mm.run import checkpoints
 from hpc_mm.run.atomic import write_atomic
 from hpc_mm.run.checkpoints import latest_whole
 
@@ -40,15 +41,18 @@ os._exit(rc)
 
 
 def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[str]:
-    """The entry's command line for this process: its node's torchrun (or msrun) as the agent, or the
-    entry itself as one rank; the entry's arguments from its contract (job/entries/)."""
+    """The entry's command line for this process: its node's agent (torchrun, msrun, `accelerate
+    launch`), or the entry itself as one rank; the entry's arguments from its contract (job/entries/)."""
     spec = plan.spec
     entry = contract(spec)
-    paths = Paths(plan.run_dir, plan.checkpoint_dir)
-    argv = entry.argv(spec, paths, plan.backend, plan.world_size, collective_timeout_minutes)
-    target = entry.target(spec)
+    argv = entry.argv(spec, start_paths(plan), plan.backend, plan.world_size, collective_timeout_minutes)
+    target = [spec.entry.script] if spec.entry.program else entry.target(spec)
+    own = spec.entry.launcher_args
     if plan.mode == "agent" and spec.entry.launcher == "msrun":
-        return [*spec.entry.wrapper, "msrun", *msrun_args(plan), *target, *argv]
+        return [*spec.entry.wrapper, "msrun", *msrun_args(plan), *own, *target, *argv]
+    if plan.mode == "agent" and spec.entry.launcher == "accelerate":
+        accelerate = [*interpreter(plan), "-m", "accelerate.commands.launch", *accelerate_args(plan)]
+        return [*accelerate, *own, *(["--no_python"] if spec.entry.program else []), *target, *argv]
     if plan.mode == "agent":
         # An entry other than ours prints no rank: torchrun prefixes each line with its local rank.
         tee = [] if spec.builtin else ["--tee", "3"]
@@ -60,10 +64,46 @@ def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[s
             "--max-restarts",
             "0",
             *tee,
+            *own,
+            *(["--no-python"] if spec.entry.program else []),
             *target,
             *argv,
         ]
+    if spec.entry.program:
+        return [*spec.entry.wrapper, *target, *argv]
     return [*interpreter(plan), "-u", *target, *argv]
+
+
+def start_paths(plan: Plan) -> Paths:
+    """Where this start's files are; for an entry that keeps its own checkpoints (resume:), its newest."""
+    if not plan.spec.resume.dir:
+        return Paths(plan.run_dir, plan.checkpoint_dir)
+    found = checkpoints.declared(plan.checkpoint_dir, plan.spec.resume.pattern)
+    return Paths(plan.run_dir, plan.checkpoint_dir, *(found or (None, None)))
+
+
+# accelerate chooses its distributed mode from its config file or these flags; without any, hpc-mm asks
+# for its multi-process launcher (torchrun underneath) whenever the job has more than one process.
+ACCELERATE_MODES = ("--config_file", "--multi_gpu", "--use_deepspeed", "--use_fsdp", "--use_megatron_lm", "--cpu")
+
+
+def accelerate_args(plan: Plan) -> list[str]:
+    """`accelerate launch` on this node, from the allocation (the user's own options, a config file
+    among them, follow in entry.launcher_args and are kept)."""
+    out = [
+        "--num_machines",
+        str(plan.nnodes),
+        "--machine_rank",
+        str(plan.node_rank),
+        "--main_process_ip",
+        plan.master_addr,
+        "--main_process_port",
+        str(plan.master_port),
+        "--num_processes",
+        str(plan.world_size),
+    ]
+    chosen = any(a.split("=", 1)[0] in ACCELERATE_MODES for a in plan.spec.entry.launcher_args)
+    return out + (["--multi_gpu"] if plan.world_size > 1 and not chosen else [])
 
 
 def msrun_args(plan: Plan) -> list[str]:
@@ -90,7 +130,7 @@ def write_start_files(plan: Plan) -> None:
     """What the entry reads at this start, written into the run directory by every node alike
     (atomically: a node reading it sees the whole file)."""
     entry = contract(plan.spec)
-    paths = Paths(plan.run_dir, plan.checkpoint_dir, latest_whole(plan.checkpoint_dir))
+    paths = Paths(plan.run_dir, plan.checkpoint_dir, latest_whole(plan.checkpoint_dir))  # Megatron's layout
     for name, text in entry.start_files(plan.spec, paths).items():
         write_atomic(Path(plan.run_dir) / name, text)
 
@@ -113,7 +153,13 @@ def child_env(plan: Plan, budget_seconds: float | None = None) -> dict:
         env.update(
             {k: v for k, v in collective_timeouts(plan.device, budget_seconds).items() if k not in plan.spec.env}
         )
-    env.update(plan.spec.env)
+    if plan.spec.entry.launcher == "accelerate" and plan.device == "cpu":
+        env.setdefault("ACCELERATE_USE_CPU", "1")  # accelerate's processes on CPUs: gloo, not a device
+    for name, value in plan.spec.env.items():  # a null value: unset for the entry (a script's `unset X`)
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     env["PYTHONUNBUFFERED"] = "1"
     env["HPC_MM_RUN_DIR"] = str(plan.run_dir)
     if plan.mode == "worker":

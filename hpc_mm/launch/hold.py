@@ -91,6 +91,6 @@ def note_requeue_by_slurm(spec: JobSpec, run: RunDir, key: StartKey) -> None:
         cause=Cause.BY_SLURM,
         reason="requeued by Slurm (preemption with PreemptMode=REQUEUE, a failed batch host, or an "
         "administrator); the previous start ended without a word from hpc-mm",
-        iteration=checkpoints.latest_iteration(run.checkpoint_dir(spec)),
+        iteration=checkpoints.latest(spec, run.checkpoint_dir(spec)),
     )
     notify.deliver(run, [requeued], spec)  # finish never ran for that start: tell of it now

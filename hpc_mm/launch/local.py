@@ -30,6 +30,7 @@ from hpc_mm.environments.base import restart_from
 from hpc_mm.errors import UserError
 from hpc_mm.job.entries import contract
 from hpc_mm.job.spec import JobSpec, nproc_hint
+from hpc_mm.launch.post import run_post
 from hpc_mm.launch.requeue import training_finished
 from hpc_mm.run import layout, lock, notify
 from hpc_mm.run.events import LOCAL_JOB_VARIABLE, Kind, StartKey
@@ -104,8 +105,10 @@ def run_local(spec: JobSpec, run_dir: Path | None, mpirun: str = "mpirun", preem
             restart += 1
         follower.close()
         before = len(run.reread().events())
+        step_rc = rc
         rc = _record_end(spec, run, rc, received, StartKey(job_id, restart))
         notify.deliver(run, run.reread().events()[before:], spec)
+        run_post(spec, step_rc, rc)  # the job's post lines, as the batch script runs them
         try:
             print(summary_text(summary(run)), flush=True)
         except UserError:

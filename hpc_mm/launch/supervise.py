@@ -172,7 +172,7 @@ def _record_exit(plan: Plan, rc: int, received: int | None, hung: dict | None, p
     run, said = plan.run, {"returncode": rc}
     if progress.error:
         said["error"] = progress.error
-    committed = checkpoints.latest_whole(plan.checkpoint_dir)
+    committed = checkpoints.latest(plan.spec, plan.checkpoint_dir)
     if progress.iteration is not None:
         said.update(reached=progress.iteration, checkpoint=committed)
         if rc != 0 or received:
@@ -214,7 +214,7 @@ def _start_record(plan: Plan) -> None:
         device=plan.device,
         hosts=plan.hosts,
         **events.batch_times(os.environ, "batch_started_at"),
-        checkpoint=checkpoints.latest_whole(plan.checkpoint_dir),
+        checkpoint=checkpoints.latest(plan.spec, plan.checkpoint_dir),
         **({"save_interval": plan.interval} if plan.interval else {}),
         **preflight.workdir_commit(Path(plan.spec.entry.workdir)),
     )

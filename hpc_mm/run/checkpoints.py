@@ -167,6 +167,30 @@ def latest_whole(save_dir: str | os.PathLike) -> int | None:
     return next((i for i in candidates if verify(save_dir, i).ok), None)
 
 
+def declared(folder: str | os.PathLike, pattern: str) -> tuple[int, str] | None:
+    """The newest checkpoint an entry keeps its own way (`resume:`): the entry of `folder` whose name
+    matches `pattern` with the highest step (its first group), as (step, name); None if there is none."""
+    try:
+        names = [p.name for p in Path(folder).iterdir()]
+    except OSError:
+        return None
+    found = []
+    for name in names:
+        match = re.fullmatch(pattern, name)
+        if match and match.groups() and (match.group(1) or "").isdigit():
+            found.append((int(match.group(1)), name))
+    return max(found) if found else None
+
+
+def latest(spec, folder: str | os.PathLike) -> int | None:
+    """The run's newest checkpoint in `folder`, the way its entry keeps them: Megatron's layout
+    (`latest_whole`), or, for an entry that declares `resume:`, the step of its newest one."""
+    if spec.resume.dir:
+        found = declared(folder, spec.resume.pattern)
+        return found[0] if found else None
+    return latest_whole(folder)
+
+
 def repair_tracker(save_dir: str | os.PathLike) -> str | None:
     """Point a tracker that an entry writes in place (not atomically) at the newest whole checkpoint,
     atomically, before a start reads it: a stop during a save can leave it empty, or naming a folder

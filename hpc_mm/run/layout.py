@@ -96,6 +96,8 @@ def default_run_dir(spec: JobSpec) -> Path:
 def checkpoint_dir(spec: JobSpec, run_dir: Path, resolve: bool = True) -> Path:
     """Where the run's checkpoints go: `--save` and `--load` of the entry (`resolve`: from the
     run directory's real path; not for a placeholder shown before the run has one)."""
+    if spec.resume.dir:  # an entry that keeps its own checkpoints (resume:)
+        return Path(spec.resume.dir)
     if spec.checkpoint.dir:
         return Path(spec.checkpoint.dir)
     return (Path(run_dir).resolve() if resolve else Path(run_dir)) / CHECKPOINTS

@@ -160,7 +160,7 @@ class RunDir:
         found = self.__dict__.setdefault("_latest", {})
         folder = self.checkpoint_dir(spec)
         if folder not in found:
-            found[folder] = checkpoints.latest_whole(folder)
+            found[folder] = checkpoints.latest(spec or self.job, folder)
         return found[folder]
 
     # ------------------------------------------------------------------ run.json

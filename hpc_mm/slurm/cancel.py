@@ -92,7 +92,7 @@ def _cancel(jobs: list[tuple[RunDir | None, str]], now: bool, say) -> int:
 
 
 def _latest(run: RunDir) -> int | None:
-    return checkpoints.latest_whole(run.checkpoint_dir())
+    return checkpoints.latest(run.job, run.checkpoint_dir())
 
 
 def _at_once(run: RunDir | None, job_id: str, how: str, say) -> None:

@@ -41,7 +41,7 @@ class ScriptContext:
     sbatch: list[str]  # finished "--key=value" options, one #SBATCH line each
     run_dir: str  # shell-quoted (a job array's: its sweep folder and the task's run directory in it)
     setup: list[str]  # the job's own shell lines, verbatim (they are shell by intent)
-    env: list[tuple[str, str]]  # (name, shell-quoted value)
+    env: list[tuple[str, str | None]]  # (name, shell-quoted value; None: unset)
     hpc_mm: str  # shell-quoted command that runs hpc-mm on the nodes
     srun: str  # shell-quoted srun options
     log_pattern: str  # shell-quoted srun --output, with "$RESTART" expanded by bash
@@ -50,6 +50,7 @@ class ScriptContext:
     step_nodes: int = 1  # the nodes the training step runs on (the job may hold spares beyond them)
     again: int = AGAIN_EXIT  # `finish`'s exit code for "start again inside the allocation"
     exclude_file: str = EXCLUDE_FILE  # where `finish` leaves the nodes the next step must avoid (+ -<job id>)
+    post: bool = False  # the job has post lines (`hpc-mm post` runs them after the step)
 
 
 def template_dirs(user_dir: Path | None) -> list[str]:
@@ -154,11 +155,12 @@ def context(
     if spec.slurm.cpus_per_task:
         check.append(f"--cpus-per-task={spec.slurm.cpus_per_task}")
     check += spec.slurm.srun_args
-    env = [(k, shlex.quote(v)) for k, v in spec.env.items()]
+    env = [(k, None if v is None else shlex.quote(v)) for k, v in spec.env.items()]
     head, tail = task_log_parts(spec.name, array=bool(array))
     logs = '"$RUN_DIR"/' + shlex.quote(f"{LOGS}/{head}") + '"$RESTART"' + shlex.quote(tail)
     where = shlex.quote(str(run_dir)) + ("/" + TASK.format('"$SLURM_ARRAY_TASK_ID"') if array else "")
     return ScriptContext(
+        post=bool(spec.post),
         name=spec.name,
         version=__version__,
         sbatch=sbatch_options(spec, run_dir, array, throttle),

@@ -8,7 +8,8 @@ import time
 import pytest
 from receiver import Receiver
 
-from hpc_mm.run import events, notify
+from hpc_mm.run import notify
+from hpc_mm.run.rundir import read_events
 
 from conftest import JOBS, run_cli
 from test_faults import finished
@@ -88,7 +89,7 @@ def test_a_dead_webhook_does_not_hold_the_job_up(slurm_cluster, tmp_path):
         silent.close()
     [said] = notify.delivered(tmp_path / "run")
     assert not said["ok"] and said["error"] == "timed out" and said["event"] == "completed"
-    ended = [e for e in events.read(tmp_path / "run") if e["event"] == "completed"]
+    ended = [e for e in read_events(tmp_path / "run") if e["event"] == "completed"]
     assert ended  # finish recorded the end before it tried to deliver it
 
 

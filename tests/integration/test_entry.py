@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from hpc_mm.run import events
+from hpc_mm.run.rundir import read_events
 
 from conftest import JOBS, ROOT, run_cli
 from test_slurm import preempt_and_resume, wait_for
@@ -53,9 +53,9 @@ def test_standin_entry_from_pretrained_weights_survives_preemption(slurm_cluster
     ):
         time.sleep(0.5)
     preempt_and_resume(job_id, run_dir)
-    assert wait_for(job_id, timeout=600) == "COMPLETED", [e["event"] for e in events.read(run_dir)]
+    assert wait_for(job_id, timeout=600) == "COMPLETED", [e["event"] for e in read_events(run_dir)]
 
-    record = events.read(run_dir)
+    record = read_events(run_dir)
     resumed = [e for e in record if e["event"] == "resumed"]
     saved = [e for e in record if e["event"] == "checkpoint" and e["reason"] == "signal"]
     # First start: the pretrained weights, as fine-tuning (iteration 0); the requeued start: its own checkpoint.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpc_mm.run import events
+from hpc_mm.run.rundir import read_events
 
 from conftest import JOBS, ROOT, run_cli
 from test_slurm import preempt, sacct, wait_for
@@ -128,8 +128,8 @@ def test_a_node_that_fails_the_preflight_is_left_out(slurm_cluster, tmp_path, fa
         "distributed.backend=gloo",
         f"env={{HPC_MM_DEVICE_ROOT: '{fake_gpu_nodes}', OMP_NUM_THREADS: '1'}}",
     )
-    assert finished(job_id) == "COMPLETED", [e["event"] for e in events.read(run_dir)]
-    record = events.read(run_dir)
+    assert finished(job_id) == "COMPLETED", [e["event"] for e in read_events(run_dir)]
+    record = read_events(run_dir)
     preflight = next(e for e in record if e["event"] == "preflight")
     assert list(preflight["failed"]) == [n2] and f"{n2}: distributed.device" in preflight["failed"][n2][0]
     first = [e["event"] for e in record if e["restart"] == 0]
@@ -146,7 +146,7 @@ def test_a_preflight_failure_on_every_node_fails_the_job(slurm_cluster, tmp_path
     run_dir = tmp_path / "run"
     job_id = submit(run_dir, "entry.script=no_such_entry.py", f"entry.workdir={tmp_path}")
     assert finished(job_id) == "FAILED"
-    record = events.read(run_dir)
+    record = read_events(run_dir)
     assert record[-1]["event"] == "failed" and record[-1]["cause"] == "preflight"
     assert "the preflight failed on every node" in record[-1]["reason"] and "no_such_entry.py" in record[-1]["reason"]
     assert not any(e["event"] in ("started", "requeued") for e in record)
@@ -172,7 +172,7 @@ def test_a_crash_that_repeats_stops_the_job(slurm_cluster, tmp_path):
         job=STANDIN,
     )
     assert finished(job_id) == "FAILED"
-    record = events.read(run_dir)
+    record = read_events(run_dir)
     # the first crash starts the step again inside the job; the same crash again gives up
     assert [e["event"] for e in record if e["event"] in ("restarted", "requeued", "gave_up")] == [
         "restarted",
@@ -201,12 +201,12 @@ def test_chain_mode_continues_a_preempted_job_as_a_new_job(slurm_cluster, tmp_pa
     )
     until(lambda: metrics_rows(run_dir) >= 60)
     high = preempt()
-    requeued = until(lambda: next((e for e in events.read(run_dir) if e["event"] == "requeued"), None))
+    requeued = until(lambda: next((e for e in read_events(run_dir) if e["event"] == "requeued"), None))
     assert wait_for(high) == "COMPLETED"
     next_id = requeued["next_job_id"]
     assert next_id != job_id and requeued["cause"] == "preemption"
-    assert finished(next_id) == "COMPLETED", [e["event"] for e in events.read(run_dir)]
-    record = events.read(run_dir)
+    assert finished(next_id) == "COMPLETED", [e["event"] for e in read_events(run_dir)]
+    record = read_events(run_dir)
     resumed = [e for e in record if e["event"] == "resumed"]
     saved = [e for e in record if e["event"] == "checkpoint" and e["reason"] == "signal"]
     assert resumed and resumed[-1]["iteration"] == saved[0]["iteration"] and resumed[-1]["restart"] == 1
@@ -224,18 +224,18 @@ def test_every_end_is_recorded_and_a_stop_to_the_step_alone_is_no_completion(slu
     until(lambda: metrics_rows(run_dir) >= 40)
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True)  # to the steps only
     requeued = until(
-        lambda: next((e for e in events.read(run_dir) if e["event"] in ("requeued", "completed", "failed")), None)
+        lambda: next((e for e in read_events(run_dir) if e["event"] in ("requeued", "completed", "failed")), None)
     )
     assert requeued["event"] == "requeued" and requeued["cause"] == "signal", requeued
     until(lambda: metrics_rows(run_dir) >= 80, job_id=job_id)
     rank = until(
         lambda: processes(
-            next(e for e in events.read(run_dir) if e["event"] == "started" and e["restart"] == 1)["hosts"][0],
+            next(e for e in read_events(run_dir) if e["event"] == "started" and e["restart"] == 1)["hosts"][0],
             training_only=True,
         )
     )[0]
     os.kill(rank, signal.SIGKILL)
     assert finished(job_id) == "FAILED"
-    last = events.read(run_dir)[-1]
+    last = read_events(run_dir)[-1]
     assert last["event"] == "failed" and last["cause"] == "crash" and last["restart"] == 1
     assert "not requeued (requeue.on_failure = 0)" in last["reason"] and "a crash after iteration" in last["reason"]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from hpc_mm.run import events
+from hpc_mm.run.rundir import read_events
 
 from conftest import ROOT, run_cli
 from test_faults import finished, until
@@ -90,7 +90,7 @@ def reached(run: Path) -> int:
 
 
 def started(run: Path, restart: int) -> bool:
-    return any(e["event"] == "started" and e["restart"] == restart for e in events.read(run))
+    return any(e["event"] == "started" and e["restart"] == restart for e in read_events(run))
 
 
 def preempt_at(run: Path, job_id: str, iteration: int, restart: int) -> dict:
@@ -98,7 +98,7 @@ def preempt_at(run: Path, job_id: str, iteration: int, restart: int) -> dict:
     until(lambda: started(run, restart) and reached(run) >= iteration, timeout=240, job_id=job_id)
     high = preempt(hold=2)
     requeued = until(
-        lambda: next((e for e in events.read(run) if e["event"] == "requeued" and e["restart"] == restart), None),
+        lambda: next((e for e in read_events(run) if e["event"] == "requeued" and e["restart"] == restart), None),
         timeout=240,
     )
     assert finished(high) == "COMPLETED"
@@ -110,9 +110,9 @@ def test_fsdp2_trainer_preempted_twice_loses_only_what_it_had_not_saved(slurm_cl
     job_id = submit(run, f"checkpoint.pretrained={pretrained}")
     first = preempt_at(run, job_id, 11, restart=0)  # just after a save: the signal comes before the next
     second = preempt_at(run, job_id, 31, restart=1)
-    assert finished(job_id) == "COMPLETED", events.read(run)[-3:]
+    assert finished(job_id) == "COMPLETED", read_events(run)[-3:]
 
-    record = events.read(run)
+    record = read_events(run)
     for requeue, stopped_after in ((first, 11), (second, 31)):
         # the trainer cannot save on a signal: it resumes from its last periodic save, and what it
         # had trained since (it was stopped after iteration 11, then 31) is recorded as lost
@@ -144,9 +144,9 @@ def test_fsdp2_trainer_with_the_adapter_loses_nothing(slurm_cluster, pretrained,
     run = tmp_path / "run"
     job_id = submit(run, f"checkpoint.pretrained={pretrained}", "entry.save_on_signal=true")
     requeued = preempt_at(run, job_id, 14, restart=0)
-    assert finished(job_id) == "COMPLETED", events.read(run)[-3:]
+    assert finished(job_id) == "COMPLETED", read_events(run)[-3:]
     assert requeued["lost_iterations"] == 0, requeued
-    saved = [e for e in events.read(run) if e["event"] == "checkpoint" and e["restart"] == 0]
+    saved = [e for e in read_events(run) if e["event"] == "checkpoint" and e["restart"] == 0]
     assert saved[-1]["reason"] == "signal" and saved[-1]["iteration"] == requeued["iteration"]
     assert requeued["iteration"] >= 14 and requeued["iteration"] % 10 != 0  # saved where it stopped
     assert "lost          0 iterations" in run_cli("report", run, check=True).stdout
@@ -186,9 +186,9 @@ def test_sora_transformers_and_inference_entries_through_submit(slurm_cluster, t
     submitted["infer"] = json.loads(result.stdout)["job_id"]
 
     for name, job_id in submitted.items():
-        assert finished(job_id) == "COMPLETED", (name, events.read(tmp_path / name)[-3:])
+        assert finished(job_id) == "COMPLETED", (name, read_events(tmp_path / name)[-3:])
     for name in ("sora", "transformers"):
-        last = events.read(tmp_path / name)[-1]
+        last = read_events(tmp_path / name)[-1]
         assert (last["event"], last["iteration"]) == ("completed", 20), last
     copied = tmp_path / "transformers" / "config" / "fsdp2_config.yaml"
     assert copied.read_text() == settings.read_text()
@@ -197,6 +197,6 @@ def test_sora_transformers_and_inference_entries_through_submit(slurm_cluster, t
     generated = json.loads(out.read_text())
     assert generated["prompt"] == "a cat on a skateboard" and generated["world"] == 2
     assert generated["model"] == ["diffusion", "load_text_features", "load_video_features", "predictor", "task"]
-    ended = events.read(tmp_path / "infer")
+    ended = read_events(tmp_path / "infer")
     assert [e["event"] for e in ended if e["event"] in ("completed", "requeued", "failed")] == ["completed"]
     assert not (tmp_path / "infer" / "checkpoints").exists() or not any((tmp_path / "infer" / "checkpoints").iterdir())

@@ -6,7 +6,7 @@ import json
 import os
 import signal
 
-from hpc_mm.run import events
+from hpc_mm.run.rundir import read_events
 
 from conftest import ROOT, run_cli
 from test_faults import finished, processes, until
@@ -36,15 +36,15 @@ def submit(tmp_path, name, seconds, silent):
 def test_a_command_printing_a_bar_or_nothing_is_not_ended_and_the_same_stopped_is(slurm_cluster, tmp_path):
     healthy, healthy_dir, out = submit(tmp_path, "bar", seconds=2.5 * BUDGET, silent=1.5 * BUDGET)
     stopped, stopped_dir, _ = submit(tmp_path, "stopped", seconds=6 * BUDGET, silent=0)
-    started = until(lambda: next((e for e in events.read(stopped_dir) if e["event"] == "started"), None))
+    started = until(lambda: next((e for e in read_events(stopped_dir) if e["event"] == "started"), None))
     rank = until(lambda: processes(started["hosts"][-1], training_only=True, job_id=stopped))[0]
     os.kill(rank, signal.SIGSTOP)
     try:
-        assert finished(healthy) == "COMPLETED", events.read(healthy_dir)[-3:]
-        assert [e["event"] for e in events.read(healthy_dir) if e["event"] in ("hang", "completed")] == ["completed"]
+        assert finished(healthy) == "COMPLETED", read_events(healthy_dir)[-3:]
+        assert [e["event"] for e in read_events(healthy_dir) if e["event"] in ("hang", "completed")] == ["completed"]
         assert sorted(p.name for p in tmp_path.glob("bar.out.*")) == ["bar.out.0", "bar.out.1"]
         assert finished(stopped) != "COMPLETED"
-        hang = next(e for e in events.read(stopped_dir) if e["event"] == "hang")
+        hang = next(e for e in read_events(stopped_dir) if e["event"] == "hang")
         assert hang["phase"] == "liveness" and hang["budget_seconds"] == BUDGET, hang
         assert [b["why"] for b in hang["blamed"]] == ["stopped"] and hang["nodes"] == [started["hosts"][-1]], hang
     finally:

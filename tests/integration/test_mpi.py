@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 
-from hpc_mm.run import events
+from hpc_mm.run.rundir import read_events
 
 from conftest import HPC_MM, JOBS, run_cli
 
@@ -44,6 +44,6 @@ def test_local_emulates_two_nodes(tmp_path):
     out = run_cli("logs", run_dir, check=True).stdout  # each emulated node's own log, as on Slurm
     assert "mpi agent node 0/2 world 4" in out and "mpi agent node 1/2 world 4" in out
     assert "iteration 20/20" in result.stdout and "checkpoints   10, 20" in result.stdout  # progress, summary
-    kinds = [e["event"] for e in events.read(run_dir)]
+    kinds = [e["event"] for e in read_events(run_dir)]
     assert kinds[:2] == ["submitted", "started"] and kinds[-1] == "completed"
     assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "20"

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from hpc_mm.run import events
+from hpc_mm.run.rundir import read_events
 
 from conftest import JOBS, run_cli
 from test_faults import finished, metrics_rows, until, weights
@@ -105,7 +105,7 @@ def test_status_table_matches_squeue_and_sacct_and_cancel_saves_first(slurm_clus
     run_dir = tmp_path / "runs" / "running"
     result = run_cli("cancel", running["job_id"], cwd=tmp_path)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    record = events.read(run_dir)
+    record = read_events(run_dir)
     saved = [e for e in record if e["event"] == "checkpoint" and e["reason"] == "signal"]
     last_row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert saved and saved[-1]["iteration"] == last_row["iteration"]  # the iteration it stopped at
@@ -120,7 +120,7 @@ def test_status_table_matches_squeue_and_sacct_and_cancel_saves_first(slurm_clus
     # the pending one is cancelled at once (nothing to save)
     assert run_cli("cancel", "runs/pending", cwd=tmp_path, check=True).returncode == 0
     assert finished(pending["job_id"], timeout=60) == "CANCELLED"
-    assert events.read(tmp_path / "runs" / "pending")[-1]["event"] == "cancelled"
+    assert read_events(tmp_path / "runs" / "pending")[-1]["event"] == "cancelled"
 
 
 def local(run_dir, *extra):
@@ -136,7 +136,7 @@ def test_local_preempt_at_resumes_bitwise_with_per_rank_logs(tmp_path):
     result = local(tmp_path / "run", "--preempt-at", "40")
     assert result.returncode == 0, result.stdout + result.stderr
     run_dir = tmp_path / "run"
-    record = events.read(run_dir)
+    record = read_events(run_dir)
     requeued = [e for e in record if e["event"] == "requeued"]
     assert len(requeued) == 1 and requeued[0]["cause"] == "preemption" and requeued[0]["restart"] == 0
     signal_save = next(e for e in record if e["event"] == "checkpoint" and e["reason"] == "signal")
@@ -205,9 +205,9 @@ def test_sweep_is_one_array_and_only_the_preempted_task_requeues(slurm_cluster, 
     dirs = [tmp_path / "runs" / "sweep" / f"task-{i}" for i in range(2)]
     until(lambda: all(metrics_rows(d) >= 10 for d in dirs), timeout=300)
     victim = dirs[1]
-    node = next(e for e in events.read(victim) if e["event"] == "started")["hosts"][0]
+    node = next(e for e in read_events(victim) if e["event"] == "started")["hosts"][0]
     high = preempt(nodes=1, hold=3, nodelist=node)
-    until(lambda: any(e["event"] == "requeued" for e in events.read(victim)), timeout=120)
+    until(lambda: any(e["event"] == "requeued" for e in read_events(victim)), timeout=120)
     finished(high, timeout=120)
     # while the requeued task waits, status already counts the restart and says why
     waiting = json.loads(run_cli("status", tasks[1]["job_id"], "--json", cwd=tmp_path, check=True).stdout)
@@ -215,7 +215,7 @@ def test_sweep_is_one_array_and_only_the_preempted_task_requeues(slurm_cluster, 
     for task in tasks:
         assert finished(task["job_id"], timeout=600) == "COMPLETED", task
     for i, run_dir in enumerate(dirs):
-        record = events.read(run_dir)
+        record = read_events(run_dir)
         requeues = [e for e in record if e["event"] == "requeued"]
         assert len(requeues) == (1 if i == 1 else 0), (i, [e["event"] for e in record])
         assert all(e.get("job_id") in (tasks[i]["job_id"], None) for e in record)
@@ -224,7 +224,7 @@ def test_sweep_is_one_array_and_only_the_preempted_task_requeues(slurm_cluster, 
         lr, seed = tasks[i]["values"]["gpt.lr"], tasks[i]["values"]["gpt.seed"]
         assert f"  lr: {float(lr)}\n" in job and f"  seed: {seed}\n" in job
         assert json.loads((run_dir / "run.json").read_text())["values"] == tasks[i]["values"]
-    resumed = next(e for e in events.read(victim) if e["event"] == "resumed")
+    resumed = next(e for e in read_events(victim) if e["event"] == "resumed")
     assert resumed["restart"] == 1
     table = run_cli("status", "runs/sweep", cwd=tmp_path, check=True).stdout
     assert f"{array} " in table and "2 COMPLETED" in table and "task-1 lr=2e-3 seed=2" in table

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from hpc_mm.errors import UserError
-from hpc_mm.run import checkpoints, events
+from hpc_mm.run import checkpoints
+from hpc_mm.run.rundir import read_events
 from hpc_mm.train import checkpoint
 
 from conftest import HPC_MM, JOBS, run_cli
@@ -87,7 +88,7 @@ def test_a_corrupt_final_checkpoint_is_rewritten(tmp_path):
     assert "checkpoint 20 is not whole" in result.stderr and "resuming from iteration 10" in result.stderr
     assert checkpoints.latest_iteration(ckpt) == 20 and checkpoints.verify(ckpt, 20, deep=True).ok
     assert checkpoint.safe_load(final)["iteration"] == 20
-    saves = [e["iteration"] for e in events.read(run_dir) if e["event"] == "checkpoint"]
+    saves = [e["iteration"] for e in read_events(run_dir) if e["event"] == "checkpoint"]
     assert saves == [10, 20, 20]  # the second run wrote 20 again
 
 
@@ -149,7 +150,7 @@ def test_one_run_directory_one_run(tmp_path):
     )
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not any(e["event"] == "started" for e in events.read(run_dir)):
+        while time.time() < deadline and not any(e["event"] == "started" for e in read_events(run_dir)):
             time.sleep(0.2)
         second = launch(run_dir, "--set", "gpt.train_iters=100")
         assert second.returncode == 2 and f"{run_dir} is in use by another run (pid {first.pid}" in second.stderr
@@ -203,7 +204,7 @@ def test_local_stops_stop(tmp_path, stop):
     proc.send_signal(stop)
     out, _ = proc.communicate(timeout=30)  # everything ends within 30 s
     assert f"stopped by {stop.name}" in out, out
-    record = events.read(run_dir)
+    record = read_events(run_dir)
     assert record[-1]["event"] == "stopped" and record[-1]["name"] == stop.name
     saved = [e for e in record if e["event"] == "checkpoint" and e["reason"] == "signal"]
     assert saved and checkpoints.latest_iteration(run_dir / "checkpoints") == saved[-1]["iteration"]
@@ -314,6 +315,6 @@ def test_ctrl_c_to_launch_saves_like_sigterm(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    saved = [e for e in events.read(run_dir) if e["event"] == "checkpoint" and e["reason"] == "signal"]
+    saved = [e for e in read_events(run_dir) if e["event"] == "checkpoint" and e["reason"] == "signal"]
     assert saved and checkpoints.latest_iteration(run_dir / "checkpoints") == saved[-1]["iteration"]
     assert {p.name for p in Path("/tmp").iterdir() if p.name.startswith("torchelastic_")} == tmp_before

@@ -17,9 +17,9 @@ import torch
 
 from hpc_mm.job.jobfile import load_job
 from hpc_mm.launch.finish import preflight_failures
-from hpc_mm.run import events, layout
+from hpc_mm.run import layout
 from hpc_mm.run.events import Kind, StartKey
-from hpc_mm.run.rundir import RunDir
+from hpc_mm.run.rundir import RunDir, read_events
 
 from conftest import JOBS, run_cli
 from test_faults import finished, metrics_rows, processes, restore, submit, until, weights
@@ -65,11 +65,11 @@ def queue_state(job_id: str) -> str:
 
 
 def started(run_dir, restart):
-    return next((e for e in events.read(run_dir) if e["event"] == "started" and e["restart"] == restart), None)
+    return next((e for e in read_events(run_dir) if e["event"] == "started" and e["restart"] == restart), None)
 
 
 def ends(run_dir):
-    return [e for e in events.read(run_dir) if e["event"] in ENDS]
+    return [e for e in read_events(run_dir) if e["event"] in ENDS]
 
 
 def rows_after(run_dir, count):
@@ -114,9 +114,9 @@ def test_a_crash_a_hang_and_a_dead_node_are_recovered_inside_the_job_on_its_spar
     third = until(lambda: started(run_dir, 2), timeout=180)
     spare = next(n for n in nodes if n not in first["hosts"])
     assert hung_node not in third["hosts"] and spare in third["hosts"]
-    assert finished(job_id) == "COMPLETED", [e["event"] for e in events.read(run_dir)]
+    assert finished(job_id) == "COMPLETED", [e["event"] for e in read_events(run_dir)]
     assert finished(base_job) == "COMPLETED"
-    record = events.read(run_dir)
+    record = read_events(run_dir)
     assert slurm_restarts(job_id) == 0 and not any(e["event"] == "requeued" for e in record)
     assert {e["job_id"] for e in record if e["event"] == "started"} == {job_id}
     assert [e["event"] for e in ends(run_dir)] == ["restarted", "restarted", "completed"]
@@ -146,7 +146,7 @@ def test_a_crash_a_hang_and_a_dead_node_are_recovered_inside_the_job_on_its_spar
         assert dead not in again["hosts"] and len(again["hosts"]) == 2
     finally:
         restore(slurm_cluster, dead)
-    assert finished(dead_job) == "COMPLETED", [e["event"] for e in events.read(dead_dir)]
+    assert finished(dead_job) == "COMPLETED", [e["event"] for e in read_events(dead_dir)]
     assert slurm_restarts(dead_job) == 0
     assert same_weights(baseline, dead_dir, 120)
 
@@ -215,8 +215,8 @@ def test_a_requeue_waits_for_a_controller_that_is_away(slurm_cluster, tmp_path):
         assert not ends(run_dir)  # the requeue waits: no event yet
     finally:
         os.kill(int(ctld[0]), signal.SIGCONT)
-    assert finished(job_id) == "COMPLETED", [e["event"] for e in events.read(run_dir)]
-    record = events.read(run_dir)
+    assert finished(job_id) == "COMPLETED", [e["event"] for e in read_events(run_dir)]
+    record = read_events(run_dir)
     assert [e["event"] for e in ends(run_dir)] == ["requeued", "completed"]
     assert record[-1]["event"] == "completed" and slurm_restarts(job_id) == 1
     batch_log = next((run_dir / "logs").glob("*.batch.out")).read_text()

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from hpc_mm.run import events
+from hpc_mm.run.rundir import read_events
 from hpc_mm.train import checkpoint
 
 from conftest import HPC_MM, JOBS, run_cli
@@ -56,7 +56,7 @@ def test_trains_200_iterations_with_4_processes(full_run):
     state = torch.load(ckpt / "iter_0000200" / "mp_rank_00" / "model_optim_rng.pt", weights_only=False)
     assert {"model", "optimizer", "opt_param_scheduler", "rng_state", "iteration", "consumed_samples"} <= set(state)
     assert len(state["rng_state"]) == 4 and state["consumed_samples"] == 6400
-    kinds = [e["event"] for e in events.read(run_dir)]
+    kinds = [e["event"] for e in read_events(run_dir)]
     assert kinds[0] == "started" and kinds[-1] == "completed" and kinds.count("checkpoint") == 4
 
 
@@ -73,10 +73,10 @@ def test_exact_resume_after_exit_signal(full_run, tmp_path):
     assert "SignalException" not in out
     stopped = checkpoint.latest_iteration(run_dir / "checkpoints")
     assert stopped is not None and 95 <= stopped < 200, out
-    signal_saves = [e for e in events.read(run_dir) if e["event"] == "checkpoint" and e["reason"] == "signal"]
+    signal_saves = [e for e in read_events(run_dir) if e["event"] == "checkpoint" and e["reason"] == "signal"]
     assert signal_saves and signal_saves[-1]["iteration"] == stopped or stopped % 50 == 0
     assert max(r["iteration"] for r in metrics(run_dir)) == stopped  # finished the iteration, then stopped
-    assert any(e["event"] == "signal" for e in events.read(run_dir))
+    assert any(e["event"] == "signal" for e in read_events(run_dir))
 
     proc = launch(run_dir)
     out, _ = proc.communicate(timeout=900)

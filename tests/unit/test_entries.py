@@ -141,7 +141,7 @@ def test_fsdp2_job_validates_and_shows_the_trainers_figures(tmp_path):
     # the stand-in's YAML: micro batch 2, accumulation 2, DP = world 4
     assert "world size 4 = 2 nodes x 2, DP 4, global batch 16, gradient accumulation 2" in result.stdout
     assert "does not save" in result.stderr or "not on a stop signal" in result.stdout
-    assert "a stop (preemption, time limit) loses up to 10 iterations" in result.stdout
+    assert "a preemption loses up to 10 iterations (checkpoint.save_interval)" in result.stdout
 
 
 @pytest.mark.parametrize(

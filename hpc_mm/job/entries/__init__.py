@@ -31,8 +31,11 @@ _COMMAND = re.compile(
 )
 
 
-def recognise(script: str) -> str:
-    """The kind of an entry from its script's path (entry.kind: auto)."""
+def recognise(script: str, launcher: str = "torchrun", program: bool = False) -> str:
+    """The kind of an entry from its script's path, its launcher and whether it is Python (entry.kind:
+    auto): an `accelerate launch` script or a program of its own is not driven by Megatron's arguments."""
+    if launcher == "accelerate" or program:
+        return "command"
     if _FSDP2.search(script):
         return "fsdp2"
     if _COMMAND.search(script):
@@ -41,8 +44,8 @@ def recognise(script: str) -> str:
 
 
 def contract(spec) -> Contract:
-    kind = spec.entry.kind if spec.entry.kind != "auto" else recognise(spec.entry.script)
-    return CONTRACTS[kind]
+    entry = spec.entry
+    return CONTRACTS[entry.kind if entry.kind != "auto" else recognise(entry.script, entry.launcher, entry.program)]
 
 
 __all__ = ["CONTRACTS", "Contract", "contract", "recognise"]

@@ -21,6 +21,7 @@ class Paths:
     run_dir: Path
     checkpoint_dir: Path
     latest: int | None = None  # the run's newest whole checkpoint at this start (None: none yet)
+    latest_name: str | None = None  # its name in the checkpoint folder, where the entry names its own (resume:)
 
 
 class Contract(ABC):
@@ -78,6 +79,16 @@ class Contract(ABC):
         if spec.fault.progress_pattern:
             return Watch.PATTERN
         return Watch.ITERATIONS if self.trains else Watch.LIVENESS
+
+    def resumable(self, spec: JobSpec) -> bool:
+        """Does a new start continue from the checkpoints of the last one (then it is requeued by default)?"""
+        return self.trains
+
+    def preemption(self, spec: JobSpec) -> str:
+        """What a preemption (or the time limit) costs this entry, in one line, as `validate` says it."""
+        if self.saves_on_signal(spec):
+            return "a preemption loses nothing: it saves on the stop signal and resumes from that checkpoint"
+        return f"a preemption loses up to {self.save_interval(spec)} iterations (checkpoint.save_interval)"
 
     def describe(self, spec: JobSpec) -> str:
         """The contract in one line, as `validate` shows it."""

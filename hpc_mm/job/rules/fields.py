@@ -18,7 +18,7 @@ from hpc_mm.job.options import normal
 from hpc_mm.job.rules import slurm as slurm_rules
 from hpc_mm.job.rules.common import control_characters, positive, shown
 from hpc_mm.job.secrets import is_secret_name, looks_secret
-from hpc_mm.job.spec import BUILTIN_TRAINER, JobSpec, devices_requested
+from hpc_mm.job.spec import BUILTIN_TRAINER, LAUNCHER_OWNS, JobSpec, devices_requested
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MODULE = re.compile(r"[A-Za-z_][\w.]*")
@@ -28,7 +28,9 @@ _HOST = re.compile(r"[A-Za-z0-9_.:-]+")
 
 def check(spec: JobSpec) -> list[Problem]:
     out: list[Problem] = []
-    for rule in (_name, _entry, slurm_rules.check, _distributed, _checkpoint, _requeue, _fault, _env, _setup):
+    rules = (_name, _entry, slurm_rules.check, _distributed, _checkpoint, _requeue, _fault, _env, _setup)
+    rules += (_resume, _post)
+    for rule in rules:
         out += rule(spec)
     return out
 
@@ -97,12 +99,12 @@ def _entry(spec: JobSpec) -> list[Problem]:
     out = control_characters("entry.script", e.script) + control_characters("entry.python", e.python)
     if not e.script.strip():
         out.append(Problem("entry.script", "is empty", f"e.g. pretrain_vlm.py or {BUILTIN_TRAINER}"))
-    elif not e.script.endswith(".py") and not _MODULE.fullmatch(e.script):
+    elif not e.program and not e.script.endswith(".py") and not _MODULE.fullmatch(e.script):
         out.append(
             Problem(
                 "entry.script",
                 f"{e.script!r} is neither a .py file nor a Python module name",
-                f"e.g. pretrain_vlm.py or {BUILTIN_TRAINER}",
+                f"e.g. pretrain_vlm.py or {BUILTIN_TRAINER}; a program of its own: set entry.program: true",
             )
         )
     for i, word in enumerate(e.wrapper):
@@ -115,8 +117,8 @@ def _entry(spec: JobSpec) -> list[Problem]:
                 "use gpt.* keys; extra_args are for MindSpeed-MM entry points",
             )
         )
-    for i, arg in enumerate(e.extra_args):
-        out += control_characters(f"entry.extra_args[{i}]", arg)
+    for i, arg in enumerate(e.extra_args):  # an argument never passes through a shell: a JSON value may span lines
+        out += control_characters(f"entry.extra_args[{i}]", arg, allowed="\n\t")
         key = owner(arg.split("=", 1)[0]) if arg.startswith("--") and spec.entry.kind == "megatron" else None
         if key:
             out.append(
@@ -126,6 +128,31 @@ def _entry(spec: JobSpec) -> list[Problem]:
                     owned_hint(arg.split("=", 1)[0], key),
                 )
             )
+    return out + _launcher(spec)
+
+
+def _launcher(spec: JobSpec) -> list[Problem]:
+    """entry.launcher_args: the launcher's own options, never those hpc-mm sets from the allocation;
+    entry.program: a program of its own runs under torchrun, accelerate or srun, not msrun."""
+    e, out = spec.entry, []
+    owned = LAUNCHER_OWNS[e.launcher]
+    for i, arg in enumerate(e.launcher_args):
+        out += control_characters(f"entry.launcher_args[{i}]", arg, allowed="\n\t")
+        name = arg.split("=", 1)[0]
+        if e.launcher == "srun":
+            out.append(Problem(f"entry.launcher_args[{i}]", "srun's options are slurm.srun_args", "move them there"))
+        elif name in owned:
+            out.append(
+                Problem(
+                    f"entry.launcher_args[{i}]",
+                    f"{name} is set by hpc-mm from the allocation (nodes, ranks, master address and port)",
+                    f"remove it; hpc-mm passes {e.launcher} every {', '.join(owned[:3])}, ... it needs",
+                )
+            )
+    if e.program and e.launcher == "msrun":
+        out.append(Problem("entry.program", "msrun starts Python scripts only", "use launcher torchrun or srun"))
+    if e.program and e.kind in ("megatron", "fsdp2"):
+        out.append(Problem("entry.program", f"a {e.kind} entry is a Python script", "set entry.kind: command"))
     return out
 
 
@@ -233,7 +260,7 @@ def _env(spec: JobSpec) -> list[Problem]:
                     "use letters, digits and underscores, not starting with a digit",
                 )
             )
-        elif is_secret_name(key) or looks_secret(value):
+        elif value is not None and (is_secret_name(key) or looks_secret(value)):
             what = "its name" if is_secret_name(key) else "its value"
             out.append(
                 Problem(
@@ -247,6 +274,41 @@ def _env(spec: JobSpec) -> list[Problem]:
     want = spec.env.get("CUDA_DEVICE_MAX_CONNECTIONS")
     if want not in (None, "1") and (spec.gpt.tensor_model_parallel_size > 1 or spec.gpt.context_parallel_size > 1):
         out.append(Problem("env.CUDA_DEVICE_MAX_CONNECTIONS", f"is {want!r}; Megatron requires 1 with TP or CP > 1"))
+    return out
+
+
+def _resume(spec: JobSpec) -> list[Problem]:
+    """resume: is how an entry hpc-mm does not drive declares its own checkpoints."""
+    r, out = spec.resume, []
+    if r.dir is None:
+        if r.args or r.every or r.steps:
+            out.append(Problem("resume.dir", "is not set, but resume.* is", "name the folder the entry saves into"))
+        return out
+    if spec.entry.kind != "command":
+        out.append(
+            Problem(
+                "resume.dir",
+                f"is for entries hpc-mm does not drive; a {spec.entry.kind} entry resumes from checkpoint.dir",
+                "remove resume:; hpc-mm passes the entry its checkpoint folder itself",
+            )
+        )
+    try:
+        groups = re.compile(r.pattern).groups
+    except re.error as exc:
+        return out + [Problem("resume.pattern", f"is not a regular expression ({exc})", r"e.g. checkpoint-(\d+)")]
+    if groups < 1:
+        out.append(Problem("resume.pattern", "has no group for the step", r"e.g. checkpoint-(\d+)"))
+    for i, arg in enumerate(r.args):
+        out += control_characters(f"resume.args[{i}]", arg, allowed="\n\t")
+    return out
+
+
+def _post(spec: JobSpec) -> list[Problem]:
+    out = []
+    for i, line in enumerate(spec.post):
+        if not line.strip():
+            out.append(Problem(f"post[{i}]", "is empty", "remove it"))
+        out += control_characters(f"post[{i}]", line, allowed="\t")
     return out
 
 
