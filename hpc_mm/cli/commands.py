@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -150,6 +151,8 @@ def cmd_args(args: argparse.Namespace) -> int:
     from hpc_mm.job.megatron import shell_line
     from hpc_mm.run.layout import is_run_dir
 
+    if args.node is not None or args.diff:
+        return _node_args(args)
     if args.run_dir is None and is_run_dir(Path(args.job).parent):  # a run's own job file: that run
         args.run_dir = Path(args.job).parent
     print(shell_line(_login_argv(_load(args), args.run_dir)))
@@ -284,6 +287,76 @@ def cmd_goodput(args: argparse.Namespace) -> int:
     return forecast(args)
 
 
+def _node_args(args: argparse.Namespace) -> int:
+    """`args --node N [--diff SCRIPT ...]`: what node N runs, and against a script, every difference."""
+    from hpc_mm.importer.differences import DIFFERENCES, compare, node_command
+    from hpc_mm.importer.launches import launcher_of
+    from hpc_mm.importer.trace import trace
+    from hpc_mm.job.megatron import shell_line
+
+    overrides = list(args.overrides) + shortcut_overrides(args)
+    node = node_command(args.job, args.node or 0, args.device, overrides, args.nodes)
+    spec = node.plan.spec
+    said = {"node": args.node or 0, "nnodes": spec.nnodes, "cwd": node.cwd, "argv": node.argv, "env": node.env}
+    if args.diff:
+        script, *script_args = args.diff
+        found = trace(Path(script), script_args, Path(node.cwd))
+        launches = [c for c in found.commands if launcher_of(c)]
+        entry = spec.entry.script
+        match = next((c for c in launches if entry in c.argv), launches[0] if launches else None)
+        if match is None:
+            raise UserError.one("--diff", f"{script} launches nothing", "give the launch script the job came from")
+        said["differences"] = [
+            {"what": what, "reason": reason, "why": DIFFERENCES.get(reason)}
+            for what, reason in compare(match, node, spec.entry.kind)
+        ]
+    if args.json:
+        print(json.dumps(said, indent=2))
+    else:
+        print(
+            f"# node {said['node']} of {spec.nnodes}, as `hpc-mm launch` runs it (in an allocation n1..n{spec.nnodes})"
+        )
+        print(f"cd {shlex.quote(node.cwd)}")
+        for name, value in node.env.items():
+            print(f"unset {name}" if value is None else f"export {name}={shlex.quote(value)}")
+        print(shell_line(node.argv))
+        for d in said.get("differences", []):
+            print(f"differs: {d['what']}  [{d['reason'] or 'UNEXPLAINED'}]")
+    unexplained = [d for d in said.get("differences", []) if d["reason"] is None]
+    return 1 if unexplained else 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from hpc_mm.importer.trace import to_json, trace
+    from hpc_mm.importer.translate import translate
+    from hpc_mm.importer.write import job_name, write_jobs
+
+    script = Path(args.script)
+    found = trace(script, args.args, Path(args.workdir or "."))
+    if args.trace:
+        print(json.dumps(to_json(found), indent=2))
+        return 0
+    imported = translate(found, args.name or job_name(script))
+    if not imported.stages:
+        raise UserError.one("SCRIPT", "; ".join(imported.not_carried), "write the job file by hand (see README)")
+    out = Path(args.output or f"{job_name(script)}.yaml")
+    paths = [out] if len(imported.stages) == 1 else [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in
+                                                     range(len(imported.stages))]  # fmt: skip
+    for path in paths:
+        if path.exists() and not args.force:
+            raise UserError.one("-o", f"{path} exists", "pass --force to write over it, or choose another -o")
+    problems = write_jobs(imported, paths, script, args.args)
+    for line in imported.changed:
+        print(f"hpc-mm runs differently: {line}", file=sys.stderr)
+    for line in imported.not_carried:
+        print(f"not carried: {line}", file=sys.stderr)
+    if problems:
+        raise UserError(problems)
+    submit = " ".join(shlex.quote(str(p)) for p in paths)
+    print(f"wrote {submit}: it validates; `hpc-mm submit {submit} --nodes N` runs it on N nodes")
+    return 0
+
+
 COMMANDS = {
     "validate": cmd_validate,
     "args": cmd_args,
@@ -299,6 +372,7 @@ COMMANDS = {
     "release-hold": cmd_release_hold,
     "finish": cmd_finish,
     "post": cmd_post,
+    "import": cmd_import,
     "next-restart": cmd_next_restart,
     "report": cmd_report,
     "goodput": cmd_goodput,

@@ -116,8 +116,39 @@ def build_parser() -> argparse.ArgumentParser:
         "args",
         help="print the arguments the entry receives, exactly as launch gives them (one shell line); "
         "for the FSDP2 trainer, the path of the YAML hpc-mm writes for it at every start",
+        description="Without --node: the entry's arguments. With --node N: what `hpc-mm launch` runs on node N "
+        "of the job (the launcher, its options, the entry, its arguments and the variables hpc-mm or the job "
+        "sets), in an allocation of nodes n1..nN. With --diff SCRIPT: that, set beside what the launch script "
+        "runs, every difference with hpc-mm's reason for it.",
     )
     _job_options(p)
+    p.add_argument("--node", type=int, metavar="N", help="what node N (0-based) runs")
+    p.add_argument("--device", choices=["npu", "cuda", "cpu"], help="the nodes' device (default: the job's)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--diff",
+        nargs=argparse.REMAINDER,
+        metavar="SCRIPT",
+        help="the launch script (and its arguments) to compare with; last on the line",
+    )
+
+    p = sub.add_parser(
+        "import",
+        help="bring your launch script: run it with its launchers replaced by recorders and write what it runs "
+        "as a job file (every value from the script, with the line it came from)",
+        description="Runs SCRIPT under bash in a throw-away copy of the folder you run it from, with torchrun, "
+        "msrun, accelerate, python and every command that changes something replaced by recorders (no network, "
+        "a time limit), and writes what each launch would run as a job file: the entry, its arguments, the "
+        "layout, the exported variables and sourced files. What hpc-mm runs differently, and what it could not "
+        "carry, is said line by line. Options go before SCRIPT; everything after it is the script's.",
+    )
+    p.add_argument("-o", "--output", metavar="JOB.yaml", help="the job file to write (default: SCRIPT's name .yaml)")
+    p.add_argument("--workdir", metavar="DIR", help="the folder you run the script from (default: here)")
+    p.add_argument("--name", help="the job's name (default: from the script's name)")
+    p.add_argument("--force", action="store_true", help="write over an existing job file")
+    p.add_argument("--trace", action="store_true", help="print what the recorders saw, as JSON, and write nothing")
+    p.add_argument("script", metavar="SCRIPT", help="the launch script (bash)")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="the script's own arguments")
 
     p = sub.add_parser("env", help="print what this process resolved: ranks, master address/port, backend")
     _job_options(p, optional=True, what="job file or run directory (optional)")

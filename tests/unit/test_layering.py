@@ -8,7 +8,7 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "hpc_mm"
 # Top to bottom: a module may import its own layer or a lower one, never a higher one.
-LAYERS = ["cli", "api", "launch", "slurm", "train", "run", "job", "environments", "errors", "names"]
+LAYERS = ["cli", "api", "importer", "launch", "slurm", "train", "run", "job", "environments", "errors", "names"]
 
 
 def layer(module: str) -> str | None:
