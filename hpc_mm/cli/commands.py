@@ -302,14 +302,13 @@ def _node_args(args: argparse.Namespace) -> int:
         script, *script_args = args.diff
         found = trace(Path(script), script_args, Path(node.cwd))
         launches = [c for c in found.commands if launcher_of(c)]
-        entry = spec.entry.script
-        match = next((c for c in launches if entry in c.argv), launches[0] if launches else None)
-        if match is None:
+        if not launches:
             raise UserError.one("--diff", f"{script} launches nothing", "give the launch script the job came from")
-        said["differences"] = [
-            {"what": what, "reason": reason, "why": DIFFERENCES.get(reason)}
-            for what, reason in compare(match, node, spec.entry.kind)
-        ]
+        # the script's launch this job is (a multi-stage script: the one it differs from least)
+        candidates = [c for c in launches if spec.entry.script in c.argv] or launches
+        found_diffs = [compare(c, node, spec.entry.kind) for c in candidates]
+        best = min(found_diffs, key=lambda ds: (sum(r is None for _, r in ds), len(ds)))
+        said["differences"] = [{"what": w, "reason": r, "why": DIFFERENCES.get(r)} for w, r in best]
     if args.json:
         print(json.dumps(said, indent=2))
     else:
@@ -332,7 +331,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from hpc_mm.importer.write import job_name, write_jobs
 
     script = Path(args.script)
-    found = trace(script, args.args, Path(args.workdir or "."))
+    found = trace(script, args.args, Path(args.workdir or "."), timeout=args.timeout)
     if args.trace:
         print(json.dumps(to_json(found), indent=2))
         return 0
@@ -343,6 +342,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     paths = [out] if len(imported.stages) == 1 else [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in
                                                      range(len(imported.stages))]  # fmt: skip
     for path in paths:
+        if not path.parent.is_dir():
+            raise UserError.one("-o", f"{path.parent} is not a folder", "create it, or write the job file elsewhere")
         if path.exists() and not args.force:
             raise UserError.one("-o", f"{path} exists", "pass --force to write over it, or choose another -o")
     problems = write_jobs(imported, paths, script, args.args)

@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the job's name (default: from the script's name)")
     p.add_argument("--force", action="store_true", help="write over an existing job file")
     p.add_argument("--trace", action="store_true", help="print what the recorders saw, as JSON, and write nothing")
+    p.add_argument(
+        "--timeout", type=positive_int, default=60, metavar="S", help="seconds the script may run (default 60)"
+    )
     p.add_argument("script", metavar="SCRIPT", help="the launch script (bash)")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="the script's own arguments")
 

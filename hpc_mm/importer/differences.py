@@ -43,6 +43,12 @@ DIFFERENCES = {
     "mindspore": "--ai-framework mindspore for a Megatron entry under msrun (MindSpeed-MM on MindSpore)",
     "threads": "OMP_NUM_THREADS=1 per rank where srun starts several ranks a node (as torchrun does)",
     "megatron": "CUDA_DEVICE_MAX_CONNECTIONS=1 with TP or CP > 1 (Megatron asserts on it)",
+    "ranks": "where srun starts each rank (no torchrun), hpc-mm gives it what torchrun would: RANK, WORLD_SIZE, "
+    "LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT",
+    "fsdp2-config": "the FSDP2 trainer reads the YAML hpc-mm writes into the run directory at every start: the "
+    "job's file with its checkpoint folder, save interval and what to load set by hpc-mm",
+    "secret": "a secret is never written into a job file or a batch script: export it in your shell before "
+    "submitting (sbatch passes your environment to the job)",
 }
 # hpc-mm's own argument flags, by reason.
 FLAG_REASONS = {
@@ -53,10 +59,13 @@ FLAG_REASONS = {
 ENV_REASONS = {
     "HCCL_EXEC_TIMEOUT": "timeouts", "HCCL_CONNECT_TIMEOUT": "timeouts", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "timeouts",
     "PYTHONUNBUFFERED": "output", "HPC_MM_RUN_DIR": "output", "ACCELERATE_USE_CPU": "accelerate",
-    "OMP_NUM_THREADS": "threads", "CUDA_DEVICE_MAX_CONNECTIONS": "megatron",
+    "OMP_NUM_THREADS": "threads", "CUDA_DEVICE_MAX_CONNECTIONS": "megatron", "RANK": "ranks", "WORLD_SIZE": "ranks",
+    "LOCAL_RANK": "ranks", "LOCAL_WORLD_SIZE": "ranks", "GROUP_RANK": "ranks", "MASTER_ADDR": "ranks",
+    "MASTER_PORT": "ranks",
 }  # fmt: skip
-LAUNCHER_REASONS = {"--max-restarts": "agent", "--tee": "logs", "--join": "agent", "--log_dir": "logs",
-                    "--multi_gpu": "accelerate"}  # fmt: skip
+# (option names with dashes: `--log_dir` and `--log-dir` alike)
+LAUNCHER_REASONS = {"--max-restarts": "agent", "--tee": "logs", "--join": "agent", "--log-dir": "logs",
+                    "--multi-gpu": "accelerate"}  # fmt: skip
 NODE_ENV_KEYS = ("SLURM_", "HPC_MM_RESTART")
 
 
@@ -170,6 +179,7 @@ def compare(traced: Command, node: NodeCommand, kind: str) -> list[tuple[str, st
     """Every difference between the traced launch and the node's, with its reason (None: unexplained)."""
     from hpc_mm.job.megatron import OWNED
     from hpc_mm.job.options import normal
+    from hpc_mm.job.secrets import is_secret_name, looks_secret
 
     out: list[tuple[str, str | None]] = []
     t_launcher = "python" if traced.name in ("python", "python3") else traced.name
@@ -183,11 +193,7 @@ def compare(traced: Command, node: NodeCommand, kind: str) -> list[tuple[str, st
         if t_opts.get(name, "<absent>") == n_opts.get(name, "<absent>"):
             continue
         said = f"{node.launcher} {name}: {t_opts.get(name, '(absent)')} -> {n_opts.get(name, '(absent)')}"
-        reason = (
-            "topology"
-            if name in topology and name not in LAUNCHER_REASONS
-            else LAUNCHER_REASONS.get(name.replace("-", "_") if node.launcher == "msrun" else name)
-        )
+        reason = LAUNCHER_REASONS.get(name) or ("topology" if name in topology else None)
         out.append((said, reason))
     if Path(traced.cwd, t_script).resolve() != Path(node.cwd, n_script).resolve() and t_script != n_script:
         out.append((f"entry: {t_script} -> {n_script}", None))
@@ -209,6 +215,8 @@ def compare(traced: Command, node: NodeCommand, kind: str) -> list[tuple[str, st
             else:
                 reason = None
             out.append((said, reason))
+    elif kind == "fsdp2" and t_args[1:] == n_args[1:] and n_args[:1] != t_args[:1]:
+        out.append((f"the trainer's YAML: {' '.join(t_args[:1])} -> {' '.join(n_args[:1])}", "fsdp2-config"))
     elif not (_same(t_args, n_args) or _same_paths(t_args, n_args, traced.cwd, node.cwd)):
         extra = n_args[len(t_args) :] if n_args[: len(t_args)] == t_args else None
         out.append((f"arguments: {' '.join(t_args)} -> {' '.join(n_args)}", "resume" if extra else None))
@@ -216,6 +224,11 @@ def compare(traced: Command, node: NodeCommand, kind: str) -> list[tuple[str, st
         a, b = traced.env.get(name), node.env.get(name)
         if a == b or name.startswith(("HPC_MM_", "SLURM")) and name not in ENV_REASONS:
             continue
-        out.append((f"${name}: {a if a is not None else '(unset)'} -> {b if b is not None else '(unset)'}",
-                    ENV_REASONS.get(name) if a is None else None))  # fmt: skip
+        if a is None:
+            reason = ENV_REASONS.get(name)
+        elif b is None and (is_secret_name(name) or looks_secret(a)):
+            reason, a = "secret", "(a secret)"
+        else:
+            reason = None
+        out.append((f"${name}: {a if a is not None else '(unset)'} -> {b if b is not None else '(unset)'}", reason))
     return out

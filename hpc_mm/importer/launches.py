@@ -44,20 +44,20 @@ def launcher_of(cmd: Command) -> str | None:
     return None
 
 
-def options(argv: list[str], flags_only: tuple[str, ...]) -> tuple[list[tuple[str, str | None, str]], list[str]]:
-    """A launcher's own options up to its script: (name, value, as written), and the rest."""
+def options(argv: list[str], flags_only: tuple[str, ...]) -> tuple[list[tuple[str, str | None, list[str]]], list[str]]:
+    """A launcher's own options up to its script: (name, value, the words as written), and the rest."""
     out, i = [], 0
     while i < len(argv) and argv[i].startswith("-"):
         word = argv[i]
         name, eq, value = word.partition("=")
         if eq:
-            out.append((name, value, word))
+            out.append((name, value, [word]))
             i += 1
         elif word in flags_only or i + 1 >= len(argv):
-            out.append((word, None, word))
+            out.append((word, None, [word]))
             i += 1
         else:
-            out.append((word, argv[i + 1], f"{word}={argv[i + 1]}" if word.startswith("--") else word))
+            out.append((word, argv[i + 1], [word, argv[i + 1]]))
             i += 2
     return out, argv[i:]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -167,7 +168,7 @@ def trace(script: Path, args: list[str], workdir: Path, timeout: float = TIMEOUT
                 f"{script.name} did not end within {timeout:.0f} s under the recorders (it waits for something)",
                 "a launch script that loops or waits cannot be imported; write the job file by hand",
             ) from exc
-        _refuse_missing_arguments(script, output)
+        _refuse_missing_arguments(script, output, returncode)
         found = Trace(script, workdir, returncode=returncode, output=output)
         found.commands = _commands(records, copy, workdir, script_copy, script, env)
         for at, line in _lines(records / "lines", script_copy, script):
@@ -178,17 +179,26 @@ def trace(script: Path, args: list[str], workdir: Path, timeout: float = TIMEOUT
         return found
 
 
-def _refuse_missing_arguments(script: Path, output: str) -> None:
-    """bash's own word for an argument the script needs and was not given (${1:?...}, set -u)."""
+# bash's words for a parameter the script needs and does not have: ${1:?message}, ${X?}, set -u.
+_MISSING = re.compile(r": line \d+: ([A-Za-z_][A-Za-z0-9_]*|[0-9]+): (.*)$")
+
+
+def _refuse_missing_arguments(script: Path, output: str, returncode: int) -> None:
+    """A script that stopped on an argument (or variable) it needs and was not given: one line naming it."""
+    if returncode == 0:
+        return
     for line in output.splitlines():
-        for marker in (": parameter null or not set", ": unbound variable"):
-            if marker in line:
-                name = line.split(marker)[0].rsplit(": ", 1)[-1]
-                raise UserError.one(
-                    "SCRIPT",
-                    f"{script.name} needs {name} ({line.rsplit(': ', 1)[-1].strip()}), which it was not given",
-                    f"pass the script's arguments after it: hpc-mm import {script.name} ARG...",
-                )
+        match = _MISSING.search(line)
+        if not match:
+            continue
+        name, said = match.groups()
+        what = f"its argument ${name}" if name.isdigit() else f"${name}"
+        if said.strip() in ("unbound variable", "parameter null or not set") or name.isdigit() or "?" in line:
+            raise UserError.one(
+                "SCRIPT",
+                f"{script.name} needs {what} ({said.strip()}), which it was not given",
+                f"pass the script's arguments after it: hpc-mm import {script.name} ARG...",
+            )
 
 
 def _unmap(text: str, copy: Path, workdir: Path, script_copy: Path, script: Path) -> str:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from hpc_mm.errors import UserError
 from hpc_mm.importer.launches import (
     ACCELERATE_FLAGS,
     TOPOLOGY,
@@ -143,24 +145,29 @@ def _stage(found: Trace, cmd: Command, kind: str, name: str, not_carried: list[s
             elif role == "world":
                 world = _int(value)
             elif role == "logs":
-                changed.append(f"{cmd.at}: {written}: hpc-mm keeps every rank's log under the run directory (logs/)")
+                changed.append(
+                    f"{cmd.at}: {' '.join(written)}: hpc-mm keeps every rank's log under the run directory (logs/)"
+                )
             elif role in ("from Slurm", "hpc-mm"):
                 if (
                     value is not None
                     and opt in ("--node_rank", "--node-rank", "--machine_rank")
                     and value not in ("0",)
                 ):
-                    changed.append(f"{cmd.at}: {written}: each node's rank comes from Slurm")
+                    changed.append(f"{cmd.at}: {' '.join(written)}: each node's rank comes from Slurm")
             elif opt in ("--no_python", "--no-python"):
                 program = True
             elif opt in ("-m", "--module"):
                 pass  # a module, not a file: the entry's script has no .py, and hpc-mm runs it with -m
             else:
-                launcher_args.append(written if value is None or "=" in written else opt)
-                if value is not None and "=" not in written:
-                    launcher_args.append(value)
+                launcher_args += written  # the launcher's own option, as the script wrote it
         script, args = (rest[0], rest[1:]) if rest else ("", [])
         job["entry"]["launcher"] = kind
+    if kind == "accelerate" and (world is None or nnodes is None):  # its config file may say them
+        config = next((v for o, v, _ in opts if o == "--config_file" and v), None)
+        found_config = _small_yaml(cmd.cwd / config) if config else {}
+        world = world or _int(str(found_config.get("num_processes", "")))
+        nnodes = nnodes or _int(str(found_config.get("num_machines", "")))
     if world and nproc is None:
         nproc = world // (nnodes or 1) if world % (nnodes or 1) == 0 else world
     if world and nnodes is None and nproc:
@@ -198,6 +205,17 @@ def _stage(found: Trace, cmd: Command, kind: str, name: str, not_carried: list[s
         _own_checkpoints(job, comments, args, cmd)
     _environment(job, comments, found, cmd, not_carried, changed)
     return Stage(job, comments, cmd, list(args))
+
+
+def _small_yaml(path: Path) -> dict:
+    """A launcher's config file, if it is a small YAML mapping; {} otherwise."""
+    from hpc_mm.job.yamlfile import read_small_yaml
+
+    try:
+        value = read_small_yaml(path, "--config_file")
+    except UserError:  # unreadable, not YAML: accelerate says so on the nodes
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _int(value: str | None) -> int | None:

@@ -63,7 +63,7 @@ def write_jobs(imported: Imported, paths: list[Path], script: Path, args: list[s
         except UserError as exc:
             found = exc.problems
         stage = imported.stages[i]
-        if stage.job["entry"].get("kind") == "megatron" and all(_not_megatrons(p) for p in found):
+        if stage.job["entry"].get("kind") == "megatron" and all(_not_megatrons(p, stage.job) for p in found):
             why = "; ".join(f"{p.field}: {p.message}" for p in found[:2])
             imported.stages[i] = stage.as_command(why)
             imported.changed.append(
@@ -80,11 +80,15 @@ def write_jobs(imported: Imported, paths: list[Path], script: Path, args: list[s
     return problems
 
 
-def _not_megatrons(problem) -> bool:
+def _not_megatrons(problem, job: dict) -> bool:
     """A problem that says the entry does not take Megatron's arguments as hpc-mm's tables know them
-    (an option they do not have, no mm files, mm files of another shape), not that a value is wrong."""
+    (an option they do not have, a Megatron argument it was never given, mm files of another shape, the
+    seed's tools file it never named), not that a value the script gave is wrong."""
     return (
         "is not an option of Megatron" in problem.message
+        or "is required" in problem.message
         or problem.field.startswith("mm.")
-        and ("is required" in problem.message or "has no top-level" in problem.message)
+        and "has no top-level" in problem.message
+        or problem.field == "mm.tool"
+        and "tool" not in job.get("mm", {})
     )
