@@ -93,6 +93,24 @@ def install(engine) -> None:
     original = engine.train_step
     if getattr(original, "_hpc_mm_adapter", False):
         return
+    base_init_subclass = engine.__dict__.get("__init_subclass__")
+
+    @classmethod
+    def refuse_overrides(cls, **kwargs):
+        """A task's own engine (FunASR's) that replaces what is hooked here: refused when it is defined,
+        before anything trains, rather than a stop that neither saves nor ends the ranks."""
+        if base_init_subclass is not None:
+            base_init_subclass.__func__(cls, **kwargs)
+        else:
+            super(engine, cls).__init_subclass__(**kwargs)
+        overridden = [name for name in ("train", "train_step") if name in cls.__dict__]
+        if overridden:
+            _refuse(
+                f"{cls.__module__}.{cls.__name__} overrides TrainEngine.{', '.join(overridden)}, which the adapter "
+                "hooks; set entry.save_on_signal: false (a stop then loses the work since the last save)"
+            )
+
+    engine.__init_subclass__ = refuse_overrides
 
     def train_step(self, *args, **kwargs):
         out = original(self, *args, **kwargs)

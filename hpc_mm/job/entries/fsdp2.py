@@ -31,6 +31,32 @@ RESOLVED = "config/trainer.yaml"  # what the trainer reads, written at every sta
 TRACKER = "latest_checkpointed_iteration.txt"
 ADAPTER = Path(__file__).resolve().parents[2] / "train" / "fsdp2_adapter.py"
 ADAPTER_RELEASES = ("26.0.0", "26.1.0")  # the trainers the adapter was written against (it checks)
+ADAPTER_HOOKS = ("train", "train_step")  # what the adapter relies on in TrainEngine (fsdp2_adapter.py)
+
+
+def engines_overriding_hooks(script: Path) -> list[tuple[str, str, list[str]]]:
+    """The train engines a task trainer brings (a class of its folder deriving from TrainEngine) that
+    override what the adapter hooks: (class, file, methods). FunASR's FunasrTrainEngine has its own
+    train loop and train_step, so the adapter's hook on TrainEngine.train_step never runs there.
+    Nothing where the trainer's folder is not on this machine (the login node checks what it has)."""
+    import ast
+
+    out = []
+    for path in sorted(script.parent.glob("*.py")) if script.parent.is_dir() else []:
+        try:
+            tree = ast.parse(path.read_text(errors="replace"))
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            bases = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases]
+            if "TrainEngine" not in bases:
+                continue
+            methods = [f.name for f in node.body if isinstance(f, ast.FunctionDef) and f.name in ADAPTER_HOOKS]
+            if methods:
+                out.append((node.name, str(path), methods))
+    return out
 
 
 def is_hf_weights(folder: str) -> bool:
@@ -160,6 +186,16 @@ class Fsdp2Contract(Contract):
                     "set it to false (a stop then loses the work since the last save)",
                 )
             )
+        if spec.entry.save_on_signal:
+            errors += [
+                Problem(
+                    "entry.save_on_signal",
+                    f"{name} ({path}) overrides TrainEngine.{', '.join(methods)}, which hpc-mm's adapter hooks: a "
+                    "stop would neither save nor end the ranks",
+                    "set it to false (a stop then loses the work since the last save)",
+                )
+                for name, path, methods in engines_overriding_hooks(Path(spec.entry.workdir) / spec.entry.script)
+            ]
         errors = fsdp2.owned_overrides(spec.config) + errors
         errors += fsdp2.arithmetic(config, spec.entry.mindspeed_mm, world_size, device_hint(spec))
         if world_size and spec.gpt.global_batch_size:

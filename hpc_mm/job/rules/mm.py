@@ -19,13 +19,17 @@ _HINTS = {
 
 
 def read_json(where: str, path: Path, hint: str = "") -> Any:
-    """A JSON file, capped in size; every failure is a UserError naming `where`."""
+    """A JSON file (or YAML, by its suffix), capped in size; every failure is a UserError naming `where`."""
     try:
         text = read_capped(path, MAX_JSON_BYTES, where)
     except NotHere:
         raise
     except UserError as exc:
         raise UserError(Problem(p.field, p.message, p.hint or hint) for p in exc.problems) from None
+    if path.suffix in (".yaml", ".yml"):  # MindSpeed-MM reads YAML mm files too (qwen3vl)
+        from hpc_mm.job.yamlfile import load
+
+        return load(text, where)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
