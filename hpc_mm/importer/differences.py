@@ -47,6 +47,8 @@ DIFFERENCES = {
     "LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT",
     "fsdp2-config": "the FSDP2 trainer reads the YAML hpc-mm writes into the run directory at every start: the "
     "job's file with its checkpoint folder, save interval and what to load set by hpc-mm",
+    "ray": "verl's driver runs once, on the head of a Ray cluster hpc-mm forms across the nodes (a worker on every "
+    "other node) when every node has joined; each node offers Ray its ranks (CPUs, GPUs, or NPU on Ascend)",
     "secret": "a secret is never written into a job file or a batch script: export it in your shell before "
     "submitting (sbatch passes your environment to the job)",
 }
@@ -183,6 +185,12 @@ def compare(traced: Command, node: NodeCommand, kind: str) -> list[tuple[str, st
 
     out: list[tuple[str, str | None]] = []
     t_launcher = "python" if traced.name in ("python", "python3") else traced.name
+    if t_launcher == "python" and node.launcher == "ray":  # the driver, on the head of the cluster
+        out.append(("launcher: python -> a Ray cluster, the driver on its head", "ray"))
+        driver = node.argv[node.argv.index("--") + 1 :]
+        if not driver:  # a worker node runs no driver
+            return out
+        node = dataclasses.replace(node, launcher="python", argv=driver)
     if t_launcher != node.launcher:
         out.append((f"launcher: {t_launcher} -> {node.launcher}", None))
         return out

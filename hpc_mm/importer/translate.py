@@ -129,7 +129,8 @@ def _stage(found: Trace, cmd: Command, kind: str, name: str, not_carried: list[s
         opts, rest = options(argv, ("-u", "-B", "-O", "-m"))
         # python -m MODULE ARGS: rest starts with the module
         script, args = (rest[0], rest[1:]) if rest else ("", [])
-        job["entry"]["launcher"] = "srun"
+        # one process; verl's driver on a Ray cluster hpc-mm forms (one node as shipped: its head alone)
+        job["entry"]["launcher"] = "ray" if script.startswith("verl.") else "srun"
         nproc, nnodes = 1, 1
     else:
         opts, rest = options(

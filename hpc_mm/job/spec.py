@@ -21,8 +21,9 @@ from hpc_mm.job.signals import DEFAULT_STOP_SIGNAL
 from hpc_mm.names import STOP_SIGNALS
 
 # msrun: MindSpore's launcher (MindSpeed-MM's MindSpore examples); accelerate: Hugging Face's `accelerate
-# launch` (diffusers, DiffSynth)
-Launcher = Literal["torchrun", "srun", "msrun", "accelerate"]
+# launch` (diffusers, DiffSynth); ray: a Ray cluster across the nodes and the entry run once on its head
+# (verl's GRPO driver)
+Launcher = Literal["torchrun", "srun", "msrun", "accelerate", "ray"]
 # What the entry is (job/entries/): Megatron arguments (pretrain_vlm.py, pretrain_sora.py, ...), the
 # FSDP2 trainer driven by one YAML file, or any other command; auto: recognised from entry.script.
 EntryKind = Literal["auto", "megatron", "fsdp2", "command"]
@@ -41,7 +42,7 @@ SEED_TOOLS_JSON = "./mindspeed_mm/tools/tools.json"
 
 
 # The launchers that run one agent a node, which starts the ranks.
-AGENTS = ("torchrun", "msrun", "accelerate")
+AGENTS = ("torchrun", "msrun", "accelerate", "ray")
 # What each agent is told by hpc-mm, from the allocation: entry.launcher_args may not set these.
 LAUNCHER_OWNS = {
     "torchrun": ("--nproc_per_node", "--nproc-per-node", "--nnodes", "--node_rank", "--node-rank", "--master_addr",
@@ -51,6 +52,7 @@ LAUNCHER_OWNS = {
               "--join"),
     "accelerate": ("--num_machines", "--machine_rank", "--main_process_ip", "--main_process_port",
                    "--num_processes"),
+    "ray": ("--head", "--address", "--port", "--node-ip-address", "--block", "--temp-dir"),
     "srun": (),
 }  # fmt: skip
 

@@ -4,6 +4,7 @@ the hang budget."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -50,6 +51,18 @@ def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[s
     own = spec.entry.launcher_args
     if plan.mode == "agent" and spec.entry.launcher == "msrun":
         return [*spec.entry.wrapper, "msrun", *msrun_args(plan), *own, *target, *argv]
+    if plan.mode == "agent" and spec.entry.launcher == "ray":
+        driver = (
+            [*spec.entry.wrapper, *target, *argv] if spec.entry.program else [*interpreter(plan), "-u", *target, *argv]
+        )
+        return [
+            *interpreter(plan),
+            str(RAY_NODE),
+            *ray_args(plan),
+            *own,
+            "--",
+            *(driver if plan.node_rank == 0 else []),
+        ]
     if plan.mode == "agent" and spec.entry.launcher == "accelerate":
         accelerate = [*interpreter(plan), "-m", "accelerate.commands.launch", *accelerate_args(plan)]
         return [*accelerate, *own, *(["--no_python"] if spec.entry.program else []), *target, *argv]
@@ -72,6 +85,29 @@ def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[s
     if spec.entry.program:
         return [*spec.entry.wrapper, *target, *argv]
     return [*interpreter(plan), "-u", *target, *argv]
+
+
+RAY_NODE = Path(__file__).resolve().parent / "ray_node.py"  # runs in the entry's interpreter (Ray's)
+
+
+def ray_args(plan: Plan) -> list[str]:
+    """This node's part of the Ray cluster: the head on node 0, a worker elsewhere; what each node offers
+    Ray from the allocation (its ranks as CPUs, GPUs, or verl's NPU resource on Ascend)."""
+    tag = plan.start.tag if plan.start else "local"
+    offer = {"cpu": ["--num-cpus", str(plan.nproc_per_node)], "cuda": ["--num-gpus", str(plan.nproc_per_node)],
+             "npu": ["--resources", json.dumps({"NPU": plan.nproc_per_node})]}[plan.device]  # fmt: skip
+    return [
+        "head" if plan.node_rank == 0 else "worker",
+        "--address",
+        f"{plan.master_addr}:{plan.master_port}",
+        "--nodes",
+        str(plan.nnodes),
+        "--done",
+        str(plan.run.ray_done_file(tag)),
+        "--temp-dir",
+        f"/tmp/hpc-mm-ray-{plan.job_id or 'local'}-{tag.rsplit('-', 1)[-1]}",
+        *offer,
+    ]
 
 
 def start_paths(plan: Plan) -> Paths:

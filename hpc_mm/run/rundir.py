@@ -249,6 +249,10 @@ class RunDir:
         """Each emulated node's log under `hpc-mm local` (a pattern: mpirun puts the task for %t)."""
         return self.path / layout.local_task_log(name, key.job_id, key.restart)
 
+    def ray_done_file(self, tag: str) -> Path:
+        """Written by a Ray cluster's head when the driver of start `tag` has ended: the workers stop."""
+        return self.path / f".ray-done-{tag}"
+
     def mpirun_log(self, name: str) -> Path:
         """What mpirun itself says under `hpc-mm local` (every start appends)."""
         return self.logs / f"{name}-local.mpirun.out"

@@ -107,7 +107,7 @@ def test_what_import_carries_from_each_shape(tmp_path):
     }
 
     (verl,), _, _ = job("examples/verl/grpo.sh", "--data_path=/data/geo3k", "--model_path=/models/qwen")
-    assert verl["entry"]["script"] == "verl.trainer.main_ppo" and verl["entry"]["launcher"] == "srun"
+    assert verl["entry"]["script"] == "verl.trainer.main_ppo" and verl["entry"]["launcher"] == "ray"
     assert verl["resume"]["pattern"] == r"global_step_(\d+)" and verl["resume"]["args"] == ["trainer.resume_mode=auto"]
     assert verl["resume"]["every"] == 20 and verl["env"] == {"VLLM_USE_V1": "1"}
 

@@ -178,3 +178,17 @@ def test_the_adapter_refuses_at_start_an_engine_that_overrides_its_hooks(tmp_pat
     assert result.returncode == 2, result
     assert result.stdout.startswith("error: entry.save_on_signal: __main__.Own overrides TrainEngine.train_step")
     assert TRAINER  # the generic trainer's path, used above through fsdp2_job
+
+
+def test_a_ray_cluster_forms_across_the_nodes_and_the_driver_runs_once_on_its_head(tmp_path):
+    path = job(tmp_path, entry__launcher="ray", entry__script="verl.trainer.main_ppo",
+               entry__extra_args=["trainer.save_freq=20"])  # fmt: skip
+    head, worker = (command(resolve_plan(str(path), env=node_env(n))) for n in (0, 1))
+    assert head[1].endswith("ray_node.py") and head[2] == "head" and worker[2] == "worker"
+    assert head[head.index("--address") + 1] == worker[worker.index("--address") + 1]
+    assert head[head.index("--num-cpus") + 1] == "2"  # what the node offers Ray: its ranks (CPUs here)
+    assert head[head.index("--") + 1 :][-4:] == ["-u", "-m", "verl.trainer.main_ppo", "trainer.save_freq=20"]
+    assert worker[-1] == "--"  # no driver on a worker
+    with pytest.raises(UserError) as exc:  # the driver under srun on 2 nodes would start twice
+        load_job(job(tmp_path, entry__launcher="srun", entry__script="verl.trainer.main_ppo"))
+    assert "entry.launcher" in [p.field for p in exc.value.problems]

@@ -33,8 +33,9 @@ _COMMAND = re.compile(
 
 def recognise(script: str, launcher: str = "torchrun", program: bool = False) -> str:
     """The kind of an entry from its script's path, its launcher and whether it is Python (entry.kind:
-    auto): an `accelerate launch` script or a program of its own is not driven by Megatron's arguments."""
-    if launcher == "accelerate" or program:
+    auto): an `accelerate launch` script, a Ray driver or a program of its own is not driven by Megatron's
+    arguments."""
+    if launcher in ("accelerate", "ray") or program:
         return "command"
     if _FSDP2.search(script):
         return "fsdp2"

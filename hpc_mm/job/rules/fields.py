@@ -149,6 +149,15 @@ def _launcher(spec: JobSpec) -> list[Problem]:
                     f"remove it; hpc-mm passes {e.launcher} every {', '.join(owned[:3])}, ... it needs",
                 )
             )
+    if e.launcher != "ray" and e.script.startswith("verl.") and spec.nnodes > 1:
+        out.append(
+            Problem(
+                "entry.launcher",
+                f"verl's driver runs once, on a Ray cluster; with {e.launcher} on {spec.nnodes} nodes every node "
+                "would start it and no cluster would form",
+                "set entry.launcher: ray (hpc-mm forms the cluster across the nodes and runs the driver on its head)",
+            )
+        )
     if e.program and e.launcher == "msrun":
         out.append(Problem("entry.program", "msrun starts Python scripts only", "use launcher torchrun or srun"))
     if e.program and e.kind in ("megatron", "fsdp2"):
