@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hpc_mm.importer.launches import ACCELERATE_FLAGS, TOPOLOGY, TORCHRUN_FLAGS, flag_pairs, options
 from hpc_mm.importer.trace import Command
+from hpc_mm.importer.translate import TOPOLOGY_VARS
 
 # The differences hpc-mm makes on its own, by what differs, with the reason (one table).
 DIFFERENCES = {
@@ -47,6 +48,8 @@ DIFFERENCES = {
     "LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT",
     "fsdp2-config": "the FSDP2 trainer reads the YAML hpc-mm writes into the run directory at every start: the "
     "job's file with its checkpoint folder, save interval and what to load set by hpc-mm",
+    "batch": "a global batch of 0 (a script's arithmetic for a node count it was not run with: DP = 0) is derived "
+    "instead, as micro batch x gradient accumulation x DP of the allocation",
     "ray": "verl's driver runs once, on the head of a Ray cluster hpc-mm forms across the nodes (a worker on every "
     "other node) when every node has joined; each node offers Ray its ranks (CPUs, GPUs, or NPU on Ascend)",
     "secret": "a secret is never written into a job file or a batch script: export it in your shell before "
@@ -213,7 +216,9 @@ def compare(traced: Command, node: NodeCommand, kind: str) -> list[tuple[str, st
             if a is not None and b is not None and (_same(a, b) or _same_paths(a, b, traced.cwd, node.cwd)):
                 continue
             said = f"{flag}: {_words(a)} -> {_words(b)}"
-            if flag in FLAG_REASONS:
+            if flag == "--global-batch-size" and a == ["0"]:
+                reason = "batch"
+            elif flag in FLAG_REASONS:
                 reason = FLAG_REASONS[flag]
             elif a is not None and b is None and flag in ("--no-save-optim", "--no-save-rng", "--no-load-optim",
                                                            "--no-load-rng", "--finetune"):  # fmt: skip
@@ -234,6 +239,8 @@ def compare(traced: Command, node: NodeCommand, kind: str) -> list[tuple[str, st
             continue
         if a is None:
             reason = ENV_REASONS.get(name)
+        elif b is None and name in TOPOLOGY_VARS:  # the script's own layout variables: Slurm's now
+            reason = "topology"
         elif b is None and (is_secret_name(name) or looks_secret(a)):
             reason, a = "secret", "(a secret)"
         else:

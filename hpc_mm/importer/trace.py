@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -150,24 +151,28 @@ def trace(script: Path, args: list[str], workdir: Path, timeout: float = TIMEOUT
             "BASH_ENV": str(tmp / "prelude.sh"),
             "HPC_MM_TRACE": str(records),
         }
+        child = subprocess.Popen(
+            [*_isolated(), "/bin/bash", str(script_copy), *args],
+            cwd=copy,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the script and everything it starts: stopped together
+        )
         try:
-            done = subprocess.run(
-                [*_isolated(), "/bin/bash", str(script_copy), *args],
-                cwd=copy,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-            )
-            returncode, output = done.returncode, done.stdout[-MAX_OUTPUT:].decode(errors="replace")
-            output = _unmap(output, copy, workdir, script_copy, script)
+            out, _ = child.communicate(timeout=timeout)
         except subprocess.TimeoutExpired as exc:
+            _kill_session(child)
             raise UserError.one(
                 "SCRIPT",
                 f"{script.name} did not end within {timeout:.0f} s under the recorders (it waits for something)",
                 "a launch script that loops or waits cannot be imported; write the job file by hand",
             ) from exc
+        finally:
+            _kill_session(child)  # whatever it left running in the background
+        returncode = child.returncode
+        output = _unmap(out[-MAX_OUTPUT:].decode(errors="replace"), copy, workdir, script_copy, script)
         _refuse_missing_arguments(script, output, returncode)
         found = Trace(script, workdir, returncode=returncode, output=output)
         found.commands = _commands(records, copy, workdir, script_copy, script, env)
@@ -181,6 +186,14 @@ def trace(script: Path, args: list[str], workdir: Path, timeout: float = TIMEOUT
 
 # bash's words for a parameter the script needs and does not have: ${1:?message}, ${X?}, set -u.
 _MISSING = re.compile(r": line \d+: ([A-Za-z_][A-Za-z0-9_]*|[0-9]+): (.*)$")
+
+
+def _kill_session(child: subprocess.Popen) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    child.wait()
 
 
 def _refuse_missing_arguments(script: Path, output: str, returncode: int) -> None:

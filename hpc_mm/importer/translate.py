@@ -198,6 +198,11 @@ def _stage(found: Trace, cmd: Command, kind: str, name: str, not_carried: list[s
         config, extra = (args[0], args[1:]) if args and not args[0].startswith("-") else (None, args)
         if config:
             job["entry"]["config"] = str(cmd.cwd / config)
+            training = _small_yaml(cmd.cwd / config).get("training")
+            interval = training.get("save_interval") if isinstance(training, dict) else None
+            if isinstance(interval, int) and not isinstance(interval, bool) and interval > 0:
+                job["checkpoint"] = {"save_interval": interval}  # the YAML's, kept: hpc-mm writes it back
+                comments["checkpoint"] = f"{config}: training.save_interval"
         if extra:
             job["entry"]["extra_args"] = extra
     else:

@@ -130,6 +130,7 @@ def test_what_import_carries_from_each_shape(tmp_path):
     assert fsdp2["entry"]["kind"] == "fsdp2" and fsdp2["entry"]["config"] == str(
         CHECKOUT / "examples/fsdp2/config.yaml"
     )
+    assert fsdp2["checkpoint"] == {"save_interval": 150}  # the YAML's own interval, not hpc-mm's default
 
 
 def test_what_import_refuses_is_one_line(tmp_path):

@@ -31,3 +31,12 @@ def test_every_job_key_is_documented():
 def test_ci_runs_the_readme_test_command():
     assert "scripts/test" in README and "scripts/demo" in README
     assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_difference_hpc_mm_makes_is_in_the_readmes_table():
+    """One table of what hpc-mm runs differently from a launch script, in the code and in the README."""
+    from hpc_mm.importer.differences import DIFFERENCES
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [key for key, why in DIFFERENCES.items() if f"| `{key}` | {why} |" not in readme]
+    assert not missing, missing

@@ -131,6 +131,7 @@ class Fsdp2Contract(Contract):
         config = self.config(spec)
         training = config.setdefault("training", {})
         pretrained = spec.checkpoint.pretrained or training.get("load")
+        chosen_format = training.get("load_format")  # the user's, kept for the weights they load
         # 26.1.0 names the format (load_format: auto/dcp/hf); 26.0.0 reads DCP only.
         formats = "load_format" in fsdp2.table(spec.entry.mindspeed_mm)["sections"]["training"]["fields"]
         training["save"] = str(paths.checkpoint_dir)
@@ -143,7 +144,7 @@ class Fsdp2Contract(Contract):
             hf = is_hf_weights(str(pretrained))
             if hf:  # the trainer refuses HF weights with optimizer or RNG state to load
                 training.update(no_load_optim=True, no_load_rng=True)
-            if formats:
+            if formats and not chosen_format:
                 training["load_format"] = "hf" if hf else "dcp"
         else:
             training.pop("load", None)
