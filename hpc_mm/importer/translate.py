@@ -73,7 +73,13 @@ def translate(found: Trace, name: str) -> Imported:
     stages = []
     for i, cmd in enumerate(launches):
         kind = launcher_of(cmd)
-        if kind in ("deepspeed", "ray", "mpirun", "srun", "sbatch"):
+        if kind == "ray":
+            not_carried.append(
+                f"{cmd.at}: `{_short(cmd)}` starts or stops a Ray cluster by hand; hpc-mm forms it inside the "
+                "allocation itself: import the script that runs the driver (it runs with entry.launcher: ray)"
+            )
+            continue
+        if kind in ("deepspeed", "mpirun", "srun", "sbatch"):
             not_carried.append(f"{cmd.at}: `{kind}` is not a launcher hpc-mm runs ({_short(cmd)})")
             continue
         stage_name = name if len(launches) == 1 else f"{name}-{i + 1}"
