@@ -346,6 +346,9 @@ def _own_checkpoints(job: dict, comments: dict, args: list[str], cmd: Command) -
     --output_dir with --checkpointing_steps)."""
     pairs = dict((f, v) for f, v in flag_pairs(args) if f)
     pairs.update((w.split("=", 1)[0], [w.split("=", 1)[1]]) for w in args if "=" in w and not w.startswith("-"))
+    project, experiment = pairs.get("trainer.project_name"), pairs.get("trainer.experiment_name")
+    if "trainer.default_local_dir" not in pairs and project and experiment:  # verl's own default folder
+        pairs["trainer.default_local_dir"] = [f"checkpoints/{project[0]}/{experiment[0]}"]
     for folder_flag, every_flag, steps_flag, pattern, resume_args in OWN_CHECKPOINTS:
         folder, every = pairs.get(folder_flag), pairs.get(every_flag)
         if folder and every and folder[0]:

@@ -110,6 +110,7 @@ def test_what_import_carries_from_each_shape(tmp_path):
     assert verl["entry"]["script"] == "verl.trainer.main_ppo" and verl["entry"]["launcher"] == "ray"
     assert verl["resume"]["pattern"] == r"global_step_(\d+)" and verl["resume"]["args"] == ["trainer.resume_mode=auto"]
     assert verl["resume"]["every"] == 20 and verl["env"] == {"VLLM_USE_V1": "1"}
+    assert verl["resume"]["dir"] == str(CHECKOUT / "checkpoints/grpo_example/geo3k")  # verl's default folder
 
     (infer,), done, files = job("examples/infer/infer.sh")
     assert infer["env"]["LOCAL_RANK"] is None and "WANDB_API_KEY" not in infer["env"]
