@@ -335,6 +335,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.trace:
         print(json.dumps(to_json(found), indent=2))
         return 0
+    if not found.confined:
+        print(
+            "hpc-mm import: note: this machine refuses namespaces: the script ran without a read-only "
+            "filesystem or a network cut; only its launchers and known side effects were stood in for",
+            file=sys.stderr,
+        )
     imported = translate(found, args.name or job_name(script))
     if not imported.stages:
         raise UserError.one("SCRIPT", "; ".join(imported.not_carried), "write the job file by hand (see README)")

@@ -1,8 +1,9 @@
 """Run a launch script with its launchers replaced by recorders, and read what it would have run.
 
 The script runs under bash, in a copy of its working folder (small files only: code, JSON, YAML;
-weights and data are left behind), with a private HOME and TMPDIR, no network where the machine can
-take it away (a new network namespace), a time limit and capped output. Every launcher (torchrun,
+weights and data are left behind), with a private HOME and TMPDIR, a time limit and capped output, and,
+where the machine allows namespaces, with every other mount read-only and no network: nothing outside
+the copy can be written, even by a command named by its absolute path. Every launcher (torchrun,
 msrun, accelerate, python, ray, deepspeed, ...) and every command that changes something (pip, git,
 rm, cp, mv, chmod, pkill, tee, ...) is a recorder first on PATH: it writes its argv, working folder
 and environment, prints nothing and succeeds (tee passes its input through). A DEBUG trap notes the
@@ -81,6 +82,7 @@ class Trace:
     unsets: list[tuple[str, str]] = field(default_factory=list)
     returncode: int = 0
     output: str = ""  # the script's own stdout and stderr (capped)
+    confined: bool = True  # ran with nothing writable outside its copy and no network (namespaces)
 
 
 def copy_tree(source: Path, target: Path) -> None:
@@ -105,18 +107,34 @@ def copy_tree(source: Path, target: Path) -> None:
             shutil.copy2(path, target / rel / name)
 
 
-def _isolated() -> list[str]:
-    """A new network namespace where this machine allows one (root, or user namespaces)."""
+# Inside a new mount and network namespace: every mount read-only but the trace's own folder (bound
+# onto itself first), and no network but loopback; then the script. $1 is that folder.
+CONFINE = r"""T="$1"; shift
+mount --make-rprivate / && mount --bind "$T" "$T" || exit 125
+for m in $(awk '{print $5}' /proc/self/mountinfo); do
+  case "$m" in "$T"|/proc|/proc/*|/sys|/sys/*|/dev|/dev/pts|/dev/mqueue) ;;
+    *) mount -o remount,ro,bind "$m" 2>/dev/null ;;
+  esac
+done
+touch / 2>/dev/null && exit 125
+exec "$@"
+"""
+
+
+def _confined(folder: Path) -> list[str] | None:
+    """The command prefix that runs a script with nothing writable outside `folder` and no network, where
+    this machine allows namespaces (root, or unprivileged user namespaces); None where it does not."""
     unshare = shutil.which("unshare")
     if unshare is None:
-        return []
-    for cmd in ([unshare, "--net"], [unshare, "--user", "--map-root-user", "--net"]):
+        return None
+    for flags in (["--mount", "--net"], ["--user", "--map-root-user", "--mount", "--net"]):
+        cmd = [unshare, *flags, "--", "/bin/sh", "-c", CONFINE, "confine", str(folder)]
         try:
             if subprocess.run([*cmd, "true"], capture_output=True, timeout=10).returncode == 0:
                 return cmd
         except (OSError, subprocess.TimeoutExpired):
             continue
-    return []
+    return None
 
 
 def trace(script: Path, args: list[str], workdir: Path, timeout: float = TIMEOUT) -> Trace:
@@ -151,8 +169,9 @@ def trace(script: Path, args: list[str], workdir: Path, timeout: float = TIMEOUT
             "BASH_ENV": str(tmp / "prelude.sh"),
             "HPC_MM_TRACE": str(records),
         }
+        confine = _confined(tmp)
         child = subprocess.Popen(
-            [*_isolated(), "/bin/bash", str(script_copy), *args],
+            [*(confine or []), "/bin/bash", str(script_copy), *args],
             cwd=copy,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -174,7 +193,7 @@ def trace(script: Path, args: list[str], workdir: Path, timeout: float = TIMEOUT
         returncode = child.returncode
         output = _unmap(out[-MAX_OUTPUT:].decode(errors="replace"), copy, workdir, script_copy, script)
         _refuse_missing_arguments(script, output, returncode)
-        found = Trace(script, workdir, returncode=returncode, output=output)
+        found = Trace(script, workdir, returncode=returncode, output=output, confined=confine is not None)
         found.commands = _commands(records, copy, workdir, script_copy, script, env)
         for at, line in _lines(records / "lines", script_copy, script):
             word = line.split(None, 1)[0]

@@ -5,6 +5,7 @@ script runs but for the differences hpc-mm's table gives a reason for."""
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -152,15 +153,23 @@ def test_the_script_runs_in_a_copy_without_network_and_a_time_limit(tmp_path):
     work = tmp_path / "work"
     (work / "data").mkdir(parents=True)
     (work / "data" / "keep.txt").write_text("precious\n")
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    port = listening.getsockname()[1]
     (work / "evil.sh").write_text(
         "#!/bin/bash\nrm -rf data\necho gone > data/keep.txt\nmkdir -p data && echo overwritten > data/keep.txt\n"
         "curl -s http://example.com/x -o data/x\ngit clone https://example.com/r.git\n"
-        "torchrun --nproc_per_node 1 train.py --lr 1\n"
+        f"/bin/rm -f {work}/data/keep.txt\n/bin/cp /etc/hostname {work}/data/copied\n"
+        f"if exec 3<>/dev/tcp/127.0.0.1/{port}; then entry=reached.py; else entry=cut_off.py; fi\n"
+        "torchrun --nproc_per_node 1 $entry --lr 1\n"
     )
     before = tree_digest(work)
     done = hpc_mm("import", "-o", tmp_path / "evil.yaml", "evil.sh", cwd=work)
+    listening.close()
     assert done.returncode == 0, done.stderr
-    assert tree_digest(work) == before  # nothing outside the copy was written
+    assert tree_digest(work) == before  # nothing outside the copy was written, even by /bin/rm
+    assert yaml.safe_load((tmp_path / "evil.yaml").read_text())["entry"]["script"] == "cut_off.py"  # no network
     (work / "loop.sh").write_text("#!/bin/bash\nwhile true; do sleep 1; done\n")
     slow = hpc_mm("import", "--timeout", "2", "-o", tmp_path / "loop.yaml", "loop.sh", cwd=work)
     assert slow.returncode == 2 and "did not end within 2 s" in slow.stderr
