@@ -56,6 +56,14 @@ class Stage:
         if self.args:
             job["entry"]["extra_args"] = list(self.args)
         comments = {**self.comments, "entry": f"{self.comments.get('entry', '')} (as a command: {why})"}
+        pairs = {f: v for f, v in flag_pairs(self.args) if f}
+        save = (pairs.get("--save") or [None])[0]
+        if save and self.launch is not None:  # it keeps Megatron's checkpoints: it resumes from them with --load
+            every, steps = (pairs.get("--save-interval") or [""])[0], (pairs.get("--train-iters") or [""])[0]
+            job["resume"] = {"dir": str(self.launch.cwd / save), "pattern": r"iter_(\d+)", "args": ["--load", save],
+                             **({"every": int(every)} if every.isdigit() and int(every) > 0 else {}),
+                             **({"steps": int(steps)} if steps.isdigit() and int(steps) > 0 else {})}  # fmt: skip
+            comments["resume"] = f"{self.launch.at}: --save {save}"
         return Stage(job, comments, self.launch, self.args)
 
 

@@ -27,6 +27,7 @@ SCRIPTS = {
     "examples/stages/preprocess.sh": [],
     "examples/infer/infer.sh": [],
     "examples/hostfile/train.sh": [],
+    "examples/ownargs/train.sh": [],
 }
 
 
@@ -125,6 +126,12 @@ def test_what_import_carries_from_each_shape(tmp_path):
     ]
     assert [s.get("after") for s in stages] == [None, [stages[0]["name"]], [stages[1]["name"]]]
     assert stages[0]["entry"]["extra_args"] == ["--src", "raw/train", "--dst", "data/train"]
+
+    (own,), done, _ = job("examples/ownargs/train.sh")  # options hpc-mm's tables do not know: a command
+    assert own["entry"]["kind"] == "command" and "--lr-warmup-steps" in own["entry"]["extra_args"]
+    assert own["resume"] == {"dir": str(CHECKOUT / "ckpt/grpo"), "pattern": r"iter_(\d+)",
+                             "args": ["--load", "ckpt/grpo"], "every": 50, "steps": 300}  # fmt: skip
+    assert "run as a command, its arguments as written" in done.stderr
 
     (first,), _, _ = job("examples/yamlfirst/train.sh")
     assert first["entry"]["kind"] == "command" and first["entry"]["extra_args"][0] == "examples/yamlfirst/cfg.yaml"
