@@ -95,6 +95,8 @@ def submit_tiny(run_dir: Path, overrides: list[str], job: Path = ROOT / "jobs" /
 
 def job_processes(node: str, job_id: str, ranks_only: bool) -> list[int]:
     """The processes of job `job_id` on one emulated node (by SLURMD_NODENAME); `ranks_only`: its ranks."""
+    from hpc_mm.launch.standby import stand_in
+
     found = []
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
@@ -103,5 +105,7 @@ def job_processes(node: str, job_id: str, ranks_only: bool) -> list[int]:
             continue
         if f"SLURMD_NODENAME={node}".encode() in values and f"SLURM_JOB_ID={job_id}".encode() in values:
             if not ranks_only or any(v.startswith(b"RANK=") for v in values):
-                found.append(int(environ.parent.name))
+                pid = int(environ.parent.name)
+                # a rank run by a standby interpreter: the training process is the standby, not its client
+                found.append((stand_in(pid) or pid) if ranks_only else pid)
     return found

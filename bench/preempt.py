@@ -17,8 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import submit_tiny  # noqa: E402
 
-from hpc_mm.run import events  # noqa: E402
-from hpc_mm.run.rundir import RunDir  # noqa: E402
+from hpc_mm.run.rundir import RunDir, read_events  # noqa: E402
 
 PY = sys.executable
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
@@ -50,7 +49,7 @@ def let_start(job_id: str) -> None:
 
 
 def started(run_dir: Path, restart: int) -> dict | None:
-    return next((e for e in events.read(run_dir) if e["event"] == "started" and e["restart"] == restart), None)
+    return next((e for e in read_events(run_dir) if e["event"] == "started" and e["restart"] == restart), None)
 
 
 def first_row_after(run_dir: Path, when: float) -> dict | None:

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import job_processes, spread, submit_tiny, table  # noqa: E402
 from preempt import finish, first_row_after, started, wait_until  # noqa: E402
 
-from hpc_mm.run import events, goodput, timeline  # noqa: E402
-from hpc_mm.run.rundir import RunDir  # noqa: E402
+from hpc_mm.run import goodput, timeline  # noqa: E402
+from hpc_mm.run.rundir import RunDir, read_events  # noqa: E402
 
 PY = sys.executable
 CONF = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
@@ -68,7 +68,7 @@ def kill_rank(run_dir: Path, job_id: str, restart: int) -> float:
 
 
 def ends(run_dir: Path) -> list[dict]:
-    return [e for e in events.read(run_dir) if e["event"] in ENDS]
+    return [e for e in read_events(run_dir) if e["event"] in ENDS]
 
 
 def pieces(run_dir: Path, restart: int, killed_at: float) -> dict[str, float]:
@@ -90,7 +90,7 @@ def crash_run(folder: Path, inside: bool) -> tuple[dict[str, list[float]], Path]
     extra = ["slurm.spare_nodes=1"] if inside else ["requeue.inside=false"]
     job_id = submit(run_dir, ["gpt.train_iters=1000000", "checkpoint.save_interval=50", *extra])
     found: dict[str, list[float]] = {}
-    for restart in range(CRASHES):
+    for restart in range(int(os.environ.get("CRASHES", CRASHES))):
         begun = wait_until(lambda: started(run_dir, restart), 600)["time"]
         first = wait_until(lambda: first_row_after(run_dir, begun), 600)
         wait_until(lambda: first_row_after(run_dir, first["time"] + TRAIN_SECONDS), 600)

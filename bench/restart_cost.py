@@ -30,14 +30,14 @@ from common import Allocation, ratio, spread, table, verdict  # noqa: E402
 from launch_overhead import commands, one  # noqa: E402
 from preempt import finish, first_row_after, preempt, started, submit, wait_until  # noqa: E402
 
-from hpc_mm.run import events  # noqa: E402
+from hpc_mm.run.rundir import read_events  # noqa: E402
 
 PREEMPTIONS = 10
 TRAIN_SECONDS = 4  # each start trains this long after its first iteration before it is preempted
 
 
 def pieces(run_dir: Path, restart: int) -> dict[str, float]:
-    record = events.read(run_dir)
+    record = read_events(run_dir)
     requeued = next(e for e in record if e["event"] == "requeued" and e["restart"] == restart)
     saved = next(
         e for e in record if e["event"] == "checkpoint" and e["restart"] == restart and e.get("reason") == "signal"

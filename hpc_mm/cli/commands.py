@@ -266,6 +266,18 @@ def cmd_next_restart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_standby(args: argparse.Namespace) -> int:
+    from hpc_mm.environments.devices import node_name
+    from hpc_mm.launch.command import job_env
+    from hpc_mm.launch.plan import node_share
+    from hpc_mm.launch.standby import serve_node
+    from hpc_mm.run.rundir import RunDir
+
+    share = node_share(args.target, Path(args.target))
+    report = RunDir(share.run_dir).standby_file(share.job_id, node_name(os.environ))
+    return serve_node(share, job_env(os.environ, share.spec, share.run_dir), report)
+
+
 def cmd_release_hold(args: argparse.Namespace) -> int:
     from hpc_mm.launch.hold import release_hold
 
@@ -381,6 +393,7 @@ COMMANDS = {
     "post": cmd_post,
     "import": cmd_import,
     "next-restart": cmd_next_restart,
+    "standby": cmd_standby,
     "report": cmd_report,
     "goodput": cmd_goodput,
 }

@@ -281,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("next-restart", help="(batch script) this start's number within its job")
     p.add_argument("target", help="run directory")
 
+    p = sub.add_parser(
+        "standby", help="(batch script) this node's standby interpreters for restarts inside the allocation"
+    )
+    p.add_argument("target", help="run directory")
+
     p = sub.add_parser("release-hold", help="(after a requeue) let the requeued job start as soon as it has nodes")
     p.add_argument("job_id", help="the requeued job")
     p.add_argument("target", help="run directory")

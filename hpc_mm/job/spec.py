@@ -43,6 +43,7 @@ SEED_TOOLS_JSON = "./mindspeed_mm/tools/tools.json"
 
 # The launchers that run one agent a node, which starts the ranks.
 AGENTS = ("torchrun", "msrun", "accelerate", "ray")
+WARM_LAUNCHERS = ("torchrun", "srun")  # whose processes a standby interpreter can stand in for (launch/standby.py)
 # What each agent is told by hpc-mm, from the allocation: entry.launcher_args may not set these.
 LAUNCHER_OWNS = {
     "torchrun": ("--nproc_per_node", "--nproc-per-node", "--nnodes", "--node_rank", "--node-rank", "--master_addr",
@@ -210,6 +211,11 @@ class Requeue:
     # after a crash, a hang, a failed preflight or a dead node: start again inside the allocation
     # (without the nodes to blame, on a spare if there is one) instead of going back through the queue
     inside: bool = True
+    # keep standby interpreters on every node of the allocation (the entry's heavy modules imported),
+    # so that a start inside it skips the interpreter and the imports (launch/standby.py)
+    warm_standby: bool = True
+    # modules the standbys import besides the device's (torch, torch_npu) and the entry kind's own
+    preload: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -340,3 +346,12 @@ def derive(spec: JobSpec, world_size: int | None = None) -> Derived:
     per_step = gbs // gpt.micro_batch_size if gbs % gpt.micro_batch_size == 0 else None
     grad_acc = gbs // (gpt.micro_batch_size * dp) if gbs % (gpt.micro_batch_size * dp) == 0 else None
     return Derived(world_size, dp, gbs, grad_acc, per_step)
+
+
+def keeps_standbys(spec: JobSpec) -> bool:
+    """Does the job keep standby interpreters for its restarts inside the allocation (launch/standby.py)?
+    A Python entry under a launcher whose processes a standby can stand in for."""
+    entry = spec.entry
+    return bool(
+        spec.requeue.warm_standby and spec.requeue.inside and entry.launcher in WARM_LAUNCHERS and not entry.program
+    )

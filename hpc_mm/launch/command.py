@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hpc_mm.job.entries import contract
 from hpc_mm.job.entries.base import Paths
+from hpc_mm.launch import standby
 from hpc_mm.launch.plan import Plan
 from hpc_mm.run import checkpoints
 from hpc_mm.run.atomic import write_atomic
@@ -66,11 +67,16 @@ def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[s
     if plan.mode == "agent" and spec.entry.launcher == "accelerate":
         accelerate = [*interpreter(plan), "-m", "accelerate.commands.launch", *accelerate_args(plan)]
         return [*accelerate, *own, *(["--no_python"] if spec.entry.program else []), *target, *argv]
+    warm = standby.available(plan)
     if plan.mode == "agent":
         # An entry other than ours prints no rank: torchrun prefixes each line with its local rank.
         tee = [] if spec.builtin else ["--tee", "3"]
+        # With standbys, torchrun and each of its workers start through the client (a standby, or a
+        # cold start where none is ready): torchrun runs `python CLIENT TARGET ARGS` for each rank.
+        workers = [spec.entry.python or sys.executable, str(standby.CLIENT)] if warm else []
         return [
             *interpreter(plan),
+            *([str(standby.CLIENT)] if warm else []),
             "-c",
             TORCHRUN,
             *plan.distributed_args(),
@@ -78,13 +84,14 @@ def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[s
             "0",
             *tee,
             *own,
-            *(["--no-python"] if spec.entry.program else []),
+            *(["--no-python"] if spec.entry.program or warm else []),
+            *workers,
             *target,
             *argv,
         ]
     if spec.entry.program:
         return [*spec.entry.wrapper, *target, *argv]
-    return [*interpreter(plan), "-u", *target, *argv]
+    return [*interpreter(plan), *([str(standby.CLIENT)] if warm else ["-u"]), *target, *argv]
 
 
 RAY_NODE = Path(__file__).resolve().parent / "ray_node.py"  # runs in the entry's interpreter (Ray's)
@@ -183,6 +190,19 @@ def collective_timeouts(device: str, budget_seconds: float) -> dict:
     return {}
 
 
+def job_env(env: dict, spec, run_dir) -> dict:
+    """`env` with the job's own variables (a null value: unset, as a script's `unset X`) and hpc-mm's."""
+    env = dict(env)
+    for name, value in spec.env.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    env["PYTHONUNBUFFERED"] = "1"
+    env["HPC_MM_RUN_DIR"] = str(run_dir)
+    return env
+
+
 def child_env(plan: Plan, budget_seconds: float | None = None) -> dict:
     env = dict(plan.environment.env)
     if budget_seconds and plan.spec.fault.hang_detection:
@@ -191,13 +211,9 @@ def child_env(plan: Plan, budget_seconds: float | None = None) -> dict:
         )
     if plan.spec.entry.launcher == "accelerate" and plan.device == "cpu":
         env.setdefault("ACCELERATE_USE_CPU", "1")  # accelerate's processes on CPUs: gloo, not a device
-    for name, value in plan.spec.env.items():  # a null value: unset for the entry (a script's `unset X`)
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
-    env["PYTHONUNBUFFERED"] = "1"
-    env["HPC_MM_RUN_DIR"] = str(plan.run_dir)
+    env = job_env(env, plan.spec, plan.run_dir)
+    if standby.available(plan):
+        env[standby.ENV] = standby.node_address(plan)
     if plan.mode == "worker":
         if plan.nproc_per_node > 1 and "OMP_NUM_THREADS" not in env:
             # What torchrun does for several ranks a node: one thread each (or the CPUs Slurm

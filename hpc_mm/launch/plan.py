@@ -221,6 +221,34 @@ def with_interval(spec: JobSpec | None, run_dir: Path | None, env: dict, preempt
     return dataclasses.replace(spec, checkpoint=checkpoint), chosen
 
 
+@dataclass(frozen=True)
+class NodeShare:
+    """A node's share of any start of the job, whichever step it is in (the standby pools' step
+    spans the whole allocation, spares included, and is no training step to plan)."""
+
+    spec: JobSpec
+    run_dir: Path
+    device: str
+    mode: str  # agent: one launcher a node starts the ranks; worker: srun starts each rank
+    nproc_per_node: int
+    job_id: str | None
+
+
+def node_share(target: str, run_dir: Path | None = None, env: dict | None = None) -> NodeShare:
+    spec, run_dir = load_target(target, [], run_dir)
+    env = dict(os.environ if env is None else env)
+    environment = environment_for(spec, env)
+    device = check_device(declared_device(spec), env)
+    return NodeShare(
+        spec,
+        run_dir,
+        device.kind,
+        "agent" if spec.entry.agent else "worker",
+        _nproc_per_node(spec, environment, device.count),
+        environment.job_id(),
+    )
+
+
 def _nproc_per_node(spec: JobSpec, environment: ClusterEnvironment, visible: int) -> int:
     """nproc_per_node: auto is the devices this node gives the job (checked and counted from
     the node, see environments/devices.py); what the scheduler says it gave comes first."""

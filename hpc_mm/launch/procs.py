@@ -8,6 +8,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpc_mm.launch.standby import stand_in
+
 
 @dataclass(frozen=True)
 class Proc:
@@ -81,6 +83,9 @@ def ranks_under(root: int) -> list[dict]:
     while todo:
         pid = todo.pop()
         if pid in procs and (rank := rank_of(pid)) is not None:
+            real = stand_in(pid)  # a standby interpreter runs this rank for its client (launch/standby.py)
+            if real is not None and real in procs:
+                pid = real
             found.append({"rank": rank, "pid": pid, "state": procs[pid].state, "cpu": round(procs[pid].cpu, 2)})
             continue  # a rank's own children (data loader workers) are part of it
         todo += kids.get(pid, [])
@@ -106,3 +111,35 @@ def work_done(root: int) -> tuple[float, bool]:
                 states.append(procs[pid].state)
             todo += kids.get(pid, [])
     return round(cpu, 2), bool(states) and all(s in "Tt" for s in states)
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Orphans under this process (a killed rank's data loader workers) become its children rather
+    than init's, so that `kill_descendants` still reaches them. Linux only; False elsewhere."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def kill_descendants() -> int:
+    """SIGKILL every process under this one (orphans it adopted as a subreaper included) and reap
+    them; the number killed."""
+    me = os.getpid()
+    found = [pid for pid in descendants(me) if pid != me]
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in found:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass  # not ours to reap (its own parent, still alive, does it)
+    return len(found)

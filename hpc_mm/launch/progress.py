@@ -50,6 +50,8 @@ _ITER_DIR = re.compile(r"(?:^|/)iter_(?P<it>\d+)/?$")
 EXITING = re.compile(r"exiting program after receiving SIGTERM")
 BAR = re.compile(r"(?:^|\s|\|)(?P<it>\d+)/(?P<total>\d+) \[")  # tqdm / accelerate: `| 45/100 [00:10<...`
 VERL_STEP = re.compile(r"(?:^|\s)step:(?P<it>\d+)\b")  # verl's trainer: `step:12 - actor/...`
+# torchrun's agent, the moment it finds a worker dead (it then takes its time tearing the rest down)
+RANK_FAILED = re.compile(r"\] failed \(exitcode: (?P<rc>-?\d+)\) local_rank: (?P<rank>\d+)")
 ERROR = re.compile(r"^error: (?P<text>.+)$")  # hpc-mm's one-line user errors (the built-in trainer, ...)
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 
@@ -97,6 +99,8 @@ class Progress:
     steps: int = 0  # progress lines other than Megatron's iterations (bars, verl steps, the pattern)
     final_saved: bool = False  # the checkpoint of the last iteration is committed: training is over
     _marks: dict = field(default_factory=dict)  # the last count each kind of progress line showed
+    rank_failed: str | None = None  # torchrun's word that a rank died ("local rank 0, exit code -9")
+    on_failure: Callable[[], None] | None = None  # called once, when a rank is reported dead
 
     def output(self) -> None:
         """The entry wrote something (a whole line or not): it is alive."""
@@ -123,6 +127,10 @@ class Progress:
             self._loaded(it, str(Path(m["dir"]).parent), now)
         elif EXITING.search(line):
             self.exited_on_signal = True
+        elif self.rank_failed is None and (m := RANK_FAILED.search(line)) is not None and not self.stop_requested():
+            self.rank_failed = f"local rank {m['rank']}, exit code {m['rc']}"
+            if self.on_failure is not None:
+                self.on_failure()
         elif self.error is None and (m := ERROR.match(line.strip())) is not None:
             self.error = m["text"]
         elif (m := BAR.search(line)) is not None:

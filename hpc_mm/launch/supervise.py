@@ -20,11 +20,11 @@ from typing import Callable
 
 from hpc_mm.job.entries import contract
 from hpc_mm.job.signals import EXIT_SIGNAL, FORWARDED, IGNORED_BY_ENTRY
-from hpc_mm.launch import preflight, watchdog
+from hpc_mm.launch import peers, preflight, watchdog
 from hpc_mm.launch.command import child_env, command, interpreter, write_start_files
 from hpc_mm.launch.hold import note_requeue_by_slurm
 from hpc_mm.launch.plan import Plan, resolve_plan
-from hpc_mm.launch.procs import children
+from hpc_mm.launch.procs import become_subreaper, children, kill_descendants, kill_tree
 from hpc_mm.launch.progress import Progress
 from hpc_mm.launch.requeue import training_finished
 from hpc_mm.run import checkpoints, events, layout, lock
@@ -119,8 +119,25 @@ def _run(plan: Plan, stops: list[int]) -> int:
     touched.parent.mkdir(parents=True, exist_ok=True)
     touched.touch()
     dogs: list[watchdog.Watchdog] = []
+    entry_pid: list[int] = []
+
+    def end_here(_reason: str) -> None:  # a launcher of the step failed or vanished: this part ends too
+        if entry_pid:
+            kill_tree(entry_pid[0])
+
+    task = plan.local_rank if plan.mode == "worker" else None
+    ring = peers.Peers(
+        run.peers_file(plan.start),
+        peers.member_id(plan.node_rank, task, plan.environment.env.get("SLURMD_NODENAME") or plan.master_addr),
+        leader=plan.leader,
+        host=plan.master_addr,
+        on_end=end_here,
+    )
+    progress.on_failure = lambda: end_here("a rank failed")  # torchrun said so: no need to wait for it
 
     def watch(child) -> None:
+        entry_pid.append(child.pid)
+        ring.start()
         dog = watchdog.Watchdog(
             run,
             plan.start,
@@ -160,18 +177,24 @@ def _run(plan: Plan, stops: list[int]) -> int:
         for dog in dogs:
             dog.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+    ring.entry_exited(rc, stopping=received is not None)
+    ring.close()
     if plan.leader:
-        _record_exit(plan, rc, received, dogs[0].hung if dogs else None, progress)
+        _record_exit(plan, rc, received, dogs[0].hung if dogs else None, progress, ring.ended)
     return rc
 
 
-def _record_exit(plan: Plan, rc: int, received: int | None, hung: dict | None, progress: Progress) -> None:
+def _record_exit(
+    plan: Plan, rc: int, received: int | None, hung: dict | None, progress: Progress, ended: str | None = None
+) -> None:
     """How the step ended, as the leader saw it (the stop signal, a hang, the entry's error line,
     how far it got and what of that a checkpoint kept); `finish` (or `hpc-mm local`) turns it into
     the start's terminal event."""
     run, said = plan.run, {"returncode": rc}
     if progress.error:
         said["error"] = progress.error
+    if ended:
+        said["ended_by"] = ended  # the step was ended by its launchers: one of them failed or vanished
     committed = checkpoints.latest(plan.spec, plan.checkpoint_dir)
     if progress.iteration is not None:
         said.update(reached=progress.iteration, checkpoint=committed)
@@ -245,6 +268,7 @@ def run_forwarding_signals(
     The child's output passes through here unchanged, line by line (stdout to ours, stderr to
     ours), `on_line` sees each line of both and `on_output` every read.
     """
+    become_subreaper()
     child = subprocess.Popen(
         cmd,
         cwd=cwd,
@@ -287,6 +311,11 @@ def run_forwarding_signals(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if rc != 0 and not received:
+        # A failed entry leaves nothing worth waiting for: what is left under it (a killed rank's data
+        # loader workers, which look for their parent only every few seconds) goes now, and with it
+        # the pipes they hold.
+        kill_descendants()
     for pump in pumps:  # the rest of the output (grandchildren may hold a pipe a moment longer)
         pump.join(timeout=10)
     return rc, (received[0] if received else None)

@@ -44,6 +44,7 @@ EVENTS = "events.jsonl"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 HEARTBEATS = "heartbeats"  # one small file per node and start, while the step runs (launch/watchdog.py)
+STANDBY = "standby"  # one file per node of a job holding standby interpreters (launch/standby.py)
 PREFLIGHT = "preflight"  # one result per node and start (launch/preflight.py)
 NOTIFICATIONS = "notifications.jsonl"  # every delivery of a notification (run/notify.py)
 REPORT_FIGURE = "report.png"  # hpc-mm report (a run's, or a sweep folder's)

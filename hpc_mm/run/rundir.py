@@ -282,6 +282,18 @@ class RunDir:
         batch script and by finish's next decision)."""
         return self.path / f"{layout.EXCLUDE_FILE}-{job_id}"
 
+    def standby_file(self, job_id: str | None, node: str) -> Path:
+        """A node's standby pool: how many are ready and what they hold (launch/standby.py)."""
+        return self.path / layout.STANDBY / f"{job_id or 'local'}-{node}.json"
+
+    def standby_states(self, job_id: str | None) -> list[dict]:
+        found = sorted((self.path / layout.STANDBY).glob(f"{_glob(str(job_id or 'local'))}-*.json"))
+        return [v for v in map(read_object, found) if isinstance(v, dict)]
+
+    def peers_file(self, key: StartKey) -> Path:
+        """Where the step's leading launcher listens for the others (launch/peers.py)."""
+        return self.path / layout.HEARTBEATS / f"{key.tag}-peers.addr"
+
     def hang_marker(self, key: StartKey) -> Path:
         return self.path / layout.HEARTBEATS / f"{key.tag}-hang.json"
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from hpc_mm import __version__
 from hpc_mm.errors import UserError
 from hpc_mm.job.rules.slurm import sbatch_value_problem
-from hpc_mm.job.spec import JobSpec, devices_requested
+from hpc_mm.job.spec import JobSpec, devices_requested, keeps_standbys
 from hpc_mm.names import AGAIN_EXIT, STOP_SIGNALS
 from hpc_mm.run.layout import BATCH_LOG, EXCLUDE_FILE, LOGS, TASK, task_log_parts
 from hpc_mm.run.rundir import RunDir
@@ -47,6 +47,7 @@ class ScriptContext:
     log_pattern: str  # shell-quoted srun --output, with "$RESTART" expanded by bash
     traps: tuple[str, ...]  # the stop signals the batch shell forwards to the step
     preflight: str  # shell-quoted srun options of the preflight step ("" when it is off)
+    standby: str  # shell-quoted srun options of the standby pools' step ("" without standbys)
     step_nodes: int = 1  # the nodes the training step runs on (the job may hold spares beyond them)
     again: int = AGAIN_EXIT  # `finish`'s exit code for "start again inside the allocation"
     exclude_file: str = EXCLUDE_FILE  # where `finish` leaves the nodes the next step must avoid (+ -<job id>)
@@ -138,6 +139,15 @@ def sbatch_options(spec: JobSpec, run_dir: Path, array: int | None = None, throt
     return opts
 
 
+def _standby_options(spec: JobSpec) -> str:
+    """The standby pools' step (launch/standby.py): one task on every node of the allocation, spares
+    too, beside the training steps (--overlap); a node that dies takes only its own pool (--no-kill)."""
+    options = ["--overlap", "--no-kill", "--kill-on-bad-exit=0", "--ntasks-per-node=1"]
+    options += spec.slurm.srun_args
+    log = '"$RUN_DIR"/' + shlex.quote(f"{LOGS}/{spec.name}-%j-standby-t%t.out")
+    return " ".join(shlex.quote(a) for a in options) + f" --output={log}"
+
+
 def context(
     spec: JobSpec, run_dir: Path, python: str | None = None, array: int | None = None, throttle: int | None = None
 ) -> ScriptContext:
@@ -172,6 +182,7 @@ def context(
         log_pattern=logs,
         traps=STOP_SIGNALS,
         preflight=" ".join(shlex.quote(a) for a in check) if spec.fault.preflight else "",
+        standby=_standby_options(spec) if keeps_standbys(spec) else "",
         step_nodes=spec.nnodes,
     )
 

@@ -114,7 +114,7 @@ def test_torchrun_runs_as_itself_and_ends_without_teardown(tmp_path):
     import subprocess
     import sys
 
-    plan = resolve_plan(TINY, [], tmp_path / "run", env=slurm(0))
+    plan = resolve_plan(TINY, ["requeue.warm_standby=false"], tmp_path / "run", env=slurm(0))
     cmd = command(plan)
     assert cmd[1:3] == ["-c", TORCHRUN] and "--nproc_per_node" in cmd
     # torchrun's own exit status and help come through the wrapper

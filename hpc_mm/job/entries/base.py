@@ -35,6 +35,12 @@ class Contract(ABC):
     # whole checkpoint before a start.
     tracker_in_place: ClassVar[bool] = False
 
+    def preload(self, spec: JobSpec) -> list[str]:
+        """What a standby interpreter imports ahead for this entry, besides the device's modules (a
+        module an entry must import in a given order, as MindSpeed's adaptor patches megatron, is
+        left to the entry)."""
+        return ["hpc_mm.train.loop"] if spec.builtin else []
+
     def saves_on_signal(self, spec: JobSpec) -> bool:
         """Does the entry save a checkpoint when it is asked to stop (Megatron's --exit-signal-handler)?
         If not, a stop loses the iterations since the last periodic save."""
