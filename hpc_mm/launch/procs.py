@@ -8,7 +8,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpc_mm.launch.standby import stand_in
+from hpc_mm.launch.standby import stand_in, stand_ins
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class Proc:
     parent: int
     state: str  # R, S, D, T, Z, ... as /proc/<pid>/stat says
     cpu: float  # user + system seconds
+    session: int = 0
 
 
 def table() -> dict[int, Proc]:
@@ -28,14 +29,19 @@ def table() -> dict[int, Proc]:
         except (OSError, IndexError):
             continue  # the process ended while we looked
         pid = int(stat.parent.name)
-        out[pid] = Proc(pid, int(fields[1]), fields[0], (int(fields[11]) + int(fields[12])) / tick)
+        out[pid] = Proc(pid, int(fields[1]), fields[0], (int(fields[11]) + int(fields[12])) / tick, int(fields[3]))
     return out
 
 
 def children_of(procs: dict[int, Proc]) -> dict[int, list[int]]:
+    """Each process's children; a standby's client (launch/standby.py) has the standby running its
+    process as its child too (the standby's parent is its pool, but what it runs is the client's)."""
     out: dict[int, list[int]] = {}
     for proc in procs.values():
         out.setdefault(proc.parent, []).append(proc.pid)
+    for client, real in stand_ins().items():
+        if client in procs and real in procs:
+            out.setdefault(client, []).append(real)
     return out
 
 
@@ -128,10 +134,12 @@ def become_subreaper() -> bool:
 
 
 def kill_descendants() -> int:
-    """SIGKILL every process under this one (orphans it adopted as a subreaper included) and reap
-    them; the number killed."""
-    me = os.getpid()
-    found = [pid for pid in descendants(me) if pid != me]
+    """SIGKILL what the entry left under this process (orphans it adopted as a subreaper included)
+    and reap them; the number killed. The entry runs in sessions of its own; what this process
+    started itself (a notification's command, py-spy) shares its session and is left alone."""
+    me, procs = os.getpid(), table()
+    mine = os.getsid(0)
+    found = [pid for pid in descendants(me) if pid != me and pid in procs and procs[pid].session != mine]
     for pid in found:
         try:
             os.kill(pid, signal.SIGKILL)

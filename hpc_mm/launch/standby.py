@@ -6,8 +6,8 @@ script now runs `hpc-mm standby RUN_DIR` once per node, for the whole allocation
 own beside the training steps (`srun --overlap`): a pool that keeps enough standby interpreters
 for the node's part of a start (its ranks, and torchrun's agent). Each is the entry's interpreter
 (behind its wrapper), in the entry's folder, with the job's environment, that has imported the
-device's modules, the entry kind's and `requeue.preload`, using only CPU time the node does not
-otherwise use (SCHED_IDLE).
+device's modules, the entry kind's and `requeue.preload` (filled REFILL_AFTER seconds after the
+pool starts or hands standbys out: never while a start is getting under way).
 
 A start hands each process to a standby through `standby_client.py` (what torchrun, srun or the
 launcher run in place of `python -u`): its argv, environment, folder and stdio go over this
@@ -44,6 +44,9 @@ CHILD = Path(__file__).resolve().parent / "standby_child.py"
 CLIENT = Path(__file__).resolve().parent / "standby_client.py"
 ENV = "HPC_MM_STANDBY"  # the node's pool, for the client
 REPORT_EVERY = 10.0  # seconds between the pool's memory reports
+# A pool fills (and refills behind a start) this long after it starts (or hands out): not while a start
+# is getting under way, on CPUs it may need; the imports then take a few CPU-seconds per standby.
+REFILL_AFTER = float(os.environ.get("HPC_MM_STANDBY_REFILL_AFTER", 10.0))
 TORCH_LATER = ["torch._dynamo", "torch.optim"]  # what torch imports only on first use, in every trainer
 
 
@@ -55,6 +58,19 @@ def address(job_id: str | None, node: str) -> str:
 def links_dir() -> Path:
     """Where the pool says which standby stands in for which client (read by launch/procs.py)."""
     return Path(f"/tmp/hpc-mm-standby-{os.getuid()}")
+
+
+def stand_ins() -> dict[int, int]:
+    """Every client on this host and the standby running its process."""
+    out = {}
+    try:
+        names = os.listdir(links_dir())
+    except OSError:
+        return out
+    for name in names:
+        if name.isdigit() and (real := stand_in(int(name))) is not None:
+            out[int(name)] = real
+    return out
 
 
 def stand_in(pid: int) -> int | None:
@@ -97,8 +113,10 @@ class Pool:
         modules: list[str],
         count: int,
         report: Path | None = None,
+        refill_after: float = REFILL_AFTER,
     ):
         self.command, self.workdir, self.env, self.modules, self.count = command, workdir, env, modules, count
+        self.refill_after = refill_after
         self.report, self.node = report, name.rsplit("-", 1)[-1]
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind("\0" + name)
@@ -108,6 +126,7 @@ class Pool:
         self.standbys: list[Standby] = []
         self.handed = 0
         self.stopping = False
+        self.refill_at = time.monotonic() + refill_after
         links_dir().mkdir(mode=0o700, exist_ok=True)
 
     # ------------------------------------------------------------------ standbys
@@ -129,6 +148,8 @@ class Pool:
         return [s for s in self.standbys if s.client is None]
 
     def fill(self) -> None:
+        if time.monotonic() < self.refill_at:
+            return
         while not self.stopping and len(self.idle()) < self.count:
             self.spawn()
 
@@ -136,9 +157,9 @@ class Pool:
     def serve(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._stop)
-        self.fill()
         reported = 0.0
         while not self.stopping:
+            self.fill()
             for key, _ in self.selector.select(timeout=0.2):
                 what, standby = key.data
                 if what == "server":
@@ -209,7 +230,8 @@ class Pool:
         _reply(conn, {"pid": ready.proc.pid})
         conn.setblocking(False)
         self.selector.register(conn, selectors.EVENT_READ, ("client", ready))
-        self.fill()  # the next start's standby warms up behind this one
+        self.refill_at = time.monotonic() + self.refill_after  # the next start's standby, once this one is going
+        self._report()
 
     def _from_standby(self, standby: Standby) -> None:
         try:
@@ -228,6 +250,7 @@ class Pool:
                 standby.ready, standby.seconds, standby.failed = True, said.get("seconds"), said.get("failed") or {}
                 if standby.failed:
                     print(f"hpc-mm standby: {self.node}: not imported ahead: {standby.failed}", file=sys.stderr)
+                self._report()
 
     def _from_client(self, standby: Standby) -> None:
         try:
@@ -262,7 +285,6 @@ class Pool:
             else:
                 standby.control.close()
                 print(f"hpc-mm standby: {self.node}: a standby interpreter ended ({code}); another is started")
-            self.fill()
 
     def _unlink(self, standby: Standby) -> None:
         if standby.client_pid is not None:

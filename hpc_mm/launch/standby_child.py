@@ -1,7 +1,7 @@
 # A standby interpreter (launch/standby.py starts it; it runs in the entry's own interpreter, which
 # need not have hpc-mm, so it imports nothing of ours). Usage: standby_child.py FD WORKDIR MODULE...
 #
-# It imports the modules while the node is otherwise idle (SCHED_IDLE), says it is ready on FD, and
+# It imports the modules, says it is ready on FD, and
 # waits for one start: the argv, environment, working directory and signal dispositions of the
 # process it stands in for, with that process's stdin, stdout and stderr. It then becomes that
 # process: the entry runs as __main__, as `python [-u] SCRIPT|-m MODULE|-c CODE ARGS` would run it.
@@ -30,22 +30,8 @@ def _prctl(option, value):
         pass
 
 
-def _policy(policy):
-    """This process's scheduling policy, every thread of it (imports may have started some)."""
-    try:
-        tasks = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        tasks = [0]
-    for tid in tasks:
-        try:
-            os.sched_setscheduler(tid, policy, os.sched_param(0))
-        except (OSError, AttributeError):
-            pass
-
-
 os.setsid()  # its own session: the pool ends it (and what it starts) as one
 _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # and it never outlives the pool
-_policy(getattr(os, "SCHED_IDLE", 5))  # warming up takes only what the node does not use
 sys.path[0] = WORKDIR  # not this file's folder: the entry's modules, as the entry would find them
 started = time.monotonic()
 failed = {}
@@ -77,7 +63,6 @@ request = json.loads(data)
 control.close()
 
 # Become the process it stands in for.
-_policy(getattr(os, "SCHED_OTHER", 0))
 os.environ.clear()
 os.environ.update(request["env"])
 os.chdir(request["cwd"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hpc_mm.launch.standby import stand_in
 from hpc_mm.run.rundir import read_events
 
 from conftest import JOBS, ROOT, run_cli
@@ -84,8 +85,10 @@ def processes(node: str, training_only: bool = False, job_id: str | None = None)
             and (job_id is None or f"SLURM_JOB_ID={job_id}".encode() in values)
             and (not training_only or any(v.startswith(b"RANK=") for v in values))
         ):
-            if int(environ.parent.name) != os.getpid():
-                found.append(int(environ.parent.name))
+            pid = int(environ.parent.name)
+            if pid != os.getpid():
+                # a rank run by a standby interpreter (launch/standby.py): the training process is the standby
+                found.append((stand_in(pid) or pid) if training_only else pid)
     return found
 
 

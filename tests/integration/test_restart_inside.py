@@ -81,7 +81,15 @@ def same_weights(a_dir, b_dir, iteration):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+def pools_ready(run_dir, job_id, nodes):
+    """Every one of `nodes` holds its standby interpreters, ready (launch/standby.py)."""
+    pools = {p["node"]: p for p in RunDir(run_dir).standby_states(job_id)}
+    return all(n in pools and pools[n]["ready"] >= 2 for n in nodes)
+
+
 def test_a_crash_a_hang_and_a_dead_node_are_recovered_inside_the_job_on_its_spare(slurm_cluster, tmp_path):
+    # long enough for the standbys to be ready before each fault (they fill a second after a start here)
+    JOB = [*globals()["JOB"], "gpt.train_iters=400", "env.HPC_MM_STANDBY_REFILL_AFTER='1'"]
     baseline = tmp_path / "baseline"
     base_job = submit(baseline, *JOB)  # uninterrupted, alongside
     run_dir = tmp_path / "run"
@@ -92,6 +100,7 @@ def test_a_crash_a_hang_and_a_dead_node_are_recovered_inside_the_job_on_its_spar
     nodes = allocation(job_id)
     first = started(run_dir, 0)
     assert len(nodes) == 3 and len(first["hosts"]) == 2  # 2 train, 1 spare
+    until(lambda: pools_ready(run_dir, job_id, nodes), timeout=180)  # so that each restart below is warm
     # 1. a rank crashes: the step starts again inside the job, on the same nodes (no node to blame)
     os.kill(until(lambda: ranks(first["hosts"][1], job_id))[0], signal.SIGKILL)
     crash = until(lambda: (ends(run_dir) or [None])[0], timeout=120)
@@ -100,6 +109,7 @@ def test_a_crash_a_hang_and_a_dead_node_are_recovered_inside_the_job_on_its_spar
     assert sorted(second["hosts"]) == sorted(first["hosts"])
     # 2. a rank stops (SIGSTOP): the watchdog finds the hang; its node is left out, the spare joins
     until(rows_after(run_dir, metrics_rows(run_dir) + 15))
+    until(lambda: pools_ready(run_dir, job_id, nodes), timeout=180)
     hung_node = second["hosts"][1]
     stopped = until(lambda: ranks(hung_node, job_id))[0]
     os.kill(stopped, signal.SIGSTOP)
@@ -121,12 +131,20 @@ def test_a_crash_a_hang_and_a_dead_node_are_recovered_inside_the_job_on_its_spar
     assert {e["job_id"] for e in record if e["event"] == "started"} == {job_id}
     assert [e["event"] for e in ends(run_dir)] == ["restarted", "restarted", "completed"]
     status = json.loads(run_cli("status", run_dir, "--json", check=True).stdout)
-    assert status["state"] == "COMPLETED" and status["last_iteration"] == 120
-    assert same_weights(baseline, run_dir, 120)  # bitwise the uninterrupted run
+    assert status["state"] == "COMPLETED" and status["last_iteration"] == 400
+    assert same_weights(baseline, run_dir, 400)  # bitwise the uninterrupted run
     bodies = [json.loads(line) for line in heard.read_text().splitlines() if line.strip()]
     assert [b["event"] for b in bodies] == ["restarted", "hang", "restarted", "completed"], bodies
     assert [b["cause"] for b in bodies if b["event"] == "restarted"] == ["crash", "hang"]
     assert all(b["job_id"] == job_id for b in bodies)
+    # both restarts were warm: every node's torchrun and rank ran in a standby interpreter (none cold)
+    pools = {p["node"]: p for p in RunDir(run_dir).standby_states(job_id)}
+    warm = {n: pools[n]["handed_out"] for n in pools}
+    assert warm[first["hosts"][0]] == 4 and warm[first["hosts"][1]] == 2 and warm[spare] == 2, warm
+    assert not any("cold start" in p.read_text() for p in (run_dir / "logs").glob("*-r[12]-t*.out"))
+    # and nothing of the job is left on any node: standbys, their pools, the steps
+    gone = until(lambda: not any(step_processes(n, job_id) for n in nodes) or None, timeout=60)
+    assert gone
 
     # 3. a node dies (its slurmd and every process of the job there): the spare replaces it
     dead_dir = tmp_path / "dead"
@@ -148,7 +166,7 @@ def test_a_crash_a_hang_and_a_dead_node_are_recovered_inside_the_job_on_its_spar
         restore(slurm_cluster, dead)
     assert finished(dead_job) == "COMPLETED", [e["event"] for e in read_events(dead_dir)]
     assert slurm_restarts(dead_job) == 0
-    assert same_weights(baseline, dead_dir, 120)
+    assert same_weights(baseline, dead_dir, 400)
 
 
 def test_a_restart_inside_keeps_its_nodes_where_a_requeue_waits_behind_a_competing_job(slurm_cluster, tmp_path):

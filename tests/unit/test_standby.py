@@ -44,7 +44,7 @@ def pool(tmp_path):
         import os, sys
         from hpc_mm.launch.standby import Pool
         Pool({name!r}, [sys.executable], {str(tmp_path)!r}, dict(os.environ), ["wave"], 2,
-             report=__import__("pathlib").Path({str(tmp_path / "pool.json")!r})).serve()
+             report=__import__("pathlib").Path({str(tmp_path / "pool.json")!r}), refill_after=0).serve()
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path)
