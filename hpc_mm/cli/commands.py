@@ -270,7 +270,7 @@ def cmd_standby(args: argparse.Namespace) -> int:
     from hpc_mm.environments.devices import node_name
     from hpc_mm.launch.command import job_env
     from hpc_mm.launch.plan import node_share
-    from hpc_mm.launch.standby import serve_node
+    from hpc_mm.launch.warm import serve_node
     from hpc_mm.run.rundir import RunDir
 
     share = node_share(args.target, Path(args.target))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hpc_mm.job.entries import contract
 from hpc_mm.job.entries.base import Paths
-from hpc_mm.launch import standby
+from hpc_mm.launch import standby, warm
 from hpc_mm.launch.plan import Plan
 from hpc_mm.run import checkpoints
 from hpc_mm.run.atomic import write_atomic
@@ -67,16 +67,16 @@ def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[s
     if plan.mode == "agent" and spec.entry.launcher == "accelerate":
         accelerate = [*interpreter(plan), "-m", "accelerate.commands.launch", *accelerate_args(plan)]
         return [*accelerate, *own, *(["--no_python"] if spec.entry.program else []), *target, *argv]
-    warm = standby.available(plan)
+    standbys = warm.available(plan)
     if plan.mode == "agent":
         # An entry other than ours prints no rank: torchrun prefixes each line with its local rank.
         tee = [] if spec.builtin else ["--tee", "3"]
         # With standbys, torchrun and each of its workers start through the client (a standby, or a
         # cold start where none is ready): torchrun runs `python CLIENT TARGET ARGS` for each rank.
-        workers = [spec.entry.python or sys.executable, str(standby.CLIENT)] if warm else []
+        workers = [spec.entry.python or sys.executable, str(standby.CLIENT)] if standbys else []
         return [
             *interpreter(plan),
-            *([str(standby.CLIENT)] if warm else []),
+            *([str(standby.CLIENT)] if standbys else []),
             "-c",
             TORCHRUN,
             *plan.distributed_args(),
@@ -84,14 +84,14 @@ def command(plan: Plan, collective_timeout_minutes: int | None = None) -> list[s
             "0",
             *tee,
             *own,
-            *(["--no-python"] if spec.entry.program or warm else []),
+            *(["--no-python"] if spec.entry.program or standbys else []),
             *workers,
             *target,
             *argv,
         ]
     if spec.entry.program:
         return [*spec.entry.wrapper, *target, *argv]
-    return [*interpreter(plan), *([str(standby.CLIENT)] if warm else ["-u"]), *target, *argv]
+    return [*interpreter(plan), *([str(standby.CLIENT)] if standbys else ["-u"]), *target, *argv]
 
 
 RAY_NODE = Path(__file__).resolve().parent / "ray_node.py"  # runs in the entry's interpreter (Ray's)
@@ -212,8 +212,8 @@ def child_env(plan: Plan, budget_seconds: float | None = None) -> dict:
     if plan.spec.entry.launcher == "accelerate" and plan.device == "cpu":
         env.setdefault("ACCELERATE_USE_CPU", "1")  # accelerate's processes on CPUs: gloo, not a device
     env = job_env(env, plan.spec, plan.run_dir)
-    if standby.available(plan):
-        env[standby.ENV] = standby.node_address(plan)
+    if warm.available(plan):
+        env[standby.ENV] = warm.node_address(plan)
     if plan.mode == "worker":
         if plan.nproc_per_node > 1 and "OMP_NUM_THREADS" not in env:
             # What torchrun does for several ranks a node: one thread each (or the CPUs Slurm

@@ -86,6 +86,16 @@ class Event:
         return seconds if seconds is not None and seconds > 0 else None
 
     @property
+    def stall_seconds(self) -> float | None:
+        """What a checkpoint event's save cost training: a background save's `blocked` time, else
+        (a save that holds training all along) its whole time. Goodput and the interval count this;
+        a stop's grace and the hang budget count the whole save."""
+        blocked = number(self.data.get("blocked")) if self.kind is Kind.CHECKPOINT else None
+        if blocked is not None and blocked >= 0:
+            return blocked
+        return self.save_seconds
+
+    @property
     def reason(self) -> str:
         return str(self.data.get("reason") or "")
 

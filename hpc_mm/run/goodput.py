@@ -256,7 +256,7 @@ def measured(run: RunDir) -> Costs:
         out[name] = statistics.median(values) if values else default
         sources[name] = f"measured ({len(values)})" if values else "assumed"
 
-    put("save", [e.save_seconds for e in events if e.save_seconds], 60.0)
+    put("save", [e.stall_seconds for e in events if e.save_seconds], 60.0)  # what a save holds training
     stops = []
     for s in starts:
         signal_at, ended = (s.end.get("signal_at"), s.end.get("step_ended_at")) if s.end else (None, None)

@@ -71,11 +71,21 @@ class Choice:
 
 
 def measured_save_seconds(run: RunDir | None, before: float | None = None) -> tuple[float | None, int]:
-    """The median save time of the run's checkpoints so far, and how many there were."""
+    """What a save of the run's has cost training so far (the median: a background save's stall, else
+    its whole time), and how many there were."""
     if run is None:
         return None, 0
-    seconds = [e.save_seconds for e in run.events() if e.save_seconds and (before is None or e.time < before)]
+    saves = [e for e in run.events() if e.save_seconds and (before is None or e.time < before)]
+    seconds = [e.stall_seconds for e in saves if e.stall_seconds is not None]
     return (statistics.median(seconds), len(seconds)) if seconds else (None, 0)
+
+
+def measured_write_seconds(run: RunDir | None, before: float | None = None) -> float | None:
+    """The median whole save (written and committed): a background save cannot come more often."""
+    if run is None:
+        return None
+    seconds = [e.save_seconds for e in run.events() if e.save_seconds and (before is None or e.time < before)]
+    return statistics.median(seconds) if seconds else None
 
 
 def observed_mtbf(run: RunDir | None, before: float | None = None) -> tuple[float | None, int, float]:
@@ -114,8 +124,9 @@ def choose(
     """The interval for the next start. `grace_seconds`: the partition's preemption grace time (for an
     entry that cannot save on a signal, the interval stays within it)."""
     save, saves = measured_save_seconds(run, before)
-    save_source = f"measured ({saves} save{'s' if saves != 1 else ''})" if save else "assumed"
-    save = save or ASSUMED_SAVE_SECONDS
+    save_source = f"measured ({saves} save{'s' if saves != 1 else ''})" if save is not None else "assumed"
+    save = ASSUMED_SAVE_SECONDS if save is None else save
+    written = measured_write_seconds(run, before) or save
     if mtbf_hours:
         mtbf, mtbf_source = mtbf_hours * 3600.0, "declared"
     else:
@@ -131,6 +142,11 @@ def choose(
     if not step:
         return Choice(FIRST_START, None, save, save_source, mtbf, mtbf_source, None)
     seconds, bound = young_daly(save, mtbf), None
+    if seconds < written:  # a background save that holds training for nothing still takes its write
+        seconds, bound = (
+            written,
+            f"no shorter than a whole save ({written:.1f} s): a save starts once the last is written",
+        )
     if not saves_on_signal and grace_seconds and seconds > grace_seconds:
         seconds, bound = (
             float(grace_seconds),

@@ -235,34 +235,58 @@ def _warn(message: str) -> None:
 
 
 class AsyncSaver:
-    """Save in a background thread: the state is copied first, so training goes on at once.
-    The copy goes into the previous save's copy when the shapes still match: memory that is
-    already there copies several times faster than memory that must first be mapped."""
+    """Save in the background: training is held only while the state is copied, and only where it
+    would change it. `save` returns at once; the copy runs beside the next step's forward and
+    backward passes (which read the weights, never write them), and `before_update` (called before
+    the optimizer step) waits for it to end. Then the copy is written and committed. The copy goes
+    into the previous save's copy when the shapes still match: memory that is already there copies
+    several times faster than memory that must first be mapped.
+
+    `blocked_seconds` is what the last save cost training (the call, and any wait in
+    `before_update`): what goodput and `save_interval: auto` count, not the whole write."""
 
     def __init__(self):
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._snapshot = None
+        self._copied: threading.Event | None = None
         self.last_seconds = 0.0
+        self.blocked_seconds = 0.0
 
     def save(self, save_dir, iteration: int, state: dict, keep_last: int | None, on_done=None) -> None:
         import torch
 
+        called = time.monotonic()
         self.wait()  # the previous write is done with its copy: it may be reused
-        snapshot = self._snapshot = _copy(state, self._snapshot, torch)
+        copied = self._copied = threading.Event()
 
         def work():
             try:
+                try:
+                    snapshot = self._snapshot = _copy(state, self._snapshot, torch)
+                finally:
+                    copied.set()
                 self.last_seconds = save(save_dir, iteration, snapshot, keep_last)
                 if on_done:
-                    on_done(iteration, self.last_seconds)
+                    on_done(iteration, self.last_seconds, self.blocked_seconds)
             except BaseException as exc:  # surfaced by wait() in the training thread
                 self._error = exc
 
         self._thread = threading.Thread(target=work, name=f"save-iter-{iteration}", daemon=False)
         self._thread.start()
+        self.blocked_seconds = time.monotonic() - called
+
+    def before_update(self) -> None:
+        """Wait for the copy of the state being saved (call before changing the weights or the
+        optimizer's state)."""
+        if self._copied is not None:
+            waited = time.monotonic()
+            self._copied.wait()
+            self.blocked_seconds += time.monotonic() - waited
+            self._copied = None
 
     def wait(self) -> None:
+        self.before_update()
         if self._thread is not None:
             self._thread.join()
             self._thread = None

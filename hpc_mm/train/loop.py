@@ -215,6 +215,8 @@ class Trainer(Checkpointing):
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, args.clip_grad)
         else:
             grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params]))
+        if self.saver:
+            self.saver.before_update()  # a background save's copy of the weights is done with them
         self.optimizer.step()
         dist.all_reduce(total, group=self.dp_group)
         return total.item() / self.dp_size, float(grad_norm)

@@ -107,8 +107,10 @@ class Checkpointing:
         }
         iteration = self.iteration
 
-        def done(it: int, seconds: float) -> None:
-            self._record(Kind.CHECKPOINT, iteration=it, reason=reason, seconds=round(seconds, 3))
+        def done(it: int, seconds: float, blocked: float | None = None) -> None:
+            # blocked: what a background save cost training (the rest was written beside it)
+            held = {} if blocked is None else {"blocked": round(blocked, 3)}
+            self._record(Kind.CHECKPOINT, iteration=it, reason=reason, seconds=round(seconds, 3), **held)
             log(f"saved checkpoint from iteration {it:7d} to {args.save} [{reason}, {seconds:.2f} s]")
 
         if self.saver:

@@ -101,12 +101,15 @@ def test_async_saves_reuse_their_copy_and_save_the_state_of_their_moment(tmp_pat
     saver = checkpoint.AsyncSaver()
     state = {"model": {"w": torch.zeros(1000)}, "iteration": 1}
     saver.save(tmp_path, 1, state, keep_last=None)
+    saver.before_update()  # the trainer's optimizer step waits for the copy, then changes the weights
     first = saver._snapshot["model"]["w"]
     state["model"]["w"].add_(1)  # training goes on while the first save writes
     saver.save(tmp_path, 2, {"model": {"w": state["model"]["w"]}, "iteration": 2}, keep_last=None)
+    saver.before_update()
     assert saver._snapshot["model"]["w"] is first  # the same memory, copied into
     state["model"]["w"].add_(1)
     saver.wait()
+    assert saver.blocked_seconds >= 0
     for iteration, value in ((1, 0.0), (2, 1.0)):
         loaded = torch.load(checkpoints.checkpoint_file(tmp_path, iteration), weights_only=True)
         assert torch.all(loaded["model"]["w"] == value), iteration

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hpc_mm.launch import standby
+from hpc_mm.launch import standby, warm
 from hpc_mm.launch.command import command
 from hpc_mm.launch.plan import node_share, resolve_plan
 from hpc_mm.launch.procs import ranks_under
@@ -191,7 +191,7 @@ TINY = Path(__file__).resolve().parents[2] / "jobs" / "tiny-vlm.yaml"
 def test_torchrun_and_its_workers_start_through_the_client(tmp_path, monkeypatch):
     from tests.unit.test_plan import slurm
 
-    monkeypatch.setattr(standby, "available", lambda plan: standby.enabled(plan.spec))  # as if the pool answered
+    monkeypatch.setattr(warm, "available", lambda plan: warm.enabled(plan.spec))  # as if the pool answered
     plan = resolve_plan(str(TINY), [], tmp_path / "run", env=slurm(0))
     cmd = command(plan)
     assert cmd[1] == str(standby.CLIENT) and cmd[2] == "-c"
@@ -199,8 +199,8 @@ def test_torchrun_and_its_workers_start_through_the_client(tmp_path, monkeypatch
     assert cmd[at + 1 : at + 5] == [sys.executable, str(standby.CLIENT), "-m", "hpc_mm.train"]
     # a spare node's pool: not in the training step, so no plan of one
     share = node_share(str(TINY), tmp_path / "run", env=slurm(2, nodes=3))
-    assert standby.per_node(share) == plan.nproc_per_node + 1 and share.job_id == plan.job_id
-    assert {"torch", "torch.distributed.run", "hpc_mm.train.loop"} <= set(standby.modules(share))
+    assert warm.per_node(share) == plan.nproc_per_node + 1 and share.job_id == plan.job_id
+    assert {"torch", "torch.distributed.run", "hpc_mm.train.loop"} <= set(warm.modules(share))
     ranks = resolve_plan(str(TINY), ["entry.launcher=srun"], tmp_path / "run2", env=slurm(0))
     assert command(ranks)[1:4] == [str(standby.CLIENT), "-m", "hpc_mm.train"]
     cold = resolve_plan(str(TINY), ["requeue.inside=false"], tmp_path / "run3", env=slurm(0))
