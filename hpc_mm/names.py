@@ -30,6 +30,7 @@ class Kind(Name):
     CHECKPOINT = "checkpoint"  # a checkpoint committed (iteration, reason, seconds)
     RESUMED = "resumed"  # the entry loaded a checkpoint (its own, or pretrained weights)
     HANG = "hang"  # node 0's watchdog found the step hung
+    STRAGGLER = "straggler"  # node 0's watchdog found a rank slower than the others (run/stragglers.py)
     PREFLIGHT = "preflight"  # the preflight failed on some nodes
     QUARANTINED = "quarantined"  # nodes to keep off the next start
     RELEASED = "released"  # Slurm's hold on the requeued job was lifted: this start may begin at once
@@ -51,7 +52,7 @@ class Kind(Name):
 # The events a notification may follow, and those it follows unless the job says which: how a run
 # ends, and what needs a person (a hang, a node kept out, giving up).
 NOTIFIED = (
-    Kind.STARTED, Kind.CHECKPOINT, Kind.HANG, Kind.QUARANTINED, Kind.REQUEUED, Kind.RESTARTED,
+    Kind.STARTED, Kind.CHECKPOINT, Kind.HANG, Kind.STRAGGLER, Kind.QUARANTINED, Kind.REQUEUED, Kind.RESTARTED,
     Kind.COMPLETED, Kind.FAILED, Kind.STOPPED, Kind.CANCELLED, Kind.GAVE_UP,
 )  # fmt: skip
 NOTIFIED_BY_DEFAULT = (

@@ -239,6 +239,15 @@ class Fault:
     collective_timeout_minutes: Optional[int] = option("--distributed-timeout-minutes", None, at_least=1)
     # mean time between failures of this job (hours), for save_interval: auto and `hpc-mm goodput`
     mtbf_hours: Optional[float] = field(default=None, metadata={"at_least": 0.001})
+    # a rank whose own compute time per step is this fraction above the others' (median over the last
+    # straggler_window steps) for straggler_steps steps in a row is named (status, an event, notify:)
+    straggler_detection: bool = True
+    straggler_threshold: float = field(default=0.2, metadata={"at_least": 0.01})
+    straggler_window: int = field(default=10, metadata={"at_least": 1})
+    straggler_steps: int = field(default=15, metadata={"at_least": 1})
+    # leave a named straggler's node out at the next restart inside the allocation, where a spare can
+    # take its place
+    straggler_exclude: bool = False
 
 
 @dataclass(frozen=True)

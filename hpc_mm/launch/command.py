@@ -16,6 +16,7 @@ from hpc_mm.launch.plan import Plan
 from hpc_mm.run import checkpoints
 from hpc_mm.run.atomic import write_atomic
 from hpc_mm.run.checkpoints import latest_whole
+from hpc_mm.run.layout import RANK_TIMES
 
 
 def interpreter(plan: Plan) -> list[str]:
@@ -212,6 +213,8 @@ def child_env(plan: Plan, budget_seconds: float | None = None) -> dict:
     if plan.spec.entry.launcher == "accelerate" and plan.device == "cpu":
         env.setdefault("ACCELERATE_USE_CPU", "1")  # accelerate's processes on CPUs: gloo, not a device
     env = job_env(env, plan.spec, plan.run_dir)
+    if plan.spec.fault.straggler_detection:
+        env[RANK_TIMES] = "1"
     if warm.available(plan):
         env[standby.ENV] = warm.node_address(plan)
     if plan.mode == "worker":

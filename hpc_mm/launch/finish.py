@@ -100,6 +100,7 @@ def _finish(run: RunDir, returncode: int, signal_name: str | None, failed: str |
         failed_nodes=(failed_nodes(spec, run, key, nodes) if returncode != 0 and not (signal_name or hang) else ()),
         hang=dict(hang.data) if hang else None,
         error=exited.get("error") if exited else None,
+        stragglers=tuple(n for e in this.all(Kind.STRAGGLER) for n in (e.get("nodes") or []) if isinstance(n, str)),
     )
     if facts.preflight_failed:
         run.record(Kind.PREFLIGHT, key, failed=facts.preflight_failed, nodes=list(nodes))

@@ -32,7 +32,8 @@ both leave out; these rows come last, over the facts of the allocation (`Allocat
   - restart inside: a fault that needs no queue (a crash, a hang, a node failure, a failed
     preflight, the entry's refusal) with requeue.inside on and no stop signal starts again inside
     the allocation without the nodes left out so far, the quarantined ones, the ones Slurm marks
-    down or drained and the failed ones, when enough healthy nodes remain for the step;
+    down or drained and the failed ones, when enough healthy nodes remain for the step (and, with
+    fault.straggler_exclude, without the nodes of ranks named stragglers where a spare remains);
   - through the queue: otherwise it is requeued, kept off the quarantined nodes.
 One fault is one decision: the quarantine is decided here once, whichever way the job goes on.
 The limits count the starts of this submission (`submission`): a run resubmitted with --run-dir
@@ -105,6 +106,7 @@ class Facts:
     hang: dict | None = None  # the watchdog's hang event of this start
     error: str | None = None  # the entry's own `error:` line (a job it refuses: never retried)
     allocation: Allocation | None = None  # the job's nodes as Slurm sees them (None: not under Slurm)
+    stragglers: tuple[str, ...] = ()  # nodes of ranks the watchdog named stragglers in this start
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,13 @@ def _inside(spec: JobSpec, facts: Facts, decision: Decision, quarantine: Quarant
     left_out = set(allocation.step_excluded) | set(quarantine.avoid) | allocation.sick(nodes) | set(facts.failed_nodes)
     exclude = tuple(sorted(left_out & set(nodes)))
     healthy = [n for n in nodes if n not in exclude]
-    return exclude if len(healthy) >= spec.nnodes else None
+    if len(healthy) < spec.nnodes:
+        return None
+    # A named straggler's node (fault.straggler_exclude) goes too, where a spare can take its place.
+    slow = [n for n in dict.fromkeys(facts.stragglers) if n in healthy] if spec.fault.straggler_exclude else []
+    if slow and len(healthy) - len(slow) >= spec.nnodes:
+        exclude = tuple(sorted({*exclude, *slow}))
+    return exclude
 
 
 def training_finished(spec: JobSpec, run: RunDir) -> int | None:

@@ -20,14 +20,14 @@ from typing import Callable
 
 from hpc_mm.job.entries import contract
 from hpc_mm.job.signals import EXIT_SIGNAL, FORWARDED, IGNORED_BY_ENTRY
-from hpc_mm.launch import peers, preflight, watchdog
+from hpc_mm.launch import peers, prefetch, preflight, watchdog
 from hpc_mm.launch.command import child_env, command, interpreter, write_start_files
 from hpc_mm.launch.hold import note_requeue_by_slurm
 from hpc_mm.launch.plan import Plan, resolve_plan
 from hpc_mm.launch.procs import become_subreaper, children, kill_descendants, kill_tree
 from hpc_mm.launch.progress import Progress
 from hpc_mm.launch.requeue import training_finished
-from hpc_mm.run import checkpoints, events, layout, lock
+from hpc_mm.run import checkpoints, events, layout, lock, stragglers
 from hpc_mm.run.events import Kind
 from hpc_mm.run.layout import PROGRESS_FILE, TASK_LOG
 
@@ -150,7 +150,8 @@ def _run(plan: Plan, stops: list[int]) -> int:
             enabled=plan.spec.fault.hang_detection,
             task=plan.local_rank if plan.mode == "worker" else None,
             watch=entry.watch(plan.spec),
-            tell=[k for k in (Kind.STARTED, Kind.CHECKPOINT) if k.value in plan.spec.notify.on],
+            tell=[k for k in (Kind.STARTED, Kind.CHECKPOINT, Kind.STRAGGLER) if k.value in plan.spec.notify.on],
+            detector=_straggler_detector(plan) if plan.leader else None,
         )
         dog.start()
         dogs.append(dog)
@@ -162,6 +163,7 @@ def _run(plan: Plan, stops: list[int]) -> int:
         if plan.leader:
             _record_exit(plan, 0, stops[0], None, progress)
         return 0
+    prefetch.start(plan)  # the checkpoint into the page cache while the interpreters come up
     try:
         rc, received = run_forwarding_signals(
             cmd,
@@ -182,6 +184,13 @@ def _run(plan: Plan, stops: list[int]) -> int:
     if plan.leader:
         _record_exit(plan, rc, received, dogs[0].hung if dogs else None, progress, ring.ended)
     return rc
+
+
+def _straggler_detector(plan: Plan) -> stragglers.Detector | None:
+    fault = plan.spec.fault
+    if not fault.straggler_detection or plan.world_size < 2:
+        return None
+    return stragglers.Detector(fault.straggler_threshold, fault.straggler_window, fault.straggler_steps)
 
 
 def _record_exit(

@@ -25,6 +25,7 @@ with faulthandler), and ends the step; `hpc-mm finish` requeues it with cause `h
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -41,9 +42,9 @@ from hpc_mm.job.signals import STACK_SIGNAL
 from hpc_mm.job.spec import Fault
 from hpc_mm.launch.procs import kill_tree, ranks_under, work_done
 from hpc_mm.names import Phase, Watch
-from hpc_mm.run import history, notify
+from hpc_mm.run import history, notify, stragglers
 from hpc_mm.run.events import Kind, StartKey
-from hpc_mm.run.records import Heartbeat
+from hpc_mm.run.records import Heartbeat, Metric
 from hpc_mm.run.rundir import RunDir
 
 HEARTBEAT = 2.0  # seconds between heartbeats
@@ -137,6 +138,33 @@ def blame(beats: list[Heartbeat], stalled_since_cpu: dict[int, float], stalled: 
     return busy if busy and len(busy) < len(ranks) else []
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def new_rows(path: Path, offset: int) -> tuple[list[Metric], int]:
+    """The whole metrics rows written to `path` after byte `offset`, and where they end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return [], offset
+    whole = data[: data.rfind(b"\n") + 1]
+    rows = []
+    for line in whole.splitlines():
+        try:
+            row = Metric.from_json(json.loads(line))
+        except ValueError:
+            continue
+        if row is not None:
+            rows.append(row)
+    return rows, offset + len(whole)
+
+
 def _mtime(path: Path) -> float | None:
     try:
         return path.stat().st_mtime
@@ -193,6 +221,7 @@ class Watchdog(threading.Thread):
         task: int | None = None,
         watch: Watch = Watch.ITERATIONS,
         tell: Iterable[Kind] = (),
+        detector: stragglers.Detector | None = None,
     ):
         super().__init__(name="watchdog", daemon=True)
         self.rundir, self.start_key, self.node, self.progress, self.child = run, start, node, progress, child
@@ -211,6 +240,8 @@ class Watchdog(threading.Thread):
         self._touched_at = _mtime(self.touched)
         self.tell = set(tell)  # the events of a running start `notify:` picked (started, checkpoint)
         self._told = 0
+        self.detector = detector  # node 0: each rank's compute time per step, from the metrics rows
+        self._metrics_at = _size(run.metrics_file)  # this start's rows only
 
     def phase(self) -> Phase:
         if self.watch is Watch.LIVENESS:
@@ -265,16 +296,43 @@ class Watchdog(threading.Thread):
                         kill_tree(self.child.pid)
                 if self.decides and self.enabled and self.hung is None:
                     self._decide()
+                if self.decides and self.detector is not None:
+                    self._stragglers()
                 if self.decides and self.tell:
                     self._tell()
             except Exception as exc:  # the watchdog must never take the training down
                 sys.stderr.write(f"hpc-mm watchdog: {exc.__class__.__name__}: {exc}\n")
 
+    def _stragglers(self) -> None:
+        """Feed this start's new metrics rows to the straggler detector; name whom it finds."""
+        rows, self._metrics_at = new_rows(self.rundir.metrics_file, self._metrics_at)
+        for row in rows:
+            if not row.rank_seconds:
+                continue
+            for found in self.detector.feed(row.iteration, row.rank_seconds):
+                host = next((r["host"] for b in self.rundir.heartbeats(self.start_key) for r in b.ranks
+                             if r["rank"] == found.rank), None)  # fmt: skip
+                said = stragglers.describe(found, host)
+                sys.stderr.write(f"hpc-mm watchdog: {said}\n")
+                event = self.rundir.record(
+                    Kind.STRAGGLER,
+                    self.start_key,
+                    rank=found.rank,
+                    nodes=[host] if host else [],
+                    iteration=found.iteration,
+                    ratio=found.ratio,
+                    seconds=round(found.seconds, 4),
+                    typical=round(found.typical, 4),
+                    reason=said,
+                )
+                if Kind.STRAGGLER in self.tell:
+                    notify.deliver(self.rundir, [event])
+
     def _tell(self) -> None:
         """Deliver the events of this start `notify:` picked that happen while it runs (its start,
         each checkpoint), whoever recorded them (the launcher, the entry's log, the built-in trainer)."""
         events = self.rundir.reread().events()
-        new = [e for e in events[self._told :] if e.key == self.start_key and e.kind in self.tell]
+        new = [e for e in events[self._told :] if e.key == self.start_key and e.kind in self.tell - {Kind.STRAGGLER}]
         self._told = len(events)
         if new:
             notify.deliver(self.rundir, new)

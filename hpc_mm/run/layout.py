@@ -59,6 +59,7 @@ RUNS = Path("runs")  # where new runs go, relative to the working directory
 # Slurm fills %x (job name), %j (job id), %t (task); the batch script fills the restart.
 # Under `hpc-mm local`, this variable names each launch's log (%t: its task), as srun --output does.
 TASK_LOG = "HPC_MM_TASK_LOG"
+RANK_TIMES = "HPC_MM_RANK_TIMES"  # "1": the built-in trainer writes each rank's compute time per step
 PROGRESS_FILE = "HPC_MM_PROGRESS_FILE"  # the entry may touch it to tell the hang watchdog it moved on
 BATCH_LOG = "%x-%j.batch.out"
 # <name>-<job>-r<restart>-t<task>.out: the job as its records name it (an array task: <array>_<task>)

@@ -46,6 +46,9 @@ class Metric:
     global_batch_size: int | None = None
     step_ms: float | None = None
     samples_per_second: float | None = None
+    # each rank's own compute time of the step (seconds; the built-in trainer): what tells a slow rank
+    # from ranks waiting for it in a collective (run/stragglers.py)
+    rank_seconds: tuple[float, ...] | None = None
 
     @classmethod
     def from_json(cls, value: dict) -> Metric | None:
@@ -56,12 +59,18 @@ class Metric:
         extra = {
             f.name: (integer if f.name in ints else number)(value.get(f.name))
             for f in fields(cls)
-            if f.name not in ("iteration", "loss")
+            if f.name not in ("iteration", "loss", "rank_seconds")
         }
+        ranks = value.get("rank_seconds")
+        if isinstance(ranks, list) and ranks and all(number(v) is not None for v in ranks):
+            extra["rank_seconds"] = tuple(number(v) for v in ranks)
         return cls(iteration, loss, **extra)
 
     def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        if self.rank_seconds is not None:
+            out["rank_seconds"] = list(self.rank_seconds)
+        return out
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,18 @@ def run_status(run: RunDir, slurm: SlurmJob | None = None, now: float | None = N
         tokens_per_second_per_device=speed.tokens_per_second_per_device,
         mfu=speed.mfu,
         after=pipeline.waits(run, deps) if run.info.after else None,
+        stragglers=[
+            {"rank": e.get("rank"), "node": (e.get("nodes") or [None])[0], "ratio": e.get("ratio")}
+            for e in newest.all(Kind.STRAGGLER)
+        ]
+        if newest
+        else None,
+        standbys=[
+            {k: p.get(k) for k in ("node", "ready", "running", "handed_out", "idle_rss_mib")}
+            for p in run.standby_states(job_id)
+        ]
+        if job_id and newest
+        else None,
     )
 
 
@@ -266,6 +278,12 @@ def _print_one(run: RunDir, as_json: bool) -> int:
         )
         mfu = f", MFU {info.mfu:.1%}" if info.mfu is not None else ""
         print(f"\nthroughput: {rate(info.tokens_per_second)} tokens/s{per_device}{mfu}")
+    for s in info.stragglers or []:
+        print(f"\nstraggler: rank {s['rank']} on {s['node']}, its steps {s['ratio']:.2f}x the others'")
+    if info.standbys:
+        held = sum(p["idle_rss_mib"] or 0 for p in info.standbys)
+        ready = sum(p["ready"] or 0 for p in info.standbys)
+        print(f"\nstandbys: {ready} interpreter(s) ready on {len(info.standbys)} node(s), {held:.0f} MiB resident")
     for w in info.after or []:
         where = f" ({Path(w['run_dir']).name})" if w["run_dir"] else ""
         print(f"\nafter: job {w['job_id']}{where}, {w['state']}")

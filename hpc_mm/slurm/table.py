@@ -56,6 +56,8 @@ class RunStatus:
     tokens_per_second_per_device: float | None = None
     mfu: float | None = None  # model FLOPs utilisation, 0..1, where the model and the device's peak are known
     after: list | None = None  # a pipeline's stage: what it waits (or waited) for, each {job_id, run_dir, state}
+    stragglers: list | None = None  # the newest start's ranks named slow, each {rank, node, ratio}
+    standbys: list | None = None  # the newest job's standby pools, each {node, ready, running, idle_rss_mib}
 
     def to_json(self) -> dict:
         return asdict(self)

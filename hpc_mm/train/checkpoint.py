@@ -207,16 +207,25 @@ def load_latest(
     ]
     for iteration in candidates:
         path = checkpoint_file(load_dir, iteration)
-        verdict = verify(load_dir, iteration, deep=True)
+        verdict = verify(load_dir, iteration)  # sizes: cheap
         if not verdict.ok:
             _warn(f"checkpoint {iteration} is not whole ({verdict.detail}); trying the previous one")
             continue
+        # The checksums are read beside the load, not before it: the file is read from the disk once
+        # (the second reader follows the first through the page cache), and nothing loaded is used
+        # unless they match.
+        deep = _Background(verify, load_dir, iteration, True)
         try:
             state = safe_load(path, map_location)
         except UserError:
             raise  # a planted pickle is refused outright, never stepped over
         except Exception as exc:  # truncated or garbled file: try the one before
+            deep.result()
             _warn(f"checkpoint {path} cannot be loaded ({exc.__class__.__name__}: {exc}); trying the previous one")
+            continue
+        verdict = deep.result()
+        if not verdict.ok:
+            _warn(f"checkpoint {iteration} is not whole ({verdict.detail}); trying the previous one")
             continue
         if iteration != tracked:
             _warn(f"resuming from iteration {iteration}, not the tracker's {tracked}")
@@ -228,6 +237,27 @@ def load_latest(
         f"no loadable checkpoint in {load_dir} (tried iterations {candidates})",
         "the checkpoints are corrupt or missing; point --load elsewhere or move them away",
     )
+
+
+class _Background(threading.Thread):
+    """A call in a thread of its own; `result()` waits for it (and raises what it raised)."""
+
+    def __init__(self, fn, *args):
+        super().__init__(name="checkpoint-verify", daemon=True)
+        self.fn, self.args, self.value, self.error = fn, args, None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.value = self.fn(*self.args)
+        except BaseException as exc:  # given to the caller
+            self.error = exc
+
+    def result(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 def _warn(message: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import faulthandler
 import json
+import os
 import random
 import socket
 import time
@@ -29,6 +30,7 @@ import torch.distributed as dist
 from hpc_mm.errors import UserError, print_problems
 from hpc_mm.job.signals import STACK_SIGNAL
 from hpc_mm.run.events import Kind
+from hpc_mm.run.layout import RANK_TIMES
 from hpc_mm.run.records import Metric
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.train import checkpoint
@@ -82,6 +84,9 @@ class Trainer(Checkpointing):
         self.grad_acc = self.gbs // (mbs * dp)
         self.exit_signal = ExitSignal(args.exit_signal_handler)
         self.saver = checkpoint.AsyncSaver() if args.async_save else None
+        # each rank's compute time per step, for the launcher's straggler detection (run/stragglers.py)
+        self.timed = self.world > 1 and os.environ.get(RANK_TIMES) == "1"
+        self.rank_seconds: tuple[float, ...] | None = None
 
     # ------------------------------------------------------------------ setup
     def build(self) -> None:
@@ -174,6 +179,7 @@ class Trainer(Checkpointing):
                         consumed_samples=self.consumed,
                         samples_per_second=self.gbs / elapsed,
                         time=round(time.time(), 3),
+                        rank_seconds=self.rank_seconds,
                     )
                 )
             if self.rank == 0 and self.iteration % args.log_interval == 0:
@@ -203,6 +209,7 @@ class Trainer(Checkpointing):
 
     def _step(self, data) -> tuple[float, float]:
         args = self.args
+        began = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for _ in range(self.grad_acc):
@@ -210,6 +217,7 @@ class Trainer(Checkpointing):
             loss = self.model(images.to(self.device), captions.to(self.device)) / self.grad_acc
             loss.backward()
             total += loss.detach()
+        computed = time.perf_counter() - began  # this rank's own work, before it waits for the others
         allreduce_gradients(self.params, self.dp_group, self.dp_size)
         if args.clip_grad > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, args.clip_grad)
@@ -218,8 +226,15 @@ class Trainer(Checkpointing):
         if self.saver:
             self.saver.before_update()  # a background save's copy of the weights is done with them
         self.optimizer.step()
-        dist.all_reduce(total, group=self.dp_group)
-        return total.item() / self.dp_size, float(grad_norm)
+        if not self.timed:
+            dist.all_reduce(total, group=self.dp_group)
+            return total.item() / self.dp_size, float(grad_norm)
+        # the loss and every rank's compute time in one all-reduce (each rank fills its own slot)
+        said = torch.zeros(1 + self.world, dtype=torch.float64, device=self.device)
+        said[0], said[1 + self.rank] = total.double(), computed
+        dist.all_reduce(said, group=self.dp_group)
+        self.rank_seconds = tuple(round(v, 6) for v in said[1:].tolist())
+        return said[0].item() / self.dp_size, float(grad_norm)
 
     def close(self) -> None:
         if self.saver:

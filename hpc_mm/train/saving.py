@@ -5,6 +5,7 @@ whether it worked; in the background with --async-save). Files and their atomici
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -26,7 +27,9 @@ class Checkpointing:
 
     def _resume(self) -> None:
         args = self.args
+        began = time.monotonic()
         loaded = checkpoint.load_latest(args.load, repair=self.rank == 0)
+        seconds = time.monotonic() - began
         if loaded is None:
             if self.rank == 0:
                 log(f"no checkpoint in {args.load}: starting from scratch" if args.load else "starting from scratch")
@@ -57,7 +60,7 @@ class Checkpointing:
         self.iteration, self.consumed = iteration, state["consumed_samples"]
         if self.rank == 0:
             log(f"resumed from {args.load} at iteration {iteration} (consumed samples {self.consumed})")
-            self._record(Kind.RESUMED, iteration=iteration)
+            self._record(Kind.RESUMED, iteration=iteration, seconds=round(seconds, 3))  # the load's time
             if iteration >= args.train_iters:
                 log(
                     f"nothing left to train: the checkpoint is at iteration {iteration} of train_iters "

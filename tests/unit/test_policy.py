@@ -213,6 +213,10 @@ def _row_cases():
         ],
         "restart inside": [
             (["requeue.on_failure=2"], 40, [], {"returncode": 1}, ALLOC, "restart-inside", CRASH, ()),
+            (["requeue.on_failure=2", "fault.straggler_exclude=true"], 40, [], {"returncode": 1, "stragglers": ("n2",)},
+             ALLOC, "restart-inside", CRASH, ("n2",)),
+            (["requeue.on_failure=2"], 40, [], {"returncode": 1, "stragglers": ("n2",)}, ALLOC, "restart-inside", CRASH,
+             ()),
         ],
         "through the queue": [
             ([], 40, [], {"returncode": 0, "signal": "USR1", "cause": PREEMPTION}, quarantined, "requeue",

@@ -1,0 +1,60 @@
+"""The straggler rule (run/stragglers.py) on step times as a loaded machine gives them: a rank 30%
+slower is named within 50 steps; in healthy runs, however noisy their steps, nobody is."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from hpc_mm.run.records import Metric
+from hpc_mm.run.stragglers import Detector
+
+
+def steps(rng: random.Random, ranks: int, count: int, slow: dict[int, float] = {}, since: int = 0):  # noqa: B006
+    """Per-rank compute times: a shared drift (the machine's load), each rank's own jitter, and
+    occasional long steps (a page fault storm, another job's burst) on any rank."""
+    for step in range(count):
+        load = 1 + 0.3 * abs(rng.gauss(0, 1))
+        row = []
+        for rank in range(ranks):
+            t = 0.05 * load * rng.lognormvariate(0, 0.12)
+            if rng.random() < 0.05:
+                t *= rng.uniform(1.5, 3)
+            if step >= since and rank in slow:
+                t *= slow[rank]
+            row.append(t)
+        yield step + 1, row
+
+
+@pytest.mark.parametrize("seed", range(50))
+@pytest.mark.parametrize("ranks", [2, 4, 8])
+def test_a_rank_slowed_by_thirty_percent_is_named_within_fifty_steps(seed, ranks):
+    rng = random.Random(seed)
+    slowed = rng.randrange(ranks)
+    detector, named = Detector(), []
+    for step, row in steps(rng, ranks, 200, {slowed: 1 / 0.7}, since=100):
+        named += [(step, s) for s in detector.feed(step, row)]
+    assert [s.rank for _, s in named] == [slowed]
+    assert named[0][0] - 100 <= 50 and named[0][1].ratio > 1.2
+
+
+@pytest.mark.parametrize("seed", range(100))
+@pytest.mark.parametrize("ranks", [2, 4, 8])
+def test_no_rank_is_named_in_a_hundred_healthy_steps(seed, ranks):
+    rng = random.Random(1000 + seed)
+    detector = Detector()
+    assert not [s for step, row in steps(rng, ranks, 100) for s in detector.feed(step, row)]
+
+
+def test_a_rank_is_named_once_and_a_single_rank_names_nobody():
+    detector = Detector(window=2, steps=2)
+    found = [s for i in range(10) for s in detector.feed(i, [0.1, 0.1, 0.3])]
+    assert [s.rank for s in found] == [2]
+    assert Detector().feed(1, [5.0]) == []
+
+
+def test_metrics_rows_carry_each_ranks_time():
+    row = Metric.from_json({"iteration": 3, "loss": 1.0, "rank_seconds": [0.1, 0.2]})
+    assert row.rank_seconds == (0.1, 0.2) and row.to_json()["rank_seconds"] == [0.1, 0.2]
+    assert Metric.from_json({"iteration": 3, "loss": 1.0, "rank_seconds": ["x"]}).rank_seconds is None
