@@ -242,9 +242,9 @@ class Fault:
     # a rank whose own compute time per step is this fraction above the others' (median over the last
     # straggler_window steps) for straggler_steps steps in a row is named (status, an event, notify:)
     straggler_detection: bool = True
-    straggler_threshold: float = field(default=0.2, metadata={"at_least": 0.01})
+    straggler_threshold: float = field(default=0.3, metadata={"at_least": 0.01})
     straggler_window: int = field(default=10, metadata={"at_least": 1})
-    straggler_steps: int = field(default=15, metadata={"at_least": 1})
+    straggler_steps: int = field(default=8, metadata={"at_least": 1})
     # leave a named straggler's node out at the next restart inside the allocation, where a spare can
     # take its place
     straggler_exclude: bool = False

@@ -310,8 +310,8 @@ class Watchdog(threading.Thread):
             if not row.rank_seconds:
                 continue
             for found in self.detector.feed(row.iteration, row.rank_seconds):
-                host = next((r["host"] for b in self.rundir.heartbeats(self.start_key) for r in b.ranks
-                             if r["rank"] == found.rank), None)  # fmt: skip
+                host = next((b.host for b in self.rundir.heartbeats(self.start_key) for r in b.ranks
+                             if r.get("rank") == found.rank), None)  # fmt: skip
                 said = stragglers.describe(found, host)
                 sys.stderr.write(f"hpc-mm watchdog: {said}\n")
                 event = self.rundir.record(

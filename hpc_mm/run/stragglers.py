@@ -26,9 +26,9 @@ class Straggler:
 
 @dataclass
 class Detector:
-    threshold: float = 0.2
+    threshold: float = 0.3
     window: int = 10
-    steps: int = 15
+    steps: int = 8
     _times: dict[int, deque] = field(default_factory=dict)
     _slow_for: dict[int, int] = field(default_factory=dict)
     named: dict[int, Straggler] = field(default_factory=dict)

@@ -209,15 +209,18 @@ class Trainer(Checkpointing):
 
     def _step(self, data) -> tuple[float, float]:
         args = self.args
-        began = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
+        computed = 0.0  # this rank's own work: its forward and backward passes, before it waits for the others
         for _ in range(self.grad_acc):
             images, captions = next(data)
+            began, waited = time.perf_counter(), _run_delay()
             loss = self.model(images.to(self.device), captions.to(self.device)) / self.grad_acc
             loss.backward()
             total += loss.detach()
-        computed = time.perf_counter() - began  # this rank's own work, before it waits for the others
+            # less the time it was ready to run while the node's CPUs were busy with other processes (a
+            # loaded node slows every rank by turns; a rank that is stopped or slower is slow all along)
+            computed += max(0.0, time.perf_counter() - began - (_run_delay() - waited))
         allreduce_gradients(self.params, self.dp_group, self.dp_size)
         if args.clip_grad > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, args.clip_grad)
@@ -241,6 +244,17 @@ class Trainer(Checkpointing):
             self.saver.wait()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+_SCHEDSTAT = Path("/proc/thread-self/schedstat")
+
+
+def _run_delay() -> float:
+    """Seconds this thread has spent ready to run, waiting for a CPU (Linux's schedstat; 0 elsewhere)."""
+    try:
+        return int(_SCHEDSTAT.read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def main(argv: list[str] | None = None) -> int:

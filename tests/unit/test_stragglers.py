@@ -11,29 +11,38 @@ from hpc_mm.run.records import Metric
 from hpc_mm.run.stragglers import Detector
 
 
-def steps(rng: random.Random, ranks: int, count: int, slow: dict[int, float] = {}, since: int = 0):  # noqa: B006
+def steps(rng, ranks: int, count: int, slowed: int | None = None, since: int = 0, stops: bool = False):
     """Per-rank compute times: a shared drift (the machine's load), each rank's own jitter, and
-    occasional long steps (a page fault storm, another job's burst) on any rank."""
+    occasional long steps (a page fault storm, another job's burst) on any rank. From `since`, rank
+    `slowed` loses 30% of its speed: every step 1/0.7 as long, or (`stops`) stopped 7 ms of every
+    23 ms (as the integration test stops a rank), which lengthens the steps a stop falls in."""
+    clock = 0.0
     for step in range(count):
         load = 1 + 0.3 * abs(rng.gauss(0, 1))
         row = []
         for rank in range(ranks):
-            t = 0.05 * load * rng.lognormvariate(0, 0.12)
+            t = 0.012 * load * rng.lognormvariate(0, 0.12)
             if rng.random() < 0.05:
                 t *= rng.uniform(1.5, 3)
-            if step >= since and rank in slow:
-                t *= slow[rank]
+            if step >= since and rank == slowed:
+                if stops:
+                    stopped = int((clock + t) / 0.023) - int(clock / 0.023)  # stops that began in this step
+                    t += 0.007 * stopped
+                else:
+                    t /= 0.7
             row.append(t)
+        clock += max(row)
         yield step + 1, row
 
 
 @pytest.mark.parametrize("seed", range(50))
 @pytest.mark.parametrize("ranks", [2, 4, 8])
-def test_a_rank_slowed_by_thirty_percent_is_named_within_fifty_steps(seed, ranks):
+@pytest.mark.parametrize("stops", [False, True])
+def test_a_rank_slowed_by_thirty_percent_is_named_within_fifty_steps(seed, ranks, stops):
     rng = random.Random(seed)
     slowed = rng.randrange(ranks)
     detector, named = Detector(), []
-    for step, row in steps(rng, ranks, 200, {slowed: 1 / 0.7}, since=100):
+    for step, row in steps(rng, ranks, 200, slowed, since=100, stops=stops):
         named += [(step, s) for s in detector.feed(step, row)]
     assert [s.rank for _, s in named] == [slowed]
     assert named[0][0] - 100 <= 50 and named[0][1].ratio > 1.2
