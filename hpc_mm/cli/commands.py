@@ -99,6 +99,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             "entry": entry.kind,
             "contract": entry.describe(spec),
             "preemption": entry.preemption(spec),
+            "saves": entry.saves(spec),
             "hang_watch": entry.watch(spec).value if spec.fault.hang_detection else None,
             "hang_watch_why": watchdog.describe(spec.fault, entry.watch(spec), limits),
             "worst_case_loss": worst_case_loss(spec, args.run_dir),
@@ -130,6 +131,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             )
         print(f"  entry {r['contract']}")
         print(f"  hang watchdog: {r['hang_watch_why']}")
+        print(f"  checkpoint saves: {r['saves']}")
         if r["save_interval_why"]:
             print(f"  checkpoint.save_interval: auto: {r['save_interval_why']}")
         loss, took = r["worst_case_loss"], ""
@@ -267,15 +269,9 @@ def cmd_next_restart(args: argparse.Namespace) -> int:
 
 
 def cmd_standby(args: argparse.Namespace) -> int:
-    from hpc_mm.environments.devices import node_name
-    from hpc_mm.launch.command import job_env
-    from hpc_mm.launch.plan import node_share
-    from hpc_mm.launch.warm import serve_node
-    from hpc_mm.run.rundir import RunDir
+    from hpc_mm.launch.warm import serve
 
-    share = node_share(args.target, Path(args.target))
-    report = RunDir(share.run_dir).standby_file(share.job_id, node_name(os.environ))
-    return serve_node(share, job_env(os.environ, share.spec, share.run_dir), report)
+    return serve(Path(args.target))
 
 
 def cmd_release_hold(args: argparse.Namespace) -> int:

@@ -325,6 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             f"--{name}-seconds", type=positive_float, help=f"declare the {name} time instead of measuring it"
         )
+    p.add_argument(
+        "--stall-ratio",
+        type=non_negative_float,
+        help="what a save holds training over its whole time (default: the run's own background saves')",
+    )
+    p.add_argument(
+        "--warm-ratio",
+        type=non_negative_float,
+        help="a restart inside over a cold start-up (default: the run's own, measured from its restarts)",
+    )
     p.add_argument("--days", type=positive_float, default=30.0, help="training time to simulate (days of work)")
     p.add_argument("--seeds", type=positive_int, default=5, help="simulations a scale and strategy (averaged)")
     p.add_argument("--figure", type=Path, help="write the figure here (PNG); default RUN_DIR/goodput.png")

@@ -140,13 +140,31 @@ def training_argv(
     timeout = spec.fault.collective_timeout_minutes or collective_timeout_minutes
     if timeout:
         argv += [*flags("fault.collective_timeout_minutes"), str(timeout)]
+    if spec.checkpoint.async_save:  # the built-in trainer's, or Megatron's own (torch_dist checkpoints)
+        argv.append("--async-save")
     if spec.builtin:  # options of the built-in trainer only; Megatron would refuse them
         argv += ["--run-dir", str(run_dir)]
         if spec.checkpoint.keep_last:
             argv += ["--keep-last", str(spec.checkpoint.keep_last)]
-        if spec.checkpoint.async_save:
-            argv.append("--async-save")
     return argv
+
+
+ASYNC_FORMAT = "torch_dist"  # the checkpoint format Megatron's --async-save writes
+
+
+def checkpoint_format(spec: JobSpec) -> str | None:
+    """Megatron's --ckpt-format for this job: its own (entry.extra_args, gpt.extra), else the release's
+    default (None where the release has no such option)."""
+    args = spec.entry.extra_args
+    for i, arg in enumerate(args):
+        name, _, value = arg.partition("=")
+        if name == "--ckpt-format":
+            return value or (args[i + 1] if i + 1 < len(args) else None)
+    for key, value in spec.gpt.extra.items():
+        if normal(key) == normal("--ckpt-format"):
+            return str(value)
+    option = table(spec.entry.mindspeed_mm).find("--ckpt-format")
+    return option.default if option is not None else None
 
 
 def _section_flags(spec: JobSpec, section: str, values: dict | None = None) -> list[str]:

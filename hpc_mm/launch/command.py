@@ -12,7 +12,7 @@ from pathlib import Path
 from hpc_mm.job.entries import contract
 from hpc_mm.job.entries.base import Paths
 from hpc_mm.launch import standby, warm
-from hpc_mm.launch.plan import Plan
+from hpc_mm.launch.plan import Plan, job_env
 from hpc_mm.run import checkpoints
 from hpc_mm.run.atomic import write_atomic
 from hpc_mm.run.checkpoints import latest_whole
@@ -189,19 +189,6 @@ def collective_timeouts(device: str, budget_seconds: float) -> dict:
     if device == "cuda":
         return {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
     return {}
-
-
-def job_env(env: dict, spec, run_dir) -> dict:
-    """`env` with the job's own variables (a null value: unset, as a script's `unset X`) and hpc-mm's."""
-    env = dict(env)
-    for name, value in spec.env.items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
-    env["PYTHONUNBUFFERED"] = "1"
-    env["HPC_MM_RUN_DIR"] = str(run_dir)
-    return env
 
 
 def child_env(plan: Plan, budget_seconds: float | None = None) -> dict:

@@ -234,6 +234,19 @@ class NodeShare:
     job_id: str | None
 
 
+def job_env(env: dict, spec, run_dir) -> dict:
+    """`env` with the job's own variables (a null value: unset, as a script's `unset X`) and hpc-mm's."""
+    env = dict(env)
+    for name, value in spec.env.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    env["PYTHONUNBUFFERED"] = "1"
+    env["HPC_MM_RUN_DIR"] = str(run_dir)
+    return env
+
+
 def node_share(target: str, run_dir: Path | None = None, env: dict | None = None) -> NodeShare:
     spec, run_dir = load_target(target, [], run_dir)
     env = dict(os.environ if env is None else env)

@@ -74,3 +74,14 @@ def serve_node(share, env: dict, report: Path) -> int:
     sys.stdout.flush()
     pool.serve()
     return 0
+
+
+def serve(run_dir: Path) -> int:
+    """`hpc-mm standby RUN_DIR`, inside the allocation."""
+    from hpc_mm.environments.devices import node_name
+    from hpc_mm.launch.plan import job_env, node_share
+    from hpc_mm.run.rundir import RunDir
+
+    share = node_share(str(run_dir), run_dir)
+    report = RunDir(share.run_dir).standby_file(share.job_id, node_name(os.environ))
+    return serve_node(share, job_env(os.environ, share.spec, share.run_dir), report)

@@ -68,6 +68,21 @@ def forecast(args: argparse.Namespace) -> int:
     )
     scales = [replace(base, accelerators=n) for n in _scales(args.accelerators)]
     rows = goodput.predict(costs, scales, seeds=args.seeds, work=args.days * 86400)
+    # The levers: this run's own ratios (or the declared ones) applied to the costs above.
+    ratios = goodput.measured_ratios(run, costs) if run is not None else goodput.Ratios()
+    if args.stall_ratio is not None or args.warm_ratio is not None:
+        ratios = replace(
+            ratios,
+            stall=ratios.stall if args.stall_ratio is None else args.stall_ratio,
+            warm=ratios.warm if args.warm_ratio is None else args.warm_ratio,
+            sources={**ratios.sources, **{k: "declared" for k, v in (("stall", args.stall_ratio),
+                     ("warm", args.warm_ratio)) if v is not None}},
+        )  # fmt: skip
+    for name, value in (("--stall-ratio", ratios.stall), ("--warm-ratio", ratios.warm)):
+        if not 0 <= value <= 1:
+            raise UserError.one(name, f"{value} is not a ratio between 0 and 1")
+    pulled = ratios.stall < 1 or ratios.warm < 1
+    lever_rows = goodput.levers(costs, ratios, scales, seeds=args.seeds, work=args.days * 86400) if pulled else []
     figure = args.figure or (run.goodput_figure if run is not None else None)
     if figure is not None:
         plot(rows, figure, spec.name)
@@ -78,6 +93,8 @@ def forecast(args: argparse.Namespace) -> int:
                     "costs": costs.to_json(),
                     "scale": {**base.__dict__, "accelerators": None},
                     "rows": rows,
+                    "ratios": {"stall": ratios.stall, "warm": ratios.warm, "sources": ratios.sources},
+                    "levers": lever_rows,
                     "figure": str(figure) if figure else None,
                 },
                 indent=1,
@@ -85,6 +102,8 @@ def forecast(args: argparse.Namespace) -> int:
         )
         return 0
     print(text(costs, base, rows))
+    if lever_rows:
+        print("\n" + lever_text(ratios, lever_rows))
     if figure is not None:
         print(f"figure: {figure}")
     return 0
@@ -110,6 +129,22 @@ def text(costs: goodput.Costs, base: goodput.Scale, rows: list[dict]) -> str:
         lines.append(
             f"{r['accelerators']:>12,} {r['nodes']:>6,} {duration(r['mtbf_hours'] * 3600):>8} {interval:>16} "
             + " ".join(f"{c:>15}" for c in cells)
+        )
+    return "\n".join(lines)
+
+
+def lever_text(ratios: goodput.Ratios, rows: list[dict]) -> str:
+    lines = [
+        f"levers: a save holds training {ratios.stall:.2f}x its time ({ratios.sources.get('stall', 'declared')}); "
+        f"a restart inside takes {ratios.warm:.2f}x a cold start ({ratios.sources.get('warm', 'declared')})",
+        "goodput with spare nodes, simulated: the costs above, then with each lever applied to them",
+        "",
+        f"{'accelerators':>12} {'as given':>10} {'async save':>11} {'warm restart':>13} {'both':>8}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['accelerators']:>12,} {r['as given']:>10.1%} {r['async save']:>11.1%} "
+            f"{r['warm restart']:>13.1%} {r['both']:>8.1%}"
         )
     return "\n".join(lines)
 

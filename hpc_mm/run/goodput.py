@@ -44,12 +44,13 @@ SHORTEST_STEP = 1e-3  # seconds: a measured step shorter than this is a broken r
 
 @dataclass(frozen=True)
 class Costs:
-    save: float = 60.0
+    save: float = 60.0  # what a save holds training (a background save: its stall)
     stop: float = 10.0
     restart_inside: float = 60.0
     startup: float = 120.0  # batch start to the first iteration, after a requeue
     step: float = 1.0
     sources: dict = field(default_factory=dict)  # what was measured, what assumed
+    write: float | None = None  # a background save's whole time (None: the save holds training all along)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -79,8 +80,11 @@ class Scale:
 
 
 def interval_for(costs: Costs, scale: Scale) -> float:
-    """The checkpoint interval (seconds of training) for this scale: Young/Daly."""
-    return max(costs.step, young_daly(costs.save, scale.mtbf)) if math.isfinite(scale.mtbf) else 86400.0
+    """The checkpoint interval (seconds of training) for this scale: Young/Daly on what a save holds
+    training, and no shorter than a whole save (a background save starts once the last is written)."""
+    if not math.isfinite(scale.mtbf):
+        return 86400.0
+    return max(costs.step, costs.write or 0.0, young_daly(costs.save, scale.mtbf))
 
 
 def closed_form(costs: Costs, scale: Scale, strategy: str, interval: float | None = None) -> float:
@@ -289,6 +293,61 @@ def measured(run: RunDir) -> Costs:
     usable = step is not None and math.isfinite(step) and step >= SHORTEST_STEP
     out["step"], sources["step"] = (step, "measured") if usable else (1.0, "assumed")
     return Costs(**out, sources=sources)
+
+
+@dataclass(frozen=True)
+class Ratios:
+    """The levers of issue-sized costs, as ratios a run measures: what an asynchronous save holds
+    training over the whole save (`stall`), and a warm restart inside (standby interpreters, the
+    step ended in a second) over a cold start (`warm`). 1.0: the lever is not pulled."""
+
+    stall: float = 1.0
+    warm: float = 1.0
+    sources: dict = field(default_factory=dict)
+
+
+def measured_ratios(run: RunDir, costs: Costs | None = None) -> Ratios:
+    """A run's own ratios: its background saves' stall over their whole time; its restarts inside
+    (fault to the first iteration after it) over its cold start-up (batch start to the first iteration)."""
+    stalls = [
+        e.stall_seconds / e.save_seconds
+        for e in run.events()
+        if e.save_seconds and e.get("blocked") is not None and e.stall_seconds is not None
+    ]
+    costs = costs or measured(run)
+    sources = {"stall": f"measured ({len(stalls)})" if stalls else "none (synchronous saves)"}
+    warm = 1.0
+    if costs.sources.get("restart_inside", "").startswith("measured") and costs.sources.get("startup", "").startswith(
+        "measured"
+    ):
+        warm = min(1.0, costs.restart_inside / costs.startup) if costs.startup > 0 else 1.0
+        sources["warm"] = "measured: restart inside over start-up"
+    else:
+        sources["warm"] = "none (no restart inside yet)"
+    return Ratios(statistics.median(stalls) if stalls else 1.0, warm, sources)
+
+
+def levers(costs: Costs, ratios: Ratios, scales: list[Scale], seeds: int = 5, work: float = 7 * 86400.0) -> list[dict]:
+    """What each lever is worth: goodput (spare nodes held, restart inside) with the costs as they
+    are, with the save's stall, with the warm restart, and with both, at each scale."""
+    variants = {
+        "as given": costs,
+        "async save": replace(costs, save=costs.save * ratios.stall, write=costs.save),
+        "warm restart": replace(costs, restart_inside=costs.restart_inside * ratios.warm),
+        "both": replace(
+            costs, save=costs.save * ratios.stall, write=costs.save, restart_inside=costs.restart_inside * ratios.warm
+        ),
+    }
+    rows = []
+    for scale in scales:
+        row = {"accelerators": scale.accelerators}
+        for name, c in variants.items():
+            tau = interval_for(c, scale)
+            row[name] = statistics.mean(
+                simulate(c, scale, Strategy.SPARES, work, tau, seed).goodput for seed in range(seeds)
+            )
+        rows.append(row)
+    return rows
 
 
 def with_costs(costs: Costs, **declared: float | None) -> Costs:

@@ -41,6 +41,16 @@ class Contract(ABC):
         left to the entry)."""
         return ["hpc_mm.train.loop"] if spec.builtin else []
 
+    def saves(self, spec: JobSpec) -> str:
+        """How its saves hold training (validate says it): the built-in trainer's, by default."""
+        if spec.resume.dir:
+            return f"the entry's own, in {spec.resume.dir} (hpc-mm resumes from them, it does not make them)"
+        if not self.trains:
+            return "none (it runs once)"
+        if spec.checkpoint.async_save:
+            return "in the background: training is held only while the state is copied, beside the next step"
+        return "synchronous: training waits for every save (checkpoint.async_save: true saves in the background)"
+
     def saves_on_signal(self, spec: JobSpec) -> bool:
         """Does the entry save a checkpoint when it is asked to stop (Megatron's --exit-signal-handler)?
         If not, a stop loses the iterations since the last periodic save."""

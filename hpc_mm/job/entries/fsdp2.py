@@ -150,7 +150,20 @@ class Fsdp2Contract(Contract):
             training.pop("load", None)
         training["save_interval"] = spec.checkpoint.save_interval
         training["train_iters"] = self.train_iters(spec)
+        if spec.checkpoint.async_save and self._saves_async(spec):
+            training["save_async"] = True  # the trainer's own background save (DCP's async_save)
         return config
+
+    @staticmethod
+    def _saves_async(spec: JobSpec) -> bool:
+        return "save_async" in fsdp2.table(spec.entry.mindspeed_mm)["sections"]["training"]["fields"]
+
+    def saves(self, spec: JobSpec) -> str:
+        if not self._saves_async(spec):
+            return f"synchronous (MindSpeed-MM {spec.entry.mindspeed_mm}'s FSDP2 trainer has no background save)"
+        if spec.checkpoint.async_save:
+            return "in the background (the FSDP2 trainer's training.save_async: DCP's async save)"
+        return "synchronous: training waits for every save (checkpoint.async_save: true sets training.save_async)"
 
     def check(self, spec: JobSpec, world_size: int | None) -> list[Problem]:
         from hpc_mm.job.megatron import device_hint

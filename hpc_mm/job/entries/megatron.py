@@ -49,8 +49,34 @@ class MegatronContract(Contract):
             out["entry.config"] = "config/fsdp2_config.yaml"
         return out
 
+    def saves(self, spec: JobSpec) -> str:
+        if spec.builtin:
+            return super().saves(spec)
+        from hpc_mm.job.megatron import ASYNC_FORMAT, checkpoint_format
+
+        if spec.checkpoint.async_save:
+            return f"in the background (Megatron's --async-save, --ckpt-format {ASYNC_FORMAT})"
+        found = checkpoint_format(spec)
+        where = "" if found == ASYNC_FORMAT else f"; it needs --ckpt-format {ASYNC_FORMAT}, this job writes {found}"
+        return (
+            "synchronous: training waits for every save (checkpoint.async_save: true passes Megatron's "
+            f"--async-save{where})"
+        )
+
     def check(self, spec: JobSpec, world_size: int | None) -> list[Problem]:
         out = []
+        if spec.checkpoint.async_save and not spec.builtin:
+            from hpc_mm.job.megatron import ASYNC_FORMAT, checkpoint_format
+
+            found = checkpoint_format(spec)
+            if found is not None and found != ASYNC_FORMAT:
+                out.append(
+                    Problem(
+                        "checkpoint.async_save",
+                        f"Megatron's --async-save writes only --ckpt-format {ASYNC_FORMAT}; this job's is {found}",
+                        f"set --ckpt-format {ASYNC_FORMAT} (gpt.extra or entry.extra_args), or async_save: false",
+                    )
+                )
         for i, arg in enumerate(spec.entry.extra_args):
             if arg.split("=", 1)[0] == FSDP2_CONFIG_FLAG:
                 out.append(
