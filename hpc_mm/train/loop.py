@@ -214,13 +214,15 @@ class Trainer(Checkpointing):
         computed = 0.0  # this rank's own work: its forward and backward passes, before it waits for the others
         for _ in range(self.grad_acc):
             images, captions = next(data)
-            began, waited = time.perf_counter(), _run_delay()
+            if self.timed:
+                began, waited = time.perf_counter(), _run_delay()
             loss = self.model(images.to(self.device), captions.to(self.device)) / self.grad_acc
             loss.backward()
             total += loss.detach()
-            # less the time it was ready to run while the node's CPUs were busy with other processes (a
-            # loaded node slows every rank by turns; a rank that is stopped or slower is slow all along)
-            computed += max(0.0, time.perf_counter() - began - (_run_delay() - waited))
+            if self.timed:
+                # less the time it was ready to run while the node's CPUs were busy with other processes (a
+                # loaded node slows every rank by turns; a rank that is stopped or slower is slow all along)
+                computed += max(0.0, time.perf_counter() - began - (_run_delay() - waited))
         allreduce_gradients(self.params, self.dp_group, self.dp_size)
         if args.clip_grad > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, args.clip_grad)

@@ -198,6 +198,15 @@ def test_fsdp2_resolved_yaml_owns_save_load_interval_and_iterations(tmp_path):
     assert entry.argv(spec, Paths(run, ckpt), "gloo", 4, 30) == [str(run / "config" / "trainer.yaml")]
 
 
+def test_fsdp2_saves_in_the_background_with_its_own_save_async(tmp_path):
+    spec = load_job(write(tmp_path, fsdp2_job(tmp_path, **{"checkpoint.async_save": True})))
+    entry, run = contract(spec), tmp_path / "run"
+    assert entry.resolved(spec, Paths(run, run / "checkpoints", None))["training"]["save_async"] is True
+    assert "training.save_async" in entry.saves(spec)
+    sync = load_job(write(tmp_path, fsdp2_job(tmp_path)))
+    assert "save_async" not in contract(sync).resolved(sync, Paths(run, run / "checkpoints", None))["training"]
+
+
 def test_start_files_are_written_into_the_run(tmp_path):
     path = write(tmp_path, fsdp2_job(tmp_path, **{"gpt.train_iters": 30}))
     run = tmp_path / "run"

@@ -183,3 +183,42 @@ def test_a_negative_rate_or_share_is_refused(flag):
 
     rc, out, err = cli_in_process("goodput", JOBS / "tiny-vlm.yaml", flag)
     assert rc == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+
+
+def test_a_background_save_counts_what_it_held_not_its_whole_write(tmp_path):
+    run = run_with(tmp_path, saves=[10, 10], step=2.0)
+    for i in (3, 4):  # two background saves: 20 s to write, 0.2 s held
+        run.record(Kind.CHECKPOINT, StartKey("7", 0), iteration=i * 10, reason="interval", seconds=20, blocked=0.2)
+    run = run.reread()
+    held = [e.stall_seconds for e in run.events() if e.kind is Kind.CHECKPOINT]
+    assert held == [10, 10, 0.2, 0.2]
+    chosen = interval.choose(8.0, run)
+    assert chosen.save_seconds == pytest.approx(5.1)  # the median of what the saves held
+    # and never shorter than a whole save: one starts once the last is written
+    quick = interval.choose(0.001, run_with(tmp_path / "q", step=1.0))
+    assert quick.seconds >= 1.0
+    assert goodput.measured(run).save == pytest.approx(5.1)
+
+
+def test_the_levers_are_the_runs_own_ratios_applied_to_the_costs(tmp_path):
+    run = run_with(tmp_path, saves=[10], step=2.0)
+    run.record(Kind.CHECKPOINT, StartKey("7", 0), iteration=50, reason="interval", seconds=20, blocked=0.5)
+    ratios = goodput.measured_ratios(run.reread())
+    assert ratios.stall == pytest.approx(0.025) and ratios.warm == 1.0  # no restart inside measured
+    costs = goodput.Costs(save=60, restart_inside=120, startup=600, step=5)
+    scale = goodput.Scale(accelerators=16384, per_node=8, spares=8, queue_wait=600)
+    row = goodput.levers(costs, goodput.Ratios(stall=0.01, warm=0.3), [scale], seeds=2, work=2 * 86400)[0]
+    assert row["as given"] < row["warm restart"] < row["both"] and row["as given"] < row["async save"] < row["both"]
+    # a background save still takes its whole write between two saves
+    assert goodput.interval_for(goodput.Costs(save=0.01, write=60, step=5), scale) == 60
+
+
+def test_goodput_command_shows_the_levers(tmp_path):
+    out = run_cli(
+        "goodput", JOBS / "tiny-vlm.yaml", "--accelerators", "16384", "--save-seconds", "60",
+        "--restart-seconds", "120", "--startup-seconds", "600", "--stall-ratio", "0.01", "--warm-ratio", "0.3",
+        "--days", "2", "--seeds", "1", "--figure", tmp_path / "g.png", check=True,
+    ).stdout  # fmt: skip
+    assert "levers: a save holds training 0.01x its time (declared)" in out and "warm restart" in out
+    bad = run_cli("goodput", JOBS / "tiny-vlm.yaml", "--warm-ratio", "2")
+    assert bad.returncode == 2 and "--warm-ratio: 2.0 is not a ratio between 0 and 1" in bad.stderr

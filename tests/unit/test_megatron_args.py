@@ -171,3 +171,21 @@ def test_the_table_is_honest_about_where_options_come_from():
     assert table().find("--use-mcore-models").dest == "deprecated_use_mcore_models"
     assert table().find("persistent_save_interval").dest == "save_interval"  # an alias
     assert table().find("override_opt_param_scheduler").flag == "--override-opt_param-scheduler"
+
+
+def test_async_save_reaches_megatron_and_needs_torch_dist(tmp_path):
+    from hpc_mm.errors import UserError
+    from hpc_mm.job.entries import contract
+    from hpc_mm.job.jobfile import load_job
+    from hpc_mm.job.megatron import training_argv
+
+    job = JOBS / "qwen2vl-7b.yaml"
+    spec = load_job(job, ["checkpoint.async_save=true", "gpt.extra={ckpt_format: torch_dist}"])
+    argv = training_argv(spec, run_dir=tmp_path, checkpoint_dir=tmp_path, backend="hccl", world_size=32)
+    assert "--async-save" in argv
+    assert "in the background (Megatron's --async-save" in contract(spec).saves(spec)
+    with pytest.raises(UserError, match="checkpoint.async_save: Megatron's --async-save writes only"):
+        load_job(job, ["checkpoint.async_save=true", "entry.extra_args=['--ckpt-format', 'torch']"])
+    sync = load_job(job, ["gpt.extra={ckpt_format: torch_dist}"])
+    assert "--async-save" not in training_argv(sync, run_dir=tmp_path, checkpoint_dir=tmp_path, backend="hccl")
+    assert contract(sync).saves(sync).startswith("synchronous")

@@ -1,0 +1,61 @@
+"""What straggler detection costs training: the tiny job, 2 emulated nodes x 1 rank under `hpc-mm
+local` (mpirun, torchrun, gloo), with detection on (each rank's compute time per step, read from
+the scheduler's schedstat and carried in the loss all-reduce; node 0's launcher names stragglers
+from the metrics rows) and off (fault.straggler_detection: false), alternated, ROUNDS runs each.
+Step time: the median gap between the run's metrics rows after WARMUP iterations. Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, spread, table, verdict  # noqa: E402
+
+ROUNDS = 3
+ITERS = 600
+WARMUP = 50
+
+
+def run(folder: Path, on: bool, i: int) -> float:
+    run_dir = folder / f"{'on' if on else 'off'}-{i}"
+    sets = ["gpt.train_iters=600", "checkpoint.save_interval=100000", "gpt.log_interval=100",
+            f"fault.straggler_detection={'true' if on else 'false'}", "distributed.nproc_per_node=1",
+            "env.OMP_NUM_THREADS='1'"]  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "hpc_mm", "local", str(ROOT / "jobs" / "tiny-vlm.yaml"), "--run-dir", str(run_dir),
+         *[a for s in sets for a in ("--set", s)]],
+        check=True, capture_output=True, cwd=folder,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["iteration"] > WARMUP]
+    assert bool(rows[0].get("rank_seconds")) == on
+    gaps = [(b["time"] - a["time"]) / (b["iteration"] - a["iteration"]) for a, b in zip(rows, rows[1:])]
+    return statistics.median(gaps)
+
+
+def main() -> int:
+    on, off = [], []
+    with tempfile.TemporaryDirectory(dir=ROOT, prefix=".bench-stragglers-") as d:
+        for i in range(ROUNDS):
+            off.append(run(Path(d), False, i))
+            on.append(run(Path(d), True, i))
+    overhead = statistics.median(on) / statistics.median(off) - 1
+    print(
+        table(
+            ["tiny job, 2 nodes x 1 rank, `hpc-mm local`", "step time, median (min-max) of 3 runs"],
+            [["straggler detection off", spread(off)], ["straggler detection on", spread(on)]],
+        )
+    )
+    print()
+    print(verdict("overhead of straggler detection on the step", overhead, 0.01, lambda v: f"{v:+.1%}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
