@@ -42,7 +42,7 @@ from hpc_mm.run.rundir import RunDir, read_events  # noqa: E402
 
 PY = sys.executable
 CONF = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
-CRASHES = 3
+CRASHES = 5
 TRAIN_SECONDS = 6  # each start trains this long before its rank is killed
 EVERY = 60  # part 2: seconds between crashes
 ITERS = 3000  # part 2: the run's length (about five minutes of training)
@@ -87,8 +87,8 @@ def pieces(run_dir: Path, restart: int, killed_at: float) -> dict[str, float]:
 
 
 MODES = {
-    # label: overrides; every start gets its standbys a second after it begins (production: 10 s)
-    "restart inside, warm (standbys)": ["slurm.spare_nodes=1", "env.HPC_MM_STANDBY_REFILL_AFTER='1'"],
+    # label: overrides; a start's standbys refill 4 s after it begins (production: 10 s), once it trains
+    "restart inside, warm (standbys)": ["slurm.spare_nodes=1", "env.HPC_MM_STANDBY_REFILL_AFTER='4'"],
     "restart inside, cold (no standbys)": ["slurm.spare_nodes=1", "requeue.warm_standby=false"],
     "requeue (idle cluster)": ["requeue.inside=false"],
 }

@@ -116,11 +116,10 @@ class Pool:
         self.command, self.workdir, self.env, self.modules, self.count = command, workdir, env, modules, count
         self.refill_after = refill_after
         self.report, self.node = report, name.rsplit("-", 1)[-1]
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind("\0" + name)
-        self.server.listen(64)
+        # Bound once its first standby is ready: until then a launcher finds no pool here and starts
+        # its processes as it always did (the first start of an allocation never waits for one).
+        self.name, self.server = name, None
         self.selector = selectors.DefaultSelector()
-        self.selector.register(self.server, selectors.EVENT_READ, ("server", None))
         self.standbys: list[Standby] = []
         self.handed = 0
         self.stopping = False
@@ -184,7 +183,15 @@ class Pool:
             except subprocess.TimeoutExpired:
                 pass
             self._unlink(standby)
-        self.server.close()
+        if self.server is not None:
+            self.server.close()
+
+    def _open(self) -> None:
+        if self.server is None:
+            self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.server.bind("\0" + self.name)
+            self.server.listen(64)
+            self.selector.register(self.server, selectors.EVENT_READ, ("server", None))
 
     def _accept(self) -> None:
         try:
@@ -246,6 +253,7 @@ class Pool:
             said = json.loads(line)
             if "ready" in said:
                 standby.ready, standby.seconds, standby.failed = True, said.get("seconds"), said.get("failed") or {}
+                self._open()
                 if standby.failed:
                     print(f"hpc-mm standby: {self.node}: not imported ahead: {standby.failed}", file=sys.stderr)
                 self._report()

@@ -123,18 +123,33 @@ def test_without_a_pool_the_client_starts_cold(tmp_path):
     assert "cold start" not in err
 
 
-def test_an_empty_pool_says_so_and_starts_cold(tmp_path):
-    name = f"empty-{os.getpid()}"
+def test_a_pool_whose_standbys_are_all_taken_says_so_and_the_start_is_cold(pool, tmp_path):
+    name, _ = pool
+    busy = [client(name, tmp_path, "wait") for _ in range(2)]  # both standbys taken (refilled at once here)
+    for proc in busy:
+        for line in proc.stdout:
+            if "waiting" in line:
+                break
+    late = client(name, tmp_path, "1")  # before the refill is ready
+    out, err = late.communicate(timeout=60)
+    for proc in busy:
+        proc.kill()
+        proc.wait()
+    assert late.returncode == 1 and ("preloaded False" in out) == ("a cold start" in err)
+
+
+def test_a_pool_is_not_there_until_a_standby_is_ready(tmp_path):
+    name = f"slow-{os.getpid()}"
     code = (
         "import os,sys; from hpc_mm.launch.standby import Pool; "
-        f"Pool({name!r}, [sys.executable], '.', dict(os.environ), [], 0).serve()"
+        f"Pool({name!r}, [sys.executable], '.', dict(os.environ), [], 1, refill_after=3).serve()"
     )
     pool = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path)
     try:
-        time.sleep(1.5)
-        proc = client(name, tmp_path, "1")
+        time.sleep(1)
+        proc = client(name, tmp_path, "1")  # the pool fills only after 3 s: no socket yet, a plain start
         out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 1 and "no standby interpreter is ready yet; a cold start" in err
+        assert proc.returncode == 1 and "cold start" not in err and "preloaded False" in out
     finally:
         pool.terminate()
         pool.wait(10)
