@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, spread, table, verdict  # noqa: E402
 
-ROUNDS = 3
+ROUNDS = 5
 ITERS = 600
 WARMUP = 50
 
@@ -48,8 +48,11 @@ def main() -> int:
     overhead = statistics.median(on) / statistics.median(off) - 1
     print(
         table(
-            ["tiny job, 2 nodes x 1 rank, `hpc-mm local`", "step time, median (min-max) of 3 runs"],
-            [["straggler detection off", spread(off)], ["straggler detection on", spread(on)]],
+            ["tiny job, 2 nodes x 1 rank, `hpc-mm local`", f"step time, median (min-max) of {ROUNDS} runs"],
+            [
+                ["straggler detection off", spread([v * 1000 for v in off], "ms", 1)],
+                ["straggler detection on", spread([v * 1000 for v in on], "ms", 1)],
+            ],
         )
     )
     print()

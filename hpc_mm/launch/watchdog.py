@@ -306,10 +306,14 @@ class Watchdog(threading.Thread):
     def _stragglers(self) -> None:
         """Feed this start's new metrics rows to the straggler detector; name whom it finds."""
         rows, self._metrics_at = new_rows(self.rundir.metrics_file, self._metrics_at)
-        for row in rows:
-            if not row.rank_seconds:
-                continue
-            for found in self.detector.feed(row.iteration, row.rank_seconds):
+        steps = [
+            (row.iteration - len(row.rank_seconds) + 1 + i, times)
+            for row in rows
+            if row.rank_seconds
+            for i, times in enumerate(row.rank_seconds)
+        ]
+        for iteration, times in steps:
+            for found in self.detector.feed(iteration, times):
                 host = next((b.host for b in self.rundir.heartbeats(self.start_key) for r in b.ranks
                              if r.get("rank") == found.rank), None)  # fmt: skip
                 said = stragglers.describe(found, host)

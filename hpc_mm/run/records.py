@@ -46,9 +46,10 @@ class Metric:
     global_batch_size: int | None = None
     step_ms: float | None = None
     samples_per_second: float | None = None
-    # each rank's own compute time of the step (seconds; the built-in trainer): what tells a slow rank
-    # from ranks waiting for it in a collective (run/stragglers.py)
-    rank_seconds: tuple[float, ...] | None = None
+    # each rank's own compute time of the steps up to this one (seconds, a list per step, oldest first,
+    # rank by rank; the built-in trainer writes them every few steps): what tells a slow rank from ranks
+    # waiting for it in a collective (run/stragglers.py)
+    rank_seconds: tuple[tuple[float, ...], ...] | None = None
 
     @classmethod
     def from_json(cls, value: dict) -> Metric | None:
@@ -61,15 +62,16 @@ class Metric:
             for f in fields(cls)
             if f.name not in ("iteration", "loss", "rank_seconds")
         }
-        ranks = value.get("rank_seconds")
-        if isinstance(ranks, list) and ranks and all(number(v) is not None for v in ranks):
-            extra["rank_seconds"] = tuple(number(v) for v in ranks)
+        steps = value.get("rank_seconds")
+        if isinstance(steps, list) and steps and all(isinstance(s, list) and s for s in steps):
+            if all(number(v) is not None for s in steps for v in s):
+                extra["rank_seconds"] = tuple(tuple(number(v) for v in s) for s in steps)
         return cls(iteration, loss, **extra)
 
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
         if self.rank_seconds is not None:
-            out["rank_seconds"] = list(self.rank_seconds)
+            out["rank_seconds"] = [list(s) for s in self.rank_seconds]
         return out
 
 

@@ -86,7 +86,8 @@ class Trainer(Checkpointing):
         self.saver = checkpoint.AsyncSaver() if args.async_save else None
         # each rank's compute time per step, for the launcher's straggler detection (run/stragglers.py)
         self.timed = self.world > 1 and os.environ.get(RANK_TIMES) == "1"
-        self.rank_seconds: tuple[float, ...] | None = None
+        self.rank_seconds: tuple[tuple[float, ...], ...] | None = None  # a few steps', rank by rank
+        self._times: list[float] = []
 
     # ------------------------------------------------------------------ setup
     def build(self) -> None:
@@ -231,15 +232,24 @@ class Trainer(Checkpointing):
         if self.saver:
             self.saver.before_update()  # a background save's copy of the weights is done with them
         self.optimizer.step()
-        if not self.timed:
-            dist.all_reduce(total, group=self.dp_group)
-            return total.item() / self.dp_size, float(grad_norm)
-        # the loss and every rank's compute time in one all-reduce (each rank fills its own slot)
-        said = torch.zeros(1 + self.world, dtype=torch.float64, device=self.device)
-        said[0], said[1 + self.rank] = total.double(), computed
+        dist.all_reduce(total, group=self.dp_group)
+        if self.timed:
+            self._share_times(computed)
+        return total.item() / self.dp_size, float(grad_norm)
+
+    def _share_times(self, computed: float) -> None:
+        """Every rank's compute times of the last TIMES_EVERY steps, gathered in one all-reduce (a
+        collective of more than one value costs gloo several hundred microseconds: once per step, that
+        would be percents of a small step) and written by rank 0 with the row of the last of them."""
+        self._times.append(computed)
+        self.rank_seconds = None
+        if len(self._times) < TIMES_EVERY:
+            return
+        said = torch.zeros(self.world, TIMES_EVERY, device=self.device)
+        said[self.rank] = torch.tensor(self._times)
         dist.all_reduce(said, group=self.dp_group)
-        self.rank_seconds = tuple(round(v, 6) for v in said[1:].tolist())
-        return said[0].item() / self.dp_size, float(grad_norm)
+        self.rank_seconds = tuple(tuple(round(v, 6) for v in step) for step in said.t().tolist())
+        self._times = []
 
     def close(self) -> None:
         if self.saver:
@@ -249,6 +259,7 @@ class Trainer(Checkpointing):
 
 
 _SCHEDSTAT = Path("/proc/thread-self/schedstat")
+TIMES_EVERY = 10  # steps whose compute times the ranks share at once
 
 
 def _run_delay() -> float:

@@ -64,6 +64,7 @@ def test_a_rank_is_named_once_and_a_single_rank_names_nobody():
 
 
 def test_metrics_rows_carry_each_ranks_time():
-    row = Metric.from_json({"iteration": 3, "loss": 1.0, "rank_seconds": [0.1, 0.2]})
-    assert row.rank_seconds == (0.1, 0.2) and row.to_json()["rank_seconds"] == [0.1, 0.2]
-    assert Metric.from_json({"iteration": 3, "loss": 1.0, "rank_seconds": ["x"]}).rank_seconds is None
+    row = Metric.from_json({"iteration": 3, "loss": 1.0, "rank_seconds": [[0.1, 0.2], [0.1, 0.3]]})
+    assert row.rank_seconds == ((0.1, 0.2), (0.1, 0.3)) and row.to_json()["rank_seconds"] == [[0.1, 0.2], [0.1, 0.3]]
+    assert Metric.from_json({"iteration": 3, "loss": 1.0, "rank_seconds": [["x"]]}).rank_seconds is None
+    assert Metric.from_json({"iteration": 3, "loss": 1.0, "rank_seconds": [0.1]}).rank_seconds is None
