@@ -31,12 +31,14 @@ import os
 import selectors
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpc_mm.errors import UserError
 from hpc_mm.run.atomic import write_atomic
 
 CHILD = Path(__file__).resolve().parent / "standby_child.py"
@@ -58,9 +60,21 @@ def links_dir() -> Path:
     return Path(f"/tmp/hpc-mm-standby-{os.getuid()}")
 
 
+def _links_are_ours() -> bool:
+    """The links name processes the launcher may kill: they count only in a folder of this user's that
+    nobody else can write (a folder someone else made first in /tmp is never trusted)."""
+    try:
+        info = os.lstat(links_dir())
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
+
+
 def stand_ins() -> dict[int, int]:
     """Every client on this host and the standby running its process."""
     out = {}
+    if not _links_are_ours():
+        return out
     try:
         names = os.listdir(links_dir())
     except OSError:
@@ -73,10 +87,24 @@ def stand_ins() -> dict[int, int]:
 
 def stand_in(pid: int) -> int | None:
     """The standby running the process whose client is `pid`, if any."""
+    if not _links_are_ours():
+        return None
     try:
-        return int((links_dir() / str(pid)).read_text())
+        real, real_started, client_started = (links_dir() / str(pid)).read_text().split()
     except (OSError, ValueError):
         return None
+    # both still the processes the link was written for (a pid is reused once its process is gone)
+    if _started(pid) != client_started or _started(int(real)) != real_started:
+        return None
+    return int(real)
+
+
+def _started(pid: int) -> str:
+    """When a process started (clock ticks since boot): with its pid, it names the process for good."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "gone"
 
 
 @dataclass
@@ -125,6 +153,10 @@ class Pool:
         self.stopping = False
         self.refill_at = time.monotonic() + refill_after
         links_dir().mkdir(mode=0o700, exist_ok=True)
+        if not _links_are_ours():  # someone else's folder: no links, and every start through here is cold
+            raise UserError.one(
+                "/tmp", f"{links_dir()} is not this user's own folder", "remove it; hpc-mm makes it (mode 0700)"
+            )
 
     # ------------------------------------------------------------------ standbys
     def spawn(self) -> None:
@@ -231,7 +263,7 @@ class Pool:
                 os.close(fd)
         ready.client, ready.client_pid = conn, pid
         self.handed += 1
-        write_atomic(links_dir() / str(pid), str(ready.proc.pid))
+        write_atomic(links_dir() / str(pid), f"{ready.proc.pid} {_started(ready.proc.pid)} {_started(pid)}")
         _reply(conn, {"pid": ready.proc.pid})
         conn.setblocking(False)
         self.selector.register(conn, selectors.EVENT_READ, ("client", ready))

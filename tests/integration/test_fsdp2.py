@@ -147,8 +147,9 @@ def test_fsdp2_trainer_with_the_adapter_loses_nothing(slurm_cluster, pretrained,
     assert finished(job_id) == "COMPLETED", read_events(run)[-3:]
     assert requeued["lost_iterations"] == 0, requeued
     saved = [e for e in read_events(run) if e["event"] == "checkpoint" and e["restart"] == 0]
-    assert saved[-1]["reason"] == "signal" and saved[-1]["iteration"] == requeued["iteration"]
-    assert requeued["iteration"] >= 14 and requeued["iteration"] % 10 != 0  # saved where it stopped
+    # saved where it stopped, by the adapter on the signal (a stop that lands on an interval's iteration,
+    # 20, is saved there all the same: the last save of the start is the signal's, at its iteration)
+    assert saved[-1]["reason"] == "signal" and saved[-1]["iteration"] == requeued["iteration"] >= 14
     assert "lost          0 iterations" in run_cli("report", run, check=True).stdout
     assert equal(state(run, ITERS), baseline)
 

@@ -220,3 +220,17 @@ def test_torchrun_and_its_workers_start_through_the_client(tmp_path, monkeypatch
     assert command(ranks)[1:4] == [str(standby.CLIENT), "-m", "hpc_mm.train"]
     cold = resolve_plan(str(TINY), ["requeue.inside=false"], tmp_path / "run3", env=slurm(0))
     assert str(standby.CLIENT) not in command(cold)
+
+
+def test_links_in_a_folder_others_can_write_are_never_followed(tmp_path, monkeypatch):
+    folder = tmp_path / "links"
+    folder.mkdir(mode=0o700)
+    me, parent = os.getpid(), os.getppid()
+    (folder / str(me)).write_text(f"{parent} {standby._started(parent)} {standby._started(me)}")
+    monkeypatch.setattr(standby, "links_dir", lambda: folder)
+    assert standby.stand_in(me) == parent and standby.stand_ins() == {me: parent}
+    (folder / str(me)).write_text(f"{parent} 1 {standby._started(me)}")  # written for another process
+    assert standby.stand_in(me) is None  # (a pid reused since)
+    (folder / str(me)).write_text(f"{parent} {standby._started(parent)} {standby._started(me)}")
+    folder.chmod(0o777)  # anyone could plant a link there (and have the launcher kill what it names)
+    assert standby.stand_in(me) is None and standby.stand_ins() == {}
