@@ -120,14 +120,16 @@ class Peers(threading.Thread):
         except Exception as exc:  # watching must never take the training down
             sys.stderr.write(f"hpc-mm peers: {exc.__class__.__name__}: {exc}\n")
 
-    def _end(self, reason: str) -> None:
+    def _end(self, reason: str, heard: bool = False) -> None:
+        """End this launcher's part (once), and the step's: told by the leader (`heard`), or deciding."""
         with self._lock:
             if self.ended is not None:
                 return
             self.ended = reason
-        sys.stderr.write(f"hpc-mm launch: ending the step: {reason}\n")
+        sys.stderr.write(f"hpc-mm launch: {'the step ends' if heard else 'ending the step'}: {reason}\n")
         sys.stderr.flush()
-        self._broadcast({"end": reason})
+        if not heard:
+            self._broadcast({"end": reason})
         self.on_end(reason)
 
     def _broadcast(self, message: dict) -> None:
@@ -197,7 +199,7 @@ class Peers(threading.Thread):
                 heard = time.monotonic()
                 for message in messages:
                     if "end" in message:
-                        self._ended_by_leader(str(message["end"]))
+                        self._end(str(message["end"]), heard=True)
                         return
                     if "bye" in message:
                         return
@@ -207,15 +209,6 @@ class Peers(threading.Thread):
             if not _send(sock, {"beat": 1}) and not self._halt.is_set():
                 self._end("the leader's launcher vanished (its process or node died)")
                 return
-
-    def _ended_by_leader(self, reason: str) -> None:
-        with self._lock:
-            if self.ended is not None:
-                return
-            self.ended = reason
-        sys.stderr.write(f"hpc-mm launch: the step ends: {reason}\n")
-        sys.stderr.flush()
-        self.on_end(reason)
 
     def _connect(self) -> socket.socket | None:
         deadline = time.monotonic() + CONNECT_FOR
