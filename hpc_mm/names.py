@@ -31,6 +31,7 @@ class Kind(Name):
     RESUMED = "resumed"  # the entry loaded a checkpoint (its own, or pretrained weights)
     HANG = "hang"  # node 0's watchdog found the step hung
     STRAGGLER = "straggler"  # node 0's watchdog found a rank slower than the others (run/stragglers.py)
+    LEAVING = "leaving"  # at a checkpoint, nodes to leave: drained by the site, or a sick device (launch/sentinel.py)
     PREFLIGHT = "preflight"  # the preflight failed on some nodes
     QUARANTINED = "quarantined"  # nodes to keep off the next start
     RELEASED = "released"  # Slurm's hold on the requeued job was lifted: this start may begin at once
@@ -52,8 +53,8 @@ class Kind(Name):
 # The events a notification may follow, and those it follows unless the job says which: how a run
 # ends, and what needs a person (a hang, a node kept out, giving up).
 NOTIFIED = (
-    Kind.STARTED, Kind.CHECKPOINT, Kind.HANG, Kind.STRAGGLER, Kind.QUARANTINED, Kind.REQUEUED, Kind.RESTARTED,
-    Kind.COMPLETED, Kind.FAILED, Kind.STOPPED, Kind.CANCELLED, Kind.GAVE_UP,
+    Kind.STARTED, Kind.CHECKPOINT, Kind.HANG, Kind.STRAGGLER, Kind.LEAVING, Kind.QUARANTINED, Kind.REQUEUED,
+    Kind.RESTARTED, Kind.COMPLETED, Kind.FAILED, Kind.STOPPED, Kind.CANCELLED, Kind.GAVE_UP,
 )  # fmt: skip
 NOTIFIED_BY_DEFAULT = (
     Kind.COMPLETED,
@@ -104,6 +105,8 @@ class Cause(Name):
     BY_SLURM = "slurm"  # Slurm requeued the job itself
     HANG = "hang"  # the watchdog ended a step that made no progress
     NODE_FAILURE = "node-failure"
+    DRAIN = "drain"  # the site set a node DRAIN (or Slurm found it DOWN) while the job trained: left at a checkpoint
+    DEVICE = "device"  # a device's own tool called it sick at a checkpoint: its node left
     PREFLIGHT = "preflight"
     CRASH = "crash"  # a non-zero exit without a stop signal
     ERROR = "error"  # the entry refused the job with an `error:` line

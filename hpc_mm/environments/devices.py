@@ -49,7 +49,7 @@ def _dev(env: Mapping[str, str]) -> Path:
     return Path(env.get(ROOT_VARIABLE, "/").replace("{node}", node_name(env))) / "dev"
 
 
-def _numbered(env: Mapping[str, str], prefix: str) -> list[int]:
+def numbered(env: Mapping[str, str], prefix: str) -> list[int]:
     try:
         names = os.listdir(_dev(env))
     except OSError:
@@ -73,7 +73,7 @@ def _slurm_gpus(env: Mapping[str, str]) -> int | None:
 
 
 def npus(env: Mapping[str, str]) -> Device | None:
-    found = _numbered(env, "davinci")
+    found = numbered(env, "davinci")
     if not found or not (_dev(env) / "davinci_manager").exists():
         return None
     visible = _listed(env.get("ASCEND_RT_VISIBLE_DEVICES"))
@@ -93,7 +93,7 @@ def npus(env: Mapping[str, str]) -> Device | None:
 def gpus(env: Mapping[str, str]) -> Device | None:
     visible = _listed(env.get("CUDA_VISIBLE_DEVICES"))
     slurm = _slurm_gpus(env)
-    found = _numbered(env, "nvidia")
+    found = numbered(env, "nvidia")
     if visible is not None and (found or slurm):
         return Device("cuda", len(visible), "CUDA_VISIBLE_DEVICES")
     if slurm:

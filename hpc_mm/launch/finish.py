@@ -86,6 +86,7 @@ def _finish(run: RunDir, returncode: int, signal_name: str | None, failed: str |
         signal_name = spec.requeue.signal
     nodes = tuple(expand_nodelist(env["SLURM_JOB_NODELIST"])) if env.get("SLURM_JOB_NODELIST") else ()
     hang = this.last(Kind.HANG)
+    leaving = this.last(Kind.LEAVING)
     exited = this.last(Kind.EXITED)
     facts = Facts(
         returncode=returncode,
@@ -97,8 +98,11 @@ def _finish(run: RunDir, returncode: int, signal_name: str | None, failed: str |
         else SIGNAL,
         iteration=_iteration_reached(run, this),
         preflight_failed=preflight_failures(run, key, nodes, spec.nnodes) if preflight_failed else None,
-        failed_nodes=(failed_nodes(spec, run, key, nodes) if returncode != 0 and not (signal_name or hang) else ()),
+        failed_nodes=(
+            failed_nodes(spec, run, key, nodes) if returncode != 0 and not (signal_name or hang or leaving) else ()
+        ),
         hang=dict(hang.data) if hang else None,
+        leaving=dict(leaving.data) if leaving else None,
         error=exited.get("error") if exited else None,
         stragglers=tuple(n for e in this.all(Kind.STRAGGLER) for n in (e.get("nodes") or []) if isinstance(n, str)),
     )

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from hpc_mm.environments import health
 from hpc_mm.environments.devices import MODULES
 from hpc_mm.errors import Problem, UserError
 from hpc_mm.launch.reach import Listener, reach_master
@@ -69,6 +70,29 @@ def storage(run_dir: Path, checkpoint_dir: Path) -> None:
         problems = writable("checkpoint.dir", checkpoint_dir) or room_for_checkpoints(checkpoint_dir)
     if problems:
         raise UserError(problems)
+
+
+def device_health(device, env) -> None:
+    """The vendor tools' word on this node's devices (environments/health.py): a sick one fails the
+    preflight on this node; what could not be asked is said, never blamed."""
+    found = health.check(device, env)
+    for line in found.unchecked:
+        _say([f"hpc-mm preflight: {_node()}: note: device health not checked: {line}"])
+    if found.problems:
+        raise UserError(
+            Problem(health.FIELD, f"{p} on {_node()}", "the node is left out; its devices need a look")
+            for p in found.problems
+        )
+
+
+def responsive(folder: Path) -> None:
+    """The checkpoint folder's file system answers in time (a hung shared mount never does)."""
+    parent = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    said = health.answers_in_time(parent)
+    if said:
+        raise UserError.one(
+            "checkpoint.dir", f"{folder}: {said} on {_node()}", "check the shared file system's mount there"
+        )
 
 
 def workdir(path: Path) -> None:
@@ -187,6 +211,7 @@ def run_checks(run_dir: Path) -> int:
     except UserError as exc:
         problems += exc.problems
     if device is not None:
+        checks.append(lambda: device_health(device, env))
         checks.append(
             lambda: interpreter_once(
                 run.interpreter_memo(node),
@@ -195,6 +220,7 @@ def run_checks(run_dir: Path) -> int:
                 needed_modules(device.kind, workdir_, spec.builtin),
             )
         )
+    checks.append(lambda: responsive(run.checkpoint_dir(spec)))
     checks.append(lambda: storage(run.path, run.checkpoint_dir(spec)))
     for check in checks:
         try:

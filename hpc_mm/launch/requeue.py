@@ -8,6 +8,8 @@ record. Its table, row by row in the order it is read (tests/unit/test_policy.py
   - the preflight failed: on some nodes, requeued without them (not counted); on every node, or on
     several in the same way, the job is wrong: failed;
   - the step hung: the watchdog ended it: requeued without the nodes that stopped first;
+  - nodes left at a checkpoint: the site drained one, or its device's tool called it sick, while it
+    trained (launch/sentinel.py): requeued without them (cause drain or device; not counted);
   - a node failed: Slurm marks it down or not responding: requeued without it (not counted);
   - a stop signal: to the batch shell, or only to the step. A preemption (Slurm set PreemptTime,
     whatever the signal) is requeued whenever training is unfinished and is not counted; SIGTERM
@@ -30,10 +32,11 @@ both leave out; these rows come last, over the facts of the allocation (`Allocat
     (recorded as such); none at all when leaving them out would leave the partition too few nodes
     for the job (recorded);
   - restart inside: a fault that needs no queue (a crash, a hang, a node failure, a failed
-    preflight, the entry's refusal) with requeue.inside on and no stop signal starts again inside
-    the allocation without the nodes left out so far, the quarantined ones, the ones Slurm marks
-    down or drained and the failed ones, when enough healthy nodes remain for the step (and, with
-    fault.straggler_exclude, without the nodes of ranks named stragglers where a spare remains);
+    preflight, the entry's refusal, nodes left at a checkpoint) with requeue.inside on and no stop
+    signal starts again inside the allocation without the nodes left out so far, the quarantined
+    ones, the ones Slurm marks down or drained and the failed ones, when enough healthy nodes
+    remain for the step (and, with fault.straggler_exclude, without the nodes of ranks named
+    stragglers where a spare remains);
   - through the queue: otherwise it is requeued, kept off the quarantined nodes.
 One fault is one decision: the quarantine is decided here once, whichever way the job goes on.
 The limits count the starts of this submission (`submission`): a run resubmitted with --run-dir
@@ -46,51 +49,23 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field, replace
-from typing import Mapping
 
+from hpc_mm.environments import health
 from hpc_mm.job.entries import contract
 from hpc_mm.job.spec import JobSpec
-from hpc_mm.names import BAD_NODE, Action, Cause
+from hpc_mm.launch.quarantine import Allocation, Quarantine, quarantine_for
+from hpc_mm.names import Action, Cause
 from hpc_mm.run.events import AGAIN, Kind, StartKey
 from hpc_mm.run.rundir import RunDir, Start
 from hpc_mm.slurm.query import SlurmJob
 
 PREEMPTION, TIME_LIMIT, SIGNAL, BY_SLURM = Cause.PREEMPTION, Cause.TIME_LIMIT, Cause.SIGNAL, Cause.BY_SLURM
 HANG, NODE_FAILURE, PREFLIGHT, CRASH, ERROR = Cause.HANG, Cause.NODE_FAILURE, Cause.PREFLIGHT, Cause.CRASH, Cause.ERROR
+DRAIN, DEVICE = Cause.DRAIN, Cause.DEVICE
 # Requeues that are not the job's doing: they never use up requeue.max_restarts.
-NOT_COUNTED = (PREEMPTION, BY_SLURM, NODE_FAILURE, PREFLIGHT)
+NOT_COUNTED = (PREEMPTION, BY_SLURM, NODE_FAILURE, PREFLIGHT, DRAIN, DEVICE)
 GAVE_UP_EXIT = 3
 clock = dt.datetime.now  # Slurm's times are local times
-
-
-@dataclass(frozen=True)
-class Allocation:
-    """What the policy knows of the job's nodes when a start ends (gathered by finish)."""
-
-    nodes: tuple[str, ...] = ()  # the whole allocation, spares included (SLURM_JOB_NODELIST)
-    states: Mapping[str, str] = field(default_factory=dict)  # Slurm's state of each node (DOWN, DRAIN, ...)
-    step_excluded: tuple[str, ...] = ()  # left out of this job's starts so far
-    partition: str = ""
-    partition_nodes: int | None = None  # nodes in the partition (None: Slurm cannot say)
-    quarantined: tuple[str, ...] = ()  # nodes earlier faults of the run quarantined
-    named: tuple[str, ...] = ()  # nodes earlier faults pointed at, quarantined or not
-
-    def sick(self, nodes) -> set[str]:
-        """The nodes Slurm itself marks down, not responding, failed or drained."""
-        return {n for n in nodes if any(word in self.states.get(n, "") for word in BAD_NODE + ("DRAIN",))}
-
-
-@dataclass(frozen=True)
-class Quarantine:
-    """What one fault does to nodes: those it quarantines, those it points at that stay in (one fault
-    naming several, with nothing else against them), and a quarantine not applied (the partition
-    would be too small: `refused` says so)."""
-
-    applied: tuple[str, ...] = ()
-    kept_in: tuple[str, ...] = ()
-    refused: tuple[str, ...] = ()
-    refused_reason: str = ""
-    avoid: tuple[str, ...] = ()  # every node the next start must avoid: earlier quarantines and `applied`
 
 
 @dataclass(frozen=True)
@@ -107,6 +82,7 @@ class Facts:
     error: str | None = None  # the entry's own `error:` line (a job it refuses: never retried)
     allocation: Allocation | None = None  # the job's nodes as Slurm sees them (None: not under Slurm)
     stragglers: tuple[str, ...] = ()  # nodes of ranks the watchdog named stragglers in this start
+    leaving: dict | None = None  # node 0's `leaving` event of this start: nodes drained or with a sick device
 
 
 @dataclass(frozen=True)
@@ -117,6 +93,7 @@ class Decision:
     exclude: tuple[str, ...] = field(default=())  # the nodes the next start leaves out
     failure: str = ""  # a crash's signature, to tell a repeating one
     quarantine: Quarantine = field(default_factory=Quarantine)
+    own: tuple[str, ...] = ()  # nodes of `exclude` pointed at on their own evidence (a device's tool, Slurm)
 
     @property
     def requeue(self) -> bool:
@@ -147,7 +124,7 @@ def submission(run: RunDir, key: StartKey) -> list[Start]:
 
 # Faults a start of the step can be repeated after inside the same allocation: nothing about them
 # needs the queue (a preemption or the time limit does: the job must leave its nodes).
-INSIDE_CAUSES = (CRASH, HANG, NODE_FAILURE, PREFLIGHT, ERROR)
+INSIDE_CAUSES = (CRASH, HANG, NODE_FAILURE, PREFLIGHT, ERROR, DRAIN, DEVICE)
 
 
 def decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
@@ -155,32 +132,11 @@ def decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
     decision = _decide(spec, run, facts)
     if decision.action is not Action.REQUEUE or facts.allocation is None:
         return decision
-    quarantine = quarantine_for(spec, facts.allocation, decision.exclude)
+    quarantine = quarantine_for(spec, facts.allocation, decision.exclude, decision.own)
     inside = _inside(spec, facts, decision, quarantine)
     if inside is not None:
         return replace(decision, action=Action.RESTART_INSIDE, exclude=inside, quarantine=quarantine)
     return replace(decision, exclude=quarantine.avoid, quarantine=quarantine)
-
-
-def quarantine_for(spec: JobSpec, allocation: Allocation, pointed: tuple[str, ...]) -> Quarantine:
-    """The quarantine one fault pointing at `pointed` earns (see the table above)."""
-    before = tuple(sorted(allocation.quarantined))
-    if not spec.fault.quarantine:
-        return Quarantine()
-    new = [n for n in dict.fromkeys(pointed) if n and n not in before]
-    kept_in: list[str] = []
-    if len(new) > 1:  # one fault pointing at several nodes: only those with a second piece of evidence
-        sure = [n for n in new if n in allocation.named or n in allocation.sick(new)]
-        kept_in, new = sorted(set(new) - set(sure)), sure
-    wanted = sorted(set(before) | set(new))
-    total = allocation.partition_nodes
-    if new and total is not None and total - len(wanted) < spec.nnodes:
-        reason = (
-            f"leaving out {', '.join(wanted)} would leave {total - len(wanted)} node(s) of "
-            f"{allocation.partition} for a {spec.nnodes}-node job; it runs on the nodes it can get"
-        )
-        return Quarantine((), tuple(kept_in), tuple(new), reason, before)
-    return Quarantine(tuple(new), tuple(kept_in), (), "", tuple(wanted))
 
 
 def _inside(spec: JobSpec, facts: Facts, decision: Decision, quarantine: Quarantine) -> tuple[str, ...] | None:
@@ -231,9 +187,10 @@ def _decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
         if not blamed:  # problems that point at no node: start again, leaving no one out
             said = "; ".join(facts.preflight_failed.get("", []))
             return _requeue(spec, starts, facts, PREFLIGHT, f"the preflight failed, blaming no node: {said}", latest)
-        return _requeue(
+        decision = _requeue(
             spec, starts, facts, PREFLIGHT, f"the preflight failed on {', '.join(blamed)}", latest, exclude=blamed
         )
+        return replace(decision, own=tuple(n for n in blamed if _sick_device(facts.preflight_failed[n])))
     if facts.hang:
         blamed = (
             ", ".join(f"rank {b['rank']} on {b['host']}" for b in facts.hang.get("blamed", []))
@@ -248,6 +205,18 @@ def _decide(spec: JobSpec, run: RunDir, facts: Facts) -> Decision:
             latest,
             exclude=facts.hang.get("nodes", []),
         )
+    if facts.leaving:
+        nodes = [n for n in facts.leaving.get("nodes") or [] if isinstance(n, str)]
+        decision = _requeue(
+            spec,
+            starts,
+            facts,
+            Cause(facts.leaving.get("cause", DRAIN)),
+            f"left {', '.join(nodes)} after checkpoint {facts.leaving.get('iteration')}: {facts.leaving.get('reason')}",
+            latest,
+            exclude=nodes,
+        )
+        return replace(decision, own=tuple(nodes))
     if facts.failed_nodes:
         return _requeue(
             spec,
@@ -294,10 +263,17 @@ def _signalled(spec: JobSpec, starts: list[Start], facts: Facts, latest: int) ->
 
 def _same_everywhere(failed: dict[str, list[str]], blamed: list[str]) -> bool:
     """Did more than one node fail the preflight in the same way (a wrong job, not sick nodes)?"""
+    # a device's own tool calling it sick is its node's fault, however many nodes say the same words
+    blamed = [n for n in blamed if not _sick_device(failed[n])]
     if len(blamed) < 2:
         return False
     said = {node: sorted(p.replace(node, "NODE") for p in failed[node]) for node in blamed}
     return len({tuple(v) for v in said.values()}) == 1
+
+
+def _sick_device(problems: list[str]) -> bool:
+    """Are a node's preflight problems all its devices' own tools calling them sick?"""
+    return bool(problems) and all(f": {health.FIELD}: " in p for p in problems)
 
 
 def _ended(starts: list[Start], kinds: tuple[Kind, ...], *causes: str) -> list[Start]:

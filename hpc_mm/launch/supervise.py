@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +28,7 @@ from hpc_mm.launch.plan import Plan, resolve_plan
 from hpc_mm.launch.procs import become_subreaper, children, kill_descendants, kill_tree
 from hpc_mm.launch.progress import Progress
 from hpc_mm.launch.requeue import training_finished
+from hpc_mm.launch.sentinel import Sentinel
 from hpc_mm.run import checkpoints, events, layout, lock, stragglers
 from hpc_mm.run.events import Kind
 from hpc_mm.run.layout import PROGRESS_FILE, TASK_LOG
@@ -150,8 +152,13 @@ def _run(plan: Plan, stops: list[int]) -> int:
             enabled=plan.spec.fault.hang_detection,
             task=plan.local_rank if plan.mode == "worker" else None,
             watch=entry.watch(plan.spec),
-            tell=[k for k in (Kind.STARTED, Kind.CHECKPOINT, Kind.STRAGGLER) if k.value in plan.spec.notify.on],
+            tell=[
+                k
+                for k in (Kind.STARTED, Kind.CHECKPOINT, Kind.STRAGGLER, Kind.LEAVING)
+                if k.value in plan.spec.notify.on
+            ],
             detector=_straggler_detector(plan) if plan.leader else None,
+            sentinel=Sentinel(plan.spec, plan.checkpoint_dir, plan.device, time.time()),
         )
         dog.start()
         dogs.append(dog)

@@ -28,8 +28,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -38,9 +36,10 @@ from pathlib import Path
 from typing import Iterable
 
 from hpc_mm.environments.devices import node_name
-from hpc_mm.job.signals import STACK_SIGNAL
 from hpc_mm.job.spec import Fault
 from hpc_mm.launch.procs import kill_tree, ranks_under, work_done
+from hpc_mm.launch.sentinel import Sentinel
+from hpc_mm.launch.stacks import STUCK_STATES, dump_stacks
 from hpc_mm.names import Phase, Watch
 from hpc_mm.run import history, notify, stragglers
 from hpc_mm.run.events import Kind, StartKey
@@ -51,7 +50,6 @@ HEARTBEAT = 2.0  # seconds between heartbeats
 DUMP_WAIT = 6.0  # how long node 0 waits for the other nodes' stack dumps
 TEARDOWN_SECONDS = 60.0  # the most a finished step's processes may take to exit
 STOP_WAIT = 40.0  # the most the launcher waits for its watchdog to finish (a stack dump, a notification)
-STUCK_STATES = {"T": "stopped", "t": "stopped", "D": "in uninterruptible I/O", "Z": "dead (zombie)", "X": "dead"}
 
 
 @dataclass(frozen=True)
@@ -172,38 +170,6 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def _py_spy() -> str | None:
-    found = shutil.which("py-spy")
-    beside = Path(sys.executable).parent / "py-spy"
-    return found or (str(beside) if beside.exists() else None)
-
-
-def dump_stacks(ranks: list[dict], builtin: bool) -> None:
-    """Every rank's Python stacks into our log: py-spy where installed, else (built-in trainer)
-    faulthandler through SIGUSR2, which a stopped process cannot answer."""
-    host, spy = node_name(os.environ), _py_spy()
-    for r in ranks:
-        sys.stderr.write(
-            f"hpc-mm watchdog: Python stacks of rank {r['rank']} (pid {r['pid']}, state {r['state']}) on {host}:\n"
-        )
-        if spy:
-            try:
-                out = subprocess.run(
-                    [spy, "dump", "--nonblocking", "--pid", str(r["pid"])], capture_output=True, text=True, timeout=20
-                )
-                sys.stderr.write(out.stdout or out.stderr)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                sys.stderr.write(f"  py-spy failed: {exc}\n")
-        elif builtin and r["state"] not in STUCK_STATES:
-            try:
-                os.kill(r["pid"], STACK_SIGNAL)
-            except ProcessLookupError:
-                pass
-        else:
-            sys.stderr.write("  (install py-spy to see the stacks of this entry)\n")
-    sys.stderr.flush()
-
-
 class Watchdog(threading.Thread):
     """Heartbeats for one launcher; on node 0 (`decides`), the hang decision."""
 
@@ -222,6 +188,7 @@ class Watchdog(threading.Thread):
         watch: Watch = Watch.ITERATIONS,
         tell: Iterable[Kind] = (),
         detector: stragglers.Detector | None = None,
+        sentinel: Sentinel | None = None,
     ):
         super().__init__(name="watchdog", daemon=True)
         self.rundir, self.start_key, self.node, self.progress, self.child = run, start, node, progress, child
@@ -242,6 +209,8 @@ class Watchdog(threading.Thread):
         self._told = 0
         self.detector = detector  # node 0: each rank's compute time per step, from the metrics rows
         self._metrics_at = _size(run.metrics_file)  # this start's rows only
+        self.sentinel = sentinel  # the checks at each checkpoint (launch/sentinel.py)
+        self.leaving = None  # the `leaving` event node 0 recorded
 
     def phase(self) -> Phase:
         if self.watch is Watch.LIVENESS:
@@ -280,6 +249,7 @@ class Watchdog(threading.Thread):
             ranks=tuple(ranks_under(self.child.pid)) if not ended else (),
             dumped=self.dumped,
             ended=ended,
+            health=self.sentinel.problems if self.sentinel else (),
         )
         self.rundir.write_heartbeat(self.file, beat)
         return beat
@@ -287,14 +257,17 @@ class Watchdog(threading.Thread):
     def run(self) -> None:
         while not self._halt.wait(HEARTBEAT):
             try:
+                moved = self.sentinel is not None and self.sentinel.poll()
                 self.beat()
+                if self.decides and self.sentinel is not None and self.leaving is None and self.hung is None:
+                    self._leave(moved)
                 if self.marker.exists() and not self.dumped:
                     dump_stacks(ranks_under(self.child.pid), self.builtin)
                     self.dumped = True
                     self.beat()
                     if not self.decides:  # node 0 declared the step hung: end this node's part of it too
                         kill_tree(self.child.pid)
-                if self.decides and self.enabled and self.hung is None:
+                if self.decides and self.enabled and self.hung is None and self.leaving is None:
                     self._decide()
                 if self.decides and self.detector is not None:
                     self._stragglers()
@@ -302,6 +275,18 @@ class Watchdog(threading.Thread):
                     self._tell()
             except Exception as exc:  # the watchdog must never take the training down
                 sys.stderr.write(f"hpc-mm watchdog: {exc.__class__.__name__}: {exc}\n")
+
+    def _leave(self, moved: bool) -> None:
+        """Node 0: leave the nodes the last checkpoint's checks found sick or drained, ending the step
+        right after that checkpoint (finish starts it again without them)."""
+        beats = [b for b in self.rundir.heartbeats(self.start_key) if not b.ended]
+        event = self.sentinel.leave(self.rundir, self.start_key, beats, self.host, moved)
+        if event is None:
+            return
+        self.leaving = event
+        kill_tree(self.child.pid)
+        if Kind.LEAVING in self.tell:
+            notify.deliver(self.rundir, [event])
 
     def _stragglers(self) -> None:
         """Feed this start's new metrics rows to the straggler detector; name whom it finds."""

@@ -89,6 +89,7 @@ class Heartbeat:
     ranks: tuple[dict, ...] = ()  # {"rank", "pid", "state", "cpu"}
     dumped: bool = False
     ended: bool = False
+    health: tuple[str, ...] = ()  # this node's device problems at the last checkpoint (launch/sentinel.py)
 
     @classmethod
     def from_json(cls, value: dict) -> Heartbeat | None:
@@ -104,6 +105,7 @@ class Heartbeat:
                 ranks=tuple(r for r in value.get("ranks", []) if isinstance(r, dict)),
                 dumped=bool(value.get("dumped")),
                 ended=bool(value.get("ended")),
+                health=tuple(str(line) for line in value.get("health") or ()),
             )
         except (KeyError, TypeError, ValueError):
             return None
