@@ -200,9 +200,11 @@ def submit(
     set: Mapping[str, Any] | Iterable[str] | None = None,
     nodes: int | None = None,
     template_dir: str | os.PathLike | None = None,
+    new_code: bool = False,
 ) -> Run:
     """Submit a job (a loaded JobSpec, or a job file's path) to Slurm; its Run. `after`: job ids or
-    run directories it waits for (afterok)."""
+    run directories it waits for (afterok). `new_code`: into a run directory whose code (its copy of
+    the entry's checkout) differs from the checkout's now, run the new code from the next start."""
     import dataclasses
 
     from hpc_mm.slurm.submit import submit as submit_one
@@ -210,7 +212,7 @@ def submit(
     spec = _spec(job, set, nodes)
     if after:
         spec = dataclasses.replace(spec, after=list(spec.after) + [str(a) for a in after])
-    done = submit_one(spec, _path(run_dir), _path(template_dir), on_warning=_warn)
+    done = submit_one(spec, _path(run_dir), _path(template_dir), on_warning=_warn, new_code=new_code)
     return Run(done.run_dir)
 
 

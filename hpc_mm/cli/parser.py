@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     _slurm_shortcuts(p)
     p.add_argument("-o", "--output", type=Path, help="write the script here instead of standard output")
     p.add_argument("--template-dir", type=Path, help="use your own templates (sbatch.sh.j2) from this folder")
+    p.add_argument(
+        "--new-code",
+        action="store_true",
+        help="continue a run (--run-dir) with the entry's checkout as it is now, though it differs from the "
+        "code the run was submitted with (each run keeps a copy of its code: entry.snapshot)",
+    )
 
     p = sub.add_parser(
         "submit",
@@ -197,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         metavar="N",
         help="let at most N tasks of the sweep run at once (Slurm's --array=...%%N)",
+    )
+    p.add_argument(
+        "--new-code",
+        action="store_true",
+        help="continue a run (--run-dir) with the entry's checkout as it is now, though it differs from the "
+        "code the run was submitted with (each run keeps a copy of its code: entry.snapshot)",
     )
     p.add_argument("--template-dir", type=Path, help="use your own templates (sbatch.sh.j2) from this folder")
     p.add_argument(
@@ -250,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("local", help="emulate a multi-node job on this machine with mpirun")
     _job_options(p)
     p.add_argument("--mpirun", default="mpirun", help="the mpirun to use (default: mpirun on PATH)")
+    p.add_argument(
+        "--new-code",
+        action="store_true",
+        help="continue a run (--run-dir) with the entry's checkout as it is now, though it differs from the "
+        "code the run was submitted with (each run keeps a copy of its code: entry.snapshot)",
+    )
     p.add_argument(
         "--preempt-at",
         type=positive_int,
@@ -344,4 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "target", nargs="?", help="run directory, Slurm job id, job array id or sweep folder (default: the newest run)"
     )
+
+    p = sub.add_parser(
+        "tensorboard",
+        help="start TensorBoard on runs' event folders (every start of a run is one run there)",
+        description="Start TensorBoard on the TensorBoard folders of the given runs (each run directory's "
+        "tensorboard/, or the folder its job named), one run each, named as the run. Needs the `report` "
+        "extra (pip install 'hpc-mm[report]'). It listens on this machine only unless --host says otherwise: "
+        "from your laptop, `ssh -L PORT:localhost:PORT LOGIN` and open http://localhost:PORT.",
+    )
+    p.add_argument(
+        "targets",
+        nargs="*",
+        metavar="RUN",
+        help="run directories, Slurm job ids or sweep folders (default: the newest run)",
+    )
+    p.add_argument("--port", type=positive_int, default=6006, help="the port to listen on (default 6006)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine)")
     return parser

@@ -33,7 +33,7 @@ def passed_on(args) -> list[str]:
     for flag, value in (("--run-dir", args.run_dir), ("--max-parallel", args.max_parallel)):
         if value is not None:
             out += [flag, str(value)]
-    for flag in ("json", "wait", "dry_run", "zip"):
+    for flag in ("json", "wait", "dry_run", "zip", "new_code"):
         if getattr(args, flag):
             out.append("--" + flag.replace("_", "-"))
     for item in args.after:
@@ -43,14 +43,15 @@ def passed_on(args) -> list[str]:
     return out
 
 
-def staged_job(spec, folder: str) -> tuple[str, dict[str, Path]]:
+def staged_job(spec, folder: str) -> tuple[str, dict[str, Path | bytes]]:
     """The resolved job with the files it names that exist here pointing at their copies."""
     import dataclasses
 
     from hpc_mm.job.entries import contract
     from hpc_mm.job.jobfile import job_text
+    from hpc_mm.run import snapshot
 
-    copies: dict[str, Path] = {}
+    copies: dict[str, Path | bytes] = {}
 
     def copy(value: str | None, name: str) -> str | None:
         if value is None or not Path(value).is_file():
@@ -65,7 +66,13 @@ def staged_job(spec, folder: str) -> tuple[str, dict[str, Path]]:
         staged.setdefault(section, {})[name] = copy(value, f"{name}-{Path(value).name}")
     workdir = spec.entry.workdir
     script = Path(workdir) / spec.entry.script
-    if script.is_file():  # the entry's code lives here: send its folder
+    code = snapshot.state(workdir) if snapshot.applies(spec) and script.is_file() else None
+    if code is not None:  # a git checkout: its tracked files as they are, and its commit (run/snapshot.py)
+        for name in snapshot.sendable(code):
+            copies[f"{folder}/workdir/{name}"] = Path(code.source) / name
+        copies[f"{folder}/workdir/{snapshot.MARKER}"] = snapshot.marker(code).encode()
+        workdir = "workdir" if code.workdir == "." else f"workdir/{code.workdir}"
+    elif script.is_file():  # the entry's code lives here: send its folder
         for path in walk(Path(workdir)):
             copies[f"{folder}/workdir/{path.relative_to(workdir)}"] = path
         workdir = "workdir"

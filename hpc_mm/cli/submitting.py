@@ -76,7 +76,9 @@ def submit(args: argparse.Namespace, load) -> int:
         spec = _with_after(specs[0], args.after)
         return slurm_submit.dry_run(spec, args.run_dir, args.template_dir, as_json=args.json)
     with warning_lines():
-        run = api.submit(specs[0], args.run_dir, after=args.after, template_dir=args.template_dir)
+        run = api.submit(
+            specs[0], args.run_dir, after=args.after, template_dir=args.template_dir, new_code=args.new_code
+        )
     return _report(run.job_id, run.path, [], args)
 
 

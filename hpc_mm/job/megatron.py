@@ -110,6 +110,7 @@ def training_argv(
     backend: str,
     world_size: int | None = None,
     collective_timeout_minutes: int | None = None,
+    tensorboard_dir: Path | None = None,
 ) -> list[str]:
     """The arguments the entry point receives: GPT_ARGS, MM_ARGS, OUTPUT_ARGS, backend.
 
@@ -140,6 +141,8 @@ def training_argv(
     timeout = spec.fault.collective_timeout_minutes or collective_timeout_minutes
     if timeout:
         argv += [*flags("fault.collective_timeout_minutes"), str(timeout)]
+    if tensorboard_dir and not spec.builtin and job_value(spec, "--tensorboard-dir") is None:
+        argv += ["--tensorboard-dir", str(tensorboard_dir)]  # every start's events in one folder of the run
     if spec.checkpoint.async_save:  # the built-in trainer's, or Megatron's own (torch_dist checkpoints)
         argv.append("--async-save")
     if spec.builtin:  # options of the built-in trainer only; Megatron would refuse them
@@ -155,16 +158,24 @@ ASYNC_FORMAT = "torch_dist"  # the checkpoint format Megatron's --async-save wri
 def checkpoint_format(spec: JobSpec) -> str | None:
     """Megatron's --ckpt-format for this job: its own (entry.extra_args, gpt.extra), else the release's
     default (None where the release has no such option)."""
+    found = job_value(spec, "--ckpt-format")
+    if found is not None:
+        return found
+    option = table(spec.entry.mindspeed_mm).find("--ckpt-format")
+    return option.default if option is not None else None
+
+
+def job_value(spec: JobSpec, flag: str) -> str | None:
+    """The value the job itself gives a Megatron option (entry.extra_args, gpt.extra), or None."""
     args = spec.entry.extra_args
     for i, arg in enumerate(args):
         name, _, value = arg.partition("=")
-        if name == "--ckpt-format":
+        if name == flag:
             return value or (args[i + 1] if i + 1 < len(args) else None)
     for key, value in spec.gpt.extra.items():
-        if normal(key) == normal("--ckpt-format"):
+        if normal(key) == normal(flag) and value not in (None, False):
             return str(value)
-    option = table(spec.entry.mindspeed_mm).find("--ckpt-format")
-    return option.default if option is not None else None
+    return None
 
 
 def _section_flags(spec: JobSpec, section: str, values: dict | None = None) -> list[str]:

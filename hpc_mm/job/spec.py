@@ -76,6 +76,8 @@ class Entry:
     launcher_args: list[str] = field(default_factory=list)
     # the script is a program of its own (a binary, a shell script), run without Python
     program: bool = False
+    # where workdir is in a git checkout: its code as submitted is copied into the run; every start runs it
+    snapshot: bool = True
 
     @property
     def agent(self) -> bool:

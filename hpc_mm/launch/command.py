@@ -13,7 +13,7 @@ from hpc_mm.job.entries import contract
 from hpc_mm.job.entries.base import Paths
 from hpc_mm.launch import standby, warm
 from hpc_mm.launch.plan import Plan, job_env
-from hpc_mm.run import checkpoints
+from hpc_mm.run import checkpoints, layout
 from hpc_mm.run.atomic import write_atomic
 from hpc_mm.run.checkpoints import latest_whole
 from hpc_mm.run.layout import RANK_TIMES
@@ -120,10 +120,11 @@ def ray_args(plan: Plan) -> list[str]:
 
 def start_paths(plan: Plan) -> Paths:
     """Where this start's files are; for an entry that keeps its own checkpoints (resume:), its newest."""
+    board = layout.tensorboard_dir(plan.run_dir)
     if not plan.spec.resume.dir:
-        return Paths(plan.run_dir, plan.checkpoint_dir)
+        return Paths(plan.run_dir, plan.checkpoint_dir, tensorboard_dir=board)
     found = checkpoints.declared(plan.checkpoint_dir, plan.spec.resume.pattern)
-    return Paths(plan.run_dir, plan.checkpoint_dir, *(found or (None, None)))
+    return Paths(plan.run_dir, plan.checkpoint_dir, *(found or (None, None)), tensorboard_dir=board)
 
 
 # accelerate chooses its distributed mode from its config file or these flags; without any, hpc-mm asks
@@ -174,7 +175,12 @@ def write_start_files(plan: Plan) -> None:
     """What the entry reads at this start, written into the run directory by every node alike
     (atomically: a node reading it sees the whole file)."""
     entry = contract(plan.spec)
-    paths = Paths(plan.run_dir, plan.checkpoint_dir, latest_whole(plan.checkpoint_dir))  # Megatron's layout
+    paths = Paths(  # Megatron's layout
+        plan.run_dir,
+        plan.checkpoint_dir,
+        latest_whole(plan.checkpoint_dir),
+        tensorboard_dir=layout.tensorboard_dir(plan.run_dir),
+    )
     for name, text in entry.start_files(plan.spec, paths).items():
         write_atomic(Path(plan.run_dir) / name, text)
 

@@ -68,14 +68,16 @@ def mpirun_command(spec: JobSpec, run_dir: Path, mpirun: str = "mpirun") -> list
     return cmd + [sys.executable, "-m", "hpc_mm", "launch", str(run_dir)]
 
 
-def run_local(spec: JobSpec, run_dir: Path | None, mpirun: str = "mpirun", preempt_at: list[int] = ()) -> int:
+def run_local(
+    spec: JobSpec, run_dir: Path | None, mpirun: str = "mpirun", preempt_at: list[int] = (), new_code: bool = False
+) -> int:
     if shutil.which(mpirun) is None:
         raise UserError.one(
             "--mpirun",
             f"{mpirun!r} is not on PATH",
             "install Open MPI (apt-get install openmpi-bin) or pass --mpirun /path/to/mpirun",
         )
-    planned = layout.plan_run(spec, run_dir)
+    planned = layout.plan_run(spec, run_dir, new_code)
     refuse_if_active(planned.run_dir)  # e.g. a Slurm job queued on the same run directory
     check_resume(spec, planned.run_dir)
     with lock.acquire(planned.run_dir):

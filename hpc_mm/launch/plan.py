@@ -28,7 +28,7 @@ from hpc_mm.job.megatron import (
 )
 from hpc_mm.job.rules import validate
 from hpc_mm.job.spec import JobSpec, with_world
-from hpc_mm.run import interval, layout
+from hpc_mm.run import interval, layout, trackers
 from hpc_mm.run.events import StartKey, this_start
 from hpc_mm.run.rundir import RunDir
 
@@ -244,6 +244,8 @@ def job_env(env: dict, spec, run_dir) -> dict:
             env[name] = value
     env["PYTHONUNBUFFERED"] = "1"
     env["HPC_MM_RUN_DIR"] = str(run_dir)
+    for name, value in trackers.env(run_dir, RunDir(run_dir).info.created).items():
+        env.setdefault(name, value)  # the job's own, or the user's, wins
     return env
 
 

@@ -264,19 +264,3 @@ def script(folder: Path, entry: str) -> None:
         raise UserError.one(
             "entry.script", f"{folder / entry} does not exist on {_node()}", "check entry.script and entry.workdir"
         )
-
-
-def workdir_commit(workdir: Path) -> dict:
-    """The entry's source as it ran: the commit of its checkout, and whether it had local changes."""
-
-    def git(*args: str) -> str | None:
-        try:
-            result = subprocess.run(["git", "-C", str(workdir), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return result.stdout.strip() if result.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {}
-    return {"workdir_commit": commit, "workdir_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}

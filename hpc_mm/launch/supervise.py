@@ -29,7 +29,7 @@ from hpc_mm.launch.procs import become_subreaper, children, kill_descendants, ki
 from hpc_mm.launch.progress import Progress
 from hpc_mm.launch.requeue import training_finished
 from hpc_mm.launch.sentinel import Sentinel
-from hpc_mm.run import checkpoints, events, layout, lock, stragglers
+from hpc_mm.run import checkpoints, events, layout, lock, snapshot, stragglers, tensorboard
 from hpc_mm.run.events import Kind
 from hpc_mm.run.layout import PROGRESS_FILE, TASK_LOG
 
@@ -61,9 +61,8 @@ def launch(
         )
     held = lock.acquire(plan.run_dir, plan.job_id) if plan.leader else None
     try:
-        if plan.leader:
-            _start_record(plan)
-        return _run(plan, stops)
+        board = _start_record(plan) if plan.leader else None
+        return _run(plan, stops, board)
     finally:
         if held:
             held.release()
@@ -85,7 +84,7 @@ def _log_to_task_file(plan: Plan) -> None:
     os.close(fd)
 
 
-def _run(plan: Plan, stops: list[int]) -> int:
+def _run(plan: Plan, stops: list[int], board: tensorboard.EventWriter | None = None) -> int:
     run = plan.run
     limits = watchdog.budgets(plan.spec.fault, run)
     entry = contract(plan.spec)
@@ -159,6 +158,7 @@ def _run(plan: Plan, stops: list[int]) -> int:
             ],
             detector=_straggler_detector(plan) if plan.leader else None,
             sentinel=Sentinel(plan.spec, plan.checkpoint_dir, plan.device, time.time()),
+            board=board,
         )
         dog.start()
         dogs.append(dog)
@@ -231,9 +231,10 @@ def _record_exit(
         )
 
 
-def _start_record(plan: Plan) -> None:
+def _start_record(plan: Plan) -> tensorboard.EventWriter | None:
     """The leader's start: the run directory (made here for a job file launched by hand), its
-    storage checked, the job id (plain sbatch too), and `started`."""
+    storage checked, the job id (plain sbatch too), `started`, and the start's TensorBoard events
+    (where it resumes; for an entry that writes none, the writer of its metrics rows)."""
     if not layout.is_run_dir(plan.run_dir):
         layout.create(layout.plan_run(plan.spec, plan.run_dir))
     preflight.storage(plan.run_dir, plan.checkpoint_dir)
@@ -243,6 +244,7 @@ def _start_record(plan: Plan) -> None:
     if plan.start.job_id and plan.environment.name == "slurm":
         run.record_job_id(plan.start.job_id)
     note_requeue_by_slurm(plan.spec, run, plan.start)
+    checkpoint = checkpoints.latest(plan.spec, plan.checkpoint_dir)
     run.record(
         Kind.STARTED,
         plan.start,
@@ -253,10 +255,15 @@ def _start_record(plan: Plan) -> None:
         device=plan.device,
         hosts=plan.hosts,
         **events.batch_times(os.environ, "batch_started_at"),
-        checkpoint=checkpoints.latest(plan.spec, plan.checkpoint_dir),
+        checkpoint=checkpoint,
         **({"save_interval": plan.interval} if plan.interval else {}),
-        **preflight.workdir_commit(Path(plan.spec.entry.workdir)),
+        **snapshot.start_fields(plan.run_dir, Path(plan.spec.entry.workdir)),
     )
+    try:
+        return tensorboard.writer(run, plan.start, checkpoint)
+    except OSError as exc:  # a folder it cannot write: training goes on without hpc-mm's events
+        print(f"hpc-mm: TensorBoard events not written: {exc}", file=sys.stderr, flush=True)
+        return None
 
 
 def _ignore_user_signals() -> None:

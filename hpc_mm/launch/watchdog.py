@@ -45,6 +45,7 @@ from hpc_mm.run import history, notify, stragglers
 from hpc_mm.run.events import Kind, StartKey
 from hpc_mm.run.records import Heartbeat, Metric
 from hpc_mm.run.rundir import RunDir
+from hpc_mm.run.tensorboard import EventWriter
 
 HEARTBEAT = 2.0  # seconds between heartbeats
 DUMP_WAIT = 6.0  # how long node 0 waits for the other nodes' stack dumps
@@ -189,6 +190,7 @@ class Watchdog(threading.Thread):
         tell: Iterable[Kind] = (),
         detector: stragglers.Detector | None = None,
         sentinel: Sentinel | None = None,
+        board: EventWriter | None = None,
     ):
         super().__init__(name="watchdog", daemon=True)
         self.rundir, self.start_key, self.node, self.progress, self.child = run, start, node, progress, child
@@ -210,6 +212,7 @@ class Watchdog(threading.Thread):
         self.detector = detector  # node 0: each rank's compute time per step, from the metrics rows
         self._metrics_at = _size(run.metrics_file)  # this start's rows only
         self.sentinel = sentinel  # the checks at each checkpoint (launch/sentinel.py)
+        self.board = board  # node 0: the metrics rows as TensorBoard events, for entries that write none
         self.leaving = None  # the `leaving` event node 0 recorded
 
     def phase(self) -> Phase:
@@ -269,8 +272,8 @@ class Watchdog(threading.Thread):
                         kill_tree(self.child.pid)
                 if self.decides and self.enabled and self.hung is None and self.leaving is None:
                     self._decide()
-                if self.decides and self.detector is not None:
-                    self._stragglers()
+                if self.decides and (self.detector is not None or self.board is not None):
+                    self._rows()
                 if self.decides and self.tell:
                     self._tell()
             except Exception as exc:  # the watchdog must never take the training down
@@ -288,9 +291,16 @@ class Watchdog(threading.Thread):
         if Kind.LEAVING in self.tell:
             notify.deliver(self.rundir, [event])
 
-    def _stragglers(self) -> None:
-        """Feed this start's new metrics rows to the straggler detector; name whom it finds."""
+    def _rows(self) -> None:
+        """This start's new metrics rows: into the run's TensorBoard events, to the straggler detector."""
         rows, self._metrics_at = new_rows(self.rundir.metrics_file, self._metrics_at)
+        if self.board is not None:
+            self.board.write(rows)
+        if self.detector is not None:
+            self._stragglers(rows)
+
+    def _stragglers(self, rows: list[Metric]) -> None:
+        """Feed metrics rows to the straggler detector; name whom it finds."""
         steps = [
             (row.iteration - len(row.rank_seconds) + 1 + i, times)
             for row in rows
@@ -332,6 +342,11 @@ class Watchdog(threading.Thread):
         self._halt.set()
         if self.is_alive() and self is not threading.current_thread():
             self.join(STOP_WAIT)
+        if self.decides and self.board is not None:
+            try:
+                self.board.write(new_rows(self.rundir.metrics_file, self._metrics_at)[0])  # the last rows
+            except OSError:
+                pass
         try:
             self.beat(ended=True)
         except OSError:

@@ -46,3 +46,10 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def publish_folder(partial: str | os.PathLike, final: str | os.PathLike) -> None:
+    """A folder written in full under another name takes its final name in one step: a reader finds
+    the whole folder or none (a copy of the run's code)."""
+    os.replace(partial, final)
+    fsync_dir(Path(final).parent)

@@ -6,6 +6,7 @@ is defined here and nowhere else.
       job.sbatch        the script that was submitted or rendered (plain `sbatch` works on it)
       mm/, config/      copies of the files the entry reads (the mm JSON files, the FSDP2 trainer's YAML:
                         job/entries/), and what it reads at each start (config/trainer.yaml)
+      code/, code.json  the entry's code as submitted, and its commit (snapshot.py)
       run.json          marks the folder as a run directory; the Slurm job id (recorded at submit,
                         or at start for plain sbatch)
       run.lock          held by the run's leader while it runs (lock.py)
@@ -28,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpc_mm import __version__
-from hpc_mm.errors import UserError
+from hpc_mm.errors import Problem, UserError, warn
 from hpc_mm.job.entries import contract
 from hpc_mm.job.jobfile import job_text
 from hpc_mm.job.spec import JobSpec
+from hpc_mm.run import snapshot
 from hpc_mm.run.atomic import PRIVATE, write_atomic
 from hpc_mm.run.records import RunInfo, read_object
 
@@ -43,6 +45,7 @@ LOGS = "logs"
 EVENTS = "events.jsonl"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"  # every start's TensorBoard events: one run in TensorBoard (tensorboard.py)
 HEARTBEATS = "heartbeats"  # one small file per node and start, while the step runs (launch/watchdog.py)
 STANDBY = "standby"  # one file per node of a job holding standby interpreters (launch/standby.py)
 PREFLIGHT = "preflight"  # one result per node and start (launch/preflight.py)
@@ -105,6 +108,11 @@ def checkpoint_dir(spec: JobSpec, run_dir: Path, resolve: bool = True) -> Path:
     return (Path(run_dir).resolve() if resolve else Path(run_dir)) / CHECKPOINTS
 
 
+def tensorboard_dir(run_dir: Path) -> Path:
+    """Where the run's TensorBoard events go (Megatron's --tensorboard-dir unless the job names its own)."""
+    return Path(run_dir) / TENSORBOARD
+
+
 def lock_file(run_dir: Path) -> Path:
     """The lock the run's holder keeps (run/lock.py); built before the run directory may exist."""
     return Path(run_dir) / LOCK_FILE
@@ -116,17 +124,25 @@ class RunFiles:
 
     run_dir: Path
     files: dict[str, str] = field(default_factory=dict)  # name in the run directory -> text
+    code: snapshot.Code | None = None  # the entry's code, copied into the run when it is created
 
 
-def plan_run(spec: JobSpec, run_dir: Path | None) -> RunFiles:
+def plan_run(spec: JobSpec, run_dir: Path | None, new_code: bool = False) -> RunFiles:
     """The resolved job file, and copies of the files its entry reads (the mm JSON files, the FSDP2
     trainer's YAML, ...: job/entries/), which the run's job file points at: every restart of the run
     reads the same configuration, whatever happens to the originals. (Paths inside them stay relative
-    to entry.workdir, as MindSpeed-MM reads them.)"""
+    to entry.workdir, as MindSpeed-MM reads them.) The entry's code likewise (run/snapshot.py): the
+    job file points entry.workdir into the run's copy of its checkout; a run directory holding other
+    code is refused unless `new_code`."""
     run_dir = Path(run_dir or default_run_dir(spec)).resolve()
     recorded, copies = with_copies(spec, run_dir)
+    code = snapshot.state(spec.entry.workdir) if snapshot.applies(spec) else None
+    if code is not None:
+        snapshot.check_same(spec, run_dir, code, new_code)
+        entry = dataclasses.replace(recorded.entry, workdir=code.entry_workdir(run_dir))
+        recorded = dataclasses.replace(recorded, entry=entry)
     return RunFiles(
-        run_dir, {JOB_FILE: job_text(recorded), **{name: Path(o).read_text() for name, o in copies.items()}}
+        run_dir, {JOB_FILE: job_text(recorded), **{name: Path(o).read_text() for name, o in copies.items()}}, code
     )
 
 
@@ -152,6 +168,7 @@ class Created:
     new: bool  # the folder did not exist, or was empty
     previous: dict[str, str | None]
     existed: bool = True
+    code_before: str | None = None  # code.json before (a run resubmitted with --new-code)
 
     def undo(self) -> None:
         if self.new:
@@ -161,7 +178,7 @@ class Created:
             else:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             return
-        for name, text in self.previous.items():
+        for name, text in {**self.previous, snapshot.CODE_FILE: self.code_before}.items():
             path = self.run_dir / name
             if text is None:
                 path.unlink(missing_ok=True)
@@ -181,6 +198,8 @@ def create(run: RunFiles) -> Created:
     existed = run_dir.exists()
     new = not existed or not any(p.name != LOCK_FILE for p in run_dir.iterdir())
     previous = {name: (run_dir / name).read_text() if (run_dir / name).is_file() else None for name in run.files}
+    code_file = run_dir / snapshot.CODE_FILE
+    code_before = code_file.read_text() if code_file.is_file() else None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / LOGS).mkdir(exist_ok=True)
     if new:  # not readable by others: the job file and the script hold the job's environment
@@ -192,7 +211,19 @@ def create(run: RunFiles) -> Created:
         info = RunInfo.from_json(read_object(run_dir / RUN_FILE) or {})
         info = dataclasses.replace(info, hpc_mm=__version__, created=info.created or round(time.time(), 3))
         write_private(run_dir / RUN_FILE, json.dumps(info.to_json()))
-    return Created(run_dir, new, previous, existed)
+    if run.code is not None:
+        snapshot.take(run.code, run_dir)
+        if run.code.untracked:
+            shown = ", ".join(run.code.untracked[:5]) + (" ..." if len(run.code.untracked) > 5 else "")
+            warn(
+                Problem(
+                    "entry.snapshot",
+                    f"{len(run.code.untracked)} untracked path(s) of {run.code.source} are not in the run's copy "
+                    f"of the code but linked to the checkout (they change with it): {shown}",
+                    "commit them, or list them in .gitignore if they are data",
+                )
+            )
+    return Created(run_dir, new, previous, existed, code_before)
 
 
 def refuse_foreign(run_dir: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from hpc_mm.errors import Problem, UserError, warn
-from hpc_mm.run import layout, throughput, timeline
+from hpc_mm.run import layout, snapshot, tensorboard, throughput, timeline
 from hpc_mm.run.events import Kind
 from hpc_mm.run.format import duration, number, rate
 from hpc_mm.run.rundir import RunDir
@@ -49,7 +49,14 @@ def summary(run: RunDir) -> dict:
         "rows": rows,
         "events": record,
         "timeline": line,
+        "code": snapshot.describe(snapshot.recorded(run.path), _last_started(record)),
+        "tensorboard": tensorboard.describe(tensorboard.folder_of(run)),
     }
+
+
+def _last_started(record) -> dict | None:
+    started = [e for e in record if e.kind is Kind.STARTED]
+    return dict(started[-1].data) if started else None
 
 
 def _train_iters(run: RunDir) -> int | None:
@@ -91,6 +98,8 @@ def summary_text(info: dict) -> str:
             f"restarts      {len(info['restarts'])}" + (f" ({restarts})" if restarts else ""),
             f"lost          {lost_text(info)}",
             f"goodput       {goodput}",
+            *([f"code          {info['code']}"] if info.get("code") else []),
+            *([f"tensorboard   {info['tensorboard']}"] if info.get("tensorboard") else []),
         ]
     )
 

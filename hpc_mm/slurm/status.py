@@ -15,7 +15,7 @@ from hpc_mm.errors import UserError
 from hpc_mm.job import slurmtime
 from hpc_mm.job.entries import contract
 from hpc_mm.names import RunState, run_state
-from hpc_mm.run import layout, throughput, timeline
+from hpc_mm.run import layout, snapshot, throughput, timeline
 from hpc_mm.run.events import AGAIN, Kind
 from hpc_mm.run.format import DASH, duration, rate, text
 from hpc_mm.run.rundir import RunDir, Start
@@ -245,8 +245,11 @@ def _print_one(run: RunDir, as_json: bool) -> int:
     info = run_status(run)
     line = timeline.build(run, time.time())
     starts = start_rows(run)
+    code = snapshot.recorded(run.path)
+    started = run.starts()[-1].started if run.starts() else None
     if as_json:
-        print(json.dumps({**info.to_json(), "starts": starts, "goodput": line.goodput}, sort_keys=True))
+        said = code.to_json() if code else _started_code(started)
+        print(json.dumps({**info.to_json(), "starts": starts, "goodput": line.goodput, "code": said}, sort_keys=True))
         return 0
     print(format_table(COLUMNS, [table_row(info)]))
     print()
@@ -289,8 +292,17 @@ def _print_one(run: RunDir, as_json: bool) -> int:
         print(f"\nafter: job {w['job_id']}{where}, {w['state']}")
     if info.outcome:
         print(f"\n{info.last_event or 'ended'}: {info.outcome}")
+    if described := snapshot.describe(code, dict(started.data) if started else None):
+        print(f"code: {described}")
     print(f"run directory: {run.path}")
     return 0
+
+
+def _started_code(started) -> dict | None:
+    """A run without a copy of its code: what its last start found in the checkout."""
+    if started is None or not started.get("workdir_commit"):
+        return None
+    return {"commit": started.get("workdir_commit"), "dirty": bool(started.get("workdir_dirty")), "copied": False}
 
 
 def start_rows(run: RunDir) -> list[dict]:

@@ -113,9 +113,11 @@ def _where(run: layout.RunFiles) -> None:
     refuse_if_active(run.run_dir)
 
 
-def prepare(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None) -> layout.RunFiles:
+def prepare(
+    spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None, new_code: bool = False
+) -> layout.RunFiles:
     """Everything the run directory will hold, the script included; nothing is written."""
-    run = layout.plan_run(spec, run_dir)
+    run = layout.plan_run(spec, run_dir, new_code)
     _where(run)
     check_resume(spec, run.run_dir)
     script = render_script(spec, run.run_dir, template_dir)
@@ -132,10 +134,16 @@ def check(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None)
     check_script(spec, run.run_dir, template_dir)
 
 
-def render(spec: JobSpec, run_dir: Path | None, template_dir: Path | None = None, output: Path | None = None) -> int:
+def render(
+    spec: JobSpec,
+    run_dir: Path | None,
+    template_dir: Path | None = None,
+    output: Path | None = None,
+    new_code: bool = False,
+) -> int:
     """Write the run directory (the script runs `hpc-mm launch` on it) and print the script."""
     spec, _ = pipeline.resolve(spec)
-    run = prepare(spec, run_dir, template_dir)
+    run = prepare(spec, run_dir, template_dir, new_code)
     if output and (output.is_dir() or not output.parent.is_dir()):
         raise UserError.one("--output", f"{output} is a folder, or its folder does not exist", "name a file to write")
     layout.create(run)
@@ -205,6 +213,7 @@ def submit(
     template_dir: Path | None = None,
     stages: dict[str, tuple[str, str]] | None = None,
     on_warning=warn,
+    new_code: bool = False,
 ) -> Submitted:
     """Write the run directory and submit its script; a submission Slurm refuses takes it back.
     `stages`: earlier stages of the same pipeline by name, (job id, run directory)."""
@@ -212,7 +221,7 @@ def submit(
     for problem in grace_problems(spec, run_dir):
         on_warning(problem)
     spec, after = pipeline.resolve(spec, stages)
-    run = prepare(spec, run_dir, template_dir)
+    run = prepare(spec, run_dir, template_dir, new_code)
     created = layout.create(run)
     try:
         job_id = _submit(RunDir(run.run_dir).submitit_folder, run.files[layout.SCRIPT_FILE], spec)

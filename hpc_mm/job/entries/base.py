@@ -22,6 +22,7 @@ class Paths:
     checkpoint_dir: Path
     latest: int | None = None  # the run's newest whole checkpoint at this start (None: none yet)
     latest_name: str | None = None  # its name in the checkpoint folder, where the entry names its own (resume:)
+    tensorboard_dir: Path | None = None  # the run's TensorBoard folder (every start writes into it)
 
 
 class Contract(ABC):
@@ -34,6 +35,11 @@ class Contract(ABC):
     # empty or naming a folder whose save did not finish, and the launcher points it at the newest
     # whole checkpoint before a start.
     tracker_in_place: ClassVar[bool] = False
+
+    def tensorboard(self, spec: JobSpec) -> str:
+        """Who writes the run's TensorBoard events: "entry" (Megatron's own --tensorboard-dir), "hpc-mm"
+        (node 0's launcher, from the metrics rows it reads: trainers that write none), or "none"."""
+        return "hpc-mm" if self.trains and self.watch(spec) is not Watch.LIVENESS else "none"
 
     def preload(self, spec: JobSpec) -> list[str]:
         """What a standby interpreter imports ahead for this entry, besides the device's modules (a

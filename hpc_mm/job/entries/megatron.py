@@ -28,6 +28,9 @@ class MegatronContract(Contract):
     def saves_on_signal(self, spec: JobSpec) -> bool:
         return True  # --exit-signal-handler, which hpc-mm always passes
 
+    def tensorboard(self, spec: JobSpec) -> str:
+        return super().tensorboard(spec) if spec.builtin else "entry"
+
     def argv(
         self, spec: JobSpec, paths: Paths, backend: str, world_size: int | None, collective_timeout_minutes: int | None
     ) -> list[str]:
@@ -38,6 +41,7 @@ class MegatronContract(Contract):
             backend=backend,
             world_size=world_size,
             collective_timeout_minutes=collective_timeout_minutes,
+            tensorboard_dir=paths.tensorboard_dir,
         )
         if spec.entry.config:
             argv += [FSDP2_CONFIG_FLAG, spec.entry.config]
