@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_devices import gpu_node
 
 from hpc_mm.launch.standby import stand_in
 from hpc_mm.run.rundir import read_events
@@ -111,18 +112,19 @@ def restore(cluster, node: str) -> None:
 
 @pytest.fixture
 def fake_gpu_nodes(tmp_path, slurm_cluster):
-    """The cluster's first, third and fourth node have (fake) GPUs; the second has none."""
+    """The cluster's first and fourth node have healthy (fake) GPUs, the third a GPU whose nvidia-smi
+    counts uncorrectable ECC errors; the second has none."""
     root = tmp_path / "nodes"
     first, second, third, fourth = slurm_cluster.nodes
-    for node in (first, third, fourth):
-        (root / node / "dev").mkdir(parents=True)
-        (root / node / "dev" / "nvidia0").touch()
+    for node in (first, fourth):
+        gpu_node(root, node, devices=1)
+    gpu_node(root, third, devices=1, uncorrected={0: 5})
     (root / second / "dev").mkdir(parents=True)
     return f"{root}/{{node}}"
 
 
 def test_a_node_that_fails_the_preflight_is_left_out(slurm_cluster, tmp_path, fake_gpu_nodes):
-    n2 = slurm_cluster.nodes[1]
+    n1, n2, n3, n4 = slurm_cluster.nodes
     run_dir = tmp_path / "run"
     job_id = submit(
         run_dir,
@@ -133,14 +135,22 @@ def test_a_node_that_fails_the_preflight_is_left_out(slurm_cluster, tmp_path, fa
     )
     assert finished(job_id) == "COMPLETED", [e["event"] for e in read_events(run_dir)]
     record = read_events(run_dir)
-    preflight = next(e for e in record if e["event"] == "preflight")
-    assert list(preflight["failed"]) == [n2] and f"{n2}: distributed.device" in preflight["failed"][n2][0]
+    failed = {n: lines for e in record if e["event"] == "preflight" for n, lines in e["failed"].items()}
+    # the node without GPUs and the node with a sick one (as far as the starts reached them), never a healthy one
+    assert set(failed) <= {n2, n3} and n2 in failed and f"{n2}: distributed.device" in failed[n2][0]
+    if n3 in failed:
+        assert failed[n3] == [
+            f"{n3}: device.health: GPU 0: nvidia-smi: 5 uncorrectable ECC errors on {n3} "
+            "(hint: the node is left out; its devices need a look)"
+        ]
     first = [e["event"] for e in record if e["restart"] == 0]
     assert "started" not in first  # nothing trained before the preflight passed
-    requeued = next(e for e in record if e["event"] == "requeued")
-    assert requeued["cause"] == "preflight" and requeued["exclude"] == [n2]
+    requeued = [e for e in record if e["event"] in ("requeued", "restarted")]
+    assert {e["cause"] for e in requeued} == {"preflight"} and {n for e in requeued for n in e["exclude"]} == set(
+        failed
+    )
     started = next(e for e in record if e["event"] == "started")
-    assert n2 not in started["hosts"] and record[-1]["event"] == "completed"
+    assert not {n2, n3} & set(started["hosts"]) and record[-1]["event"] == "completed"
     batch_log = next((run_dir / "logs").glob("*.batch.out")).read_text()
     assert f"hpc-mm preflight: error: {n2}: distributed.device: the job runs on cuda but node {n2} has no" in batch_log
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from fake_devices import gpu_node, npu_node
 
 from hpc_mm.job.jobfile import load_job
 from hpc_mm.launch.finish import preflight_failures
@@ -242,13 +243,29 @@ def test_a_requeue_waits_for_a_controller_that_is_away(slurm_cluster, tmp_path):
 
 
 def test_a_hundred_preflights_under_load_blame_no_node(slurm_cluster, tmp_path):
+    """Healthy (fake) NPUs and GPUs on every node, their tools asked at each preflight (npu-smi health,
+    ECC and the chip map, hccn_tool's links; nvidia-smi): a busy node is never blamed."""
+    root = tmp_path / "devices"
+    for node in slurm_cluster.nodes:
+        npu_node(root / "npu", node, devices=2)
+        gpu_node(root / "cuda", node, devices=2)
+    stand_ins = tmp_path / "stand-ins" / "torch_npu"  # the interpreter check asks for torch_npu on NPUs
+    stand_ins.mkdir(parents=True)
+    (stand_ins / "__init__.py").write_text("")
     load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
-        for nodes, launcher in ((2, "torchrun"), (2, "srun"), (4, "torchrun"), (4, "srun")):
+        for nodes, launcher, device in ((2, "torchrun", "npu"), (2, "srun", "cuda"), (4, "torchrun", "cuda"),
+                                        (4, "srun", "npu")):  # fmt: skip
             run_dir = tmp_path / f"{launcher}-{nodes}"
             spec = load_job(
                 TINY,
-                [f"slurm.nodes={nodes}", "distributed.nproc_per_node=1", f"entry.launcher={launcher}"],
+                [
+                    f"slurm.nodes={nodes}",
+                    "distributed.nproc_per_node=1",
+                    f"entry.launcher={launcher}",
+                    f"distributed.device={device}",
+                    "distributed.backend=gloo",
+                ],
             )
             layout.create(layout.plan_run(spec, run_dir))
             # 25 starts' preflights in one process a node (what `hpc-mm preflight` runs, without paying
@@ -273,8 +290,14 @@ def test_a_hundred_preflights_under_load_blame_no_node(slurm_cluster, tmp_path):
                 capture_output=True,
                 text=True,
                 timeout=900,
+                env={
+                    **os.environ,
+                    "HPC_MM_DEVICE_ROOT": f"{root / device}/{{node}}",
+                    "PYTHONPATH": str(stand_ins.parent),
+                },
             )
             assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+            assert "device health not checked" not in result.stdout  # the tools were asked every time
             run = RunDir(run_dir)
             results = [p for p in (run_dir / layout.PREFLIGHT).glob("*-*.json") if not p.name.startswith("interpreter")]
             job_ids = {p.name.split("-")[0] for p in results}

@@ -1,0 +1,120 @@
+"""A cluster user's week, on the real test cluster: the code that was submitted is the code every start
+runs (a checkout changed and committed while the job waits, then preempted and requeued, then
+restarted inside), shown by the entry's own output and by `status`; TensorBoard reads every start's
+events as one run; a node the site drains while the job trains is left at the next checkpoint, the job
+going on on its spare inside the same allocation (Slurm's Restarts stays 0)."""
+
+import json
+import shutil
+import subprocess
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_restart_inside import INSIDE, JOB, allocation, ends, slurm_restarts, started
+
+from hpc_mm.run.rundir import read_events
+
+from conftest import ROOT, run_cli
+from test_faults import metrics_rows, submit, until
+from test_slurm import preempt_and_resume, wait_for
+
+STANDIN = ROOT / "tests" / "fixtures" / "standin.yaml"
+
+
+def git(folder, *args):
+    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def checkout(tmp_path):
+    """The user's MindSpeed-MM checkout: the entry, and a VERSION the entry prints."""
+    top = tmp_path / "MindSpeed-MM"
+    top.mkdir()
+    shutil.copy(ROOT / "tests" / "fixtures" / "pretrain_vlm.py", top / "pretrain_vlm.py")
+    (top / "VERSION").write_text("one\n")
+    git(tmp_path, "init", "-q", str(top))
+    git(top, "config", "user.email", "user@example.com")
+    git(top, "config", "user.name", "user")
+    git(top, "add", "-A")
+    git(top, "commit", "-qm", "one")
+    return top
+
+
+def test_the_submitted_code_runs_every_start_and_tensorboard_reads_one_run(slurm_cluster, tmp_path):
+    top = checkout(tmp_path)
+    submitted = git(top, "rev-parse", "HEAD")
+    data = tmp_path / "data.json"  # the stand-in's data, crashing once at iteration 150 (a restart inside)
+    spec = json.loads((ROOT / "tests" / "fixtures" / "standin" / "data.json").read_text())
+    spec["dataset_param"].update(crash_at_iteration=150, crash_once_marker=str(tmp_path / "crashed"))
+    data.write_text(json.dumps(spec))
+    run_dir = tmp_path / "run"
+    sets = [f"entry.workdir={top}", f"mm.data={data}", "slurm.partition=low", "checkpoint.save_interval=100"]
+    sets += ["requeue.on_failure=2", "slurm.exclusive=true"]
+    result = run_cli(
+        "submit", STANDIN, "--run-dir", run_dir, "--json", *[a for s in sets for a in ("--set", s)], check=True
+    )
+    job_id = json.loads(result.stdout)["job_id"]
+    until(lambda: metrics_rows(run_dir) >= 20)
+    (top / "VERSION").write_text("two\n")  # the user moves on while the job runs
+    git(top, "commit", "-qam", "two")
+    preempt_and_resume(job_id, run_dir)
+    assert wait_for(job_id, timeout=600) == "COMPLETED", [e["event"] for e in read_events(run_dir)]
+
+    record = read_events(run_dir)
+    kinds = [(e["event"], e.get("cause")) for e in record if e["event"] in ("requeued", "restarted", "completed")]
+    assert kinds[0][0] == "requeued" and ("restarted", "crash") in kinds and kinds[-1][0] == "completed", kinds
+    starts = [e for e in record if e["event"] == "started"]
+    assert len(starts) == 3 and {s["workdir_commit"] for s in starts} == {submitted}
+    for restart in range(3):  # the entry's own word on which code it ran, at every start
+        said = run_cli("logs", run_dir, "--restart", str(restart), check=True).stdout
+        assert "code version: one" in said and "code version: two" not in said, restart
+    status = json.loads(run_cli("status", run_dir, "--json", check=True).stdout)
+    assert status["code"]["commit"] == submitted and status["code"]["dirty"] is False
+    assert f"code: {submitted[:12]} from {top}" in run_cli("status", run_dir, check=True).stdout
+
+    # every start's TensorBoard events in the run, read by TensorBoard as one run: each step once, the
+    # last start's value where a start repeated steps after its checkpoint
+    board = EventAccumulator(str(run_dir / "tensorboard"))
+    board.Reload()
+    loss = board.Scalars("lm loss")
+    assert [e.step for e in loss] == list(range(1, 301))
+    last = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        last[row["iteration"]] = row["loss"]
+    assert all(abs(e.value - last[e.step]) <= 1e-6 * max(1.0, abs(last[e.step])) for e in loss)
+    assert "tensorboard   " in run_cli("report", run_dir, check=True).stdout
+
+    # the same run directory with other code: refused, with the difference's size, unless asked for
+    again = run_cli("submit", STANDIN, "--run-dir", run_dir, *[a for s in sets for a in ("--set", s)], "--dry-run")
+    assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
+    assert "1 changed file(s), +1 -1 lines" in again.stderr and "--new-code" in again.stderr
+
+
+def test_a_node_drained_while_training_is_left_at_the_next_checkpoint(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, *JOB, *INSIDE, "gpt.train_iters=200", "checkpoint.save_interval=40")
+    until(lambda: metrics_rows(run_dir) >= 10)
+    nodes = allocation(job_id)
+    first = started(run_dir, 0)
+    drained = first["hosts"][1]
+    spare = next(n for n in nodes if n not in first["hosts"])
+    checkpoint = until(lambda: [e for e in read_events(run_dir) if e["event"] == "checkpoint"] or None, timeout=120)
+    subprocess.run(
+        ["scontrol", "update", f"nodename={drained}", "state=drain", "reason=hpc-mm test: the site drains it"],
+        check=True,
+    )
+    try:
+        left = until(lambda: next((e for e in read_events(run_dir) if e["event"] == "leaving"), None), timeout=180)
+        assert (left["nodes"], left["cause"]) == ([drained], "drain") and "DRAIN" in left["reason"]
+        assert left["iteration"] > checkpoint[-1]["iteration"] - 1  # the next checkpoint after the drain
+        end = until(lambda: (ends(run_dir) or [None])[0], timeout=120)
+        assert (end["event"], end["cause"], end["exclude"]) == ("restarted", "drain", [drained]), end
+        second = until(lambda: started(run_dir, 1), timeout=180)
+        assert drained not in second["hosts"] and spare in second["hosts"]
+        assert second["checkpoint"] == left["iteration"]  # it goes on from the checkpoint it left at
+        assert wait_for(job_id, timeout=600) == "COMPLETED", [e["event"] for e in read_events(run_dir)]
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={drained}", "state=resume"], capture_output=True)
+    assert slurm_restarts(job_id) == 0 and not any(e["event"] == "requeued" for e in read_events(run_dir))
+    status = json.loads(run_cli("status", run_dir, "--json", check=True).stdout)
+    assert status["state"] == "COMPLETED" and status["last_iteration"] == 200 and status["restarts"] == 1
+    assert [s["why"] for s in status["starts"]][0] == "drain"
