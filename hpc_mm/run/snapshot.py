@@ -106,10 +106,19 @@ def fingerprint(top: Path, files: list[str]) -> str:
     return digest.hexdigest()
 
 
+def _dotted(name: str) -> str | None:
+    """The path up to its first dot-named part (`.env`, `configs/.secrets`), or None."""
+    parts = name.split("/")
+    first = next((i for i, part in enumerate(parts) if part.startswith(".")), None)
+    return "/".join(parts[: first + 1]) if first is not None else None
+
+
 def tracked(top: Path) -> list[str]:
-    """The checkout's tracked files that exist (a deleted one is not part of the code as it is)."""
+    """The checkout's tracked files that exist (a deleted one is not part of the code as it is), but
+    not those under a dot-name: `.env`, `.ssh`, `.github` are never code an entry runs, and a secret
+    tracked by mistake is not copied into a run (it is linked, as untracked files are)."""
     files = _names(_git(top, "ls-files", "-z", "--recurse-submodules"))
-    return [n for n in files if (top / n).is_symlink() or (top / n).is_file()]
+    return [n for n in files if not _dotted(n) and ((top / n).is_symlink() or (top / n).is_file())]
 
 
 def _staged(folder: Path) -> tuple[Path, dict] | None:
@@ -150,6 +159,7 @@ def state(workdir: str | os.PathLike) -> Code | None:
         return None
     top = Path(top_text.strip())
     files = tracked(top)
+    dotted = {_dotted(n) for n in _names(_git(top, "ls-files", "-z")) if _dotted(n)}
     changed = _names(_git(top, "diff", "--name-only", "-z", "HEAD"))
     untracked = _names(_git(top, "ls-files", "-z", "--others", "--exclude-standard", "--directory"))
     ignored = _names(_git(top, "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory"))
@@ -162,7 +172,7 @@ def state(workdir: str | os.PathLike) -> Code | None:
         files=len(files),
         changed=tuple(changed),
         untracked=tuple(n.rstrip("/") for n in untracked),
-        links=tuple(n.rstrip("/") for n in untracked + ignored),
+        links=tuple(sorted(dotted)) + tuple(n.rstrip("/") for n in untracked + ignored),
         taken=time.time(),
     )
 
@@ -186,8 +196,8 @@ def marker(code: Code) -> bytes:
 
 
 def sendable(code: Code) -> list[str]:
-    """The tracked files --remote sends: not those under a dot-name (.env, .ssh: secrets)."""
-    return [n for n in tracked(Path(code.source)) if not any(part.startswith(".") for part in n.split("/"))]
+    """The tracked files --remote sends (`tracked`: nothing under a dot-name)."""
+    return tracked(Path(code.source))
 
 
 def recorded(run_dir: str | os.PathLike) -> Code | None:

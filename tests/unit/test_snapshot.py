@@ -67,10 +67,26 @@ def test_the_code_as_submitted_runs_every_start(checkout, tmp_path, capsys):
     assert (copy / "data").is_symlink() and (copy / "data" / "train.jsonl").read_text() == "{}\n"
     assert (copy / "model.safetensors").resolve() == (checkout / "model.safetensors").resolve()
     assert "notes.txt" in capsys.readouterr().err  # untracked, not ignored: said
+    # a dot-file is never copied (a secret tracked by mistake): linked, as what git does not track
+    assert (copy / ".gitignore").is_symlink() and not any(p.is_file() and not p.is_symlink() for p in copy.rglob(".*"))
     # the checkout moves on; the run's copy does not
     (checkout / "mindspeed_mm" / "__init__.py").write_text("VERSION = 'two'\n")
     git(checkout, "commit", "-qam", "two")
     assert (copy / "mindspeed_mm" / "__init__.py").read_text() == "VERSION = 'one, edited'\n"
+
+
+def test_a_tracked_secret_is_never_copied_into_the_run(checkout, tmp_path):
+    (checkout / "configs").mkdir()
+    (checkout / "configs" / ".env").write_text("TOKEN=s3cr3t-value")
+    (checkout / "configs" / "model.json").write_text("{}")
+    git(checkout, "add", "-f", "configs")
+    git(checkout, "commit", "-qm", "a secret, tracked by mistake")
+    run_dir = tmp_path / "run"
+    layout.create(layout.plan_run(job(checkout), run_dir))
+    copy = snapshot.recorded(run_dir).folder(run_dir)
+    assert (copy / "configs" / "model.json").is_file() and (copy / "configs" / ".env").is_symlink()
+    held = [p for p in run_dir.rglob("*") if p.is_file() and not p.is_symlink() and b"s3cr3t" in p.read_bytes()]
+    assert held == []
 
 
 def test_other_code_in_the_same_run_is_refused_unless_asked_for(checkout, tmp_path):
