@@ -21,7 +21,7 @@ def node_args(args: argparse.Namespace) -> int:
     from hpc_mm.job.megatron import shell_line
 
     overrides = list(args.overrides) + shortcut_overrides(args)
-    node = node_command(args.job, args.node or 0, args.device, overrides, args.nodes)
+    node = node_command(args.job, args.node or 0, args.device, overrides, args.nodes, args.run_dir)
     spec = node.plan.spec
     said = {"node": args.node or 0, "nnodes": spec.nnodes, "cwd": node.cwd, "argv": node.argv, "env": node.env}
     if args.diff:

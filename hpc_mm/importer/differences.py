@@ -101,9 +101,15 @@ def allocation_env(nnodes: int, node: int, tasks_per_node: int, job_id: str = "1
 
 
 def node_command(
-    job: str, node: int, device: str | None = None, overrides: list[str] = (), nodes: int | None = None
+    job: str,
+    node: int,
+    device: str | None = None,
+    overrides: list[str] = (),
+    nodes: int | None = None,
+    run_dir: Path | None = None,
 ) -> NodeCommand:
-    """What `hpc-mm launch` runs on node `node` (its first rank, where srun starts each rank)."""
+    """What `hpc-mm launch` runs on node `node` (its first rank, where srun starts each rank), in the
+    run directory `run_dir` (None: the one submit would make)."""
     from hpc_mm.errors import UserError
     from hpc_mm.job.jobfile import load_job
     from hpc_mm.job.megatron import resolve_backend
@@ -115,7 +121,7 @@ def node_command(
         raise UserError.one("--node", f"{node} is not a node of this {spec.nnodes}-node job", f"0..{spec.nnodes - 1}")
     per_node = 1 if spec.entry.agent else spec.distributed.nproc_per_node
     per_node = per_node if isinstance(per_node, int) else 1
-    plan = resolve_plan(str(job), list(overrides), None, allocation_env(spec.nnodes, node, per_node), nodes)
+    plan = resolve_plan(str(job), list(overrides), run_dir, allocation_env(spec.nnodes, node, per_node), nodes)
     kind = device or (spec.distributed.device if spec.distributed.device != "auto" else plan.device)
     plan = dataclasses.replace(plan, device=kind, backend=resolve_backend(spec.distributed.backend, kind))
     argv = command(plan, None)

@@ -229,6 +229,14 @@ def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, tmp_path):
     heard = [(b["event"], b["job_id"], b["restart"]) for b in receiver.bodies]
     assert heard == [("requeued", job_id, 0), ("completed", job_id, 1)], heard
     assert receiver.bodies[0]["cause"] in ("preemption", "slurm") and receiver.bodies[1]["iteration"] == 300
+    # the built-in trainer writes no TensorBoard events: node 0's launcher wrote its metrics, one file a
+    # start, and TensorBoard's own reader sees one run, each step once
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    board = EventAccumulator(str(run_dir / "tensorboard"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("loss")] == list(range(1, 301))
 
 
 def test_time_limit_saves_requeues_and_finishes(slurm_cluster, tmp_path):

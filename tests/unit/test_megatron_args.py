@@ -189,3 +189,16 @@ def test_async_save_reaches_megatron_and_needs_torch_dist(tmp_path):
     sync = load_job(job, ["gpt.extra={ckpt_format: torch_dist}"])
     assert "--async-save" not in training_argv(sync, run_dir=tmp_path, checkpoint_dir=tmp_path, backend="hccl")
     assert contract(sync).saves(sync).startswith("synchronous")
+
+
+def test_a_nodes_command_in_a_given_run_directory(tmp_path):
+    """`args --node N --run-dir DIR`: node N's command with that run's paths (--save, --run-dir, HPC_MM_RUN_DIR)."""
+    import json
+
+    run_dir = tmp_path / "my run"
+    said = json.loads(
+        run_cli("args", JOBS / "tiny-vlm.yaml", "--node", "1", "--nodes", "2", "--run-dir", run_dir, "--json",
+                check=True).stdout
+    )  # fmt: skip
+    assert said["argv"][said["argv"].index("--save") + 1] == str(run_dir / "checkpoints")
+    assert said["env"]["HPC_MM_RUN_DIR"] == str(run_dir) and said["node"] == 1
