@@ -52,6 +52,10 @@ DIFFERENCES = {
     "instead, as micro batch x gradient accumulation x DP of the allocation",
     "ray": "verl's driver runs once, on the head of a Ray cluster hpc-mm forms across the nodes (a worker on every "
     "other node) when every node has joined; each node offers Ray its ranks (CPUs, GPUs, or NPU on Ascend)",
+    "tensorboard": "--tensorboard-dir is the run's tensorboard/ folder where the script names none: every start's "
+    "events in one folder, read by TensorBoard as one run",
+    "trackers": "WANDB_RUN_ID, WANDB_NAME and WANDB_RESUME=allow (where unset): Weights & Biases sees every start of "
+    "the run as one run",
     "secret": "a secret is never written into a job file or a batch script: export it in your shell before "
     "submitting (sbatch passes your environment to the job)",
 }
@@ -59,14 +63,14 @@ DIFFERENCES = {
 FLAG_REASONS = {
     "--save": "checkpoint", "--load": "checkpoint", "--pretrained-checkpoint": "checkpoint",
     "--exit-signal-handler": "exit-signal", "--distributed-backend": "backend",
-    "--distributed-timeout-minutes": "timeouts", "--ai-framework": "mindspore",
+    "--distributed-timeout-minutes": "timeouts", "--ai-framework": "mindspore", "--tensorboard-dir": "tensorboard",
 }  # fmt: skip
 ENV_REASONS = {
     "HCCL_EXEC_TIMEOUT": "timeouts", "HCCL_CONNECT_TIMEOUT": "timeouts", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "timeouts",
     "PYTHONUNBUFFERED": "output", "HPC_MM_RUN_DIR": "output", "ACCELERATE_USE_CPU": "accelerate",
     "OMP_NUM_THREADS": "threads", "CUDA_DEVICE_MAX_CONNECTIONS": "megatron", "RANK": "ranks", "WORLD_SIZE": "ranks",
     "LOCAL_RANK": "ranks", "LOCAL_WORLD_SIZE": "ranks", "GROUP_RANK": "ranks", "MASTER_ADDR": "ranks",
-    "MASTER_PORT": "ranks",
+    "MASTER_PORT": "ranks", "WANDB_RUN_ID": "trackers", "WANDB_NAME": "trackers", "WANDB_RESUME": "trackers",
 }  # fmt: skip
 # (option names with dashes: `--log_dir` and `--log-dir` alike)
 LAUNCHER_REASONS = {"--max-restarts": "agent", "--tee": "logs", "--join": "agent", "--log-dir": "logs",

@@ -48,8 +48,8 @@ class Metric:
     samples_per_second: float | None = None
     # each rank's own compute time of the steps up to this one (seconds, a list per step, oldest first,
     # rank by rank; the built-in trainer writes them every few steps): what tells a slow rank from ranks
-    # waiting for it in a collective (run/stragglers.py)
-    rank_seconds: tuple[tuple[float, ...], ...] | None = None
+    # waiting for it in a collective (run/stragglers.py); None for a step in which the rank was preempted
+    rank_seconds: tuple[tuple[float | None, ...], ...] | None = None
 
     @classmethod
     def from_json(cls, value: dict) -> Metric | None:
@@ -64,8 +64,9 @@ class Metric:
         }
         steps = value.get("rank_seconds")
         if isinstance(steps, list) and steps and all(isinstance(s, list) and s for s in steps):
-            if all(number(v) is not None for s in steps for v in s):
-                extra["rank_seconds"] = tuple(tuple(number(v) for v in s) for s in steps)
+            # (null: a step the rank was preempted in by another process, which says nothing of the rank)
+            if all(v is None or number(v) is not None for s in steps for v in s):
+                extra["rank_seconds"] = tuple(tuple(None if v is None else number(v) for v in s) for s in steps)
         return cls(iteration, loss, **extra)
 
     def to_json(self) -> dict:

@@ -2,8 +2,9 @@
 step time does not say which. Each rank's own compute time per step (before it waits for the others
 in the gradient all-reduce: `Metric.rank_seconds`, written by the built-in trainer) does.
 
-The rule, a pure function of the rows (`Detector.feed`): a rank's median compute time over the last
-`window` steps, against the median of the other ranks' medians; above it by more than `threshold` for
+The rule, a pure function of the rows (`Detector.feed`): a rank's median compute time over its last
+`window` measured steps, against the median of the other ranks' medians (a step in which another
+process took the rank's CPU is not measured: its time says nothing of the rank); above it by more than `threshold` for
 `steps` steps in a row, the rank is named, once a start. A rank named stays named until the start
 ends (a restart inside may leave its node out: `fault.straggler_exclude`).
 """
@@ -33,12 +34,14 @@ class Detector:
     _slow_for: dict[int, int] = field(default_factory=dict)
     named: dict[int, Straggler] = field(default_factory=dict)
 
-    def feed(self, iteration: int, rank_seconds: tuple[float, ...] | list[float]) -> list[Straggler]:
-        """One step's compute times, rank by rank; the ranks named at this step."""
+    def feed(self, iteration: int, rank_seconds: tuple[float | None, ...] | list[float | None]) -> list[Straggler]:
+        """One step's compute times, rank by rank (None: not measured); the ranks named at this step."""
         if len(rank_seconds) < 2:
             return []
         for rank, seconds in enumerate(rank_seconds):
-            self._times.setdefault(rank, deque(maxlen=self.window)).append(seconds)
+            times = self._times.setdefault(rank, deque(maxlen=self.window))
+            if seconds is not None:
+                times.append(seconds)
         if any(len(t) < self.window for t in self._times.values()):
             return []
         medians = {rank: statistics.median(t) for rank, t in self._times.items()}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import faulthandler
 import json
+import math
 import os
 import random
 import socket
@@ -213,6 +214,7 @@ class Trainer(Checkpointing):
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         computed = 0.0  # this rank's own work: its forward and backward passes, before it waits for the others
+        delayed = 0.0  # the time it was ready to run meanwhile, but another process had its CPU
         for _ in range(self.grad_acc):
             images, captions = next(data)
             if self.timed:
@@ -223,7 +225,9 @@ class Trainer(Checkpointing):
             if self.timed:
                 # less the time it was ready to run while the node's CPUs were busy with other processes (a
                 # loaded node slows every rank by turns; a rank that is stopped or slower is slow all along)
-                computed += max(0.0, time.perf_counter() - began - (_run_delay() - waited))
+                delay = _run_delay() - waited
+                computed += max(0.0, time.perf_counter() - began - delay)
+                delayed += delay
         allreduce_gradients(self.params, self.dp_group, self.dp_size)
         if args.clip_grad > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, args.clip_grad)
@@ -234,7 +238,9 @@ class Trainer(Checkpointing):
         self.optimizer.step()
         dist.all_reduce(total, group=self.dp_group)
         if self.timed:
-            self._share_times(computed)
+            # A rank that shared its CPU with another process for much of the step is slowed beyond the
+            # wait itself (the switches, its caches refilled): that step says nothing of the rank.
+            self._share_times(computed if delayed <= CONTENDED * computed else float("nan"))
         return total.item() / self.dp_size, float(grad_norm)
 
     def _share_times(self, computed: float) -> None:
@@ -246,9 +252,9 @@ class Trainer(Checkpointing):
         if len(self._times) < TIMES_EVERY:
             return
         said = torch.zeros(self.world, TIMES_EVERY, device=self.device)
-        said[self.rank] = torch.tensor(self._times)
+        said[self.rank] = torch.tensor([-1.0 if math.isnan(t) else t for t in self._times])
         dist.all_reduce(said, group=self.dp_group)
-        self.rank_seconds = tuple(tuple(round(v, 6) for v in step) for step in said.t().tolist())
+        self.rank_seconds = tuple(tuple(None if v < 0 else round(v, 6) for v in step) for step in said.t().tolist())
         self._times = []
 
     def close(self) -> None:
@@ -260,6 +266,7 @@ class Trainer(Checkpointing):
 
 _SCHEDSTAT = Path("/proc/thread-self/schedstat")
 TIMES_EVERY = 10  # steps whose compute times the ranks share at once
+CONTENDED = 0.6  # a step that waited for a CPU longer than this share of its compute is not measured
 
 
 def _run_delay() -> float:

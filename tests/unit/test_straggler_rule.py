@@ -68,3 +68,25 @@ def test_metrics_rows_carry_each_ranks_time():
     assert row.rank_seconds == ((0.1, 0.2), (0.1, 0.3)) and row.to_json()["rank_seconds"] == [[0.1, 0.2], [0.1, 0.3]]
     assert Metric.from_json({"iteration": 3, "loss": 1.0, "rank_seconds": [["x"]]}).rank_seconds is None
     assert Metric.from_json({"iteration": 3, "loss": 1.0, "rank_seconds": [0.1]}).rank_seconds is None
+
+
+def test_steps_a_rank_was_preempted_in_are_left_out():
+    """A rank sharing its CPU with another process is slower in the steps it is preempted in, for as long
+    as the other process runs (the trainer reports those steps as None): that says nothing of the rank."""
+    detector = Detector()
+    rng = random.Random(7)
+    named = []
+    for step in range(1, 301):
+        contended = 50 <= step < 200 and rng.random() < 0.9  # rank 0 preempted in most steps for 150 steps
+        times = [None if contended else 0.012 * rng.lognormvariate(0, 0.05), 0.012 * rng.lognormvariate(0, 0.05)]
+        named += detector.feed(step, times)
+    assert named == []
+    slowed = Detector()  # the same rank slower in the steps it was not preempted in is named
+    found = [s for step in range(1, 200) for s in slowed.feed(step, [None if step % 3 == 0 else 0.02, 0.012])]
+    assert [s.rank for s in found] == [0] and found[0].ratio > 1.5
+
+
+def test_a_row_with_unmeasured_steps_reads_back():
+    row = Metric.from_json({"iteration": 20, "loss": 1.0, "rank_seconds": [[0.01, None], [0.012, 0.011]]})
+    assert row.rank_seconds == ((0.01, None), (0.012, 0.011))
+    assert Metric.from_json(row.to_json()) == row
