@@ -2,12 +2,14 @@
 runs (a checkout changed and committed while the job waits, then preempted and requeued, then
 restarted inside), shown by the entry's own output and by `status`; TensorBoard reads every start's
 events as one run; a node the site drains while the job trains is left at the next checkpoint, the job
-going on on its spare inside the same allocation (Slurm's Restarts stays 0)."""
+going on on its spare inside the same allocation (Slurm's Restarts stays 0), and so is a node whose
+GPU turns sick while it trains."""
 
 import json
 import shutil
 import subprocess
 
+from fake_devices import gpu_node
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_restart_inside import INSIDE, JOB, allocation, ends, slurm_restarts, started
 
@@ -89,32 +91,59 @@ def test_the_submitted_code_runs_every_start_and_tensorboard_reads_one_run(slurm
     assert "1 changed file(s), +1 -1 lines" in again.stderr and "--new-code" in again.stderr
 
 
-def test_a_node_drained_while_training_is_left_at_the_next_checkpoint(slurm_cluster, tmp_path):
+def leaving(run_dir, count):
+    found = [e for e in read_events(run_dir) if e["event"] == "leaving"]
+    return found[count - 1] if len(found) >= count else None
+
+
+def test_nodes_drained_or_with_a_sick_device_are_left_at_the_next_checkpoint(slurm_cluster, tmp_path):
+    """Two nodes held spare; every node a (fake) healthy GPU. The site drains a training node: the job
+    leaves it at the next checkpoint and goes on on a spare; then a training node's GPU starts counting
+    uncorrectable ECC errors: left at the next checkpoint too, on the other spare. Nothing lost, no requeue."""
+    root = tmp_path / "devices"
+    for node in slurm_cluster.nodes:
+        gpu_node(root, node, devices=1)
     run_dir = tmp_path / "run"
-    job_id = submit(run_dir, *JOB, *INSIDE, "gpt.train_iters=200", "checkpoint.save_interval=40")
+    devices = (
+        "distributed.device=cuda", "distributed.backend=gloo",
+        f"env={{HPC_MM_DEVICE_ROOT: '{root}/{{node}}', OMP_NUM_THREADS: '1'}}",
+    )  # fmt: skip
+    job_id = submit(
+        run_dir, *JOB, *INSIDE, "slurm.spare_nodes=2", "gpt.train_iters=300", "checkpoint.save_interval=40", *devices
+    )
     until(lambda: metrics_rows(run_dir) >= 10)
     nodes = allocation(job_id)
     first = started(run_dir, 0)
+    assert len(nodes) == 4 and len(first["hosts"]) == 2
     drained = first["hosts"][1]
-    spare = next(n for n in nodes if n not in first["hosts"])
     checkpoint = until(lambda: [e for e in read_events(run_dir) if e["event"] == "checkpoint"] or None, timeout=120)
     subprocess.run(
         ["scontrol", "update", f"nodename={drained}", "state=drain", "reason=hpc-mm test: the site drains it"],
         check=True,
     )
     try:
-        left = until(lambda: next((e for e in read_events(run_dir) if e["event"] == "leaving"), None), timeout=180)
+        left = until(lambda: leaving(run_dir, 1), timeout=180)
         assert (left["nodes"], left["cause"]) == ([drained], "drain") and "DRAIN" in left["reason"]
-        assert left["iteration"] > checkpoint[-1]["iteration"] - 1  # the next checkpoint after the drain
+        assert left["iteration"] >= checkpoint[-1]["iteration"]  # the next checkpoint after the drain
         end = until(lambda: (ends(run_dir) or [None])[0], timeout=120)
         assert (end["event"], end["cause"], end["exclude"]) == ("restarted", "drain", [drained]), end
         second = until(lambda: started(run_dir, 1), timeout=180)
-        assert drained not in second["hosts"] and spare in second["hosts"]
+        assert drained not in second["hosts"] and len(set(second["hosts"]) - set(first["hosts"])) == 1
         assert second["checkpoint"] == left["iteration"]  # it goes on from the checkpoint it left at
+        # a GPU of a training node turns sick while it trains
+        sick = second["hosts"][1]
+        gpu_node(root, sick, devices=1, uncorrected={0: 3})
+        told = until(lambda: leaving(run_dir, 2), timeout=180)
+        assert (told["nodes"], told["cause"]) == ([sick], "device"), told
+        assert told["evidence"] == [f"{sick}: GPU 0: nvidia-smi: 3 uncorrectable ECC errors"]
+        again = until(lambda: ends(run_dir)[1] if len(ends(run_dir)) > 1 else None, timeout=120)
+        assert (again["event"], again["cause"], again["exclude"]) == ("restarted", "device", sorted([drained, sick]))
+        third = until(lambda: started(run_dir, 2), timeout=180)
+        assert not {drained, sick} & set(third["hosts"]) and third["checkpoint"] == told["iteration"]
         assert wait_for(job_id, timeout=600) == "COMPLETED", [e["event"] for e in read_events(run_dir)]
     finally:
         subprocess.run(["scontrol", "update", f"nodename={drained}", "state=resume"], capture_output=True)
     assert slurm_restarts(job_id) == 0 and not any(e["event"] == "requeued" for e in read_events(run_dir))
     status = json.loads(run_cli("status", run_dir, "--json", check=True).stdout)
-    assert status["state"] == "COMPLETED" and status["last_iteration"] == 200 and status["restarts"] == 1
-    assert [s["why"] for s in status["starts"]][0] == "drain"
+    assert status["state"] == "COMPLETED" and status["last_iteration"] == 300 and status["restarts"] == 2
+    assert [s["why"] for s in status["starts"]][:2] == ["drain", "device"]
