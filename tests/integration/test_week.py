@@ -144,6 +144,8 @@ def test_nodes_drained_or_with_a_sick_device_are_left_at_the_next_checkpoint(slu
     finally:
         subprocess.run(["scontrol", "update", f"nodename={drained}", "state=resume"], capture_output=True)
     assert slurm_restarts(job_id) == 0 and not any(e["event"] == "requeued" for e in read_events(run_dir))
-    status = json.loads(run_cli("status", run_dir, "--json", check=True).stdout)
-    assert status["state"] == "COMPLETED" and status["last_iteration"] == 300 and status["restarts"] == 2
+    # (squeue says COMPLETING while the nodes' epilogs run, after sacct says COMPLETED)
+    status = until(lambda: (s := json.loads(run_cli("status", run_dir, "--json", check=True).stdout))["state"]
+                   == "COMPLETED" and s, timeout=120)  # fmt: skip
+    assert status["last_iteration"] == 300 and status["restarts"] == 2
     assert [s["why"] for s in status["starts"]][:2] == ["drain", "device"]
