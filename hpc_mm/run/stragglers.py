@@ -2,11 +2,12 @@
 step time does not say which. Each rank's own compute time per step (before it waits for the others
 in the gradient all-reduce: `Metric.rank_seconds`, written by the built-in trainer) does.
 
-The rule, a pure function of the rows (`Detector.feed`): a rank's median compute time over its last
-`window` measured steps, against the median of the other ranks' medians (a step in which another
-process took the rank's CPU is not measured: its time says nothing of the rank); above it by more than `threshold` for
-`steps` steps in a row, the rank is named, once a start. A rank named stays named until the start
-ends (a restart inside may leave its node out: `fault.straggler_exclude`).
+The rule, a pure function of the rows (`Detector.feed`): a rank's median compute time over the
+measured ones of the last `window` steps (at least half of them; a step in which another process
+took the rank's CPU is not measured: its time says nothing of the rank), against the median of the
+other ranks' medians; above it by more than `threshold` for `steps` steps in a row, the rank is named,
+once a start. A rank named stays named until the start ends (a restart inside may leave its node out:
+`fault.straggler_exclude`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Detector:
     steps: int = 8
     _times: dict[int, deque] = field(default_factory=dict)
     _slow_for: dict[int, int] = field(default_factory=dict)
+    _fed: int = 0  # steps fed
     named: dict[int, Straggler] = field(default_factory=dict)
 
     def feed(self, iteration: int, rank_seconds: tuple[float | None, ...] | list[float | None]) -> list[Straggler]:
@@ -39,12 +41,15 @@ class Detector:
         if len(rank_seconds) < 2:
             return []
         for rank, seconds in enumerate(rank_seconds):
-            times = self._times.setdefault(rank, deque(maxlen=self.window))
+            times = self._times.setdefault(rank, deque())
             if seconds is not None:
-                times.append(seconds)
-        if any(len(t) < self.window for t in self._times.values()):
+                times.append((iteration, seconds))
+            while times and times[0][0] <= iteration - self.window:  # the last `window` steps only: an
+                times.popleft()  # unmeasured step ages the window too (old slow steps do not linger)
+        self._fed += 1
+        if self._fed < self.window or any(len(t) < (self.window + 1) // 2 for t in self._times.values()):
             return []
-        medians = {rank: statistics.median(t) for rank, t in self._times.items()}
+        medians = {rank: statistics.median(v for _, v in t) for rank, t in self._times.items()}
         new = []
         for rank, median in medians.items():
             typical = statistics.median(m for other, m in medians.items() if other != rank)
