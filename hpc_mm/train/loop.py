@@ -35,6 +35,7 @@ from hpc_mm.run.layout import RANK_TIMES
 from hpc_mm.run.records import Metric
 from hpc_mm.run.rundir import RunDir
 from hpc_mm.train import checkpoint
+from hpc_mm.train.cpuwait import CpuWait, OwnTime
 from hpc_mm.train.data import PretrainingBatchSampler, SyntheticCaptionDataset
 from hpc_mm.train.model import TinyVLM
 from hpc_mm.train.optim import build_scheduler, param_groups
@@ -89,6 +90,7 @@ class Trainer(Checkpointing):
         self.timed = self.world > 1 and os.environ.get(RANK_TIMES) == "1"
         self.rank_seconds: tuple[tuple[float, ...], ...] | None = None  # a few steps', rank by rank
         self._times: list[float] = []
+        self.own = OwnTime(CpuWait() if self.timed else None)  # (nothing timed where nobody reads it)
 
     # ------------------------------------------------------------------ setup
     def build(self) -> None:
@@ -210,24 +212,19 @@ class Trainer(Checkpointing):
         return 0
 
     def _step(self, data) -> tuple[float, float]:
-        args = self.args
+        """One step. Timed for the straggler detection: its forward and backward passes, less its waits
+        for other processes' turns on a CPU (not its waits for data, nor for the other ranks)."""
+        args, own = self.args, self.own
+        own.reset()
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
-        computed = 0.0  # this rank's own work: its forward and backward passes, before it waits for the others
-        delayed = 0.0  # the time it was ready to run meanwhile, but another process had its CPU
         for _ in range(self.grad_acc):
             images, captions = next(data)
-            if self.timed:
-                began, waited = time.perf_counter(), _run_delay()
+            own.begin()
             loss = self.model(images.to(self.device), captions.to(self.device)) / self.grad_acc
             loss.backward()
             total += loss.detach()
-            if self.timed:
-                # less the time it was ready to run while the node's CPUs were busy with other processes (a
-                # loaded node slows every rank by turns; a rank that is stopped or slower is slow all along)
-                delay = _run_delay() - waited
-                computed += max(0.0, time.perf_counter() - began - delay)
-                delayed += delay
+            own.end()
         allreduce_gradients(self.params, self.dp_group, self.dp_size)
         if args.clip_grad > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, args.clip_grad)
@@ -240,7 +237,7 @@ class Trainer(Checkpointing):
         if self.timed:
             # A rank that shared its CPU with another process for much of the step is slowed beyond the
             # wait itself (the switches, its caches refilled): that step says nothing of the rank.
-            self._share_times(computed if delayed <= CONTENDED * computed else float("nan"))
+            self._share_times(own.seconds if own.delayed <= CONTENDED * own.seconds else float("nan"))
         return total.item() / self.dp_size, float(grad_norm)
 
     def _share_times(self, computed: float) -> None:
@@ -251,6 +248,7 @@ class Trainer(Checkpointing):
         self.rank_seconds = None
         if len(self._times) < TIMES_EVERY:
             return
+        self.own.refresh()  # a quota set, or the rank moved to another cgroup, while it trains
         said = torch.zeros(self.world, TIMES_EVERY, device=self.device)
         said[self.rank] = torch.tensor([-1.0 if math.isnan(t) else t for t in self._times])
         dist.all_reduce(said, group=self.dp_group)
@@ -264,17 +262,8 @@ class Trainer(Checkpointing):
             dist.destroy_process_group()
 
 
-_SCHEDSTAT = Path("/proc/thread-self/schedstat")
 TIMES_EVERY = 10  # steps whose compute times the ranks share at once
 CONTENDED = 0.6  # a step that waited for a CPU longer than this share of its compute is not measured
-
-
-def _run_delay() -> float:
-    """Seconds this thread has spent ready to run, waiting for a CPU (Linux's schedstat; 0 elsewhere)."""
-    try:
-        return int(_SCHEDSTAT.read_text().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
