@@ -1,6 +1,18 @@
-"""Stragglers on the real test cluster, under both launchers: a rank slowed by a third (stopped 3 ms of
-every 9 ms) is named within 50 steps, in an event with its node; a healthy run on a machine under
-load (a busy process on one of the two cores) names nobody in its steps."""
+"""Stragglers on the real test cluster, under both launchers: a slowed rank is named within 50 steps,
+in an event with its node; a healthy run on a machine under load (a busy process on one of the two
+cores) names nobody in 200 steps.
+
+Slowing a rank on this machine is slowing its compute, not its waits: its emulated node shares two
+cores with the other's, a step is ~35 ms of which ~10 ms are the rank's forward and backward passes,
+and a stop that falls while it waits for data or for the other rank costs the job nothing (stopped 3 ms
+of every 9, a rank's compute was 1.0-1.5x the other's, its job's steps 8-14% longer). So under
+torchrun the rank is stopped half its time (6 ms of every 12: its compute 1.6-2.2x), and under srun
+held to a quarter of a CPU by a cgroup CPU quota (2.1-2.5x), which the kernel counts as waiting for a
+CPU: the trainer counts it as the rank's own time (train/cpuwait.py). Both are named at a threshold of
+50%: this machine's two virtual CPUs alone (with no wait for a CPU in the steps) set one healthy rank's
+compute 25-32% above the other's for tens of steps, in 3 of 17 runs under load (the default 30% is for
+nodes of their own: tests/unit/test_straggler_rule.py holds it to a 30% slowdown in noisy step times).
+"""
 
 import json
 import os
@@ -9,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,21 +31,48 @@ from test_faults import finished, metrics_rows, processes, submit, until
 
 # One CPU thread a rank, as torchrun gives several ranks of a node: each emulated node is a share of
 # two cores, and a rank's own threads waiting for a CPU would be counted as its compute.
-JOB = ("slurm.partition=low", "requeue.inside=false", "fault.hang_floor_step=60", "env.OMP_NUM_THREADS='1'")
+JOB = ("slurm.partition=low", "requeue.inside=false", "fault.hang_floor_step=60", "env.OMP_NUM_THREADS='1'",
+       "fault.straggler_threshold=0.5")  # fmt: skip
 
 
 def slow_down(pid: int, halt: threading.Event) -> None:
-    """Stop the rank 3 ms of every 9 (a third of its time): shorter than its ~10 ms of compute a step,
-    the period puts a stop in every step, where 7 ms of every 23 fell in its compute in only some steps
-    (on a loaded machine, fewer than half of them for tens of steps: no slower in most steps)."""
+    """Stop the rank 6 ms of every 12 (half its time, a stop in every step's compute)."""
     while not halt.is_set():
         try:
             os.kill(pid, signal.SIGSTOP)
-            time.sleep(0.003)
+            time.sleep(0.006)
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             return
         time.sleep(0.006)
+
+
+CPU_V1 = Path("/sys/fs/cgroup/cpu")
+
+
+def quota(pid: int, halt: threading.Event) -> None:
+    """Hold the rank (all its threads) to a quarter of a CPU: a CFS quota of 2.5 ms every 10 ms (cgroup v1)."""
+    group = CPU_V1 / f"hpc-mm-straggler-{pid}"
+    group.mkdir()
+    try:
+        (group / "cpu.cfs_period_us").write_text("10000")
+        (group / "cpu.cfs_quota_us").write_text("2500")
+        (group / "cgroup.procs").write_text(str(pid))
+        halt.wait()
+    finally:
+        try:
+            (CPU_V1 / "cgroup.procs").write_text(str(pid))
+        except OSError:  # (the rank is gone)
+            pass
+        for _ in range(50):  # the cgroup empties once the rank has left it
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+SLOWER = {"torchrun": slow_down, "srun": quota}
 
 
 def named(run_dir):
@@ -61,7 +101,7 @@ def test_a_slowed_rank_is_named_and_a_healthy_run_under_load_names_nobody(slurm_
     host = started["hosts"][1]
     rank = until(lambda: processes(host, training_only=True, job_id=job_id))[0]
     halt = threading.Event()
-    slower = threading.Thread(target=slow_down, args=(rank, halt), daemon=True)
+    slower = threading.Thread(target=SLOWER[launcher], args=(rank, halt), daemon=True)
     since = metrics_rows(run_dir)  # (rows are iterations, one a row)
     slower.start()
     try:
@@ -77,6 +117,6 @@ def test_a_slowed_rank_is_named_and_a_healthy_run_under_load_names_nobody(slurm_
     subprocess.run([sys.executable, "-m", "hpc_mm", "cancel", job_id, "--now"], capture_output=True)
     first_iteration = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[since - 1])["iteration"]
     assert len(found) == 1 and found[0]["rank"] == 1 and found[0]["nodes"] == [host], found
-    assert found[0]["iteration"] - first_iteration <= 50 and found[0]["ratio"] > 1.3, (first_iteration, found)
+    assert found[0]["iteration"] - first_iteration <= 50 and found[0]["ratio"] > 1.5, (first_iteration, found)
     assert status["stragglers"] == [{"rank": 1, "node": host, "ratio": found[0]["ratio"]}], status
     finished(job_id)
