@@ -4,10 +4,10 @@ what --remote sends of a checkout; status and report name the commit."""
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from checkouts import commit_new, git
 
 from hpc_mm.cli import staging
 from hpc_mm.errors import UserError
@@ -18,10 +18,6 @@ from hpc_mm.run.report import summary_text
 from conftest import ROOT
 
 STANDIN = ROOT / "tests" / "fixtures" / "standin.yaml"
-
-
-def git(folder, *args):
-    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=True).stdout
 
 
 @pytest.fixture
@@ -35,11 +31,7 @@ def checkout(tmp_path):
     (top / "run.sh").write_text("#!/bin/sh\necho hi\n")
     (top / "run.sh").chmod(0o755)
     (top / ".gitignore").write_text("data/\n*.safetensors\n")
-    git(tmp_path, "init", "-q", str(top))
-    git(top, "config", "user.email", "t@example.com")
-    git(top, "config", "user.name", "t")
-    git(top, "add", "-A")
-    git(top, "commit", "-qm", "one")
+    commit_new(top)
     (top / "data").mkdir()
     (top / "data" / "train.jsonl").write_text("{}\n")
     (top / "model.safetensors").write_text("weights")
@@ -56,7 +48,7 @@ def test_the_code_as_submitted_runs_every_start(checkout, tmp_path, capsys):
     run_dir = tmp_path / "run"
     layout.create(layout.plan_run(job(checkout), run_dir))
     code = snapshot.recorded(run_dir)
-    assert code.commit == git(checkout, "rev-parse", "HEAD").strip() and code.dirty
+    assert code.commit == git(checkout, "rev-parse", "HEAD") and code.dirty
     assert code.changed == ("mindspeed_mm/__init__.py",) and code.source == str(checkout)
     copy = code.folder(run_dir)
     recorded = load_job(run_dir / layout.JOB_FILE)
@@ -146,7 +138,7 @@ def test_remote_sends_the_tracked_files_and_the_commit_and_the_login_node_snapsh
     run_dir = tmp_path / "remote-run"
     layout.create(layout.plan_run(spec_there, run_dir))
     code = snapshot.recorded(run_dir)
-    assert code.commit == git(checkout, "rev-parse", "HEAD").strip() and code.origin == str(checkout)
+    assert code.commit == git(checkout, "rev-parse", "HEAD") and code.origin == str(checkout)
     assert not (code.folder(run_dir) / snapshot.MARKER).exists()
 
 
