@@ -77,7 +77,7 @@ def test_a_program_runs_without_python_and_an_unset_variable_is_unset(tmp_path, 
     assert argv[argv.index("--no-python") + 1 :] == ["./bin/train", "--output_dir", "out"]
     env = child_env(plan)
     assert "LOCAL_RANK" not in env and env["KEEP"] == "x"
-    script = run_cli("render", path, "--set", "slurm.partition=low").stdout
+    script = run_cli("render", path, "--set", "slurm.partition=low", cwd=tmp_path).stdout
     assert "unset LOCAL_RANK\n" in script and "export KEEP=x\n" in script
     srun = resolve_plan(str(job(tmp_path, entry__launcher="srun", entry__script="/bin/true", entry__program=True)),
                         env={**node_env(0), "SLURM_NTASKS": "4", "SLURM_TASKS_PER_NODE": "2(x2)"})  # fmt: skip
@@ -121,7 +121,7 @@ def test_post_lines_run_in_the_entrys_folder_and_never_change_the_status(tmp_pat
     assert run_post(spec, returncode=9, status=1) == 1
     assert (tmp_path / "post.txt").read_text() == "9\n"
     assert "the post lines ended with exit code 4; the job keeps its status (1)" in capsys.readouterr().err
-    script = run_cli("render", job(tmp_path, post=["true"]), "--set", "slurm.partition=low").stdout
+    script = run_cli("render", job(tmp_path, post=["true"]), "--set", "slurm.partition=low", cwd=tmp_path).stdout
     assert 'post "$RUN_DIR" --returncode' in script
     with pytest.raises(UserError):
         load_job(job(tmp_path, post=[""]))
