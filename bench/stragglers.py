@@ -8,10 +8,12 @@ Step time: the run's mean step after WARMUP iterations (from its metrics rows). 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,7 +40,39 @@ def run(folder: Path, on: bool, i: int) -> float:
     return (rows[-1]["time"] - rows[0]["time"]) / (rows[-1]["iteration"] - rows[0]["iteration"])
 
 
+def timing_cost(calls: int = 20000) -> list[list[str]]:
+    """What the trainer adds around each micro-batch (OwnTime.begin/end: the schedstat reads, and the
+    throttled time of each cgroup holding a CPU quota), per pair of calls, in this process: as it runs
+    here, and inside a cgroup with a quota (cgroup v1, root only)."""
+    from hpc_mm.train.cpuwait import CpuWait, OwnTime
+
+    def per_pair() -> float:
+        own = OwnTime(CpuWait())
+        began = time.perf_counter()
+        for _ in range(calls):
+            own.begin()
+            own.end()
+        return (time.perf_counter() - began) / calls
+
+    rows = [["OwnTime.begin() + end(), no CPU quota", f"{per_pair() * 1e6:.1f} us"]]
+    group = Path("/sys/fs/cgroup/cpu") / f"hpc-mm-bench-{os.getpid()}"
+    try:
+        group.mkdir()
+    except OSError:
+        return rows
+    try:
+        (group / "cpu.cfs_quota_us").write_text("200000")  # two CPUs: never binds one thread (the reads only)
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+        rows.append(["OwnTime.begin() + end(), in a cgroup with a CPU quota", f"{per_pair() * 1e6:.1f} us"])
+    finally:
+        (group.parent / "cgroup.procs").write_text(str(os.getpid()))
+        group.rmdir()
+    return rows
+
+
 def main() -> int:
+    print(table(["what the trainer adds around a micro-batch", "per pair of calls"], timing_cost()))
+    print()
     on, off = [], []
     with tempfile.TemporaryDirectory(dir=ROOT, prefix=".bench-stragglers-") as d:
         for i in range(ROUNDS):

@@ -14,9 +14,11 @@ files are read, and none where no quota is set.
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 PROC = Path("/proc")
 _SCHEDSTAT = "thread-self/schedstat"
@@ -31,10 +33,9 @@ class Source:
     unit: float  # seconds per count
 
 
-@dataclass(frozen=True)
-class Mark:
+class Mark(NamedTuple):
     run_delay: float  # seconds
-    throttled: dict[Path, float] = field(default_factory=dict)  # seconds, cgroup by cgroup
+    throttled: dict[Path, float] = {}  # seconds, cgroup by cgroup (never changed in place)
 
 
 def _mounts(proc: Path) -> dict[str, tuple[Path, str]]:
@@ -93,35 +94,83 @@ def throttle_sources(proc: Path = PROC) -> tuple[Source, ...]:
     return tuple(sources)
 
 
-def _counter(source: Source) -> float | None:
-    try:
-        for line in source.stat.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == source.key:
-                return int(value) * source.unit
-    except (OSError, ValueError):
+class _Reader:
+    """A /proc or cgroup file kept open and read again from its start: a read costs a couple of
+    microseconds, where a path's walk and an open cost tens (they run around every micro-batch)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def read(self) -> bytes | None:
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            return os.pread(self._fd, 4096, 0)
+        except OSError:
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+
+def _counter(data: bytes | None, key: bytes) -> int | None:
+    """The value of `key` ("name ") in a cpu.stat ("name value" lines)."""
+    if not data:
         return None
-    return None
+    if data.startswith(key):
+        at = len(key)
+    else:
+        at = data.find(b"\n" + key)
+        if at < 0:
+            return None
+        at += 1 + len(key)
+    end = data.find(b"\n", at)
+    try:
+        return int(data[at : end if end >= 0 else None])
+    except ValueError:
+        return None
 
 
 class CpuWait:
     """`mark()` before and after a stretch of a rank's own work; `contended(before, after)` is the
-    time in between that it waited for other processes' turns (never for its own quota)."""
+    time in between that it waited for other processes' turns (never for its own quota). The files
+    are opened by the thread that first marks (the trainer's main thread: thread-self is it)."""
 
     def __init__(self, proc: Path = PROC) -> None:
         self.proc = proc
         self.sources: tuple[Source, ...] = ()
+        self._schedstat = _Reader(proc / _SCHEDSTAT)
+        self._stats: list[tuple[Source, _Reader, bytes]] = []
         self.refresh()
 
     def refresh(self) -> None:
-        self.sources = throttle_sources(self.proc)
+        sources = throttle_sources(self.proc)
+        if sources != self.sources:
+            for _, reader, _ in self._stats:
+                reader.close()
+            self.sources = sources
+            self._stats = [(s, _Reader(s.stat), s.key.encode() + b" ") for s in sources]
 
     def mark(self) -> Mark:
+        data = self._schedstat.read()
         try:
-            delay = int((self.proc / _SCHEDSTAT).read_text().split()[1]) / 1e9
-        except (OSError, IndexError, ValueError):
+            delay = int(data.split()[1]) / 1e9 if data else 0.0
+        except (IndexError, ValueError):
             delay = 0.0
-        throttled = {s.stat: c for s in self.sources if (c := _counter(s)) is not None}
+        if not self._stats:
+            return Mark(delay)
+        throttled = {}
+        for source, reader, key in self._stats:
+            count = _counter(reader.read(), key)
+            if count is not None:
+                throttled[source.stat] = count * source.unit
         return Mark(delay, throttled)
 
     @staticmethod
