@@ -1,5 +1,5 @@
-"""Stragglers on the real test cluster, under both launchers: a slowed rank is named within 50 steps,
-in an event with its node; a healthy run on a machine under load (a busy process on one of the two
+"""Stragglers on the real test cluster, under both launchers: a slowed rank is named within 50 of its
+measured steps, in an event with its node; a healthy run on a machine under load (a busy process on one of the two
 cores) names nobody in 200 steps.
 
 Slowing a rank on this machine is slowing its compute, not its waits: its emulated node shares two
@@ -75,6 +75,18 @@ def quota(pid: int, halt: threading.Event) -> None:
 SLOWER = {"torchrun": slow_down, "srun": quota}
 
 
+def measured_steps(run_dir, first: int, last: int) -> int:
+    """The steps first..last in which every rank's compute time was measured (the metrics rows carry
+    them every 10 steps)."""
+    count = 0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        for i, step in enumerate(row.get("rank_seconds") or ()):
+            iteration = row["iteration"] - len(row["rank_seconds"]) + 1 + i
+            count += first <= iteration <= last and all(t is not None for t in step)
+    return count
+
+
 def named(run_dir):
     return [e for e in read_events(run_dir) if e["event"] == "straggler"]
 
@@ -117,6 +129,9 @@ def test_a_slowed_rank_is_named_and_a_healthy_run_under_load_names_nobody(slurm_
     subprocess.run([sys.executable, "-m", "hpc_mm", "cancel", job_id, "--now"], capture_output=True)
     first_iteration = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[since - 1])["iteration"]
     assert len(found) == 1 and found[0]["rank"] == 1 and found[0]["nodes"] == [host], found
-    assert found[0]["iteration"] - first_iteration <= 50 and found[0]["ratio"] > 1.5, (first_iteration, found)
+    # within 50 steps in which the ranks could be measured (a step in which a rank waited for a CPU over
+    # 60% of its compute says nothing of it: CI's other worker once took the CPUs for 40 steps)
+    judged = measured_steps(run_dir, first_iteration, found[0]["iteration"])
+    assert judged <= 50 and found[0]["ratio"] > 1.5, (first_iteration, judged, found)
     assert status["stragglers"] == [{"rank": 1, "node": host, "ratio": found[0]["ratio"]}], status
     finished(job_id)
